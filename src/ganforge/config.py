@@ -1,0 +1,337 @@
+"""One typed configuration per pipeline run.
+
+A run's configuration is settled once at the entry point (preset + profile + a few
+overrides), validated in ``__post_init__``, saved with the run (``config.json`` beside the
+checkpoint, MLflow params) and passed to KFP components as JSON. Nothing downstream
+re-reads the command line or the environment for training settings.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Optional
+
+DEFAULT_IDX_DIR = "/usr/share/datasets/fashion-mnist"
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field and the fix."""
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+def _one_of(name: str, value: Any, allowed: tuple) -> None:
+    _check(value in allowed, f"{name}={value!r} is not valid; choose one of {', '.join(map(repr, allowed))}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the training data comes from and the shape it is prepared to."""
+
+    source: str = DEFAULT_IDX_DIR
+    """IDX directory, image folder, WAV folder, ``torchvision:NAME``, ``espeak:sc09`` or ``s3://`` prefix."""
+    kind: str = "image"
+    """``image`` (N×C×H×W uint8) or ``audio`` (N×1×L int16)."""
+    split: str = "train"
+    """Split to train on, for sources that have splits (IDX, torchvision)."""
+    reference_split: str = "test"
+    """Split used as the FID reference; sources without splits fall back to ``split``."""
+    resolution: int = 28
+    """Image side in pixels (images are square)."""
+    channels: int = 1
+    audio_length: int = 16384
+    sample_rate: int = 16000
+    limit: Optional[int] = None
+    """Keep at most this many examples (the first ones, deterministic); None keeps all."""
+
+    def __post_init__(self) -> None:
+        _one_of("data.kind", self.kind, ("image", "audio"))
+        _one_of("data.split", self.split, ("train", "test"))
+        _one_of("data.reference_split", self.reference_split, ("train", "test"))
+        if self.kind == "image":
+            _one_of("data.resolution", self.resolution, (28, 32, 64))
+            _one_of("data.channels", self.channels, (1, 3))
+        else:
+            _check(self.channels == 1, "data.channels must be 1 for audio (mono)")
+            _one_of("data.audio_length", self.audio_length, (16384,))
+        _check(self.limit is None or self.limit > 0, f"data.limit={self.limit} must be positive or None")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Network architecture. Resolution and channels come from DataConfig."""
+
+    arch: str = "dcgan"
+    """``mlp`` (vanilla GAN), ``dcgan`` or ``wavegan``."""
+    nz: int = 100
+    """Latent size."""
+    ngf: int = 64
+    """Generator width (DCGAN/WaveGAN feature maps at the finest level)."""
+    ndf: int = 64
+    """Discriminator width."""
+    d_norm: str = "batch"
+    """Discriminator normalisation: ``batch`` (DCGAN), ``layer`` or ``none`` (WGAN-GP critic), ``spectral`` (SNGAN)."""
+    phase_shuffle: int = 2
+    """WaveGAN discriminator phase shuffle radius (samples); 0 disables it."""
+
+    def __post_init__(self) -> None:
+        _one_of("model.arch", self.arch, ("mlp", "dcgan", "wavegan"))
+        _one_of("model.d_norm", self.d_norm, ("batch", "layer", "none", "spectral"))
+        _check(self.nz > 0 and self.ngf > 0 and self.ndf > 0, "model.nz, ngf, ndf must be positive")
+        _check(self.phase_shuffle >= 0, "model.phase_shuffle must be >= 0")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and the training loop."""
+
+    loss: str = "bce"
+    """``bce`` (non-saturating, with logits), ``hinge`` or ``wgan-gp``."""
+    batch_size: int = 64
+    """Global batch: split evenly across ranks (each rank takes batch_size // world_size)."""
+    epochs: int = 5
+    max_steps: Optional[int] = None
+    """Stop after this many generator steps (overrides epochs when smaller)."""
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    n_critic: int = 1
+    """Discriminator steps per generator step."""
+    gp_weight: float = 10.0
+    """Gradient-penalty weight λ for ``wgan-gp``."""
+    ema_decay: float = 0.999
+    """Decay of the generator's exponential moving average (used for evaluation and samples)."""
+    seed: int = 0
+    checkpoint_every: int = 200
+    """Write checkpoint.pt every this many generator steps (and at the end)."""
+    log_every: int = 10
+    nproc: int = 1
+    """Ranks on this node (torchrun --nproc-per-node)."""
+    nnodes: int = 1
+    amp: str = "off"
+    """Mixed precision: ``off``, ``bf16`` or ``fp16`` (GPU; bf16 allowed on CPU when asked)."""
+    channels_last: bool = True
+    compile: bool = False
+    deterministic: bool = True
+    """Deterministic algorithms and seeding, so a resumed run matches an uninterrupted one."""
+    diffaugment: str = ""
+    """DiffAugment policy, e.g. ``color,translation`` (empty disables it)."""
+    r1_gamma: float = 0.0
+    """R1 penalty weight on real data (0 disables it)."""
+
+    def __post_init__(self) -> None:
+        _one_of("train.loss", self.loss, ("bce", "hinge", "wgan-gp"))
+        _one_of("train.amp", self.amp, ("off", "bf16", "fp16"))
+        _check(self.batch_size > 0, "train.batch_size must be positive")
+        _check(self.epochs > 0, "train.epochs must be positive")
+        _check(self.max_steps is None or self.max_steps > 0, "train.max_steps must be positive or None")
+        _check(self.lr_g > 0 and self.lr_d > 0, "train.lr_g and lr_d must be positive")
+        _check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train.beta1/beta2 must be in [0, 1)")
+        _check(self.n_critic >= 1, "train.n_critic must be >= 1")
+        _check(0 <= self.ema_decay < 1, "train.ema_decay must be in [0, 1)")
+        _check(self.checkpoint_every > 0 and self.log_every > 0, "train.checkpoint_every/log_every must be positive")
+        _check(self.nproc >= 1 and self.nnodes >= 1, "train.nproc and nnodes must be >= 1")
+        world = self.nproc * self.nnodes
+        _check(self.batch_size % world == 0,
+               f"train.batch_size={self.batch_size} must be divisible by nproc*nnodes={world} "
+               "(the global batch is split evenly across ranks)")
+        for policy in filter(None, self.diffaugment.split(",")):
+            _one_of("train.diffaugment policy", policy, ("color", "translation", "cutout"))
+        _check(self.r1_gamma >= 0, "train.r1_gamma must be >= 0")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """FID/KID evaluation."""
+
+    n_samples: int = 2000
+    """Generated and real samples compared (FID is biased at small N: compare only at equal N)."""
+    batch_size: int = 50
+    kid_subset_size: int = 1000
+    """KID subset size; clipped to n_samples."""
+    kid_subsets: int = 100
+
+    def __post_init__(self) -> None:
+        _check(self.n_samples >= 2, "eval.n_samples must be >= 2")
+        _check(self.batch_size > 0 and self.kid_subset_size > 1 and self.kid_subsets > 0,
+               "eval.batch_size, kid_subset_size, kid_subsets must be positive")
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    """MLflow model registry and the promotion rule."""
+
+    model_name: str = ""
+    """Registered model name; empty means the pipeline's name."""
+    promotion_margin: float = 0.0
+    """A new version becomes champion only if its FID < champion FID - margin."""
+
+    def __post_init__(self) -> None:
+        _check(self.promotion_margin >= 0, "registry.promotion_margin must be >= 0")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    name: str
+    profile: str
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
+
+    def __post_init__(self) -> None:
+        _one_of("name", self.name, tuple(PRESETS))
+        _one_of("profile", self.profile, tuple(PROFILES))
+        audio_model = self.model.arch == "wavegan"
+        _check(audio_model == (self.data.kind == "audio"),
+               f"model.arch={self.model.arch!r} does not fit data.kind={self.data.kind!r}")
+        if self.model.arch == "dcgan":
+            _one_of("data.resolution for dcgan", self.data.resolution, (28, 32, 64))
+        if self.train.loss == "wgan-gp":
+            _check(self.model.d_norm != "batch",
+                   "train.loss='wgan-gp' needs a critic without BatchNorm: set model.d_norm to 'layer' or 'none' "
+                   "(the gradient penalty is per-sample; BatchNorm couples samples)")
+
+    @property
+    def model_name(self) -> str:
+        return self.registry.model_name or self.name
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, indent=2)
+
+    def config_hash(self) -> str:
+        """Short hash of everything that determines the model (not the run's bookkeeping)."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+    def flat(self) -> dict:
+        """``{"train.lr_g": 0.0002, ...}``: MLflow params."""
+        out = {"name": self.name, "profile": self.profile}
+        for group in ("data", "model", "train", "eval", "registry"):
+            for k, v in dataclasses.asdict(getattr(self, group)).items():
+                out[f"{group}.{k}"] = v
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PipelineConfig":
+        groups = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig,
+                  "eval": EvalConfig, "registry": RegistryConfig}
+        unknown = set(d) - set(groups) - {"name", "profile"}
+        _check(not unknown, f"unknown config keys: {sorted(unknown)}")
+        kwargs = {"name": d["name"], "profile": d["profile"]}
+        for g, klass in groups.items():
+            sub = dict(d.get(g, {}))
+            bad = set(sub) - {f.name for f in fields(klass)}
+            _check(not bad, f"unknown keys in config group {g!r}: {sorted(bad)}")
+            kwargs[g] = klass(**sub)
+        return cls(**kwargs)
+
+    @classmethod
+    def from_json(cls, s: str) -> "PipelineConfig":
+        return cls.from_dict(json.loads(s))
+
+
+# Presets: the architecture and loss of each named pipeline. Seeds stay faithful
+# (gan, dcgan): Adam(2e-4, (0.5, 0.999)), non-saturating BCE. Improvements go in
+# presets of their own.
+PRESETS: dict[str, dict] = {
+    "gan": {"model": {"arch": "mlp"}, "train": {"loss": "bce"}},
+    "dcgan": {"model": {"arch": "dcgan"}, "train": {"loss": "bce"}},
+    "wgan-gp": {
+        "model": {"arch": "dcgan", "d_norm": "layer"},
+        "train": {"loss": "wgan-gp", "n_critic": 5, "gp_weight": 10.0,
+                  "lr_g": 1e-4, "lr_d": 1e-4, "beta1": 0.5, "beta2": 0.9},
+    },
+    "wavegan": {
+        "data": {"kind": "audio", "source": "espeak:sc09", "reference_split": "train"},
+        "model": {"arch": "wavegan", "d_norm": "none", "ngf": 64, "ndf": 64, "phase_shuffle": 2},
+        "train": {"loss": "wgan-gp", "n_critic": 5, "gp_weight": 10.0,
+                  "lr_g": 1e-4, "lr_d": 1e-4, "beta1": 0.5, "beta2": 0.9, "channels_last": False},
+    },
+}
+
+# Profiles: how much compute. tiny = seconds (tests); local = a laptop CPU in ≤ 15 min;
+# full = the GPU cluster.
+PROFILES: dict[str, dict] = {
+    "tiny": {
+        "data": {"limit": 512},
+        "model": {"ngf": 8, "ndf": 8},
+        "train": {"batch_size": 32, "epochs": 1, "max_steps": 8, "checkpoint_every": 4, "log_every": 2},
+        "eval": {"n_samples": 64, "kid_subset_size": 32, "kid_subsets": 10},
+    },
+    "local": {
+        "data": {"limit": 20000},
+        "model": {"ngf": 32, "ndf": 32},
+        "train": {"batch_size": 64, "epochs": 3, "checkpoint_every": 200},
+        "eval": {"n_samples": 1000, "kid_subset_size": 500},
+    },
+    "full": {
+        "train": {"batch_size": 128, "epochs": 50, "checkpoint_every": 1000, "amp": "bf16", "nproc": 1},
+        "eval": {"n_samples": 10000},
+    },
+}
+
+# Per-preset adjustments to a profile where the generic one does not fit.
+_PRESET_PROFILE: dict[tuple[str, str], dict] = {
+    ("wavegan", "tiny"): {"data": {"limit": 64}, "train": {"batch_size": 8, "max_steps": 4},
+                          "eval": {"n_samples": 32, "kid_subset_size": 16}},
+    ("wavegan", "local"): {"data": {"limit": None}, "train": {"batch_size": 32, "epochs": 20},
+                           "eval": {"n_samples": 500, "kid_subset_size": 250}},
+    ("wgan-gp", "local"): {"train": {"epochs": 3, "batch_size": 64}},
+}
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
+    for k, v in over.items():
+        if isinstance(v, dict):
+            out.setdefault(k, {}).update(v)
+        else:
+            out[k] = v
+    return out
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """``train.epochs=3`` → ("train", "epochs", 3). Values parse as JSON, else stay strings."""
+    key, sep, raw = text.partition("=")
+    group, dot, name = key.strip().partition(".")
+    _check(bool(sep and dot and name), f"override {text!r} must look like group.field=value, e.g. train.epochs=3")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return group, name, value
+
+
+def build_config(name: str, profile: str = "local", overrides: Optional[dict | list] = None) -> PipelineConfig:
+    """Settle the run's config: preset, then profile, then per-preset profile tweaks, then overrides.
+
+    ``overrides`` is ``{"train": {"epochs": 3}}`` or a list of ``"train.epochs=3"`` strings.
+    """
+    _one_of("pipeline", name, tuple(PRESETS))
+    _one_of("profile", profile, tuple(PROFILES))
+    d: dict = {"name": name, "profile": profile}
+    for layer in (PRESETS[name], PROFILES[profile], _PRESET_PROFILE.get((name, profile), {})):
+        d = _merge(d, layer)
+    if isinstance(overrides, list):
+        nested: dict = {}
+        for text in overrides:
+            g, k, v = parse_override(text)
+            nested.setdefault(g, {})[k] = v
+        overrides = nested
+    d = _merge(d, overrides or {})
+    return PipelineConfig.from_dict(d)
+
+
+def with_overrides(cfg: PipelineConfig, **groups: dict) -> PipelineConfig:
+    """Return cfg with some fields of some groups replaced: ``with_overrides(cfg, train={"epochs": 2})``."""
+    return replace(cfg, **{g: replace(getattr(cfg, g), **kv) for g, kv in groups.items()})
