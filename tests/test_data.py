@@ -1,0 +1,414 @@
+"""Data preparation on real files: Fashion-MNIST IDX, synthetic IDX, image folders."""
+from __future__ import annotations
+
+import datetime
+import gzip
+import json
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import ganforge
+from ganforge import data
+from ganforge.config import DEFAULT_IDX_DIR, DataConfig
+from ganforge.data import DataError
+
+FASHION = Path(DEFAULT_IDX_DIR)
+needs_fashion = pytest.mark.skipif(not (FASHION / "t10k-images-idx3-ubyte.gz").exists(),
+                                   reason="apt-get install dataset-fashion-mnist")
+
+
+def idx_bytes(a: np.ndarray, magic: int) -> bytes:
+    header = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in a.shape)
+    return header + a.astype(np.uint8).tobytes()
+
+
+def write_idx_dir(directory: Path, n: int = 20, n_labels: int | None = None, compress: bool = True,
+                  split_prefix: str = "train") -> tuple[np.ndarray, np.ndarray]:
+    """A small IDX split written the way the Fashion-MNIST files are; returns its images and labels."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 10, n if n_labels is None else n_labels, dtype=np.uint8)
+    directory.mkdir(parents=True, exist_ok=True)
+    suffix = ".gz" if compress else ""
+    opener = gzip.open if compress else open
+    for name, arr, magic in ((f"{split_prefix}-images-idx3-ubyte", images, 0x803),
+                             (f"{split_prefix}-labels-idx1-ubyte", labels, 0x801)):
+        with opener(directory / f"{name}{suffix}", "wb") as f:
+            f.write(idx_bytes(arr, magic))
+    return images, labels
+
+
+def save_png(path: Path, arr: np.ndarray, mode: str | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr, mode).save(path) if mode else Image.fromarray(arr).save(path)
+    return path
+
+
+@needs_fashion
+def test_fashion_mnist_prep_with_limit_is_reproducible(tmp_path):
+    cfg = DataConfig(limit=64)
+    first = data.prepare(cfg, tmp_path / "a")
+    second = data.prepare(cfg, tmp_path / "b")
+    assert first["sha256"] == second["sha256"]
+    assert first["shape"] == [64, 1, 28, 28] and first["count"] == 64 and first["dtype"] == "uint8"
+    assert first["kind"] == "image" and first["split"] == "train" and first["source"] == DEFAULT_IDX_DIR
+    assert first["ganforge_version"] == ganforge.__version__
+    assert datetime.datetime.fromisoformat(first["created"]).tzinfo is not None
+    assert sum(first["class_histogram"].values()) == 64
+    assert json.loads((tmp_path / "a" / "manifest.json").read_text()) == first
+
+    ds = data.load_dataset(tmp_path / "a")
+    assert ds.images.dtype == np.uint8 and ds.labels.dtype == np.int64 and len(ds.labels) == 64
+    assert data.verify_sha256(ds) == first["sha256"] == data.sha256_of_array(np.asarray(ds.images))
+    # Independent read of the first image straight from the gzip (16-byte IDX header).
+    with gzip.open(FASHION / "train-images-idx3-ubyte.gz") as f:
+        raw_first = np.frombuffer(f.read(16 + 784)[16:], np.uint8).reshape(28, 28)
+    np.testing.assert_array_equal(ds.images[0, 0], raw_first)
+    histogram = dict(zip(*np.unique(ds.labels, return_counts=True)))
+    assert first["class_histogram"] == {str(k): int(v) for k, v in histogram.items()}
+
+
+@needs_fashion
+def test_test_split_resized_to_rgb_32(tmp_path):
+    manifest = data.prepare(DataConfig(resolution=32, channels=3, limit=10), tmp_path / "t", split="test")
+    assert manifest["split"] == "test" and manifest["shape"] == [10, 3, 32, 32]
+    ds = data.load_dataset(tmp_path / "t")
+    # The first Fashion-MNIST test labels: ankle boot, pullover, trouser, trouser, shirt.
+    assert ds.labels[:5].tolist() == [9, 2, 1, 1, 6]
+    assert np.array_equal(ds.images[:, 0], ds.images[:, 1]) and np.array_equal(ds.images[:, 0], ds.images[:, 2])
+    data.prepare(DataConfig(limit=10), tmp_path / "n", split="test")
+    native = data.load_dataset(tmp_path / "n")
+    # Bilinear upsampling keeps the mean brightness of each image within a few levels.
+    mean_diff = np.abs(ds.images[:, 0].mean(axis=(1, 2)) - native.images[:, 0].mean(axis=(1, 2)))
+    assert mean_diff.max() < 3.0 and native.images.shape == (10, 1, 28, 28)
+
+
+def test_limit_keeps_the_first_examples_and_resize_to_64(tmp_path):
+    images, labels = write_idx_dir(tmp_path / "idx", n=12, compress=False)
+    data.prepare(DataConfig(source=str(tmp_path / "idx")), tmp_path / "full")
+    full = data.load_dataset(tmp_path / "full")
+    data.prepare(DataConfig(source=str(tmp_path / "idx"), limit=5), tmp_path / "five")
+    five = data.load_dataset(tmp_path / "five")
+    np.testing.assert_array_equal(full.images[:, 0], images)
+    np.testing.assert_array_equal(five.images, full.images[:5])
+    np.testing.assert_array_equal(five.labels, labels[:5].astype(np.int64))
+    big = data.prepare(DataConfig(source=str(tmp_path / "idx"), resolution=64, limit=100), tmp_path / "big")
+    assert big["shape"] == [12, 1, 64, 64]
+
+
+def corrupt_wrong_magic(d: Path) -> str:
+    raw = gzip.decompress((d / "train-images-idx3-ubyte.gz").read_bytes())
+    (d / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(b"\x00\x00\x08\x02" + raw[4:]))
+    return "train-images-idx3-ubyte.gz"
+
+
+def corrupt_truncated(d: Path) -> str:
+    raw = gzip.decompress((d / "train-images-idx3-ubyte.gz").read_bytes())
+    (d / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(raw[:-100]))
+    return "train-images-idx3-ubyte.gz"
+
+
+def corrupt_count_mismatch(d: Path) -> str:
+    labels = np.zeros(19, np.uint8)
+    (d / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(labels, 0x801)))
+    return "train-labels-idx1-ubyte.gz"
+
+
+def corrupt_bad_gzip(d: Path) -> str:
+    good = (d / "train-labels-idx1-ubyte.gz").read_bytes()
+    (d / "train-labels-idx1-ubyte.gz").write_bytes(good[: len(good) // 2])
+    return "train-labels-idx1-ubyte.gz"
+
+
+def corrupt_not_gzip(d: Path) -> str:
+    (d / "train-images-idx3-ubyte.gz").write_bytes(b"this is not gzip data at all")
+    return "train-images-idx3-ubyte.gz"
+
+
+def corrupt_missing_labels(d: Path) -> str:
+    (d / "train-labels-idx1-ubyte.gz").unlink()
+    return "train-labels-idx1-ubyte"
+
+
+@pytest.mark.parametrize("corrupt, words", [
+    (corrupt_wrong_magic, "magic"),
+    (corrupt_truncated, "truncated"),
+    (corrupt_count_mismatch, "20 images but"),
+    (corrupt_bad_gzip, "corrupt gzip"),
+    (corrupt_not_gzip, "corrupt gzip"),
+    (corrupt_missing_labels, "dataset-fashion-mnist"),
+])
+def test_corrupt_idx_raises_naming_the_file(tmp_path, corrupt, words):
+    write_idx_dir(tmp_path / "idx")
+    filename = corrupt(tmp_path / "idx")
+    with pytest.raises(DataError) as err:
+        data.prepare(DataConfig(source=str(tmp_path / "idx")), tmp_path / "out")
+    assert filename in str(err.value) and words in str(err.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_test_split_names_what_was_looked_for(tmp_path):
+    write_idx_dir(tmp_path / "idx")
+    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte and t10k-images-idx3-ubyte\.gz"):
+        data.prepare(DataConfig(source=str(tmp_path / "idx")), tmp_path / "out", split="test")
+
+
+def test_image_folder_with_class_subfolders(tmp_path):
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        save_png(tmp_path / "src" / "cat" / f"{i}.png", rng.integers(0, 256, (40, 50, 3), dtype=np.uint8))
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (30, 30, 3), dtype=np.uint8)).save(
+            tmp_path / "src" / "cat" / f"j{i}.JPG", quality=90)
+        save_png(tmp_path / "src" / "dog" / "deep" / f"{i}.png", rng.integers(0, 256, (64, 64, 4), dtype=np.uint8))
+    manifest = data.prepare(DataConfig(source=str(tmp_path / "src"), resolution=32, channels=3), tmp_path / "out")
+    assert manifest["shape"] == [7, 3, 32, 32] and manifest["split"] == "all"
+    assert manifest["class_names"] == ["cat", "dog"] and manifest["class_histogram"] == {"0": 5, "1": 2}
+    ds = data.load_dataset(tmp_path / "out")
+    assert ds.labels.tolist() == [0, 0, 0, 0, 0, 1, 1]
+
+
+def test_image_folder_with_split_subfolders_reads_the_split(tmp_path):
+    for split, value in (("train", 10), ("test", 20)):
+        for cls in ("a", "b"):
+            save_png(tmp_path / "src" / split / cls / "x.png", np.full((28, 28), value, np.uint8))
+    manifest = data.prepare(DataConfig(source=str(tmp_path / "src")), tmp_path / "out", split="test")
+    assert manifest["split"] == "test" and manifest["class_names"] == ["a", "b"]
+    assert (data.load_dataset(tmp_path / "out").images == 20).all()
+
+
+def test_audio_kind_is_prepared_by_the_audio_module(tmp_path):
+    cfg = DataConfig(kind="audio", source=str(tmp_path / "no-wavs-here"))
+    with pytest.raises(DataError, match=r"audio source .*no-wavs-here.* does not exist"):
+        data.prepare(cfg, tmp_path / "out")
+
+
+def test_image_folder_resizes_shorter_side_then_center_crops(tmp_path):
+    wide = np.zeros((20, 60, 3), np.uint8)
+    wide[:, :20] = (255, 0, 0)
+    wide[:, 20:40] = (0, 255, 0)
+    wide[:, 40:] = (0, 0, 255)
+    save_png(tmp_path / "src" / "wide.png", wide)
+    manifest = data.prepare(DataConfig(source=str(tmp_path / "src"), resolution=28, channels=3), tmp_path / "out")
+    assert manifest["class_histogram"] is None and not (tmp_path / "out" / "labels.npy").exists()
+    img = data.load_dataset(tmp_path / "out").images[0]
+    # 20×60 → 28×84, cropped to the middle 28 columns: the green third (bilinear blur at the edges).
+    assert img.shape == (3, 28, 28)
+    assert (img[1, :, 2:-2] == 255).all() and (img[0, :, 2:-2] == 0).all() and (img[2, :, 2:-2] == 0).all()
+
+
+def test_gray_folder_replicates_into_three_channels_and_scales_16_bit(tmp_path):
+    save_png(tmp_path / "src" / "a.png", np.full((28, 28), 100, np.uint8))
+    save_png(tmp_path / "src" / "b.png", np.full((28, 28), 40000, np.uint16))
+    save_png(tmp_path / "src" / "c.png", np.full((28, 28, 2), 200, np.uint8), "LA")
+    data.prepare(DataConfig(source=str(tmp_path / "src"), channels=3), tmp_path / "out")
+    images = data.load_dataset(tmp_path / "out").images
+    assert images.shape == (3, 3, 28, 28)
+    assert [int(images[i, c, 0, 0]) for i in range(3) for c in range(3)] == [100] * 3 + [156] * 3 + [200] * 3
+
+
+def test_palette_images_convert(tmp_path):
+    rgb = np.zeros((28, 28, 3), np.uint8)
+    rgb[..., 0] = 200
+    (tmp_path / "src").mkdir()
+    Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE).save(tmp_path / "src" / "p.png")
+    data.prepare(DataConfig(source=str(tmp_path / "src"), channels=3), tmp_path / "out")
+    assert tuple(data.load_dataset(tmp_path / "out").images[0, :, 5, 5]) == (200, 0, 0)
+
+
+def test_empty_folder_lists_extensions(tmp_path):
+    (tmp_path / "src" / "sub").mkdir(parents=True)
+    (tmp_path / "src" / "notes.txt").write_text("no images here")
+    with pytest.raises(DataError, match=r"no images found in .*src.*\*\.png, \*\.jpg, \*\.jpeg"):
+        data.prepare(DataConfig(source=str(tmp_path / "src")), tmp_path / "out")
+
+
+def test_unreadable_image_is_named(tmp_path):
+    save_png(tmp_path / "src" / "good.png", np.zeros((28, 28), np.uint8))
+    (tmp_path / "src" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    with pytest.raises(DataError, match=r"cannot read image .*broken\.png"):
+        data.prepare(DataConfig(source=str(tmp_path / "src")), tmp_path / "out")
+
+
+def test_truncated_jpeg_is_named(tmp_path):
+    path = tmp_path / "src" / "cut.jpg"
+    path.parent.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(path)
+    path.write_bytes(path.read_bytes()[:400])
+    with pytest.raises(DataError, match=r"cut\.jpg"):
+        data.prepare(DataConfig(source=str(tmp_path / "src"), channels=3), tmp_path / "out")
+
+
+def test_mixed_channels_names_one_file_of_each_kind(tmp_path):
+    save_png(tmp_path / "src" / "gray.png", np.zeros((28, 28), np.uint8))
+    save_png(tmp_path / "src" / "rgb.png", np.zeros((28, 28, 3), np.uint8))
+    with pytest.raises(DataError, match=r"mixes channel counts") as err:
+        data.prepare(DataConfig(source=str(tmp_path / "src"), channels=3), tmp_path / "out")
+    assert "gray.png" in str(err.value) and "rgb.png" in str(err.value)
+
+
+def test_color_images_into_one_channel_is_an_error(tmp_path):
+    save_png(tmp_path / "src" / "a.png", np.zeros((28, 28), np.uint8))
+    save_png(tmp_path / "src" / "b.png", np.zeros((28, 28, 3), np.uint8))
+    with pytest.raises(DataError, match=r"RGB images \(e\.g\. .*b\.png\) but data\.channels=1; set data\.channels=3"):
+        data.prepare(DataConfig(source=str(tmp_path / "src"), channels=1), tmp_path / "out")
+
+
+def test_loose_images_beside_class_folders_are_an_error(tmp_path):
+    for name in ("a/1.png", "b/1.png", "loose.png"):
+        save_png(tmp_path / "src" / name, np.zeros((28, 28), np.uint8))
+    with pytest.raises(DataError, match=r"loose\.png"):
+        data.prepare(DataConfig(source=str(tmp_path / "src")), tmp_path / "out")
+
+
+@pytest.mark.parametrize("source, words", [
+    ("/nonexistent/ganforge-data", "does not exist"),
+    ("torchvision:ImageNet", "torchvision:FashionMNIST"),
+    ("ftp://example/data", "does not exist"),
+])
+def test_bad_source_lists_accepted_forms(tmp_path, source, words):
+    with pytest.raises(DataError) as err:
+        data.prepare(DataConfig(source=source), tmp_path / "out")
+    assert words in str(err.value) and source in str(err.value)
+    if "does not exist" in words:
+        assert "s3://bucket/prefix" in str(err.value)
+
+
+def test_file_as_source_is_an_error(tmp_path):
+    (tmp_path / "f.png").write_bytes(b"")
+    with pytest.raises(DataError, match=r"is a file, not a directory"):
+        data.prepare(DataConfig(source=str(tmp_path / "f.png")), tmp_path / "out")
+
+
+def test_failed_write_leaves_no_output_and_keeps_previous(tmp_path, monkeypatch):
+    write_idx_dir(tmp_path / "idx")
+    cfg = DataConfig(source=str(tmp_path / "idx"))
+    previous = data.prepare(cfg, tmp_path / "kept")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "kept").iterdir()}
+
+    def crash_after_data_npy(directory, manifest):
+        assert (directory / "data.npy").exists()  # the writer really is midway
+        raise OSError("disk full (injected)")
+
+    monkeypatch.setattr(data, "write_manifest", crash_after_data_npy)
+    for out in ("fresh", "kept"):
+        with pytest.raises(OSError, match="injected"):
+            data.prepare(DataConfig(source=str(tmp_path / "idx"), limit=3), tmp_path / out)
+    assert not (tmp_path / "fresh").exists()
+    assert {p.name: p.read_bytes() for p in (tmp_path / "kept").iterdir()} == before
+    assert data.load_dataset(tmp_path / "kept").manifest == previous
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx", "kept"]
+
+
+def test_load_dataset_errors(tmp_path):
+    with pytest.raises(DataError, match=r"manifest\.json missing in .*empty; create it with `ganforge prep`"):
+        (tmp_path / "empty").mkdir()
+        data.load_dataset(tmp_path / "empty")
+    write_idx_dir(tmp_path / "idx")
+    data.prepare(DataConfig(source=str(tmp_path / "idx")), tmp_path / "ds")
+    data_npy = tmp_path / "ds" / "data.npy"
+
+    tampered = np.load(data_npy)
+    tampered[0, 0, 0, 0] ^= 0xFF
+    np.save(data_npy, tampered)
+    ds = data.load_dataset(tmp_path / "ds")  # shape and dtype still match: only the full check sees it
+    with pytest.raises(DataError, match=r"sha256"):
+        data.verify_sha256(ds)
+
+    np.save(data_npy, tampered[:5])
+    with pytest.raises(DataError, match=r"data\.npy is uint8 \[5, 1, 28, 28\] but .*manifest\.json says"):
+        data.load_dataset(tmp_path / "ds")
+    data_npy.unlink()
+    with pytest.raises(DataError, match=r"data\.npy is missing"):
+        data.load_dataset(tmp_path / "ds")
+    (tmp_path / "ds" / "manifest.json").write_text("{not json")
+    with pytest.raises(DataError, match=r"not valid JSON"):
+        data.load_dataset(tmp_path / "ds")
+
+
+def test_sha256_of_array_is_of_c_contiguous_bytes():
+    import hashlib
+
+    a = np.arange(24, dtype=np.int16).reshape(2, 3, 4)
+    assert data.sha256_of_array(a.T.copy().T) == hashlib.sha256(a.tobytes()).hexdigest()
+    assert data.sha256_of_array(a[:, ::2]) == hashlib.sha256(np.ascontiguousarray(a[:, ::2]).tobytes()).hexdigest()
+    assert data.sha256_of_array(np.zeros((0, 1, 28, 28), np.uint8)) == hashlib.sha256(b"").hexdigest()
+
+
+def host_reachable(host: str, port: int = 80) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+        return True
+    except OSError:
+        return False
+
+
+def test_torchvision_offline_says_so(tmp_path, monkeypatch):
+    if host_reachable("fashion-mnist.s3-website.eu-central-1.amazonaws.com"):
+        pytest.skip("online: the download would succeed, so the offline error cannot be checked here")
+    monkeypatch.setenv("GANFORGE_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(DataError, match=r"could not download torchvision:FashionMNIST.*offline.*fashion-mnist"):
+        data.prepare(DataConfig(source="torchvision:FashionMNIST", limit=8), tmp_path / "out")
+
+
+def test_torchvision_cached_files_agree_with_the_idx_reader(tmp_path, monkeypatch):
+    """torchvision's own IDX parser (reading the cache) and ours give the same array."""
+    monkeypatch.setenv("GANFORGE_CACHE", str(tmp_path / "cache"))
+    raw = tmp_path / "cache" / "torchvision" / "FashionMNIST" / "raw"
+    write_idx_dir(raw, n=16, compress=False)
+    write_idx_dir(raw, n=8, compress=False, split_prefix="t10k")
+    via_torchvision = data.prepare(DataConfig(source="torchvision:FashionMNIST", resolution=32), tmp_path / "tv")
+    via_idx = data.prepare(DataConfig(source=str(raw), resolution=32), tmp_path / "idx")
+    assert via_torchvision["sha256"] == via_idx["sha256"] and via_torchvision["count"] == 16
+    assert via_torchvision["class_histogram"] == via_idx["class_histogram"]
+    assert via_torchvision["class_names"][0] == "T-shirt/top"
+
+
+@pytest.fixture
+def s3_endpoint(monkeypatch):
+    """A real S3 HTTP endpoint (moto server in a thread) with one bucket, "data"."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    for key, value in {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "test",
+                       "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    boto3.client("s3").create_bucket(Bucket="data")
+    yield
+    server.stop()
+
+
+def test_s3_prefix_is_downloaded_and_detected(tmp_path, s3_endpoint):
+    from ganforge import storage
+
+    images, _ = write_idx_dir(tmp_path / "idx", n=10)
+    save_png(tmp_path / "folder" / "a.png", np.full((28, 28), 7, np.uint8))
+    storage.upload_dir(tmp_path / "idx", "s3://data/fmnist")
+    storage.upload_dir(tmp_path / "folder", "s3://data/pngs")
+    manifest = data.prepare(DataConfig(source="s3://data/fmnist"), tmp_path / "out")
+    assert manifest["source"] == "s3://data/fmnist" and manifest["count"] == 10
+    np.testing.assert_array_equal(data.load_dataset(tmp_path / "out").images[:, 0], images)
+    folder = data.prepare(DataConfig(source="s3://data/pngs"), tmp_path / "out2")
+    assert folder["split"] == "all" and int(data.load_dataset(tmp_path / "out2").images.max()) == 7
+    (tmp_path / "folder" / "broken.png").write_bytes(b"not a png")
+    storage.upload_dir(tmp_path / "folder", "s3://data/pngs")
+    with pytest.raises(DataError, match=r"cannot read image s3://data/pngs/broken\.png"):
+        data.prepare(DataConfig(source="s3://data/pngs"), tmp_path / "out3")
+
+
+def test_s3_prefix_without_complete_marker_is_a_data_error(tmp_path, s3_endpoint):
+    import boto3
+
+    write_idx_dir(tmp_path / "idx", n=4)
+    for f in (tmp_path / "idx").iterdir():
+        boto3.client("s3").upload_file(str(f), "data", f"handmade/{f.name}")
+    with pytest.raises(DataError, match=r"could not fetch data source s3://data/handmade.*_COMPLETE"):
+        data.prepare(DataConfig(source="s3://data/handmade"), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
