@@ -1,0 +1,30 @@
+"""Generator and discriminator networks. Imports only torch.
+
+Every generator maps z of shape (B, nz) to samples in [-1, 1]: images (B, C, H, W) or audio
+(B, 1, L). Every discriminator returns one logit (or critic value) per sample, shape (B,).
+"""
+from __future__ import annotations
+
+import torch.nn as nn
+
+from .dcgan import DCGANDiscriminator, DCGANGenerator
+from .mlp import MLPDiscriminator, MLPGenerator
+
+
+def build_models(model_cfg, data_cfg) -> tuple[nn.Module, nn.Module]:
+    """(G, D) for a ModelConfig/DataConfig pair."""
+    if model_cfg.arch == "mlp":
+        shape = (data_cfg.channels, data_cfg.resolution, data_cfg.resolution)
+        return MLPGenerator(model_cfg.nz, shape), MLPDiscriminator(shape)
+    if model_cfg.arch == "dcgan":
+        g = DCGANGenerator(model_cfg.nz, model_cfg.ngf, data_cfg.channels, data_cfg.resolution)
+        d = DCGANDiscriminator(model_cfg.ndf, data_cfg.channels, data_cfg.resolution, norm=model_cfg.d_norm)
+        return g, d
+    if model_cfg.arch == "wavegan":
+        from .wavegan import build_wavegan
+
+        return build_wavegan(model_cfg, data_cfg)
+    raise ValueError(f"unknown model.arch {model_cfg.arch!r}")
+
+
+__all__ = ["build_models", "DCGANGenerator", "DCGANDiscriminator", "MLPGenerator", "MLPDiscriminator"]

@@ -1,0 +1,494 @@
+"""The training loop: small steps (``d_step``, ``g_step``), checkpoints, and a short loop.
+
+Determinism and resume: every source of randomness is a function of (seed, step), not of
+history. Real batches come from a per-epoch permutation seeded by (seed, epoch); latent
+noise for the *global* batch is drawn from a generator seeded by (seed, step, critic
+iteration) and each rank takes its slice; the global torch RNG (gradient-penalty ε,
+DiffAugment, phase shuffle) is reseeded per step and rank. So a run resumed from a
+checkpoint at step s replays steps s+1… exactly as an uninterrupted run would, and a run
+on N ranks sees the same global batches and noise as a single-rank run.
+
+Distributed: ranks average gradients with ``torch.distributed.all_reduce`` after each
+backward — the arithmetic DistributedDataParallel performs — without the DDP wrapper,
+because the WGAN-GP penalty needs a double backward through D, which DDP's reducer does
+not support, and D runs three times per step (real, fake, interpolates). BatchNorm
+statistics stay per rank, as with DDP's default.
+
+No MLflow or KFP here: metrics leave through the ``on_metrics`` callback (rank 0 only).
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from . import __version__
+from .augment import diff_augment
+from .config import PipelineConfig
+from .data import load_dataset
+from .losses import d_loss, g_loss, gradient_penalty, r1_penalty
+from .models import build_models
+from .storage import atomic_file, atomic_write_text
+
+CHECKPOINT_NAME = "checkpoint.pt"
+N_FIXED_SAMPLES = 64
+
+MetricsFn = Callable[[int, dict], None]
+SamplesFn = Callable[[int, Path], None]
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on; the message says why and what to do."""
+
+
+class NonFiniteLossError(TrainingError):
+    pass
+
+
+class CheckpointError(TrainingError):
+    pass
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+@dataclass
+class TrainResult:
+    step: int
+    epoch: int
+    seconds: float
+    img_per_s: float
+    checkpoint: Path
+    samples: list[Path]
+    last_metrics: dict
+    models: dict = field(default_factory=dict, repr=False)
+    """The trained G, G_ema and D of this rank (for in-process callers and tests)."""
+
+
+def init_distributed() -> DistInfo:
+    """Join the process group torchrun (or the Training Operator) describes in the environment."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available()
+    device = torch.device(f"cuda:{local_rank}") if cuda else torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        if cuda:
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    if world > 1 and not cuda:
+        # Share the cores between the ranks on this node instead of oversubscribing them.
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device)
+
+
+def _step_seed(seed: int, *parts: int) -> int:
+    """A 63-bit seed from (seed, parts…); independent streams for each step/rank/iteration."""
+    h = seed & 0xFFFFFFFF
+    for p in parts:
+        h = (h * 1_000_003 + p + 0x9E3779B9) % (2**63 - 1)
+    return h
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(_step_seed(seed, 1, epoch)))
+
+
+def steps_per_epoch(n_examples: int, cfg: PipelineConfig) -> int:
+    per_step = cfg.train.batch_size * cfg.train.n_critic
+    steps = n_examples // per_step
+    if steps == 0:
+        raise TrainingError(
+            f"the dataset has {n_examples} examples, fewer than one step needs "
+            f"(batch_size {cfg.train.batch_size} × n_critic {cfg.train.n_critic}); "
+            "lower train.batch_size or use more data (data.limit)")
+    return steps
+
+
+def total_steps(n_examples: int, cfg: PipelineConfig) -> int:
+    total = steps_per_epoch(n_examples, cfg) * cfg.train.epochs
+    return min(total, cfg.train.max_steps) if cfg.train.max_steps else total
+
+
+def to_float(batch_u8: torch.Tensor) -> torch.Tensor:
+    """uint8 images → [-1, 1]; int16 audio → [-1, 1). Converted per batch so data stays compact in memory."""
+    if batch_u8.dtype == torch.uint8:
+        return batch_u8.float().div_(127.5).sub_(1.0)
+    if batch_u8.dtype == torch.int16:
+        return batch_u8.float().div_(32768.0)
+    raise TrainingError(f"unsupported data dtype {batch_u8.dtype}; expected uint8 images or int16 audio")
+
+
+class _Batches:
+    """Global batch b of epoch e = perm_e[b·B : (b+1)·B]; this rank takes its contiguous slice."""
+
+    def __init__(self, data: torch.Tensor, cfg: PipelineConfig, dist_info: DistInfo):
+        self.data, self.cfg, self.dist = data, cfg, dist_info
+        self.local = cfg.train.batch_size // dist_info.world_size
+        self._epoch, self._perm = -1, None
+
+    def get(self, epoch: int, index_in_epoch: int) -> torch.Tensor:
+        if epoch != self._epoch:
+            self._epoch, self._perm = epoch, epoch_permutation(len(self.data), self.cfg.train.seed, epoch)
+        start = index_in_epoch * self.cfg.train.batch_size + self.dist.rank * self.local
+        return self.data[self._perm[start:start + self.local]]
+
+
+def global_noise(cfg: PipelineConfig, step: int, k: int, dist_info: DistInfo) -> torch.Tensor:
+    """This rank's slice of the global batch's latent noise for (step, critic iteration k)."""
+    g = torch.Generator().manual_seed(_step_seed(cfg.train.seed, 2, step, k))
+    z = torch.randn(cfg.train.batch_size, cfg.model.nz, generator=g)
+    local = cfg.train.batch_size // dist_info.world_size
+    return z[dist_info.rank * local:(dist_info.rank + 1) * local]
+
+
+def fixed_noise(cfg: PipelineConfig, n: int = N_FIXED_SAMPLES) -> torch.Tensor:
+    return torch.randn(n, cfg.model.nz, generator=torch.Generator().manual_seed(_step_seed(cfg.train.seed, 3)))
+
+
+def average_gradients(module: nn.Module, world_size: int) -> None:
+    """All-reduce and average gradients in one flat buffer (one collective per step, like DDP's buckets)."""
+    if world_size == 1:
+        return
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world_size
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def mean_over_ranks(metrics: dict, world_size: int) -> dict:
+    """Average scalar metrics over ranks (every rank must call it), so logged losses are global-batch means."""
+    if world_size == 1:
+        return metrics
+    keys = sorted(metrics)
+    values = torch.stack([metrics[k].detach().float() for k in keys])  # on the device: NCCL needs CUDA tensors
+    dist.all_reduce(values)
+    return dict(zip(keys, values / world_size))
+
+
+@torch.no_grad()
+def update_ema(g_ema: nn.Module, g: nn.Module, decay: float, step: int) -> None:
+    """EMA of G's weights with a warm-up (decay ramps from 0.1) so early samples are not stale; buffers copied."""
+    d = min(decay, (1 + step) / (10 + step))
+    for pe, p in zip(g_ema.parameters(), g.parameters()):
+        pe.lerp_(p.detach(), 1 - d)
+    for be, b in zip(g_ema.buffers(), g.buffers()):
+        be.copy_(b)
+
+
+class _Context:
+    """Per-run settings the steps need: autocast, memory format, grad scalers."""
+
+    def __init__(self, cfg: PipelineConfig, dist_info: DistInfo):
+        self.cfg, self.dist = cfg, dist_info
+        dev = dist_info.device
+        self.autocast_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.train.amp]
+        self.device_type = dev.type
+        self.scaler_d = torch.amp.GradScaler(dev.type, enabled=cfg.train.amp == "fp16")
+        self.scaler_g = torch.amp.GradScaler(dev.type, enabled=cfg.train.amp == "fp16")
+        self.channels_last = cfg.train.channels_last and cfg.data.kind == "image"
+
+    def autocast(self):
+        return torch.autocast(self.device_type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.dist.device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
+
+    def augment(self, x: torch.Tensor) -> torch.Tensor:
+        return diff_augment(x, self.cfg.train.diffaugment) if self.cfg.train.diffaugment else x
+
+
+def d_step(G: nn.Module, D: nn.Module, opt_d: torch.optim.Optimizer, real: torch.Tensor, z: torch.Tensor,
+           ctx: _Context) -> dict:
+    """One discriminator/critic update on a real batch and G(z)."""
+    tc = ctx.cfg.train
+    opt_d.zero_grad(set_to_none=True)
+    with torch.no_grad(), ctx.autocast():
+        fake = G(z)
+    if tc.r1_gamma > 0:
+        real = real.detach().requires_grad_(True)
+    with ctx.autocast():
+        real_logits = D(ctx.augment(real)).float()
+        fake_logits = D(ctx.augment(fake.float())).float()
+        loss = d_loss(tc.loss, real_logits, fake_logits)
+    out = {"loss_d": loss.detach()}
+    if tc.loss == "wgan-gp":
+        gp = gradient_penalty(D, real, fake.float())
+        loss = loss + tc.gp_weight * gp
+        out["gp"] = gp.detach()
+    if tc.r1_gamma > 0:
+        r1 = r1_penalty(real_logits, real)
+        loss = loss + tc.r1_gamma / 2 * r1
+        out["r1"] = r1.detach()
+    ctx.scaler_d.scale(loss).backward()
+    average_gradients(D, ctx.dist.world_size)
+    ctx.scaler_d.step(opt_d)
+    ctx.scaler_d.update()
+    out["d_real"] = real_logits.detach().mean()
+    out["d_fake"] = fake_logits.detach().mean()
+    return out
+
+
+def g_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, z: torch.Tensor, ctx: _Context) -> dict:
+    """One generator update; D's gradients are computed but discarded (zeroed before its next step)."""
+    opt_g.zero_grad(set_to_none=True)
+    for p in D.parameters():
+        p.requires_grad_(False)
+    try:
+        with ctx.autocast():
+            loss = g_loss(ctx.cfg.train.loss, D(ctx.augment(G(z))).float())
+        ctx.scaler_g.scale(loss).backward()
+    finally:
+        for p in D.parameters():
+            p.requires_grad_(True)
+    average_gradients(G, ctx.dist.world_size)
+    ctx.scaler_g.step(opt_g)
+    ctx.scaler_g.update()
+    return {"loss_g": loss.detach()}
+
+
+def build_training_state(cfg: PipelineConfig, device: torch.device):
+    """Models, EMA copy and optimisers, identically initialised on every rank (seeded)."""
+    torch.manual_seed(cfg.train.seed)
+    G, D = build_models(cfg.model, cfg.data)
+    G, D = G.to(device), D.to(device)
+    if cfg.train.channels_last and cfg.data.kind == "image":
+        G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+    tc = cfg.train
+    opt_g = torch.optim.Adam(G.parameters(), lr=tc.lr_g, betas=(tc.beta1, tc.beta2))
+    opt_d = torch.optim.Adam(D.parameters(), lr=tc.lr_d, betas=(tc.beta1, tc.beta2))
+    return G, D, G_ema, opt_g, opt_d
+
+
+def _rng_state() -> dict:
+    """RNG states as tensors/lists only, so the checkpoint loads with ``weights_only=True``."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "python": {"version": py_state[0], "state": list(py_state[1]), "gauss": py_state[2]},
+    }
+
+
+def _set_rng_state(s: dict) -> None:
+    torch.set_rng_state(s["torch"])
+    n = s["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    p = s["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+
+
+def save_checkpoint(path: Path, *, G, D, G_ema, opt_g, opt_d, ctx: _Context, step: int, epoch: int,
+                    cfg: PipelineConfig) -> Path:
+    state = {
+        "G": G.state_dict(), "G_ema": G_ema.state_dict(), "D": D.state_dict(),
+        "opt_G": opt_g.state_dict(), "opt_D": opt_d.state_dict(),
+        "scaler_G": ctx.scaler_g.state_dict(), "scaler_D": ctx.scaler_d.state_dict(),
+        "step": step, "epoch": epoch, "rng": _rng_state(),
+        "config": cfg.to_dict(), "ganforge_version": __version__,
+    }
+    with atomic_file(path) as tmp:
+        torch.save(state, tmp)
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; train first (`ganforge train … --out {path.parent}`)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated or foreign file
+        raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); "
+                              "it is not a ganforge checkpoint or is damaged — delete it and retrain") from e
+
+
+def _load_state(module, state: dict, what: str, path: Path) -> None:
+    own = module.state_dict()
+    mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                  for k, v in state.items() if k in own and hasattr(v, "shape") and v.shape != own[k].shape]
+    missing = sorted(set(own) - set(state))
+    if mismatched or missing:
+        detail = "; ".join(mismatched[:3] + ([f"missing keys {missing[:3]}"] if missing else []))
+        raise CheckpointError(
+            f"checkpoint {path} does not fit this config ({what}: {detail}). It was written by a different "
+            "config: resume with the config it was trained with, or train into a fresh --out directory")
+    module.load_state_dict(state)
+
+
+def load_generator(path: str | os.PathLike, ema: bool = True, device: str = "cpu") -> tuple[nn.Module, PipelineConfig]:
+    """(generator in eval mode, its config) from a checkpoint; the EMA weights by default."""
+    ckpt = read_checkpoint(path)
+    cfg = PipelineConfig.from_dict(ckpt["config"])
+    G, _ = build_models(cfg.model, cfg.data)
+    _load_state(G, ckpt["G_ema" if ema else "G"], "generator", Path(path))
+    return G.to(device).eval(), cfg
+
+
+@torch.no_grad()
+def generate(G: nn.Module, z: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """G(z) in batches, on CPU float, in eval mode."""
+    G.eval()
+    device = next(G.parameters()).device
+    return torch.cat([G(z[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(z), batch_size)])
+
+
+def write_samples(G_ema: nn.Module, z: torch.Tensor, out_dir: Path, tag: str, cfg: PipelineConfig) -> Path:
+    """Sample grid PNG for images; WAVs + spectrogram grid for audio. Returns the PNG path."""
+    x = generate(G_ema, z)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    png = out_dir / f"{tag}.png"
+    if cfg.data.kind == "audio":
+        from .audio_metrics import spectrogram_grid_png, write_wavs
+
+        write_wavs(x[:8].numpy(), out_dir / tag, cfg.data.sample_rate)
+        spectrogram_grid_png(x[:16].numpy(), png, nrow=4)
+    else:
+        from torchvision.utils import save_image
+
+        with atomic_file(png) as tmp:
+            save_image(x, tmp, format="png", nrow=int(math.sqrt(len(x))), normalize=True, value_range=(-1, 1))
+    return png
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, disable=not sys.stderr.isatty())
+
+
+def train(cfg: PipelineConfig, data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, resume: bool = False,
+          on_metrics: Optional[MetricsFn] = None, on_samples: Optional[SamplesFn] = None,
+          dist_info: Optional[DistInfo] = None) -> TrainResult:
+    """Train cfg's GAN on the prepared dataset at data_dir, writing checkpoint.pt and samples/ to out_dir."""
+    dist_info = dist_info or init_distributed()
+    tc = cfg.train
+    if tc.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    elif dist_info.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    out_dir = Path(out_dir)
+    ckpt_path = out_dir / CHECKPOINT_NAME
+
+    ds = load_dataset(data_dir)
+    expected = (cfg.data.channels, cfg.data.audio_length) if cfg.data.kind == "audio" else \
+        (cfg.data.channels, cfg.data.resolution, cfg.data.resolution)
+    if tuple(ds.images.shape[1:]) != expected:
+        raise TrainingError(f"dataset {data_dir} holds samples of shape {tuple(ds.images.shape[1:])}, but the config "
+                            f"expects {expected}; prepare the data with the same config (`ganforge prep`)")
+    data = torch.from_numpy(np.array(ds.images))  # uint8/int16 read into memory once; converted per batch
+    n_steps = total_steps(len(data), cfg)
+    per_epoch = steps_per_epoch(len(data), cfg)
+
+    G, D, G_ema, opt_g, opt_d = build_training_state(cfg, dist_info.device)
+    ctx = _Context(cfg, dist_info)
+    step = 0
+    if resume and ckpt_path.exists():
+        ckpt = read_checkpoint(ckpt_path)
+        for module, key in ((G, "G"), (D, "D"), (G_ema, "G_ema")):
+            _load_state(module, ckpt[key], key, ckpt_path)
+        opt_g.load_state_dict(ckpt["opt_G"])
+        opt_d.load_state_dict(ckpt["opt_D"])
+        ctx.scaler_g.load_state_dict(ckpt["scaler_G"])
+        ctx.scaler_d.load_state_dict(ckpt["scaler_D"])
+        _set_rng_state(ckpt["rng"])
+        step = int(ckpt["step"])
+    elif dist_info.is_main and ckpt_path.exists():
+        print(f"note: {ckpt_path} exists and --resume was not given; training from scratch and overwriting it",
+              file=sys.stderr)
+
+    G_train = torch.compile(G) if tc.compile else G
+    D_train = torch.compile(D) if tc.compile else D
+    batches = _Batches(data, cfg, dist_info)
+    z_fixed = fixed_noise(cfg)
+    if dist_info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out_dir / "config.json", cfg.to_json())
+    samples: list[Path] = []
+    bar = _progress(n_steps, step, dist_info.is_main)
+    t0, start_step, last = time.perf_counter(), step, {}
+    G.train(), D.train()
+    while step < n_steps:
+        epoch, in_epoch = divmod(step, per_epoch)
+        torch.manual_seed(_step_seed(tc.seed, 4, step, dist_info.rank))
+        for k in range(tc.n_critic):
+            real = ctx.prepare(to_float(batches.get(epoch, in_epoch * tc.n_critic + k)))
+            m = d_step(G_train, D_train, opt_d, real, ctx.prepare(global_noise(cfg, step, k, dist_info)), ctx)
+        m.update(g_step(G_train, D_train, opt_g, ctx.prepare(global_noise(cfg, step, tc.n_critic, dist_info)), ctx))
+        update_ema(G_ema, G, tc.ema_decay, step)
+        step += 1
+        if not all(torch.isfinite(v) for v in m.values()):
+            bad = ", ".join(k for k, v in m.items() if not torch.isfinite(v))
+            raise NonFiniteLossError(
+                f"non-finite {bad} at step {step}; training stopped. The last good checkpoint is kept at "
+                f"{ckpt_path if ckpt_path.exists() else '(none yet)'}. Lower the learning rates, turn train.amp off, "
+                "or use a more stable loss (wgan-gp)")
+        epoch_done = step % per_epoch == 0 or step == n_steps
+        log_now = step % tc.log_every == 0 or step == n_steps
+        if log_now:
+            m = mean_over_ranks(m, dist_info.world_size)
+        if dist_info.is_main:
+            if log_now:
+                last = {k: float(v) for k, v in m.items()}
+                last["img_per_s"] = (step - start_step) * tc.batch_size * tc.n_critic / (time.perf_counter() - t0)
+                last["epoch"] = step / per_epoch
+                if on_metrics:
+                    on_metrics(step, last)
+                if bar is not None:
+                    bar.set_postfix(loss_d=f"{last['loss_d']:.3f}", loss_g=f"{last['loss_g']:.3f}")
+                if bar is None or bar.disable:
+                    print(f"step {step}/{n_steps} epoch {last['epoch']:.2f} loss_d {last['loss_d']:.4f} "
+                          f"loss_g {last['loss_g']:.4f} {last['img_per_s']:.1f} img/s", file=sys.stderr, flush=True)
+            if bar is not None:
+                bar.update(1)
+            if epoch_done:
+                png = write_samples(G_ema, z_fixed, out_dir / "samples", f"epoch_{math.ceil(step / per_epoch):03d}", cfg)
+                samples.append(png)
+                if on_samples:
+                    on_samples(step, png)
+            if step % tc.checkpoint_every == 0 or step == n_steps:
+                save_checkpoint(ckpt_path, G=G, D=D, G_ema=G_ema, opt_g=opt_g, opt_d=opt_d, ctx=ctx,
+                                step=step, epoch=epoch, cfg=cfg)
+    if bar is not None:
+        bar.close()
+    if dist_info.world_size > 1:
+        dist.barrier()
+    seconds = time.perf_counter() - t0
+    done = step - start_step
+    return TrainResult(step=step, epoch=math.ceil(step / per_epoch), seconds=seconds,
+                       img_per_s=done * tc.batch_size * tc.n_critic / seconds if seconds > 0 and done else 0.0,
+                       checkpoint=ckpt_path, samples=samples, last_metrics=last,
+                       models={"G": G, "G_ema": G_ema, "D": D})

@@ -1,0 +1,52 @@
+"""Shared fixtures: tiny real datasets, an isolated GANFORGE_HOME, the Inception weights."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # components/ and pipelines/ are packages of the checkout
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.fixture(scope="session")
+def fashion_train(tmp_path_factory) -> Path:
+    """512 real Fashion-MNIST training images (the tiny profile's limit)."""
+    from ganforge.config import build_config
+    from ganforge.data import prepare
+
+    if not FASHION_DIR.exists():
+        pytest.fail(f"{FASHION_DIR} missing: run `make setup` (apt-get install dataset-fashion-mnist)")
+    out = tmp_path_factory.mktemp("fashion") / "train"
+    prepare(build_config("dcgan", "tiny").data, out, split="train")
+    return out
+
+
+@pytest.fixture(scope="session")
+def fashion_test(tmp_path_factory) -> Path:
+    from ganforge.config import build_config
+    from ganforge.data import prepare
+
+    out = tmp_path_factory.mktemp("fashion") / "test"
+    prepare(build_config("dcgan", "tiny").data, out, split="test")
+    return out
+
+
+@pytest.fixture
+def ganforge_home(tmp_path, monkeypatch) -> Path:
+    """An isolated GANFORGE_HOME with its own sqlite MLflow store."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("GANFORGE_HOME", str(home))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    return home
+
+
+def cli_env(**extra) -> dict:
+    """Environment for running `python -m ganforge.cli` in a subprocess from the checkout."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT)]), **extra)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env

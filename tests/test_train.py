@@ -1,0 +1,165 @@
+"""Training: checkpoints, resume after SIGKILL (bitwise), DDP on gloo ranks, two torchrun nodes."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT, cli_env
+from ganforge.config import build_config
+from ganforge.train import (CheckpointError, NonFiniteLossError, load_generator, read_checkpoint, train)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _state_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_train_writes_complete_checkpoint_and_samples(fashion_train, tmp_path):
+    cfg = build_config("dcgan", "tiny")
+    seen = []
+    result = train(cfg, fashion_train, tmp_path, on_metrics=lambda step, m: seen.append((step, m)))
+    ckpt = read_checkpoint(result.checkpoint)  # weights_only=True
+    for key in ("G", "G_ema", "D", "opt_G", "opt_D", "step", "epoch", "rng", "config"):
+        assert key in ckpt
+    assert set(ckpt["rng"]) == {"torch", "numpy", "python"}
+    assert ckpt["step"] == cfg.train.max_steps == result.step
+    assert [s for s, _ in seen] == list(range(cfg.train.log_every, cfg.train.max_steps + 1, cfg.train.log_every))
+    assert {"loss_d", "loss_g", "img_per_s"} <= set(seen[-1][1])
+    assert result.samples and result.samples[-1].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    G, loaded_cfg = load_generator(result.checkpoint)
+    assert loaded_cfg == cfg
+    assert G(torch.randn(2, cfg.model.nz)).shape == (2, 1, 28, 28)
+    assert not _state_equal(ckpt["G"], ckpt["G_ema"]), "EMA must differ from the raw generator"
+
+
+def test_same_seed_same_weights_and_resume_continues(fashion_train, tmp_path):
+    cfg = build_config("gan", "tiny")
+    full = train(cfg, fashion_train, tmp_path / "a")
+    half = train(build_config("gan", "tiny", {"train": {"max_steps": 4}}), fashion_train, tmp_path / "b")
+    assert half.step == 4
+    resumed = train(cfg, fashion_train, tmp_path / "b", resume=True)
+    assert resumed.step == cfg.train.max_steps
+    a, b = read_checkpoint(full.checkpoint), read_checkpoint(resumed.checkpoint)
+    for key in ("G", "G_ema", "D"):
+        assert _state_equal(a[key], b[key]), key
+
+
+def test_non_finite_loss_stops_with_clear_error_and_keeps_last_checkpoint(fashion_train, tmp_path):
+    cfg = build_config("gan", "tiny", {"train": {"max_steps": 8, "checkpoint_every": 2, "lr_d": 1e30, "lr_g": 1e30}})
+    with pytest.raises(NonFiniteLossError, match="non-finite .* at step"):
+        train(cfg, fashion_train, tmp_path)
+    ckpt = tmp_path / "checkpoint.pt"
+    if ckpt.exists():  # whatever checkpoint exists was written before the blow-up and is finite
+        state = read_checkpoint(ckpt)
+        assert all(torch.isfinite(v).all() for v in state["G"].values())
+
+
+def test_resume_with_other_config_is_a_clear_error(fashion_train, tmp_path):
+    train(build_config("dcgan", "tiny"), fashion_train, tmp_path)
+    wider = build_config("dcgan", "tiny", {"model": {"ngf": 16}})
+    with pytest.raises(CheckpointError, match="does not fit this config"):
+        train(wider, fashion_train, tmp_path, resume=True)
+
+
+def test_damaged_checkpoint_is_a_clear_error(tmp_path):
+    bad = tmp_path / "checkpoint.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        read_checkpoint(bad)
+
+
+def _train_cmd(cfg_path: Path, data: Path, out: Path, resume: bool = False) -> list[str]:
+    return [sys.executable, "-m", "ganforge.cli", "train", "--config-json", str(cfg_path), "--data", str(data),
+            "--out", str(out)] + (["--resume"] if resume else [])
+
+
+def _sigkill_then_resume(cfg, fashion_train: Path, tmp_path: Path) -> None:
+    """Uninterrupted run vs. a run SIGKILLed after its first checkpoint and resumed: same weights, bit for bit."""
+    cfg_path = tmp_path / "config.json"
+    cfg_path.write_text(cfg.to_json())
+    env = cli_env()
+    subprocess.run(_train_cmd(cfg_path, fashion_train, tmp_path / "ref"), env=env, check=True,
+                   capture_output=True)
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(_train_cmd(cfg_path, fashion_train, out), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while not (out / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole group: torchrun and its ranks
+    proc.wait()
+    killed_at = read_checkpoint(out / "checkpoint.pt")["step"]
+    assert killed_at < cfg.train.max_steps, "the run finished before it was killed; the test proved nothing"
+    subprocess.run(_train_cmd(cfg_path, fashion_train, out, resume=True), env=env, check=True, capture_output=True)
+    ref, resumed = read_checkpoint(tmp_path / "ref" / "checkpoint.pt"), read_checkpoint(out / "checkpoint.pt")
+    assert resumed["step"] == ref["step"] == cfg.train.max_steps
+    for key in ("G", "G_ema", "D"):
+        assert _state_equal(ref[key], resumed[key]), f"{key} differs after resume (killed at step {killed_at})"
+
+
+def test_sigkill_then_resume_is_bitwise_identical_single_rank(fashion_train, tmp_path):
+    cfg = build_config("dcgan", "tiny", {"train": {"epochs": 2, "max_steps": 24, "checkpoint_every": 3}})
+    _sigkill_then_resume(cfg, fashion_train, tmp_path)
+
+
+def test_sigkill_then_resume_is_bitwise_identical_two_ranks(fashion_train, tmp_path):
+    cfg = build_config("dcgan", "tiny", {"train": {"epochs": 2, "max_steps": 24, "checkpoint_every": 3, "nproc": 2}})
+    _sigkill_then_resume(cfg, fashion_train, tmp_path)
+
+
+def _torchrun_worker(cfg, data: Path, out: Path, report: Path, nproc: int) -> dict:
+    cfg_path = out.parent / f"{out.name}.json"
+    cfg_path.parent.mkdir(parents=True, exist_ok=True)
+    cfg_path.write_text(cfg.to_json())
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+                    str(ROOT / "tests" / "ddp_worker.py"), str(cfg_path), str(data), str(out), str(report)],
+                   env=cli_env(), check=True, capture_output=True)
+    return json.loads(report.read_text())
+
+
+def test_two_gloo_ranks_stay_identical_and_match_single_rank_curve(fashion_train, tmp_path):
+    """The MLP GAN has no BatchNorm, so 2 ranks × 16 must reproduce 1 rank × 32 up to float summation order.
+
+    Tolerance: 1e-3 absolute on every logged loss over 8 steps (observed differences are ~1e-6;
+    BatchNorm models differ more, since their statistics are per rank).
+    """
+    base = {"train": {"max_steps": 8, "log_every": 1, "batch_size": 32}}
+    one = _torchrun_worker(build_config("gan", "tiny", base), fashion_train, tmp_path / "one", tmp_path / "one.json", 1)
+    two_cfg = build_config("gan", "tiny", {"train": {**base["train"], "nproc": 2}})
+    two = _torchrun_worker(two_cfg, fashion_train, tmp_path / "two", tmp_path / "two.json", 2)
+    assert two["world_size"] == 2 and two["max_rank_param_diff"] == 0.0
+    assert [s for s, *_ in one["curve"]] == [s for s, *_ in two["curve"]] == list(range(1, 9))
+    for (_, d1, g1), (_, d2, g2) in zip(one["curve"], two["curve"]):
+        assert abs(d1 - d2) < 1e-3 and abs(g1 - g2) < 1e-3
+
+
+def test_two_torchrun_nodes_on_localhost(fashion_train, tmp_path):
+    """Two torchrun 'nodes' (one rank each) meet through the c10d rendezvous on 127.0.0.1."""
+    cfg = build_config("dcgan", "tiny", {"train": {"max_steps": 4, "nnodes": 2, "nproc": 1}})
+    cfg_path = tmp_path / "config.json"
+    cfg_path.write_text(cfg.to_json())
+    endpoint = f"127.0.0.1:{_free_port()}"
+    procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1",
+                               f"--node-rank={rank}", "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}",
+                               "--rdzv-id=ganforge-test", "-m", "ganforge.cli", "train", "--config-json",
+                               str(cfg_path), "--data", str(fashion_train), "--out", str(tmp_path / f"node{rank}")],
+                              env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for rank in (0, 1)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert read_checkpoint(tmp_path / "node0" / "checkpoint.pt")["step"] == 4
+    assert not (tmp_path / "node1" / "checkpoint.pt").exists(), "only global rank 0 writes checkpoints"
