@@ -1,0 +1,468 @@
+"""Submit a compiled pipeline to a Kubeflow Pipelines endpoint, and schedule recurring retraining.
+
+Everything talks to KFP through ``kfp.Client`` (v2beta1 REST). Failures a user can fix (no
+endpoint, refused connection, missing token, wrong path prefix, a bad cron expression, an
+unknown pipeline parameter) come back as ``SubmitError`` with the fix in the message.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+import warnings
+from pathlib import Path
+from typing import Any, Iterator
+
+import kfp
+import kfp_server_api
+import urllib3
+import yaml
+
+from ganforge.config import PRESETS, PROFILES
+
+DEFAULT_SA_TOKEN_PATH = "/var/run/secrets/kubeflow/pipelines/token"
+PORT_FORWARD = "kubectl -n kubeflow port-forward svc/ml-pipeline-ui 8080:80"
+HEALTHZ_PATH = "/apis/v2beta1/healthz"
+
+
+class SubmitError(RuntimeError):
+    """A KFP submission or schedule failed for a reason the user can fix; the message says how."""
+
+
+def resolve_host(host: str | None = None) -> str:
+    """The KFP endpoint: ``host``, else $KFP_HOST, else $KF_PIPELINES_ENDPOINT (trailing / dropped)."""
+    resolved = host or os.environ.get("KFP_HOST") or os.environ.get("KF_PIPELINES_ENDPOINT")
+    if not resolved:
+        raise SubmitError(
+            "no KFP endpoint configured: set KFP_HOST=https://… (or KF_PIPELINES_ENDPOINT), "
+            "e.g. `make submit PIPELINE=dcgan KFP_HOST=http://localhost:8080` after "
+            f"`{PORT_FORWARD}`")
+    if not resolved.startswith(("http://", "https://")):
+        raise SubmitError(f"KFP endpoint {resolved!r} has no scheme: write http://{resolved} or https://{resolved}")
+    return resolved.rstrip("/")
+
+
+def resolve_token(token: str | None = None) -> str | None:
+    """The bearer token: ``token``, else $KF_PIPELINES_TOKEN, else the in-cluster token file, else None."""
+    if token:
+        return token
+    if os.environ.get("KF_PIPELINES_TOKEN"):
+        return os.environ["KF_PIPELINES_TOKEN"]
+    token_file = Path(os.environ.get("KF_PIPELINES_SA_TOKEN_PATH", DEFAULT_SA_TOKEN_PATH))
+    if token_file.is_file():
+        return token_file.read_text().strip() or None
+    return None
+
+
+def git_commit() -> str:
+    """Short sha of the checkout this code runs from ($GANFORGE_GIT_SHA wins; "nogit" outside git)."""
+    if os.environ.get("GANFORGE_GIT_SHA"):
+        return os.environ["GANFORGE_GIT_SHA"]
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "nogit"
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "nogit"
+
+
+def experiment_name(pipeline: str) -> str:
+    """The KFP experiment that groups every run and schedule of one pipeline."""
+    return f"ganforge-{pipeline}"
+
+
+def run_name(pipeline: str, sha: str, now: dt.datetime | None = None) -> str:
+    """``ganforge-<pipeline>-<sha>-<UTC timestamp>``: which code, which time, at a glance in the UI."""
+    now = now or dt.datetime.now(dt.timezone.utc)
+    return f"ganforge-{pipeline}-{sha}-{now.strftime('%Y%m%dT%H%M%SZ')}"
+
+
+def default_job_name(pipeline: str) -> str:
+    """The recurring run's name when none is given: one retraining schedule per pipeline."""
+    return f"ganforge-{pipeline}-retrain"
+
+
+def _fix_for_status(status: int, host: str) -> str:
+    if status in (401, 403):
+        return (f"check the auth token: set KF_PIPELINES_TOKEN (or mount one at KF_PIPELINES_SA_TOKEN_PATH, "
+                f"default {DEFAULT_SA_TOKEN_PATH}); behind the Kubeflow dashboard the token must be allowed "
+                f"in the profile namespace (pass --namespace)")
+    if status == 404:
+        return (f"check the path prefix: behind the Kubeflow central dashboard the API lives under /pipeline "
+                f"(KFP_HOST={host}/pipeline); with `{PORT_FORWARD}` use KFP_HOST=http://localhost:8080")
+    if status >= 500:
+        return "the KFP API server failed: check `kubectl -n kubeflow logs deploy/ml-pipeline`"
+    return "the request was rejected; see the server's message above"
+
+
+def _server_message(body: str | bytes | None) -> str:
+    """The ``message`` field of a grpc-gateway error body, or a short slice of the raw body."""
+    if not body:
+        return ""
+    text = body.decode(errors="replace") if isinstance(body, bytes) else str(body)
+    try:
+        return str(json.loads(text).get("message") or text[:300])
+    except (ValueError, AttributeError):
+        return text[:300]
+
+
+def http_error(host: str, status: int, reason: str, body: str | bytes | None = None) -> SubmitError:
+    """A SubmitError for an HTTP error status from ``host``, saying what to check."""
+    message = _server_message(body)
+    detail = f": {message}" if message else ""
+    return SubmitError(f"KFP at {host} answered HTTP {status} {reason}{detail} — {_fix_for_status(status, host)}")
+
+
+def unreachable_error(host: str, cause: object) -> SubmitError:
+    """A SubmitError for a connection that never got an HTTP answer (refused, DNS, TLS)."""
+    return SubmitError(
+        f"could not connect to KFP at {host} ({cause}): is the endpoint right and reachable? For a cluster "
+        f"without ingress run `{PORT_FORWARD}` and use KFP_HOST=http://localhost:8080")
+
+
+def check_endpoint(host: str, token: str | None, timeout_s: float = 10.0) -> None:
+    """One GET of the healthz endpoint, so refusals surface as a clear error.
+
+    kfp.Client's own healthz check retries 5 times with 5 s sleeps on any API error, and a login
+    page answers 200 with HTML; both would hide the real problem.
+    """
+    request = urllib.request.Request(host + HEALTHZ_PATH, headers={"Accept": "application/json"})
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    # No proxy: kfp.Client (urllib3) ignores proxy environment variables too.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(request, timeout=timeout_s) as response:
+            content_type = response.headers.get("Content-Type", "")
+            body = response.read(2048)
+    except urllib.error.HTTPError as e:
+        raise http_error(host, e.code, e.reason, e.read(2048)) from None
+    except (urllib.error.URLError, OSError) as e:
+        raise unreachable_error(host, getattr(e, "reason", e)) from None
+    if "html" in content_type or body.lstrip().startswith(b"<"):
+        raise SubmitError(
+            f"KFP at {host} answered {HEALTHZ_PATH} with an HTML page (a login page?), not the API: "
+            f"{_fix_for_status(401, host)}; or check the path prefix (/pipeline)")
+
+
+@contextlib.contextmanager
+def kfp_errors(host: str) -> Iterator[None]:
+    """Turn kfp_server_api / urllib3 failures inside the block into SubmitError naming ``host``."""
+    try:
+        yield
+    except kfp_server_api.ApiException as e:
+        if e.status == 0:  # kfp_server_api reports network and SSL failures as status 0
+            raise unreachable_error(host, e.reason) from None
+        raise http_error(host, e.status, e.reason or "", e.body) from None
+    except urllib3.exceptions.HTTPError as e:
+        raise unreachable_error(host, getattr(e, "reason", e)) from None
+
+
+def make_client(host: str | None = None, token: str | None = None, namespace: str | None = None) -> kfp.Client:
+    """A kfp.Client for the resolved endpoint and token, after checking the endpoint answers."""
+    host = resolve_host(host)
+    token = resolve_token(token)
+    check_endpoint(host, token)
+    with warnings.catch_warnings(), kfp_errors(host):
+        warnings.filterwarnings("ignore", message="This client only works with Kubeflow Pipeline v2")
+        return kfp.Client(host=host, existing_token=token, namespace=namespace or "kubeflow")
+
+
+def pipeline_parameters(package_path: str | Path) -> dict[str, str]:
+    """Root parameter name → KFP parameter type (``NUMBER_INTEGER``, ``STRING``, …) of a compiled package."""
+    path = Path(package_path)
+    if not path.is_file():
+        raise SubmitError(f"compiled pipeline {path} not found: run `python -m pipelines compile <name>` first")
+    spec = next(yaml.safe_load_all(path.read_text()))
+    definitions = spec.get("root", {}).get("inputDefinitions", {}).get("parameters", {})
+    return {name: d.get("parameterType", "STRING") for name, d in definitions.items()}
+
+
+def check_params(params: dict[str, Any], parameter_types: dict[str, str]) -> dict[str, Any]:
+    """``params`` unchanged if every key is a parameter of the pipeline; else a SubmitError listing them."""
+    unknown = sorted(set(params) - set(parameter_types))
+    if unknown:
+        raise SubmitError(f"unknown pipeline parameter(s) {unknown}; this pipeline takes {sorted(parameter_types)}")
+    return params
+
+
+def _coerce(name: str, text: str, parameter_type: str) -> Any:
+    try:
+        if parameter_type == "NUMBER_INTEGER":
+            return int(text)
+        if parameter_type == "NUMBER_DOUBLE":
+            return float(text)
+        if parameter_type == "BOOLEAN":
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(text)
+            return text.lower() in ("true", "1")
+        if parameter_type in ("LIST", "STRUCT"):
+            return json.loads(text)
+    except ValueError:
+        raise SubmitError(f"--param {name}={text}: {name} is {parameter_type}, {text!r} is not") from None
+    return text
+
+
+def parse_param_args(pairs: list[str], parameter_types: dict[str, str]) -> dict[str, Any]:
+    """``["epochs=5", "source=s3://b/x"]`` → typed values, checked against the pipeline's parameters."""
+    raw: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SubmitError(f"--param {pair!r}: write KEY=VALUE, e.g. --param epochs=5")
+        raw[key.strip()] = value
+    check_params(raw, parameter_types)
+    return {k: _coerce(k, v, parameter_types[k]) for k, v in raw.items()}
+
+
+def submit(package_path: str | Path, pipeline: str, params: dict[str, Any], *, host: str | None = None,
+           token: str | None = None, namespace: str | None = None, experiment: str | None = None) -> dict:
+    """Start one run of a compiled pipeline; returns ``{"run_id", "run_url", "experiment"}``."""
+    check_params(params, pipeline_parameters(package_path))
+    host = resolve_host(host)
+    experiment = experiment or experiment_name(pipeline)
+    client = make_client(host, token, namespace)
+    with kfp_errors(host):
+        result = client.create_run_from_pipeline_package(
+            str(package_path), arguments=dict(params), run_name=run_name(pipeline, git_commit()),
+            experiment_name=experiment, namespace=namespace)
+    ui = os.environ.get("KF_PIPELINES_UI_ENDPOINT", host).rstrip("/")
+    return {"run_id": result.run_id, "run_url": f"{ui}/#/runs/details/{result.run_id}", "experiment": experiment}
+
+
+_CRON_DESCRIPTORS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
+_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+_WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+# (field, lowest, highest, names mapped to lowest.., whether "?" is allowed)
+_CRON_FIELDS = (
+    ("seconds", 0, 59, (), False),
+    ("minutes", 0, 59, (), False),
+    ("hours", 0, 23, (), False),
+    ("day-of-month", 1, 31, (), True),
+    ("month", 1, 12, _MONTHS, False),
+    ("day-of-week", 0, 6, _WEEKDAYS, True),
+)
+
+
+def _cron_value(text: str, field: str, low: int, high: int, names: tuple[str, ...]) -> int:
+    if text.lower() in names:
+        return low + names.index(text.lower())
+    if not text.isdigit():
+        allowed = f"{low}-{high}" + (f" or {names[0].upper()}-{names[-1].upper()}" if names else "")
+        raise SubmitError(f"cron {field} value {text!r} is not a number ({allowed})")
+    value = int(text)
+    if not low <= value <= high:
+        raise SubmitError(f"cron {field} value {value} is out of range {low}-{high}")
+    return value
+
+
+def _check_cron_item(item: str, field: str, low: int, high: int, names: tuple[str, ...]) -> None:
+    base, slash, step = item.partition("/")
+    if slash and (not step.isdigit() or int(step) < 1):
+        raise SubmitError(f"cron {field} step {step!r} in {item!r} must be a positive integer")
+    if base == "*":
+        return
+    start, dash, end = base.partition("-")
+    first = _cron_value(start, field, low, high, names)
+    if dash and _cron_value(end, field, low, high, names) < first:
+        raise SubmitError(f"cron {field} range {base!r} runs backwards")
+
+
+def validate_cron(expr: str) -> str:
+    """A KFP cron expression (6 fields, seconds first), normalised; SubmitError says what is wrong.
+
+    KFP's scheduler parses with robfig/cron, where a 5-field expression is read seconds-first
+    with the weekday dropped: a standard "0 3 * * 0" would silently mean something else.
+    """
+    fields = expr.split()
+    if len(fields) == 1 and fields[0].lower() in _CRON_DESCRIPTORS:
+        return fields[0].lower()
+    if len(fields) == 5:
+        raise SubmitError(
+            f"cron {expr!r} has 5 fields; KFP needs 6 fields, seconds first "
+            f"(sec min hour day-of-month month day-of-week): did you mean '0 {' '.join(fields)}'?")
+    if len(fields) != 6:
+        raise SubmitError(
+            f"cron {expr!r} has {len(fields)} fields; KFP needs 6, seconds first, "
+            f"e.g. '0 0 3 * * 0' (Sundays 03:00:00), or one of {', '.join(_CRON_DESCRIPTORS)}")
+    for text, (field, low, high, names, question_ok) in zip(fields, _CRON_FIELDS):
+        if text == "?":
+            if not question_ok:
+                raise SubmitError(f"cron {field} cannot be '?': only day-of-month and day-of-week can")
+            continue
+        for item in text.split(","):
+            if not item:
+                raise SubmitError(f"cron {field} {text!r} has an empty list item")
+            _check_cron_item(item, field, low, high, names)
+    return " ".join(fields)
+
+
+def _recurring_runs_in(client: kfp.Client, experiment_id: str) -> list:
+    runs, page_token = [], ""
+    while True:
+        page = client.list_recurring_runs(experiment_id=experiment_id, page_size=100, page_token=page_token)
+        runs.extend(page.recurring_runs or [])
+        page_token = page.next_page_token or ""
+        if not page_token:
+            return runs
+
+
+def _experiment_id(client: kfp.Client, pipeline: str, namespace: str | None, host: str) -> str:
+    name = experiment_name(pipeline)
+    try:
+        return client.get_experiment(experiment_name=name, namespace=namespace).experiment_id
+    except ValueError:  # kfp.Client's way of saying "no experiment with that name"
+        raise SubmitError(f"no experiment {name!r} at {host}, so nothing is scheduled for {pipeline} there "
+                          f"(schedule it with `python -m pipelines schedule {pipeline} --cron '…'`)") from None
+
+
+def schedule(package_path: str | Path, pipeline: str, params: dict[str, Any], cron: str, *,
+             host: str | None = None, token: str | None = None, namespace: str | None = None,
+             job_name: str | None = None) -> dict:
+    """Create a recurring run (no overlap, no backfill, no caching); returns its id, name and cron."""
+    cron = validate_cron(cron)
+    check_params(params, pipeline_parameters(package_path))
+    host = resolve_host(host)
+    job_name = job_name or default_job_name(pipeline)
+    client = make_client(host, token, namespace)
+    with kfp_errors(host):
+        experiment_id = client.create_experiment(experiment_name(pipeline), namespace=namespace).experiment_id
+        clashes = [r.recurring_run_id for r in _recurring_runs_in(client, experiment_id) if r.display_name == job_name]
+        if clashes:
+            raise SubmitError(f"a recurring run named {job_name!r} already exists (id {', '.join(clashes)}): "
+                              f"delete it first (`python -m pipelines schedule {pipeline} --delete`) "
+                              f"or pass another --job-name")
+        # Caching off: a scheduled retrain with unchanged inputs must train again, not reuse outputs.
+        recurring = client.create_recurring_run(
+            experiment_id, job_name, cron_expression=cron, max_concurrency=1, no_catchup=True,
+            pipeline_package_path=str(package_path), params=dict(params), enable_caching=False)
+    return {"recurring_run_id": recurring.recurring_run_id, "job_name": job_name, "cron": cron}
+
+
+def find_recurring_run(client: kfp.Client, pipeline: str, name_or_id: str, *, host: str,
+                       namespace: str | None = None):
+    """The recurring run in the pipeline's experiment whose display name or id is ``name_or_id``."""
+    with kfp_errors(host):
+        experiment_id = _experiment_id(client, pipeline, namespace, host)
+        runs = _recurring_runs_in(client, experiment_id)
+    matches = [r for r in runs if name_or_id in (r.display_name, r.recurring_run_id)]
+    if not matches:
+        known = ", ".join(f"{r.display_name} ({r.recurring_run_id})" for r in runs) or "none"
+        raise SubmitError(f"no recurring run {name_or_id!r} in experiment {experiment_name(pipeline)!r} "
+                          f"at {host}; existing: {known}")
+    if len(matches) > 1:
+        raise SubmitError(f"{len(matches)} recurring runs are named {name_or_id!r} "
+                          f"({', '.join(r.recurring_run_id for r in matches)}): pass one id instead")
+    return matches[0]
+
+
+def _act_on_schedule(action: str, name_or_id: str, pipeline: str, host: str | None, token: str | None,
+                     namespace: str | None) -> dict:
+    host = resolve_host(host)
+    client = make_client(host, token, namespace)
+    recurring = find_recurring_run(client, pipeline, name_or_id, host=host, namespace=namespace)
+    with kfp_errors(host):
+        if action == "disabled":
+            client.disable_recurring_run(recurring.recurring_run_id)
+        else:
+            client.delete_recurring_run(recurring.recurring_run_id)
+    return {"recurring_run_id": recurring.recurring_run_id, "job_name": recurring.display_name, "action": action}
+
+
+def disable_schedule(name_or_id: str, pipeline: str, *, host: str | None = None, token: str | None = None,
+                     namespace: str | None = None) -> dict:
+    """Pause a recurring run (it stays listed and can be re-enabled in the UI)."""
+    return _act_on_schedule("disabled", name_or_id, pipeline, host, token, namespace)
+
+
+def delete_schedule(name_or_id: str, pipeline: str, *, host: str | None = None, token: str | None = None,
+                    namespace: str | None = None) -> dict:
+    """Remove a recurring run for good."""
+    return _act_on_schedule("deleted", name_or_id, pipeline, host, token, namespace)
+
+
+def _common_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("pipeline", choices=sorted(PRESETS))
+    p.add_argument("--profile", default="full", choices=sorted(PROFILES),
+                   help="profile the pipeline is compiled with (its default `profile` parameter)")
+    p.add_argument("--package", help="an already compiled pipeline YAML (default: compile to build/<name>.yaml)")
+    p.add_argument("--host", help="KFP endpoint (default $KFP_HOST or $KF_PIPELINES_ENDPOINT)")
+    p.add_argument("--namespace", help="Kubeflow profile namespace (multi-user clusters)")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="pipeline parameter, repeatable (epochs, source, nproc, fid_samples, promotion_margin)")
+
+
+def _compiled_package(args: argparse.Namespace) -> Path:
+    if args.package:
+        return Path(args.package)
+    from .compile import compile_pipeline
+
+    return compile_pipeline(args.pipeline, Path("build") / f"{args.pipeline}.yaml", args.profile)
+
+
+def main_submit(argv: list[str]) -> int:
+    """``python -m pipelines submit NAME [--param k=v …]``: compile, then start one run on KFP."""
+    p = argparse.ArgumentParser(prog="python -m pipelines submit", description="start one run on a KFP cluster")
+    _common_arguments(p)
+    p.add_argument("--experiment", help="KFP experiment (default ganforge-<name>)")
+    args = p.parse_args(argv)
+    host = resolve_host(args.host)  # before compiling: a missing endpoint is the likelier mistake
+    package = _compiled_package(args)
+    params = parse_param_args(args.param, pipeline_parameters(package))
+    with contextlib.redirect_stdout(sys.stderr):  # kfp.Client prints links; stdout stays one JSON document
+        result = submit(package, args.pipeline, params, host=host, namespace=args.namespace,
+                        experiment=args.experiment)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def main_schedule(argv: list[str]) -> int:
+    """``python -m pipelines schedule NAME --cron '0 0 3 * * 0'`` (or ``--disable`` / ``--delete``)."""
+    p = argparse.ArgumentParser(prog="python -m pipelines schedule",
+                                description="recurring retraining on KFP (cron: 6 fields, seconds first)")
+    _common_arguments(p)
+    p.add_argument("--cron", help="e.g. '0 0 3 * * 0' = Sundays 03:00:00 (sec min hour dom month dow)")
+    p.add_argument("--job-name", help="recurring run name (default ganforge-<name>-retrain); for --disable/"
+                                      "--delete also a recurring run id")
+    action = p.add_mutually_exclusive_group()
+    action.add_argument("--disable", action="store_true", help="pause the recurring run")
+    action.add_argument("--delete", action="store_true", help="delete the recurring run")
+    args = p.parse_args(argv)
+    job = args.job_name or default_job_name(args.pipeline)
+    if args.disable or args.delete:
+        act = disable_schedule if args.disable else delete_schedule
+        result = act(job, args.pipeline, host=args.host, namespace=args.namespace)
+    else:
+        if not args.cron:
+            p.error("--cron is required to create a schedule, e.g. --cron '0 0 3 * * 0'")
+        cron = validate_cron(args.cron)  # before compiling: fail fast on the likelier mistake
+        host = resolve_host(args.host)
+        package = _compiled_package(args)
+        params = parse_param_args(args.param, pipeline_parameters(package))
+        with contextlib.redirect_stdout(sys.stderr):
+            result = schedule(package, args.pipeline, params, cron, host=host, namespace=args.namespace,
+                              job_name=job)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def main_unschedule(argv: list[str]) -> int:
+    """``python -m pipelines unschedule NAME [--delete]``: pause (default) or delete the recurring run."""
+    p = argparse.ArgumentParser(prog="python -m pipelines unschedule", description="pause or delete a schedule")
+    p.add_argument("pipeline", choices=sorted(PRESETS))
+    p.add_argument("--job-name", help="recurring run name or id (default ganforge-<name>-retrain)")
+    p.add_argument("--host", help="KFP endpoint (default $KFP_HOST or $KF_PIPELINES_ENDPOINT)")
+    p.add_argument("--namespace", help="Kubeflow profile namespace (multi-user clusters)")
+    p.add_argument("--delete", action="store_true", help="delete instead of pausing")
+    args = p.parse_args(argv)
+    act = delete_schedule if args.delete else disable_schedule
+    result = act(args.job_name or default_job_name(args.pipeline), args.pipeline, host=args.host,
+                 namespace=args.namespace)
+    print(json.dumps(result, indent=2))
+    return 0
