@@ -1,0 +1,314 @@
+"""Generation for creative work: samples, grids, latent interpolations and WAVs from a model.
+
+A model is a registered version (``models:/NAME@ALIAS``, ``models:/NAME/VERSION``) or a local
+``checkpoint.pt``. Everything lands in one output directory that is written as a whole into a
+temporary sibling and renamed into place, so a reader sees either the previous complete output
+or the new one; ``generation.json`` records what produced it.
+
+Reproducible by seed: latents come from a ``torch.Generator`` seeded with ``seed`` and the
+manifest holds no timestamps, so the same model, seed and options give byte-identical files
+(on the same device and library versions).
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from .config import PipelineConfig
+from .storage import atomic_dir
+from .train import generate, load_generator
+
+MANIFEST_NAME = "generation.json"
+REGISTRY_SCHEME = "models:/"
+MAX_INTERPOLATION_ROWS = 8
+CONFIG_ARTIFACT = "config.json"
+"""The run artifact ``tracking.start_pipeline_run`` writes: the config a version was trained with."""
+
+
+class GenerationError(ValueError):
+    """Generation cannot run; the message names the problem and the fix."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A generator ready to sample, its training config, and where it came from (for the manifest)."""
+
+    generator: nn.Module
+    cfg: PipelineConfig
+    provenance: dict
+
+
+def parse_registry_uri(uri: str) -> tuple[str, Optional[str], Optional[int]]:
+    """``models:/NAME@ALIAS`` → (NAME, ALIAS, None); ``models:/NAME/VERSION`` → (NAME, None, VERSION)."""
+    body = uri[len(REGISTRY_SCHEME):]
+    name, at, alias = body.partition("@")
+    if at and name and alias and "/" not in name:
+        return name, alias, None
+    name, slash, version = body.partition("/")
+    if slash and name and version.isdigit():
+        return name, None, int(version)
+    raise GenerationError(f"{uri!r} is not a registry URI ganforge understands; write models:/NAME@ALIAS "
+                          "(e.g. models:/dcgan@champion) or models:/NAME/VERSION (e.g. models:/dcgan/3)")
+
+
+def resolve_version(uri: str):
+    """The MLflow model version a registry URI names, with errors that list what exists."""
+    from . import registry, tracking
+
+    name, alias, version = parse_registry_uri(uri)
+    client = tracking.client()
+    if version is not None:
+        return registry.model_version(client, name, version)
+    aliases = dict(registry.registered_model(client, name).aliases)
+    if alias not in aliases:
+        listed = ", ".join(f"{a} → v{v}" for a, v in sorted(aliases.items())) or "none"
+        raise GenerationError(f"model {name!r} has no alias {alias!r} (its aliases: {listed}); use one of those, "
+                              f"models:/{name}/<version>, or promote a version first (ganforge promote {name} VERSION)")
+    return client.get_model_version_by_alias(name, alias)
+
+
+def registered_config(run_id: str, uri: str, config_hash: Optional[str]) -> PipelineConfig:
+    """The config a registered version was trained with, from its run's ``config.json``.
+
+    The version's ``config_hash`` tag (when present) must match, so weights are never paired
+    with the wrong nz, data kind or sample rate.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        text = mlflow.artifacts.load_text(f"runs:/{run_id}/{CONFIG_ARTIFACT}")
+    except (MlflowException, OSError) as e:
+        raise GenerationError(f"{uri}: its run {run_id} has no readable {CONFIG_ARTIFACT} artifact ({e}); register "
+                              "versions from runs started with ganforge.tracking.start_pipeline_run, or generate from "
+                              "the checkpoint.pt instead") from None
+    cfg = PipelineConfig.from_json(text)
+    if config_hash and cfg.config_hash() != config_hash:
+        raise GenerationError(f"{uri}: the version is tagged config_hash={config_hash} but its run's {CONFIG_ARTIFACT} "
+                              f"hashes to {cfg.config_hash()}; the version was registered with a config other than "
+                              "its run's — re-register it from the run that trained it")
+    return cfg
+
+
+def load_registered(uri: str, device: str = "cpu") -> LoadedModel:
+    """A registered generator and its config; an alias is resolved once to a version, which is then
+    loaded by number, so a promotion meanwhile cannot pair one version's weights with another's config."""
+    from . import registry
+
+    version = resolve_version(uri)
+    cfg = registered_config(version.run_id, uri, version.tags.get("config_hash"))
+    generator = registry.load_generator(f"{REGISTRY_SCHEME}{version.name}/{version.version}", map_location=device)
+    provenance = {"model": uri, "name": version.name, "version": int(version.version), "run_id": version.run_id}
+    return LoadedModel(generator, cfg, provenance)
+
+
+def checkpoint_file(model: str) -> Path:
+    """The checkpoint a local path names (a run directory means its checkpoint.pt)."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+    if not path.is_file():
+        raise GenerationError(f"no checkpoint at {path}: pass a checkpoint.pt written by `ganforge train`, "
+                              "or a registered model as models:/NAME@ALIAS or models:/NAME/VERSION")
+    return path
+
+
+def load_model(model: str, device: str = "cpu") -> LoadedModel:
+    """Load a registered model (``models:/…``) or a local checkpoint, EMA generator in eval mode."""
+    if model.startswith(REGISTRY_SCHEME):
+        return load_registered(model, device)
+    path = checkpoint_file(model)
+    generator, cfg = load_generator(path, device=device)
+    return LoadedModel(generator, cfg, {"model": model, "name": None, "version": None, "run_id": None})
+
+
+def seeded_latents(count: int, nz: int, seed: int) -> torch.Tensor:
+    """``count`` standard-normal latents from a generator seeded with ``seed`` (CPU, so any device agrees)."""
+    return torch.randn(count, nz, generator=torch.Generator().manual_seed(seed))
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation between rows of ``a`` and ``b`` at fractions ``t``: (R, nz), (R, nz), (K,) → (R, K, nz).
+
+    Why not a straight line: a d-dimensional Gaussian latent concentrates on a shell of radius
+    ≈ √d, and the midpoint of two such points has norm ≈ √(d/2) — off the shell, where G never
+    saw inputs during training, so linear paths dim and blur in the middle. slerp follows the
+    great circle (with a linear blend of the norms), so every step stays a typical latent.
+    Near-parallel endpoints fall back to the linear path, where the two coincide.
+    """
+    a_unit, b_unit = a / a.norm(dim=1, keepdim=True), b / b.norm(dim=1, keepdim=True)
+    omega = torch.arccos((a_unit * b_unit).sum(dim=1).clamp(-1.0, 1.0))[:, None, None]
+    t = t[None, :, None]
+    sin_omega = torch.sin(omega)
+    parallel = sin_omega.abs() < 1e-6
+    safe = torch.where(parallel, torch.ones_like(sin_omega), sin_omega)
+    weight_a = torch.where(parallel, 1.0 - t, torch.sin((1.0 - t) * omega) / safe)
+    weight_b = torch.where(parallel, t, torch.sin(t * omega) / safe)
+    return weight_a * a[:, None, :] + weight_b * b[:, None, :]
+
+
+def interpolation_rows(n: int) -> int:
+    """How many latent pairs to interpolate between: one per two samples, at most a screenful."""
+    return max(1, min(MAX_INTERPOLATION_ROWS, n // 2))
+
+
+def interpolation_latents(endpoints: torch.Tensor, steps: int) -> torch.Tensor:
+    """Rows of ``steps``-step slerps between consecutive endpoint pairs (0↔1, 2↔3, …), flattened row-major."""
+    a, b = endpoints[0::2], endpoints[1::2]
+    return slerp(a, b, torch.linspace(0.0, 1.0, steps)).reshape(-1, endpoints.shape[1])
+
+
+def to_uint8_images(x: torch.Tensor) -> torch.Tensor:
+    """Generator images in [-1, 1] → uint8 N×C×H×W, rounded to the nearest level."""
+    return ((x.clamp(-1.0, 1.0) + 1.0) * 127.5).round().to(torch.uint8)
+
+
+def png_bytes(image_u8: torch.Tensor) -> bytes:
+    """A C×H×W uint8 image (1 or 3 channels) as PNG bytes (no metadata, so deterministic)."""
+    from PIL import Image
+
+    array = image_u8.permute(1, 2, 0).numpy()
+    mode = "L" if array.shape[2] == 1 else "RGB"
+    buffer = io.BytesIO()
+    Image.fromarray(array[:, :, 0] if mode == "L" else array, mode=mode).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def tile_grid(images_u8: torch.Tensor, ncol: int, gutter: int = 2) -> torch.Tensor:
+    """N×C×H×W uint8 images tiled ``ncol`` per row on a black canvas with ``gutter``-pixel gaps → C×H'×W'."""
+    n, c, h, w = images_u8.shape
+    nrow = math.ceil(n / ncol)
+    canvas = torch.zeros(c, nrow * (h + gutter) + gutter, ncol * (w + gutter) + gutter, dtype=torch.uint8)
+    for i, image in enumerate(images_u8):
+        top, left = gutter + (i // ncol) * (h + gutter), gutter + (i % ncol) * (w + gutter)
+        canvas[:, top:top + h, left:left + w] = image
+    return canvas
+
+
+def grid_columns(n: int) -> int:
+    """Columns of a near-square grid of ``n`` tiles."""
+    return math.ceil(math.sqrt(n))
+
+
+def write_image_outputs(samples: torch.Tensor, interpolation: Optional[torch.Tensor], steps: int,
+                        out: Path) -> dict[str, Path]:
+    """grid.png, images/NNNNN.png and (with interpolations) interpolation.png under ``out``."""
+    images = to_uint8_images(samples)
+    written = {"grid": out / "grid.png", "images": out / "images"}
+    written["grid"].write_bytes(png_bytes(tile_grid(images, grid_columns(len(images)))))
+    written["images"].mkdir()
+    for i, image in enumerate(images):
+        (written["images"] / f"{i:05d}.png").write_bytes(png_bytes(image))
+    if interpolation is not None:
+        written["interpolation"] = out / "interpolation.png"
+        written["interpolation"].write_bytes(png_bytes(tile_grid(to_uint8_images(interpolation), steps)))
+    return written
+
+
+def write_audio_outputs(samples: torch.Tensor, interpolation: Optional[torch.Tensor], steps: int,
+                        out: Path, sample_rate: int) -> dict[str, Path]:
+    """wavs/sample_NNNN.wav (16-bit PCM), spectrograms.png and (with interpolations)
+    interpolation/sample_NNNN.wav (row-major: row r, step k is number r·steps + k) and interpolation.png."""
+    from .audio_metrics import spectrogram_grid_png, write_wavs
+
+    clips = samples.numpy()
+    written = {"wavs": out / "wavs", "spectrograms": out / "spectrograms.png"}
+    write_wavs(clips, written["wavs"], sample_rate)
+    spectrogram_grid_png(clips, written["spectrograms"], nrow=grid_columns(len(clips)))
+    if interpolation is not None:
+        written["interpolation"] = out / "interpolation"
+        written["interpolation_spectrograms"] = out / "interpolation.png"
+        write_wavs(interpolation.numpy(), written["interpolation"], sample_rate)
+        spectrogram_grid_png(interpolation.numpy(), written["interpolation_spectrograms"], nrow=steps)
+    return written
+
+
+def check_request(n: int, interpolate: int, batch_size: int) -> None:
+    if n <= 0:
+        raise GenerationError(f"n={n}: ask for at least one sample (-n 64)")
+    if interpolate < 0 or interpolate == 1:
+        raise GenerationError(f"--interpolate {interpolate}: give K >= 2 steps per interpolation (both endpoints "
+                              "count), or 0 for none")
+    if batch_size <= 0:
+        raise GenerationError(f"batch_size={batch_size} must be positive")
+
+
+def check_out_dir(out_dir: Path, model: str) -> None:
+    """Refuse an output path that is a file, or whose replacement would delete the checkpoint being read."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise GenerationError(f"--out {out_dir} is a file; generation writes a directory — choose another path")
+    if model.startswith(REGISTRY_SCHEME):
+        return
+    checkpoint = Path(model).expanduser().resolve()
+    if checkpoint == out_dir.resolve() or out_dir.resolve() in checkpoint.parents:
+        raise GenerationError(f"--out {out_dir} contains the checkpoint {model}, and generation replaces the whole "
+                              "output directory; choose a separate one, e.g. --out generated/")
+
+
+def relative_files(root: Path) -> list[str]:
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+
+
+def generation_manifest(loaded: LoadedModel, seed: int, n: int, interpolate: int, rows: int, files: list[str]) -> dict:
+    cfg = loaded.cfg
+    manifest = {**loaded.provenance, "pipeline": cfg.name, "profile": cfg.profile, "config_hash": cfg.config_hash(),
+                "seed": seed, "n": n, "interpolate": interpolate, "interpolation_rows": rows if interpolate else 0,
+                "nz": cfg.model.nz, "kind": cfg.data.kind}
+    if cfg.data.kind == "audio":
+        manifest["sample_rate"] = cfg.data.sample_rate
+    manifest["files"] = files
+    return manifest
+
+
+def sample(generator: nn.Module, z: torch.Tensor, batch_size: int, cfg: PipelineConfig) -> torch.Tensor:
+    """G(z) in batches; a failure names the latent shape the config promised, the usual culprit."""
+    try:
+        return generate(generator, z, batch_size=batch_size)
+    except RuntimeError as e:
+        raise GenerationError(f"the generator failed on latents of shape (B, {cfg.model.nz}) taken from its config "
+                              f"({e}); if that is a shape mismatch, the model and its config.json disagree — "
+                              "re-register or retrain it; if it is out of memory, lower batch_size") from e
+
+
+def generate_to_dir(model: str, out_dir: str | os.PathLike, n: int = 64, seed: int = 0, interpolate: int = 0,
+                    batch_size: int = 256, device: str = "cpu") -> dict[str, Path]:
+    """Write ``n`` samples (and ``interpolate``-step slerp rows) from ``model`` into ``out_dir``.
+
+    ``model`` is ``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` (tracking URI from
+    ``ganforge.tracking.configure``) or a checkpoint.pt (or the run directory holding it).
+    Images: grid.png (ceil(√n) per row), images/NNNNN.png, interpolation.png. Audio:
+    wavs/, spectrograms.png, interpolation/ and interpolation.png. Always generation.json.
+    The samples' latents are the first ``n`` draws of a generator seeded with ``seed``; the
+    interpolation endpoints are the first 2·rows draws, so row r runs from sample 2r to 2r+1.
+    An existing ``out_dir`` is replaced only when everything was written. Returns name → path.
+    """
+    check_request(n, interpolate, batch_size)
+    out_dir = Path(out_dir)
+    check_out_dir(out_dir, model)
+    loaded = load_model(model, device)
+    cfg = loaded.cfg
+    rows = interpolation_rows(n)
+    latents = seeded_latents(max(n, 2 * rows), cfg.model.nz, seed)
+    samples = sample(loaded.generator, latents[:n], batch_size, cfg)
+    interpolation = None
+    if interpolate:
+        path_latents = interpolation_latents(latents[:2 * rows], interpolate)
+        interpolation = sample(loaded.generator, path_latents, batch_size, cfg)
+    with atomic_dir(out_dir) as tmp:
+        # Files go straight into the temporary directory: its rename into place is the atomic step.
+        if cfg.data.kind == "audio":
+            written = write_audio_outputs(samples, interpolation, interpolate, tmp, cfg.data.sample_rate)
+        else:
+            written = write_image_outputs(samples, interpolation, interpolate, tmp)
+        manifest = generation_manifest(loaded, seed, n, interpolate, rows, relative_files(tmp))
+        (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+    written["manifest"] = tmp / MANIFEST_NAME
+    return {name: out_dir / path.relative_to(tmp) for name, path in written.items()}
