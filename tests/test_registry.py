@@ -1,0 +1,225 @@
+"""Model registry and the FID-gated promotion rule, on sqlite and on a real `mlflow server`."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from ganforge import registry, tracking
+from ganforge.config import build_config
+from ganforge.registry import Candidate
+from mlflow_server import shared_mlflow_server
+
+NZ = 4
+
+LOAD_CHAMPION = textwrap.dedent("""
+    import json, sys, torch
+    from ganforge import registry
+    G = registry.load_generator(sys.argv[1])
+    with torch.no_grad():
+        out = G(torch.linspace(-1, 1, 3 * {nz}).reshape(3, {nz}))
+    print(json.dumps({{"type": type(G).__name__, "shape": list(out.shape), "values": out.flatten().tolist()}}))
+""").format(nz=NZ)
+
+
+@pytest.fixture(scope="module")
+def sqlite_home(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("ganforge-home")
+
+
+def use_sqlite(home: Path, monkeypatch) -> str:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("GANFORGE_HOME", str(home))
+    return tracking.configure()
+
+
+@pytest.fixture
+def sqlite_store(sqlite_home, monkeypatch) -> str:
+    return use_sqlite(sqlite_home, monkeypatch)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("server", marks=pytest.mark.slow)])
+def store(request, sqlite_home, monkeypatch) -> str:
+    """This process and its subprocesses (through the env) on one real store."""
+    if request.param == "sqlite":
+        return use_sqlite(sqlite_home, monkeypatch)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", shared_mlflow_server())
+    return tracking.configure()
+
+
+def tiny_generator(seed: int) -> torch.nn.Module:
+    """(B, NZ) → (B, 1, 4, 4) in [-1, 1]; torch classes only, so any process can unpickle it."""
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(NZ, 16), torch.nn.Tanh(), torch.nn.Unflatten(1, (1, 4, 4)))
+
+
+class Model:
+    """A fresh registered-model name with one pipeline run to register versions from."""
+
+    def __init__(self):
+        self.cfg = build_config("dcgan", "tiny", {"model": {"nz": NZ},
+                                                  "registry": {"model_name": f"g-{uuid.uuid4().hex[:8]}"}})
+        self.name = self.cfg.model_name
+        self.run_id = tracking.start_pipeline_run(self.cfg)
+
+    def register(self, fid=None, seed: int = 0) -> int:
+        metrics = {} if fid is None else {"fid": fid, "kid_mean": fid / 1000, "kid_std": 0.001, "checkpoint": "c.pt"}
+        return registry.register_generator(self.run_id, tiny_generator(seed), self.cfg, metrics,
+                                           tags={"dataset_sha256": "d" * 64, "kfp_run_id": ""})
+
+    def aliases(self) -> dict[str, int]:
+        return {a: int(v) for a, v in MlflowClient().get_registered_model(self.name).aliases.items()}
+
+
+def test_choose_champion_rule():
+    c50, a30, b40, a49 = Candidate(1, 50.0), Candidate(2, 30.0), Candidate(3, 40.0), Candidate(4, 49.0)
+    assert registry.choose_champion(None, [], 0.0) is None
+    assert registry.choose_champion(None, [b40], 5.0) == b40
+    assert registry.choose_champion(c50, [a30, b40], 0.0) == a30
+    assert registry.choose_champion(c50, [a49], 0.0) == a49
+    assert registry.choose_champion(c50, [a49], 1.0) == c50  # 49 is not < 50 - 1
+    assert registry.choose_champion(c50, [Candidate(5, 60.0)], 0.0) == c50
+    assert registry.choose_champion(Candidate(1, None), [Candidate(5, 60.0)], 0.0) == Candidate(5, 60.0)
+    assert registry.choose_champion(None, [Candidate(7, 30.0), Candidate(6, 30.0)], 0.0) == Candidate(6, 30.0)
+    # Stable: once the rule's choice is champion, the same rivals never move it again.
+    for rivals in ([a30, b40], [a49, b40], [Candidate(5, 60.0)]):
+        chosen = registry.choose_champion(c50, rivals, 2.0)
+        assert registry.choose_champion(chosen, rivals, 2.0) == chosen
+
+
+def test_promotion_sequence_with_margin(store):
+    m = Model()
+    v1 = m.register(fid=50.0)
+    first = registry.promote(m.name, v1, margin=2.0)
+    assert first == {"alias": "champion", "version": v1, "previous_champion": None, "fid": 50.0, "champion_fid": None}
+
+    v2 = m.register(fid=60.0)
+    assert registry.promote(m.name, v2, margin=2.0)["alias"] == "challenger"
+    assert m.aliases() == {"champion": v1, "challenger": v2}
+
+    v3 = m.register(fid=40.0)
+    third = registry.promote(m.name, v3, margin=2.0)
+    assert third == {"alias": "champion", "version": v3, "previous_champion": v1, "fid": 40.0, "champion_fid": 50.0}
+
+    v4 = m.register(fid=39.0)  # better, but not by more than the margin
+    assert registry.promote(m.name, v4, margin=2.0)["alias"] == "challenger"
+    assert m.aliases() == {"champion": v3, "challenger": v4}
+
+    rows = registry.show(m.name)
+    assert [r["version"] for r in rows] == [v4, v3, v2, v1]
+    assert [r["fid"] for r in rows] == [39.0, 40.0, 60.0, 50.0]
+    assert rows[1]["aliases"] == ["champion"] and rows[0]["aliases"] == ["challenger"]
+    table = registry.format_table(rows)
+    assert table.splitlines()[0].split()[:5] == ["version", "fid", "kid_mean", "kid_std", "aliases"]
+    assert "champion" in table.splitlines()[2]
+
+    tags = MlflowClient().get_model_version(m.name, str(v3)).tags
+    assert tags["fid"] == "40.0" and tags["dataset_sha256"] == "d" * 64 and tags["checkpoint"] == "c.pt"
+    assert tags["config_hash"] == m.cfg.config_hash() and tags["pipeline"] == "dcgan" and tags["profile"] == "tiny"
+    assert tags["git_commit"]
+    assert tracking.metric_histories(m.run_id)["fid"][-1][1] == 39.0
+
+
+def test_concurrent_promotions_end_on_the_best(store):
+    """Two runs finish at once, both beating the champion: whatever the interleaving, the
+    better one ends as champion. Repeated, from a reset champion each round."""
+    m = Model()
+    base, better, good = m.register(fid=50.0), m.register(fid=30.0), m.register(fid=40.0)
+    for round_ in range(4):
+        registry.promote_manual(m.name, base)  # a human reset: earlier announcements stop counting
+        pair = (better, good) if round_ % 2 == 0 else (good, better)
+        barrier = threading.Barrier(len(pair))
+        results, errors = {}, []
+
+        def promote(version: int) -> None:
+            try:
+                barrier.wait()
+                results[version] = registry.promote(m.name, version, margin=0.0)
+            except Exception as e:  # reported by the assertion below
+                errors.append(e)
+
+        threads = [threading.Thread(target=promote, args=(v,)) for v in pair]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert not errors, errors
+        assert m.aliases()["champion"] == better, f"round {round_}: {results}"
+        assert results[better]["alias"] == "champion"
+
+
+def test_a_stale_champion_write_is_repaired(sqlite_store):
+    """The race the protocol exists for: B read the old champion before A announced, A
+    became champion, then B's stale write put the worse B there. B's own re-read repairs it."""
+    m = Model()
+    base, better, good = m.register(fid=50.0), m.register(fid=30.0), m.register(fid=40.0)
+    registry.promote(m.name, base, margin=0.0)
+    c = MlflowClient()
+    c.set_model_version_tag(m.name, str(better), registry.PROMOTION_REQUESTED_TAG, repr(time.time()))
+    c.set_registered_model_alias(m.name, registry.CHAMPION, str(better))
+    c.set_model_version_tag(m.name, str(good), registry.PROMOTION_REQUESTED_TAG, repr(time.time()))
+    c.set_registered_model_alias(m.name, registry.CHAMPION, str(good))  # the stale write
+
+    champion = registry.converge_champion(c, m.name, Candidate(good, 40.0), margin=0.0)
+    assert champion == Candidate(better, 30.0)
+    assert m.aliases()["champion"] == better
+
+
+def test_promote_manual_needs_fid_or_force_and_survives_the_next_run(sqlite_store):
+    m = Model()
+    unevaluated = m.register(fid=None)
+    with pytest.raises(registry.RegistryError, match="--force"):
+        registry.promote(m.name, unevaluated, margin=0.0)
+    with pytest.raises(registry.RegistryError, match="no fid tag.*--force"):
+        registry.promote_manual(m.name, unevaluated)
+    assert registry.promote_manual(m.name, unevaluated, force=True)["alias"] == "champion"
+    assert m.aliases() == {"champion": unevaluated}
+
+    best, older = m.register(fid=30.0), m.register(fid=50.0)
+    assert registry.promote(m.name, best, margin=0.0)["alias"] == "champion"  # beats an unevaluated champion
+    registry.promote_manual(m.name, older)  # a human rollback
+    newer = m.register(fid=45.0)
+    # The next run is judged against the human's choice; the rolled-back version does not return.
+    assert registry.promote(m.name, newer, margin=0.0)["alias"] == "champion"
+    assert m.aliases() == {"champion": newer}
+
+    with pytest.raises(registry.RegistryError, match=r"has no version 99; versions: \[1, 2, 3, 4\]"):
+        registry.promote_manual(m.name, 99)
+    with pytest.raises(registry.RegistryError, match="no registered model named 'no-such-model'"):
+        registry.promote_manual("no-such-model", 1)
+
+
+def test_register_refuses_a_generator_of_the_wrong_latent_size(sqlite_store):
+    m = Model()
+    wrong = torch.nn.Sequential(torch.nn.Linear(NZ + 1, 16))
+    with pytest.raises(registry.RegistryError, match=r"latent batch of shape \(2, 4\)"):
+        registry.register_generator(m.run_id, wrong, m.cfg, {"fid": 1.0}, {})
+    with pytest.raises(registry.RegistryError, match="fid=nan is not a finite number"):
+        registry.register_generator(m.run_id, tiny_generator(0), m.cfg, {"fid": float("nan")}, {})
+
+
+def test_champion_loads_in_a_fresh_process(store):
+    m = Model()
+    version = m.register(fid=20.0, seed=7)
+    registry.promote(m.name, version, margin=0.0)
+    uri = f"models:/{m.name}@champion"
+    out = subprocess.run([sys.executable, "-c", LOAD_CHAMPION, uri], env=dict(os.environ),
+                         capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    loaded = json.loads(out.stdout.strip().splitlines()[-1])
+    expected = tiny_generator(7)(torch.linspace(-1, 1, 3 * NZ).reshape(3, NZ)).detach()
+    assert loaded["type"] == "Sequential" and loaded["shape"] == [3, 1, 4, 4]
+    assert torch.allclose(torch.tensor(loaded["values"]), expected.flatten(), atol=1e-6)
+
+    with pytest.raises(registry.RegistryError, match="has no alias 'production'"):
+        registry.load_generator(f"models:/{m.name}@production")
