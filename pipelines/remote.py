@@ -221,6 +221,11 @@ def parse_param_args(pairs: list[str], parameter_types: dict[str, str]) -> dict[
     return {k: _coerce(k, v, parameter_types[k]) for k, v in raw.items()}
 
 
+def service_account() -> str:
+    """The runs' Kubernetes ServiceAccount (k8s/base RBAC); KFP_SERVICE_ACCOUNT overrides it."""
+    return os.environ.get("KFP_SERVICE_ACCOUNT", "ganforge-pipeline-runner")
+
+
 def submit(package_path: str | Path, pipeline: str, params: dict[str, Any], *, host: str | None = None,
            token: str | None = None, namespace: str | None = None, experiment: str | None = None) -> dict:
     """Start one run of a compiled pipeline; returns ``{"run_id", "run_url", "experiment"}``."""
@@ -231,7 +236,7 @@ def submit(package_path: str | Path, pipeline: str, params: dict[str, Any], *, h
     with kfp_errors(host):
         result = client.create_run_from_pipeline_package(
             str(package_path), arguments=dict(params), run_name=run_name(pipeline, git_commit()),
-            experiment_name=experiment, namespace=namespace)
+            experiment_name=experiment, namespace=namespace, service_account=service_account())
     ui = os.environ.get("KF_PIPELINES_UI_ENDPOINT", host).rstrip("/")
     return {"run_id": result.run_id, "run_url": f"{ui}/#/runs/details/{result.run_id}", "experiment": experiment}
 
@@ -341,7 +346,8 @@ def schedule(package_path: str | Path, pipeline: str, params: dict[str, Any], cr
         # Caching off: a scheduled retrain with unchanged inputs must train again, not reuse outputs.
         recurring = client.create_recurring_run(
             experiment_id, job_name, cron_expression=cron, max_concurrency=1, no_catchup=True,
-            pipeline_package_path=str(package_path), params=dict(params), enable_caching=False)
+            pipeline_package_path=str(package_path), params=dict(params), enable_caching=False,
+            service_account=service_account())
     return {"recurring_run_id": recurring.recurring_run_id, "job_name": job_name, "cron": cron}
 
 

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-from kfp import compiler, dsl
 
 from pipelines import remote
 from pipelines.remote import SubmitError
@@ -21,28 +20,16 @@ from pipelines.remote import SubmitError
 sys.path.insert(0, str(Path(__file__).parent))
 from kfp_standin import KFPStandin  # noqa: E402
 
-PIPELINE_PARAMETERS = {"profile", "epochs", "source", "nproc", "fid_samples", "promotion_margin"}
+PIPELINE_PARAMETERS = {"profile", "epochs", "source", "nproc", "nnodes", "launcher", "fid_samples", "promotion_margin"}
 TOKEN = "sa-token-from-file"
-
-
-@dsl.component(base_image="python:3.11")
-def _echo(profile: str, epochs: int) -> int:
-    return epochs
-
-
-@dsl.pipeline(name="ganforge-dcgan")
-def _pipeline_with_ganforge_parameters(profile: str = "full", epochs: int = 0, source: str = "", nproc: int = 0,
-                                       fid_samples: int = 0, promotion_margin: float = 0.0) -> int:
-    return _echo(profile=profile, epochs=epochs).output
 
 
 @pytest.fixture(scope="module")
 def package(tmp_path_factory) -> Path:
-    """A compiled package with the real pipelines' root parameters (remote.py is pipeline-agnostic;
-    the named pipelines themselves are compiled in test_cli_submit_compiles_the_named_pipeline)."""
-    path = tmp_path_factory.mktemp("pkg") / "dcgan.yaml"
-    compiler.Compiler().compile(_pipeline_with_ganforge_parameters, str(path))
-    return path
+    """The real dcgan pipeline, compiled."""
+    from pipelines.compile import compile_pipeline
+
+    return compile_pipeline("dcgan", tmp_path_factory.mktemp("pkg") / "dcgan.yaml")
 
 
 @pytest.fixture
@@ -81,8 +68,9 @@ def test_submit_sends_the_compiled_spec_parameters_experiment_run_name_and_token
     (experiment,) = kfp_api.state.experiments.values()
     (create_run,) = kfp_api.calls("POST", "/apis/v2beta1/runs")
     run = create_run.body
-    assert run["pipeline_spec"]["pipelineInfo"]["name"] == "ganforge-dcgan"
-    assert set(run["pipeline_spec"]["root"]["inputDefinitions"]["parameters"]) == PIPELINE_PARAMETERS
+    spec = run["pipeline_spec"]["pipeline_spec"]  # beside it: "platform_spec", the Kubernetes settings
+    assert spec["pipelineInfo"]["name"] == "ganforge-dcgan"
+    assert set(spec["root"]["inputDefinitions"]["parameters"]) == PIPELINE_PARAMETERS
     assert run["runtime_config"]["parameters"] == params
     assert run["experiment_id"] == experiment["experiment_id"]
     assert re.fullmatch(r"ganforge-dcgan-abc1234-\d{8}T\d{6}Z", run["display_name"])
@@ -117,7 +105,8 @@ def test_schedule_sends_cron_no_overlap_no_catchup_and_no_caching(kfp_api, packa
     assert body["display_name"] == "ganforge-dcgan-retrain"
     assert body["runtime_config"]["parameters"] == {"epochs": 2}
     assert body["experiment_id"] == next(iter(kfp_api.state.experiments))
-    tasks = body["pipeline_spec"]["root"]["dag"]["tasks"]
+    tasks = body["pipeline_spec"]["pipeline_spec"]["root"]["dag"]["tasks"]
+    assert body["service_account"] == "ganforge-pipeline-runner"
     assert tasks and not any(t.get("cachingOptions", {}).get("enableCache") for t in tasks.values())
     assert result == {"recurring_run_id": next(iter(kfp_api.state.recurring_runs)),
                       "job_name": "ganforge-dcgan-retrain", "cron": "0 0 3 * * 0"}
@@ -276,9 +265,13 @@ def test_cli_submit_compiles_the_named_pipeline(kfp_api, tmp_path, env, capsys):
     printed = json.loads(capsys.readouterr().out)
     (run,) = [r.body for r in kfp_api.calls("POST", "/apis/v2beta1/runs")]
     assert printed["run_id"] == next(iter(kfp_api.state.runs))
-    assert run["pipeline_spec"]["pipelineInfo"]["name"] == "ganforge-dcgan"
-    assert set(run["pipeline_spec"]["root"]["inputDefinitions"]["parameters"]) == PIPELINE_PARAMETERS
+    # With Kubernetes settings the client sends {"pipeline_spec": IR, "platform_spec": kubernetes settings}.
+    spec, platform = run["pipeline_spec"]["pipeline_spec"], run["pipeline_spec"]["platform_spec"]
+    assert spec["pipelineInfo"]["name"] == "ganforge-dcgan"
+    assert set(spec["root"]["inputDefinitions"]["parameters"]) == PIPELINE_PARAMETERS
+    assert "exec-train" in platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     assert run["runtime_config"]["parameters"] == {"epochs": 1}
+    assert run["service_account"] == "ganforge-pipeline-runner"
 
 
 def test_command_line_without_host_prints_the_fix_not_a_traceback(env):

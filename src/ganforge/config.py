@@ -114,6 +114,9 @@ class TrainConfig:
     nproc: int = 1
     """Ranks on this node (torchrun --nproc-per-node)."""
     nnodes: int = 1
+    launcher: str = "local"
+    """Where the train step runs the ranks: ``local`` (torchrun inside the step's pod/process),
+    ``trainjob`` (Kubeflow Trainer TrainJob) or ``pytorchjob`` (Training Operator PyTorchJob)."""
     amp: str = "off"
     """Mixed precision: ``off``, ``bf16`` or ``fp16`` (GPU; bf16 allowed on CPU when asked)."""
     channels_last: bool = True
@@ -128,6 +131,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _one_of("train.loss", self.loss, ("bce", "hinge", "wgan-gp"))
         _one_of("train.amp", self.amp, ("off", "bf16", "fp16"))
+        _one_of("train.launcher", self.launcher, ("local", "trainjob", "pytorchjob"))
         _check(self.batch_size > 0, "train.batch_size must be positive")
         _check(self.epochs > 0, "train.epochs must be positive")
         _check(self.max_steps is None or self.max_steps > 0, "train.max_steps must be positive or None")
