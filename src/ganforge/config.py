@@ -286,7 +286,7 @@ PROFILES: dict[str, dict] = {
 
 # Per-preset adjustments to a profile where the generic one does not fit.
 _PRESET_PROFILE: dict[tuple[str, str], dict] = {
-    ("wavegan", "tiny"): {"data": {"limit": 64}, "train": {"batch_size": 8, "max_steps": 4},
+    ("wavegan", "tiny"): {"data": {"limit": 64}, "train": {"batch_size": 4, "max_steps": 3},
                           "eval": {"n_samples": 32, "kid_subset_size": 16}},
     ("wavegan", "local"): {"data": {"limit": None}, "train": {"batch_size": 32, "epochs": 20},
                            "eval": {"n_samples": 500, "kid_subset_size": 250}},

@@ -1,0 +1,19 @@
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Metrics, Model, Output
+
+from .image import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def evaluate(config_json: str, run_id: str, model: Input[Model], reference: Input[Dataset],
+             metrics: Output[Metrics]) -> str:
+    """FID/KID (images) or classifier IS/FD (audio) of the EMA generator; returns metrics as JSON."""
+    import json
+
+    from ganforge.steps import evaluate_step
+
+    result = evaluate_step(config_json, model.path, reference.path, run_id)
+    for key, value in result.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            metrics.log_metric(key, float(value))
+    return json.dumps(result, default=str)

@@ -1,0 +1,15 @@
+from kfp import dsl
+from kfp.dsl import Dataset, Output
+
+from .image import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def prep_data(config_json: str, split: str, run_id: str, dataset: Output[Dataset]) -> str:
+    """Prepare one split as a validated uint8/int16 array + manifest; returns its sha256."""
+    from ganforge.steps import prep_step
+
+    manifest = prep_step(config_json, split, dataset.path, run_id)
+    dataset.metadata.update({k: manifest[k] for k in ("source", "split", "count", "sha256", "mirror_uri")})
+    dataset.metadata["shape"] = list(manifest["shape"])
+    return manifest["sha256"]

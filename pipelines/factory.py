@@ -1,0 +1,48 @@
+"""One factory builds every named pipeline from its typed config.
+
+DAG: start_run (settle config, open the MLflow run) → prep_data (train split, and the FID
+reference split when it differs) → train → evaluate → register (+ promotion). The preset's
+config decides the shape at compile time (e.g. whether a separate reference split exists)
+and the cluster settings of the training task; the per-run knobs stay pipeline parameters.
+"""
+
+from typing import Callable, Optional
+
+from kfp import dsl
+
+from components import evaluate, prep_data, register, start_run, train
+from ganforge.config import PRESETS, build_config
+
+from .kube import ClusterSettings, apply_cluster_settings
+
+PIPELINES = tuple(PRESETS)
+
+
+def build_pipeline(name: str, profile: str = "local", cluster: Optional[ClusterSettings] = None) -> Callable:
+    """The KFP pipeline for preset ``name``; ``profile`` is its default profile parameter."""
+    cfg = build_config(name, profile)  # validates name/profile now, not at run time
+    cluster = cluster or ClusterSettings.from_config(cfg)
+
+    @dsl.pipeline(name=f"ganforge-{name}", description=f"ganforge {name}: prep → train → FID → MLflow registry")
+    def pipeline(profile: str = cfg.profile, epochs: int = 0, source: str = "", nproc: int = 0, nnodes: int = 0,
+                 launcher: str = "", fid_samples: int = 0, promotion_margin: float = 0.0) -> int:
+        run = start_run(pipeline=name, profile=profile, epochs=epochs, source=source, nproc=nproc, nnodes=nnodes,
+                        launcher=launcher, fid_samples=fid_samples, promotion_margin=promotion_margin,
+                        kfp_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER).set_display_name("start-run")
+        config_json, run_id = run.outputs["config_json"], run.outputs["run_id"]
+        prep_train = prep_data(config_json=config_json, split=cfg.data.split, run_id=run_id)
+        prep_train.set_display_name(f"prep-{cfg.data.split}")
+        reference = prep_train
+        if cfg.data.reference_split != cfg.data.split:
+            reference = prep_data(config_json=config_json, split=cfg.data.reference_split, run_id=run_id)
+            reference.set_display_name(f"prep-{cfg.data.reference_split}")
+        trained = train(config_json=config_json, run_id=run_id, dataset=prep_train.outputs["dataset"])
+        evaluated = evaluate(config_json=config_json, run_id=run_id, model=trained.outputs["model"],
+                             reference=reference.outputs["dataset"])
+        registered = register(config_json=config_json, run_id=run_id, metrics_json=evaluated.outputs["Output"],
+                              kfp_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, model=trained.outputs["model"])
+        apply_cluster_settings({"start_run": run, "prep_train": prep_train, "prep_reference": reference,
+                                "train": trained, "evaluate": evaluated, "register": registered}, cluster)
+        return registered.outputs["version"]
+
+    return pipeline

@@ -1,0 +1,187 @@
+"""``ganforge`` command line: prep | train | evaluate | registry | promote | generate.
+
+The pipeline-level commands (run, compile, submit, schedule) live in ``pipelines/`` of the
+repository (``python -m pipelines …`` or the Makefile), since they need the checkout.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from .config import PRESETS, PROFILES, ConfigError, PipelineConfig, build_config, parse_override
+
+
+def _config_from_args(args) -> PipelineConfig:
+    """Preset + profile (or a saved config.json), then --set overrides: settled once, here."""
+    sets = list(args.set or [])
+    if getattr(args, "nproc", None):
+        sets.append(f"train.nproc={args.nproc}")
+    if getattr(args, "config_json", None):
+        d = json.loads(Path(args.config_json).read_text())
+        for text in sets:
+            group, key, value = parse_override(text)
+            d.setdefault(group, {})[key] = value
+        return PipelineConfig.from_dict(d)
+    return build_config(args.preset, args.profile, sets)
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="dcgan", choices=sorted(PRESETS), help="named pipeline (default dcgan)")
+    p.add_argument("--profile", default="local", choices=sorted(PROFILES), help="compute profile (default local)")
+    p.add_argument("--config-json", help="a saved config.json (overrides --preset/--profile)")
+    p.add_argument("--set", action="append", metavar="GROUP.FIELD=VALUE",
+                   help="override one config field, e.g. --set train.epochs=3 (repeatable)")
+
+
+def cmd_prep(args) -> int:
+    from .data import prepare
+
+    cfg = _config_from_args(args)
+    data_cfg = cfg.data if not args.source else type(cfg.data)(**{**cfg.data.__dict__, "source": args.source})
+    manifest = prepare(data_cfg, args.out, split=args.split)
+    print(json.dumps({k: manifest[k] for k in ("source", "split", "count", "shape", "sha256")}, indent=2))
+    return 0
+
+
+def _under_torchrun() -> bool:
+    return "LOCAL_RANK" in os.environ
+
+
+def _is_s3(uri: str) -> bool:
+    return uri.startswith("s3://")
+
+
+def cmd_train(args) -> int:
+    """Train on a dataset directory or ``s3://`` prefix into a run directory or ``s3://`` prefix."""
+    cfg = _config_from_args(args)
+    world = cfg.train.nproc * cfg.train.nnodes
+    if world > 1 and not _under_torchrun():
+        # Re-launch this very command under torchrun, one process per rank on this node.
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={cfg.train.nproc}",
+               "-m", "ganforge.cli", *sys.argv[1:]]
+        return subprocess.call(cmd)
+    from .train import train
+
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    callback = None
+    run_id = os.environ.get("GANFORGE_MLFLOW_RUN_ID")  # set by the pipeline's train step for torchrun ranks
+    if run_id and is_main:
+        from . import tracking
+
+        tracking.configure()
+        callback = tracking.MlflowMetricsCallback(run_id)
+    if _is_s3(args.data) or _is_s3(args.out):
+        # Cluster job pods: stage s3:// data and output locally, push checkpoints back (remote_train).
+        from .remote_train import train_staged
+
+        result = train_staged(cfg, args.data, args.out, resume=args.resume, on_metrics=callback)
+        checkpoint = str(result.checkpoint) if not _is_s3(args.out) else f"{args.out.rstrip('/')}/{result.checkpoint.name}"
+    else:
+        result = train(cfg, args.data, args.out, resume=args.resume, on_metrics=callback)
+        checkpoint = str(result.checkpoint)
+    if callback is not None:
+        callback.flush()
+    if is_main:
+        print(json.dumps({"step": result.step, "epoch": result.epoch, "seconds": round(result.seconds, 2),
+                          "img_per_s": round(result.img_per_s, 1), "checkpoint": checkpoint}))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluate import evaluate_checkpoint
+
+    metrics = evaluate_checkpoint(args.checkpoint, args.data, n=args.n, out=args.out)
+    print(json.dumps(metrics, indent=2, default=str))
+    return 0
+
+
+def cmd_registry(args) -> int:
+    from . import registry, tracking
+
+    tracking.configure()
+    print(registry.format_table(registry.show(args.name)))
+    return 0
+
+
+def cmd_promote(args) -> int:
+    from . import registry, tracking
+
+    tracking.configure()
+    print(json.dumps(registry.promote_manual(args.name, args.version, force=args.force), indent=2, default=str))
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from .generate import generate_to_dir
+
+    written = generate_to_dir(args.model, args.out, n=args.n, seed=args.seed, interpolate=args.interpolate)
+    print(json.dumps({k: str(v) for k, v in written.items()}, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ganforge", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prep", help="prepare a dataset directory (data.npy + manifest.json)")
+    _add_config_args(p)
+    p.add_argument("--source", help="IDX dir, image folder, WAV folder, torchvision:NAME, espeak:sc09 or s3://")
+    p.add_argument("--split", choices=["train", "test"], help="default: the config's data.split")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_prep)
+
+    p = sub.add_parser("train", help="train a GAN on a prepared dataset")
+    _add_config_args(p)
+    p.add_argument("--data", required=True, help="dataset directory from `ganforge prep`")
+    p.add_argument("--out", required=True, help="run directory: checkpoint.pt, config.json, samples/")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if it exists")
+    p.add_argument("--nproc", type=int, help="ranks on this machine (torchrun); default from the config")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="FID/KID of a checkpoint's EMA generator against a dataset")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", required=True, help="reference dataset directory")
+    p.add_argument("--n", type=int, help="samples (default: the config's eval.n_samples)")
+    p.add_argument("--out", help="write metrics.json here")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("registry", help="inspect the MLflow model registry")
+    rsub = p.add_subparsers(dest="registry_command", required=True)
+    show = rsub.add_parser("show", help="versions of a registered model with FID/KID and aliases")
+    show.add_argument("name")
+    show.set_defaults(func=cmd_registry)
+
+    p = sub.add_parser("promote", help="make a registered version the champion (a human decision)")
+    p.add_argument("name")
+    p.add_argument("version", type=int)
+    p.add_argument("--force", action="store_true", help="promote even a version without an FID")
+    p.set_defaults(func=cmd_promote)
+
+    p = sub.add_parser("generate", help="samples, grids, interpolations or WAVs from a model")
+    p.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION or a checkpoint.pt")
+    p.add_argument("-n", type=int, default=64)
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--interpolate", type=int, default=0, metavar="K", help="also write K-step latent interpolations")
+    p.set_defaults(func=cmd_generate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, ValueError, RuntimeError, FileNotFoundError) as e:
+        # Library errors carry the problem and the fix; a traceback would bury them.
+        if os.environ.get("GANFORGE_DEBUG"):
+            raise
+        print(f"ganforge {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

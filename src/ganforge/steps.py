@@ -1,0 +1,170 @@
+"""The pipeline's steps as plain functions: what each KFP component calls, and nothing KFP-specific.
+
+Each step takes the run's config as JSON plus paths, does one thing with the library, logs into
+the pipeline's single MLflow run and returns a small dict for the component's outputs and
+metadata. Keeping them here (not inside component bodies) lets tests call them directly and
+keeps the components a few lines each.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+from .config import PipelineConfig, build_config
+
+
+def artifact_root() -> str:
+    """GANFORGE_ARTIFACT_ROOT (e.g. ``s3://ganforge-artifacts``): where step outputs are mirrored, or ""."""
+    return os.environ.get("GANFORGE_ARTIFACT_ROOT", "").rstrip("/")
+
+
+def mirror(local_dir: str | Path, run_id: str, name: str) -> str:
+    """Copy a step's output directory to ARTIFACT_ROOT/runs/RUN_ID/NAME (complete-marker last); "" if unset.
+
+    On a cluster KFP already stores task outputs under its S3 pipeline root; the mirror gives
+    every run one stable, browsable place keyed by its MLflow run id, locally too.
+    """
+    root = artifact_root()
+    if not root:
+        return ""
+    from . import storage
+
+    return storage.upload_dir(str(local_dir), storage.join(root, "runs", run_id or "no-run", name))
+
+
+def settle_config(pipeline: str, profile: str, knobs: Optional[dict] = None) -> PipelineConfig:
+    """The run's config from the pipeline's parameters: preset + profile + the per-run knobs.
+
+    ``knobs`` is ``{"train": {"epochs": 3}, ...}``; zero/empty values mean "the profile's
+    default" (KFP parameters cannot be None) and are dropped before merging.
+    """
+    overrides = {g: {k: v for k, v in kv.items() if v not in (None, "", 0)} for g, kv in (knobs or {}).items()}
+    return build_config(pipeline, profile, {g: kv for g, kv in overrides.items() if kv})
+
+
+def start_run_step(pipeline: str, profile: str, knobs: Optional[dict] = None, kfp_run: str = "") -> dict:
+    """Settle the config and open the pipeline's MLflow run. Returns config_json and run_id."""
+    from . import tracking
+
+    cfg = settle_config(pipeline, profile, knobs)
+    tracking.configure()
+    run_id = tracking.start_pipeline_run(cfg, tags={"kfp_run_id": kfp_run} if kfp_run else None)
+    return {"config_json": cfg.to_json(), "run_id": run_id}
+
+
+def prep_step(config_json: str, split: str, out_dir: str, run_id: str = "") -> dict:
+    from .data import prepare
+
+    cfg = PipelineConfig.from_json(config_json)
+    manifest = prepare(cfg.data, out_dir, split=split)
+    manifest["mirror_uri"] = mirror(out_dir, run_id, f"dataset-{split}")
+    if run_id:
+        from . import tracking
+
+        tracking.configure()
+        tracking.log_params(run_id, {f"dataset.{split}.sha256": manifest["sha256"],
+                                     f"dataset.{split}.count": manifest["count"]})
+    return manifest
+
+
+def train_step(config_json: str, data_dir: str, out_dir: str, run_id: str = "", samples_path: str = "") -> dict:
+    """Train (resuming from the last checkpoint, so a retried task continues where it died).
+
+    ``train.launcher`` local: in this process, or torchrun ranks on this node; trainjob/pytorchjob:
+    a cluster job through S3 (``remote_train.launch_cluster_training``), downloaded into out_dir.
+    """
+    cfg = PipelineConfig.from_json(config_json)
+    world = cfg.train.nproc * cfg.train.nnodes
+    if cfg.train.launcher != "local":
+        from .remote_train import launch_cluster_training
+
+        result = launch_cluster_training(cfg, data_dir, out_dir, run_id)
+    elif world > 1:
+        result = _train_with_torchrun(cfg, data_dir, out_dir, run_id)
+    else:
+        from .train import train
+
+        callback = None
+        if run_id:
+            from . import tracking
+
+            tracking.configure()
+            callback = tracking.MlflowMetricsCallback(run_id)
+        r = train(cfg, data_dir, out_dir, resume=True, on_metrics=callback)
+        if callback is not None:
+            callback.flush()
+        result = {"step": r.step, "epoch": r.epoch, "seconds": r.seconds, "img_per_s": r.img_per_s,
+                  "samples": [str(p) for p in r.samples]}
+    samples = sorted((Path(out_dir) / "samples").glob("*.png"))
+    result["mirror_uri"] = mirror(out_dir, run_id, "model")
+    if run_id:
+        from . import tracking
+
+        tracking.log_artifacts(run_id, str(Path(out_dir) / "samples"), "samples")
+        tracking.log_artifact(run_id, str(Path(out_dir) / "config.json"), "config")
+    if samples_path and samples:
+        from .storage import upload_file
+
+        upload_file(samples[-1], samples_path)  # a local atomic copy
+    return result
+
+
+def _train_with_torchrun(cfg: PipelineConfig, data_dir: str, out_dir: str, run_id: str) -> dict:
+    """N ranks on this node through torchrun; rank 0 logs to MLflow through the CLI's environment."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from .train import read_checkpoint
+
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        f.write(cfg.to_json())
+    env = dict(os.environ, GANFORGE_MLFLOW_RUN_ID=run_id)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={cfg.train.nproc}",
+           "-m", "ganforge.cli", "train", "--config-json", f.name, "--data", data_dir, "--out", out_dir, "--resume"]
+    subprocess.run(cmd, check=True, env=env)
+    ckpt = read_checkpoint(Path(out_dir) / "checkpoint.pt")
+    return {"step": int(ckpt["step"]), "epoch": int(ckpt["epoch"]) + 1}
+
+
+def evaluate_step(config_json: str, checkpoint_dir: str, reference_dir: str, run_id: str = "",
+                  metrics_path: str = "") -> dict:
+    from .evaluate import evaluate_checkpoint
+
+    cfg = PipelineConfig.from_json(config_json)
+    metrics = evaluate_checkpoint(Path(checkpoint_dir) / "checkpoint.pt", reference_dir, n=cfg.eval.n_samples,
+                                  out=metrics_path or None)
+    if artifact_root():
+        from . import storage
+
+        storage.write_text(storage.join(artifact_root(), "runs", run_id or "no-run", "metrics.json"),
+                           json.dumps(metrics, indent=2, sort_keys=True, default=str))
+    if run_id:
+        from . import tracking
+
+        tracking.configure()
+        tracking.log_metrics(run_id, {k: float(v) for k, v in metrics.items()
+                                      if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    return metrics
+
+
+def register_step(config_json: str, checkpoint_dir: str, metrics_json: str, run_id: str,
+                  kfp_run: str = "", plot_path: Optional[str] = None) -> dict:
+    """Log the EMA generator as an MLflow model, register it, and apply the FID promotion rule."""
+    from . import registry, tracking
+    from .train import load_generator
+
+    cfg = PipelineConfig.from_json(config_json)
+    metrics = json.loads(metrics_json)
+    # The evaluation's dataset is the FID reference; the version's dataset_sha256 is the training data's.
+    if "dataset_sha256" in metrics:
+        metrics["reference_dataset_sha256"] = metrics.pop("dataset_sha256")
+    tracking.configure()
+    G, _ = load_generator(Path(checkpoint_dir) / "checkpoint.pt")
+    version = registry.register_generator(run_id, G, cfg, metrics, tags={"kfp_run_id": kfp_run})
+    decision = registry.promote(cfg.model_name, version, margin=cfg.registry.promotion_margin)
+    if plot_path:
+        tracking.log_curves(run_id, plot_path)
+    return {"model_name": cfg.model_name, "version": version, **decision}

@@ -1,0 +1,192 @@
+"""The DAG end to end through kfp.local (real SubprocessRunner, real MLflow, real Fashion-MNIST).
+
+Two full runs: one with the local defaults (sqlite MLflow, local artifacts), one against a real
+`mlflow server` process whose artifacts go to a real S3 server process (moto), with every step
+output mirrored to that S3 as well. Both use the tiny profile.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import cli_env
+from mlflow_server import mlflow_server
+from s3_server import moto_s3_server, s3_environment
+
+pytestmark = pytest.mark.slow
+
+
+def _run_pipeline(home: Path, name: str = "dcgan", **params) -> dict:
+    from pipelines.local import run_local
+
+    os.environ["GANFORGE_HOME"] = str(home)
+    return run_local(name, "tiny", **params)
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")
+    saved = {k: os.environ.get(k) for k in ("GANFORGE_HOME", "MLFLOW_TRACKING_URI")}
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    try:
+        summary = _run_pipeline(home)
+        yield home, summary
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+
+
+def _client(tracking_uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def _artifact_paths(client, run_id: str, path: str = "") -> list[str]:
+    out = []
+    for f in client.list_artifacts(run_id, path):
+        out += _artifact_paths(client, run_id, f.path) if f.is_dir else [f.path]
+    return out
+
+
+def _assert_run_recorded(client, summary: dict, cfg_name: str = "dcgan") -> None:
+    from ganforge.config import build_config
+    from ganforge.train import total_steps
+
+    run = client.get_run(summary["mlflow_run_id"])
+    cfg = build_config(cfg_name, "tiny")
+    params = run.data.params
+    for key, value in cfg.flat().items():  # the whole settled config, flattened
+        assert params[key] == str(value), key
+    assert params["dataset.train.sha256"]
+    assert params.get(f"dataset.{cfg.data.reference_split}.sha256")
+    history = client.get_metric_history(run.info.run_id, "loss_d")
+    n_steps = total_steps(int(params["dataset.train.count"]), cfg)
+    assert [m.step for m in history] == [s for s in range(1, n_steps + 1) if s % cfg.train.log_every == 0 or s == n_steps]
+    assert 0 < run.data.metrics["fid"] < 1000 and "kid_mean" in run.data.metrics
+    artifacts = _artifact_paths(client, run.info.run_id)
+    assert any(a.startswith("samples/") and a.endswith(".png") for a in artifacts), artifacts
+    assert "config/config.json" in artifacts and "plots/curves.png" in artifacts, artifacts
+
+    versions = client.search_model_versions(f"name='{cfg_name}'")
+    assert len(versions) == 1
+    mv = versions[0]
+    assert mv.run_id == run.info.run_id
+    assert float(mv.tags["fid"]) == pytest.approx(run.data.metrics["fid"])
+    for tag in ("kid_mean", "dataset_sha256", "git_commit", "config_hash", "kfp_run_id"):
+        assert mv.tags.get(tag), tag
+    assert mv.tags["config_hash"] == cfg.config_hash()
+    assert mv.tags["dataset_sha256"] == params["dataset.train.sha256"]
+    assert mv.tags["kfp_run_id"].startswith(f"ganforge-{cfg_name}")
+    assert client.get_model_version_by_alias(cfg_name, "champion").version == mv.version
+    assert summary["aliases"] == ["champion"]
+
+
+def test_local_dag_records_run_and_registers_champion(local_run):
+    home, summary = local_run
+    from ganforge.tracking import resolve_tracking_uri
+
+    assert summary["tracking_uri"] == f"sqlite:///{home}/mlflow.db" == resolve_tracking_uri(str(home))
+    _assert_run_recorded(_client(summary["tracking_uri"]), summary)
+    assert (home / "pipeline-root").is_dir()
+
+
+def test_champion_loads_in_a_fresh_process(local_run):
+    home, summary = local_run
+    code = ("import mlflow.pytorch, torch; m = mlflow.pytorch.load_model('models:/dcgan@champion'); "
+            "print(tuple(m(torch.randn(5, 100)).shape))")
+    out = subprocess.run([sys.executable, "-c", code], env=cli_env(MLFLOW_TRACKING_URI=summary["tracking_uri"]),
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "(5, 1, 28, 28)"
+
+
+def test_registry_show_and_manual_promote_cli(local_run):
+    home, summary = local_run
+    env = cli_env(GANFORGE_HOME=str(home))
+    shown = subprocess.run([sys.executable, "-m", "ganforge.cli", "registry", "show", "dcgan"], env=env,
+                           capture_output=True, text=True, check=True).stdout
+    assert "champion" in shown and "1" in shown
+    refused = subprocess.run([sys.executable, "-m", "ganforge.cli", "promote", "dcgan", "7"], env=env,
+                             capture_output=True, text=True)
+    assert refused.returncode != 0 and "7" in refused.stderr
+
+
+def test_dag_against_mlflow_server_with_s3_artifacts(tmp_path):
+    """wgan-gp, with MLflow served by a real `mlflow server` process whose artifacts go to a real S3
+    server (moto), and every step output mirrored to that S3."""
+    with moto_s3_server(bucket="ganforge-artifacts") as s3, s3_environment(s3):
+        with mlflow_server(tmp_path / "mlflow", artifacts_destination=s3.uri("mlflow")) as uri:
+            saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "GANFORGE_ARTIFACT_ROOT", "GANFORGE_HOME")}
+            os.environ["MLFLOW_TRACKING_URI"] = uri
+            os.environ["GANFORGE_ARTIFACT_ROOT"] = s3.uri("ganforge")
+            try:
+                summary = _run_pipeline(tmp_path / "home", "wgan-gp")
+            finally:
+                for k, v in saved.items():
+                    os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+            assert summary["tracking_uri"] == uri
+            client = _client(uri)
+            _assert_run_recorded(client, summary, "wgan-gp")
+            assert client.get_metric_history(summary["mlflow_run_id"], "gp"), "the gradient penalty is logged"
+            keys = [o["Key"] for page in s3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=s3.bucket)
+                    for o in page.get("Contents", [])]
+            run_id = summary["mlflow_run_id"]
+            # MLflow's artifacts (samples, plots, the logged model) went through the server into S3 ...
+            assert any(k.startswith("mlflow/") and k.endswith(".png") for k in keys), keys
+            assert any(k.startswith("mlflow/") and "MLmodel" in k for k in keys), keys
+            # ... and every step's output was mirrored there, each directory sealed by its marker.
+            for name in ("dataset-train", "dataset-test", "model"):
+                assert f"ganforge/runs/{run_id}/{name}/_COMPLETE" in keys, name
+            assert f"ganforge/runs/{run_id}/model/checkpoint.pt" in keys
+            assert f"ganforge/runs/{run_id}/metrics.json" in keys
+    assert not (tmp_path / "home" / "mlflow.db").exists(), "with a server URI nothing goes to the local sqlite"
+
+
+def test_wavegan_dag_generates_audio_and_registers(tmp_path, monkeypatch):
+    """The audio pipeline: synthesised SC09 digits → WaveGAN → classifier IS/FD → registry."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("GANFORGE_HOME", str(tmp_path / "home"))
+    summary = _run_pipeline(tmp_path / "home", "wavegan")
+    client = _client(summary["tracking_uri"])
+    _assert_run_recorded(client, summary, "wavegan")
+    run = client.get_run(summary["mlflow_run_id"])
+    assert run.data.metrics["inception_score"] >= 1.0 and run.data.metrics["real_inception_score"] > 2.0
+    artifacts = _artifact_paths(client, summary["mlflow_run_id"])
+    assert any(a.endswith(".wav") for a in artifacts), artifacts
+
+
+def test_every_pipeline_compiles_and_loads_back(tmp_path, monkeypatch):
+    """Compiled with credentials in the environment: none of their values may reach the YAML."""
+    from kfp import components
+
+    from ganforge.config import PRESETS
+    from pipelines.compile import compile_pipeline
+
+    sentinels = {"AWS_SECRET_ACCESS_KEY": "sentinel-secret-7f3a", "AWS_ACCESS_KEY_ID": "sentinel-key-7f3a",
+                 "MLFLOW_TRACKING_PASSWORD": "sentinel-pass-7f3a"}
+    for k, v in sentinels.items():
+        monkeypatch.setenv(k, v)
+    for name in PRESETS:
+        path = compile_pipeline(name, tmp_path / f"{name}.yaml")
+        text = path.read_text()
+        assert not any(v in text for v in sentinels.values()), name
+        loaded = components.load_component_from_file(str(path))
+        assert loaded.name == f"ganforge-{name}"
+        docs = list(yaml.safe_load_all(text))
+        root_params = set(docs[0]["root"]["inputDefinitions"]["parameters"])
+        assert root_params == {"profile", "epochs", "source", "nproc", "nnodes", "launcher",
+                               "fid_samples", "promotion_margin"}
+        tasks = docs[0]["root"]["dag"]["tasks"]
+        assert {"start-run", "train", "evaluate", "register"} <= set(tasks)
+        platform = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+        train_exec = platform["exec-train"]
+        assert {s["secretName"] for s in train_exec["secretAsEnv"]} >= {"ganforge-s3"}
+        assert train_exec["emptyDirMounts"][0]["mountPath"] == "/dev/shm"
+        resources = docs[0]["deploymentSpec"]["executors"]["exec-train"]["container"]["resources"]
+        assert resources["accelerator"]["resourceCount"] in ("1", 1)
