@@ -1,0 +1,94 @@
+# ganforge — the user's door. `make help` lists the targets.
+SHELL := /bin/bash
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIPELINE ?= dcgan
+PROFILE ?= local
+PARAMS ?=
+export GANFORGE_HOME ?= $(CURDIR)/.ganforge
+STAMP := $(VENV)/.ganforge-installed
+APT_PACKAGES := dataset-fashion-mnist espeak-ng sox
+IMAGE_REGISTRY ?= localhost:5001/ganforge
+TAG ?= 0.1.0
+# The image every pipeline task runs in, fixed at compile time (images/: targets gpu and cpu).
+export GANFORGE_IMAGE ?= $(IMAGE_REGISTRY)/ganforge-gpu:$(TAG)
+
+.DEFAULT_GOAL := help
+.PHONY: help setup system-deps weights run test test-fast compile submit schedule unschedule promote registry \
+        generate bench images lint-images k8s-check k8s-secrets-init clean
+
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+
+setup: system-deps $(STAMP) weights ## Everything a fresh machine needs: apt packages, venv with pinned deps, Inception weights
+
+system-deps: ## Debian packages: Fashion-MNIST IDX files, espeak-ng, sox (installed when missing and root)
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "missing Debian packages: $$missing — run: sudo apt-get install $$missing" >&2; exit 1; fi; \
+	fi
+	@command -v kubectl >/dev/null || { [ "$$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kubernetes-client >/dev/null; } || true
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+weights: $(STAMP) ## Fetch and sha1-check the offline FID Inception weights into the cache
+	@$(BIN)/python -m ganforge.weights
+
+run: setup ## Run the whole DAG locally (kfp.local, sqlite MLflow): make run PIPELINE=dcgan [PROFILE=local]
+	$(BIN)/python -m pipelines run $(PIPELINE) --profile $(PROFILE) $(PARAMS)
+
+test: setup ## Run the whole test suite
+	$(BIN)/python -m pytest -q
+
+test-fast: setup ## Run the tests not marked slow
+	$(BIN)/python -m pytest -q -m "not slow"
+
+compile: setup ## Compile a pipeline to KFP IR: build/$(PIPELINE).yaml (PIPELINE=all for every one)
+	$(BIN)/python -m pipelines compile $(PIPELINE) --profile $(or $(filter-out local,$(PROFILE)),full) --out-dir build
+
+submit: setup ## Start one run on a KFP cluster: make submit PIPELINE=dcgan [PROFILE=full] KFP_HOST=https://… [PARAMS="--param epochs=5"]
+	$(BIN)/python -m pipelines submit $(PIPELINE) --profile $(or $(filter-out local,$(PROFILE)),full) $(PARAMS)
+
+schedule: setup ## Scheduled retraining as a KFP recurring run: make schedule PIPELINE=dcgan CRON='0 0 3 * * 0'
+	$(BIN)/python -m pipelines schedule $(PIPELINE) --profile $(or $(filter-out local,$(PROFILE)),full) --cron "$(CRON)" $(PARAMS)
+
+unschedule: setup ## Pause the recurring run of PIPELINE (DELETE=1 removes it)
+	$(BIN)/python -m pipelines unschedule $(PIPELINE) $(if $(DELETE),--delete)
+
+promote: setup ## Make VERSION the champion of PIPELINE's registered model (a human decision; FORCE=1 for no FID)
+	$(BIN)/ganforge promote $(PIPELINE) $(VERSION) $(if $(FORCE),--force)
+
+registry: setup ## Show registered versions of PIPELINE's model with FID/KID and aliases
+	$(BIN)/ganforge registry show $(PIPELINE)
+
+generate: setup ## Samples from the champion: make generate PIPELINE=dcgan [N=64] [SEED=0]
+	$(BIN)/ganforge generate --model models:/$(PIPELINE)@champion -n $(or $(N),64) --seed $(or $(SEED),0) \
+	  --interpolate 8 --out build/generated/$(PIPELINE)
+
+bench: setup ## Benchmarks (ratios measured in one run) → build/bench.json
+	$(BIN)/python benchmarks/run.py --out build/bench.json
+
+images: ## Build and push the gpu, cpu and mlflow-server images (needs Docker with buildx)
+	@for target in gpu cpu mlflow-server; do \
+	  docker buildx build --file images/Dockerfile --target $$target \
+	    --tag $(IMAGE_REGISTRY)/ganforge-$$target:$(TAG) --push . || exit 1; \
+	done
+
+lint-images: $(STAMP) ## Lint images/Dockerfile with hadolint
+	PATH=$(CURDIR)/$(BIN):$$PATH scripts/lint_dockerfiles.sh
+
+k8s-check: $(STAMP) ## Render every kustomize overlay and validate it offline (schemas, secrets, hardening)
+	$(BIN)/python scripts/k8s_check.py
+
+k8s-secrets-init: ## Copy k8s/base/secrets/*.env.example to git-ignored *.env (keeps existing ones)
+	@for f in k8s/base/secrets/*.env.example; do [ -e "$${f%.example}" ] || cp "$$f" "$${f%.example}"; done
+
+clean: ## Remove build outputs and local run state (.ganforge); keeps the venv and caches
+	rm -rf build .ganforge
