@@ -391,8 +391,13 @@ def _progress(total: int, initial: int, enabled: bool):
 
 def train(cfg: PipelineConfig, data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, resume: bool = False,
           on_metrics: Optional[MetricsFn] = None, on_samples: Optional[SamplesFn] = None,
+          on_checkpoint: Optional[Callable[[int, Path], None]] = None,
           dist_info: Optional[DistInfo] = None) -> TrainResult:
-    """Train cfg's GAN on the prepared dataset at data_dir, writing checkpoint.pt and samples/ to out_dir."""
+    """Train cfg's GAN on the prepared dataset at data_dir, writing checkpoint.pt and samples/ to out_dir.
+
+    ``on_checkpoint(step, path)`` runs on rank 0 right after each checkpoint is written (e.g. to
+    copy it to S3, so a replacement pod can resume from it).
+    """
     dist_info = dist_info or init_distributed()
     tc = cfg.train
     if tc.deterministic:
@@ -482,6 +487,8 @@ def train(cfg: PipelineConfig, data_dir: str | os.PathLike, out_dir: str | os.Pa
             if step % tc.checkpoint_every == 0 or step == n_steps:
                 save_checkpoint(ckpt_path, G=G, D=D, G_ema=G_ema, opt_g=opt_g, opt_d=opt_d, ctx=ctx,
                                 step=step, epoch=epoch, cfg=cfg)
+                if on_checkpoint:
+                    on_checkpoint(step, ckpt_path)
     if bar is not None:
         bar.close()
     if dist_info.world_size > 1:
