@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 from kfp import kubernetes
 
+from components.image import IMAGE
+
 from ganforge.config import PipelineConfig
 
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
@@ -83,6 +85,8 @@ def apply_cluster_settings(tasks: dict, s: ClusterSettings) -> None:
         task.set_caching_options(False)
         use_credentials(task, s)
         if name == "train":
+            # The image a TrainJob/PyTorchJob launched by this step runs: the pipeline's own.
+            task.set_env_variable("GANFORGE_IMAGE", IMAGE)
             task.set_cpu_request(s.train_cpu).set_memory_request(s.train_memory).set_memory_limit(s.train_memory)
             kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
                                        size_limit=s.shm_size)

@@ -7,6 +7,7 @@ when set, points the same run at a real MLflow server instead.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from kfp import local
 
@@ -49,9 +50,18 @@ def summarize(name: str, profile: str, version: int) -> dict:
         "fid": run.data.metrics.get("fid"),
         "kid_mean": run.data.metrics.get("kid_mean"),
         "inception_score": run.data.metrics.get("inception_score"),
-        "samples_artifact_uri": f"{run.info.artifact_uri}/samples",
+        "sample_grid": _last_sample_grid(run.info.artifact_uri),
         "mlflow_ui": f"mlflow ui --backend-store-uri {tracking.resolve_tracking_uri()} --port 5000",
     }
+
+
+def _last_sample_grid(artifact_uri: str) -> str:
+    """The newest sample grid: a local file path for a local artifact store, else its URI."""
+    if artifact_uri.startswith("file://"):
+        grids = sorted(Path(artifact_uri[len("file://"):], "samples").glob("*.png"))
+        if grids:
+            return str(grids[-1])
+    return f"{artifact_uri}/samples/"
 
 
 def print_summary(summary: dict, file=None) -> None:

@@ -69,7 +69,8 @@ def _assert_run_recorded(client, summary: dict, cfg_name: str = "dcgan") -> None
     history = client.get_metric_history(run.info.run_id, "loss_d")
     n_steps = total_steps(int(params["dataset.train.count"]), cfg)
     assert [m.step for m in history] == [s for s in range(1, n_steps + 1) if s % cfg.train.log_every == 0 or s == n_steps]
-    assert 0 < run.data.metrics["fid"] < 1000 and "kid_mean" in run.data.metrics
+    quality = "kid_mean" if cfg.data.kind == "image" else "inception_score"
+    assert 0 < run.data.metrics["fid"] < 1000 and quality in run.data.metrics
     artifacts = _artifact_paths(client, run.info.run_id)
     assert any(a.startswith("samples/") and a.endswith(".png") for a in artifacts), artifacts
     assert "config/config.json" in artifacts and "plots/curves.png" in artifacts, artifacts
@@ -79,7 +80,7 @@ def _assert_run_recorded(client, summary: dict, cfg_name: str = "dcgan") -> None
     mv = versions[0]
     assert mv.run_id == run.info.run_id
     assert float(mv.tags["fid"]) == pytest.approx(run.data.metrics["fid"])
-    for tag in ("kid_mean", "dataset_sha256", "git_commit", "config_hash", "kfp_run_id"):
+    for tag in (quality, "dataset_sha256", "git_commit", "config_hash", "kfp_run_id"):
         assert mv.tags.get(tag), tag
     assert mv.tags["config_hash"] == cfg.config_hash()
     assert mv.tags["dataset_sha256"] == params["dataset.train.sha256"]

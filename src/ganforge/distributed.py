@@ -18,6 +18,7 @@ Local helpers (``torchrun_command``) build the same launcher command for one mac
 """
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import sys
@@ -389,7 +390,7 @@ def kubernetes_apis() -> tuple[Any, Any]:
         config.load_incluster_config()
     except config.ConfigException:
         try:
-            config.load_kube_config()
+            config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))  # read now, not at import
         except (config.ConfigException, FileNotFoundError, TypeError) as e:
             raise ClusterTrainingError(
                 "no Kubernetes credentials: run inside a pod with a ServiceAccount allowed to create "

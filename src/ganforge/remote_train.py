@@ -287,7 +287,10 @@ def launch_cluster_training(cfg: PipelineConfig, data_dir: str, out_dir: str, ru
         cfg, image=image, namespace=pod_namespace(), data_uri=data_uri, out_uri=out_uri,
         engine=cfg.train.launcher, gpus_per_node=gpus, nnodes=cfg.train.nnodes,
         env=job_environment(run_id), env_from_secrets={k: (S3_SECRET, k) for k in S3_SECRET_KEYS},
-        tolerations=[GPU_TOLERATION] if gpus else [])
+        tolerations=[GPU_TOLERATION] if gpus else [],
+        # Named after the MLflow run: a retried step that finds its job still running gets a clear
+        # 409 instead of starting a second job on the same S3 prefix.
+        name=f"{cfg.name}-{run_id[:12]}" if run_id else None)
     print(f"launching {spec.engine} {spec.namespace}/{spec.name}: {spec.nnodes} node(s) x {spec.nproc_per_node} "
           f"rank(s), data {data_uri}, out {out_uri}", file=sys.stderr, flush=True)
     poll_s = job_poll_seconds()
