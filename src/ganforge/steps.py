@@ -117,14 +117,19 @@ def _train_with_torchrun(cfg: PipelineConfig, data_dir: str, out_dir: str, run_i
     import sys
     import tempfile
 
-    from .train import read_checkpoint
+    from .train import TrainingError, read_checkpoint
 
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        f.write(cfg.to_json())
-    env = dict(os.environ, GANFORGE_MLFLOW_RUN_ID=run_id)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={cfg.train.nproc}",
-           "-m", "ganforge.cli", "train", "--config-json", f.name, "--data", data_dir, "--out", out_dir, "--resume"]
-    subprocess.run(cmd, check=True, env=env)
+    if cfg.train.nnodes > 1:
+        raise TrainingError(f"train.nnodes={cfg.train.nnodes} needs a cluster launcher: set train.launcher to "
+                            "trainjob or pytorchjob (pipeline parameter launcher), or use nproc ranks on one node")
+    with tempfile.TemporaryDirectory() as tmp:
+        config_path = Path(tmp) / "config.json"
+        config_path.write_text(cfg.to_json())
+        env = dict(os.environ, GANFORGE_MLFLOW_RUN_ID=run_id)
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={cfg.train.nproc}",
+               "-m", "ganforge.cli", "train", "--config-json", str(config_path), "--data", data_dir, "--out", out_dir,
+               "--resume"]
+        subprocess.run(cmd, check=True, env=env)
     ckpt = read_checkpoint(Path(out_dir) / "checkpoint.pt")
     return {"step": int(ckpt["step"]), "epoch": int(ckpt["epoch"]) + 1}
 
