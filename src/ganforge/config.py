@@ -273,9 +273,10 @@ PROFILES: dict[str, dict] = {
         "eval": {"n_samples": 64, "kid_subset_size": 32, "kid_subsets": 10},
     },
     "local": {
-        "data": {"limit": 20000},
+        # ~1,700 img/s on an idle 2-core CPU at 28 px: 10 epochs of the 60k images in ~6 min.
+        "data": {"limit": None},
         "model": {"ngf": 32, "ndf": 32},
-        "train": {"batch_size": 64, "epochs": 3, "checkpoint_every": 200},
+        "train": {"batch_size": 64, "epochs": 10, "checkpoint_every": 500, "log_every": 50},
         "eval": {"n_samples": 1000, "kid_subset_size": 500},
     },
     "full": {
