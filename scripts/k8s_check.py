@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import re
 import shutil
 import subprocess
 import sys

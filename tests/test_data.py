@@ -403,12 +403,16 @@ def test_s3_prefix_is_downloaded_and_detected(tmp_path, s3_endpoint):
         data.prepare(DataConfig(source="s3://data/pngs"), tmp_path / "out3")
 
 
-def test_s3_prefix_without_complete_marker_is_a_data_error(tmp_path, s3_endpoint):
+def test_s3_prefix_uploaded_by_hand_without_marker_is_accepted(tmp_path, s3_endpoint):
+    """Users upload source data with their own tools (`aws s3 sync`): no _COMPLETE marker needed."""
     import boto3
 
     write_idx_dir(tmp_path / "idx", n=4)
     for f in (tmp_path / "idx").iterdir():
         boto3.client("s3").upload_file(str(f), "data", f"handmade/{f.name}")
-    with pytest.raises(DataError, match=r"could not fetch data source s3://data/handmade.*_COMPLETE"):
-        data.prepare(DataConfig(source="s3://data/handmade"), tmp_path / "out")
-    assert not (tmp_path / "out").exists()
+    manifest = data.prepare(DataConfig(source="s3://data/handmade"), tmp_path / "out")
+    local = data.prepare(DataConfig(source=str(tmp_path / "idx")), tmp_path / "out-local")
+    assert manifest["count"] == 4 and manifest["sha256"] == local["sha256"]
+    with pytest.raises(DataError, match=r"s3://data/nothing-here"):
+        data.prepare(DataConfig(source="s3://data/nothing-here"), tmp_path / "out2")
+    assert not (tmp_path / "out2").exists()

@@ -6,7 +6,6 @@ output mirrored to that S3 as well. Both use the tiny profile.
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys

@@ -84,7 +84,7 @@ def prepare_audio(cfg: DataConfig, out_dir: str | os.PathLike, split: Optional[s
         from ganforge.storage import download_prefix  # only s3 sources need boto3
 
         with tempfile.TemporaryDirectory(prefix="ganforge-s3-") as local:
-            download_prefix(source, local)
+            download_prefix(source, local, require_marker=False)
             clips, labels, recorded_split = read_wav_folder(Path(local), cfg, split, shown_as=source)
         extra = {}
     else:

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from .config import PRESETS, PROFILES, ConfigError, PipelineConfig, build_config, parse_override
+from .storage import is_s3
 
 
 def _config_from_args(args) -> PipelineConfig:
@@ -51,15 +52,15 @@ def _under_torchrun() -> bool:
     return "LOCAL_RANK" in os.environ
 
 
-def _is_s3(uri: str) -> bool:
-    return uri.startswith("s3://")
-
-
 def cmd_train(args) -> int:
     """Train on a dataset directory or ``s3://`` prefix into a run directory or ``s3://`` prefix."""
     cfg = _config_from_args(args)
     world = cfg.train.nproc * cfg.train.nnodes
     if world > 1 and not _under_torchrun():
+        if cfg.train.nnodes > 1:
+            raise ConfigError(f"train.nnodes={cfg.train.nnodes}: start one `torchrun --nnodes {cfg.train.nnodes} "
+                              "--rdzv-backend c10d --rdzv-endpoint HOST:PORT -m ganforge.cli train …` per node "
+                              "(the cluster launchers do this), or train on one node with --nproc")
         # Re-launch this very command under torchrun, one process per rank on this node.
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={cfg.train.nproc}",
                "-m", "ganforge.cli", *sys.argv[1:]]
@@ -74,12 +75,12 @@ def cmd_train(args) -> int:
 
         tracking.configure()
         callback = tracking.MlflowMetricsCallback(run_id)
-    if _is_s3(args.data) or _is_s3(args.out):
+    if is_s3(args.data) or is_s3(args.out):
         # Cluster job pods: stage s3:// data and output locally, push checkpoints back (remote_train).
         from .remote_train import train_staged
 
         result = train_staged(cfg, args.data, args.out, resume=args.resume, on_metrics=callback)
-        checkpoint = str(result.checkpoint) if not _is_s3(args.out) else f"{args.out.rstrip('/')}/{result.checkpoint.name}"
+        checkpoint = str(result.checkpoint) if not is_s3(args.out) else f"{args.out.rstrip('/')}/{result.checkpoint.name}"
     else:
         result = train(cfg, args.data, args.out, resume=args.resume, on_metrics=callback)
         checkpoint = str(result.checkpoint)
@@ -136,8 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a GAN on a prepared dataset")
     _add_config_args(p)
-    p.add_argument("--data", required=True, help="dataset directory from `ganforge prep`")
-    p.add_argument("--out", required=True, help="run directory: checkpoint.pt, config.json, samples/")
+    p.add_argument("--data", required=True, help="dataset directory from `ganforge prep`, or its s3:// copy")
+    p.add_argument("--out", required=True, help="run directory or s3:// prefix: checkpoint.pt, config.json, samples/")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if it exists")
     p.add_argument("--nproc", type=int, help="ranks on this machine (torchrun); default from the config")
     p.set_defaults(func=cmd_train)

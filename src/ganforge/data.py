@@ -115,7 +115,7 @@ def read_s3_prefix(source: str, cfg: DataConfig, split: str) -> tuple[RawDataset
     """Download a completed prefix into a temporary directory, then read it like a local one."""
     with tempfile.TemporaryDirectory(prefix="ganforge-s3-") as local:
         try:
-            download_prefix(source, local)
+            download_prefix(source, local, require_marker=False)
         except StorageError as e:
             raise DataError(
                 f"could not fetch data source {source}: {e}. An s3:// source must be uploaded with "

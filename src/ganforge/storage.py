@@ -521,11 +521,13 @@ def _parse_marker(body: bytes, marker_uri: str) -> dict[str, int]:
     return entries
 
 
-def download_prefix(uri_prefix: str | os.PathLike, local_dir: str | os.PathLike) -> Path:
+def download_prefix(uri_prefix: str | os.PathLike, local_dir: str | os.PathLike,
+                    require_marker: bool = True) -> Path:
     """Copy a completed S3 prefix (or a local directory) to ``local_dir`` atomically.
 
     Only the objects listed in the ``_COMPLETE`` marker are fetched, and their sizes are
-    checked; a prefix without the marker is refused.
+    checked; a prefix without the marker is refused — unless ``require_marker`` is False
+    (user-uploaded source data, e.g. `aws s3 sync`), where every object under it is fetched.
     """
     if not is_s3(uri_prefix):
         src = local_path(uri_prefix)
@@ -549,7 +551,20 @@ def download_prefix(uri_prefix: str | os.PathLike, local_dir: str | os.PathLike)
                     "writer was interrupted (or never ran) — rerun the step") from e
             raise
 
-    entries = _parse_marker(_retrying(marker, read_marker), marker.uri)
+    def list_sizes() -> dict[str, int]:
+        base = prefix_key.rstrip("/") + "/" if prefix_key.strip("/") else ""
+        pages = connection.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=base)
+        return {o["Key"][len(base):]: o["Size"] for page in pages for o in page.get("Contents", [])
+                if not o["Key"].endswith("/")}
+
+    try:
+        entries = _parse_marker(_retrying(marker, read_marker), marker.uri)
+    except StorageError:
+        if require_marker:
+            raise
+        entries = _retrying(marker, list_sizes)
+        if not entries:
+            raise StorageError(f"nothing under {prefix_uri}: check the bucket and prefix") from None
     with atomic_dir(local_dir) as tmp:
         for relative, size in entries.items():
             t = _Target("download", bucket, _key_under(prefix_key, relative), connection)
