@@ -146,11 +146,14 @@ def register_generator(run_id: str, generator: torch.nn.Module, cfg: PipelineCon
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
     )
     version = int(info.registered_model_version)
-    for key, value in version_tags(cfg, metrics, tags, c.get_run(run_id).data.params).items():
+    run = c.get_run(run_id)
+    for key, value in version_tags(cfg, metrics, tags, run.data.params).items():
         c.set_model_version_tag(cfg.model_name, str(version), key, value)
-    if scores:
+    # The pipeline's evaluate step already logged its scores (at the training step); log only the rest.
+    unlogged = {k: v for k, v in scores.items() if k not in run.data.metrics}
+    if unlogged:
         now_ms = int(time.time() * 1000)
-        c.log_batch(run_id, metrics=[Metric(k, v, now_ms, 0) for k, v in scores.items()], synchronous=True)
+        c.log_batch(run_id, metrics=[Metric(k, v, now_ms, 0) for k, v in unlogged.items()], synchronous=True)
     return version
 
 

@@ -149,9 +149,13 @@ def evaluate_step(config_json: str, checkpoint_dir: str, reference_dir: str, run
     if run_id:
         from . import tracking
 
+        from .train import read_checkpoint
+
         tracking.configure()
+        # At the generator step it was measured, so FID sits on the same axis as the losses.
+        step = int(read_checkpoint(Path(checkpoint_dir) / "checkpoint.pt")["step"])
         tracking.log_metrics(run_id, {k: float(v) for k, v in metrics.items()
-                                      if isinstance(v, (int, float)) and not isinstance(v, bool)})
+                                      if isinstance(v, (int, float)) and not isinstance(v, bool)}, step=step)
     return metrics
 
 
