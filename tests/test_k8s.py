@@ -119,15 +119,25 @@ def test_network_policies_admit_only_the_namespaces_clients(renders):
     assert minio_policy["spec"]["podSelector"]["matchLabels"].items() <= minio_labels.items()
     assert postgres_policy["spec"]["podSelector"]["matchLabels"].items() <= postgres_labels.items()
 
+    def selects(selector: dict, labels: dict) -> bool:
+        expressions = selector.get("matchExpressions", [])
+        assert all(e["operator"] == "Exists" for e in expressions), expressions
+        return (selector.get("matchLabels", {}).items() <= labels.items()
+                and all(e["key"] in labels for e in expressions))
+
     def admitted(policy: dict, labels: dict) -> bool:
         peers = [peer for rule in policy["spec"]["ingress"] for peer in rule["from"]]
         assert all(set(peer) == {"podSelector"} for peer in peers), "only same-namespace pod peers allowed"
-        return any(peer["podSelector"]["matchLabels"].items() <= labels.items() for peer in peers)
+        return any(selects(peer["podSelector"], labels) for peer in peers)
 
     mlflow_labels = find(objects, "Deployment", "mlflow")["spec"]["template"]["metadata"]["labels"]
     init_labels = find(objects, "Job", "minio-bucket-init")["spec"]["template"]["metadata"]["labels"]
     assert admitted(minio_policy, mlflow_labels) and admitted(minio_policy, init_labels)
     assert not admitted(minio_policy, {"app": "something-else"})
+    # Distributed training pods, labelled by their controllers (PyTorchJob, TrainJob's JobSet).
+    assert admitted(minio_policy, {"training.kubeflow.org/job-name": "dcgan-1a2b"})
+    assert admitted(minio_policy, {"jobset.sigs.k8s.io/jobset-name": "dcgan-1a2b"})
+    assert not admitted(postgres_policy, {"training.kubeflow.org/job-name": "dcgan-1a2b"})
     assert admitted(postgres_policy, mlflow_labels)
     assert not admitted(postgres_policy, init_labels)
     assert [p["port"] for r in postgres_policy["spec"]["ingress"] for p in r["ports"]] == [5432]
