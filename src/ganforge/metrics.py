@@ -321,11 +321,14 @@ def check_same_image_shape(fake: np.ndarray, real_shape: tuple, dataset_dir: str
 
 
 def evaluate_images(fake: np.ndarray, real_dataset_dir: str | os.PathLike, eval_cfg: EvalConfig,
-                    cache_dir: str | os.PathLike, choice: Optional[InceptionChoice] = None) -> dict:
+                    cache_dir: str | os.PathLike, choice: Optional[InceptionChoice] = None,
+                    prefix_n: Optional[int] = None) -> dict:
     """FID and KID of generated uint8 images against ``eval_cfg.n_samples`` real images of a prepared dataset.
 
     Real features are cached (see ``real_features``). When the dataset holds fewer real images
-    than asked for, all are used and ``n_real`` says how many.
+    than asked for, all are used and ``n_real`` says how many. ``prefix_n`` adds
+    ``"prefix": {"n", "fid", "kid_mean", "kid_std"}`` for the first prefix_n generated images
+    alone (the FID curve's point for this generator, without extracting features again).
     """
     from .data import load_dataset
 
@@ -335,11 +338,17 @@ def evaluate_images(fake: np.ndarray, real_dataset_dir: str | os.PathLike, eval_
     check_same_image_shape(fake, tuple(manifest["shape"]), real_dataset_dir)
     choice = choice or resolve_inception()
     real, cached = real_features(real_dataset_dir, eval_cfg.n_samples, cache_dir, eval_cfg.batch_size, choice)
+    real_seconds = time.perf_counter() - started
     fake_started = time.perf_counter()
     fake_features = images_to_features(fake, eval_cfg.batch_size, choice)
     fake_seconds = time.perf_counter() - fake_started
     fid = features_to_fid(fake_features, real)
     kid_mean, kid_std = features_to_kid(fake_features, real, eval_cfg.kid_subset_size, eval_cfg.kid_subsets)
+    extra = {}
+    if prefix_n and prefix_n < len(fake_features):
+        head = fake_features[:prefix_n]
+        p_mean, p_std = features_to_kid(head, real, eval_cfg.kid_subset_size, eval_cfg.kid_subsets)
+        extra["prefix"] = {"n": prefix_n, "fid": features_to_fid(head, real), "kid_mean": p_mean, "kid_std": p_std}
     return {
         "fid": fid,
         "kid_mean": kid_mean,
@@ -351,7 +360,9 @@ def evaluate_images(fake: np.ndarray, real_dataset_dir: str | os.PathLike, eval_
         "resize": RESIZE_FILTER,
         "dataset_sha256": manifest["sha256"],
         "real_stats_cached": cached,
+        "real_seconds": real_seconds,
         "feature_img_per_s": len(fake) / fake_seconds,
         "seconds": time.perf_counter() - started,
+        **extra,
     }
 

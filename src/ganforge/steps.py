@@ -136,27 +136,48 @@ def _train_with_torchrun(cfg: PipelineConfig, data_dir: str, out_dir: str, run_i
 
 def evaluate_step(config_json: str, checkpoint_dir: str, reference_dir: str, run_id: str = "",
                   metrics_path: str = "") -> dict:
-    from .evaluate import evaluate_checkpoint
+    """FID/KID of the final EMA generator, and the FID curve over the run's snapshots when it kept any.
+
+    The curve (``eval.curve_samples`` per point, same real reference) goes to MLflow as metric
+    histories ``fid_nN``/``kid_nN`` at each snapshot's step and as ``fid_curve/fid_curve.{csv,png}``.
+    """
+    import tempfile
+
+    from .evaluate import evaluate_run
 
     cfg = PipelineConfig.from_json(config_json)
-    metrics = evaluate_checkpoint(Path(checkpoint_dir) / "checkpoint.pt", reference_dir, n=cfg.eval.n_samples,
-                                  out=metrics_path or None)
-    if artifact_root():
-        from . import storage
+    with tempfile.TemporaryDirectory(prefix="ganforge-eval-") as tmp:
+        metrics, rows = evaluate_run(checkpoint_dir, reference_dir, tmp, n=cfg.eval.n_samples)
+        if metrics_path:
+            from .storage import upload_file
 
-        storage.write_text(storage.join(artifact_root(), "runs", run_id or "no-run", "metrics.json"),
-                           json.dumps(metrics, indent=2, sort_keys=True, default=str))
-    if run_id:
-        from . import tracking
+            upload_file(Path(tmp) / "metrics.json", metrics_path)
+        if artifact_root():
+            from . import storage
 
-        from .train import read_checkpoint
-
-        tracking.configure()
-        # At the generator step it was measured, so FID sits on the same axis as the losses.
-        step = int(read_checkpoint(Path(checkpoint_dir) / "checkpoint.pt")["step"])
-        tracking.log_metrics(run_id, {k: float(v) for k, v in metrics.items()
-                                      if isinstance(v, (int, float)) and not isinstance(v, bool)}, step=step)
+            run_prefix = storage.join(artifact_root(), "runs", run_id or "no-run")
+            storage.upload_file(Path(tmp) / "metrics.json", storage.join(run_prefix, "metrics.json"))
+            for name in ("fid_curve.csv", "fid_curve.png") if rows else ():
+                storage.upload_file(Path(tmp) / name, storage.join(run_prefix, "fid_curve", name))
+        if run_id:
+            log_evaluation(run_id, metrics, rows, tmp)
     return metrics
+
+
+def log_evaluation(run_id: str, metrics: dict, rows: list[dict], eval_dir: str | Path) -> None:
+    """Scores at the generator step they were measured (same axis as the losses); the curve as
+    metric histories and as ``fid_curve/`` artifacts."""
+    from . import tracking
+
+    tracking.configure()
+    for r in rows:
+        tracking.log_metrics(run_id, {f"fid_n{r['n']}": r["fid"], f"kid_n{r['n']}": r["kid_mean"]}, step=r["step"])
+    tracking.log_metrics(run_id, {k: float(v) for k, v in metrics.items()
+                                  if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"},
+                         step=metrics["step"])
+    if rows:
+        for name in ("fid_curve.csv", "fid_curve.png"):
+            tracking.log_artifact(run_id, str(Path(eval_dir) / name), "fid_curve")
 
 
 def register_step(config_json: str, checkpoint_dir: str, metrics_json: str, run_id: str,

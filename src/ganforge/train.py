@@ -42,6 +42,7 @@ from .models import build_models
 from .storage import atomic_file, atomic_write_text
 
 CHECKPOINT_NAME = "checkpoint.pt"
+SNAPSHOT_DIR = "snapshots"
 N_FIXED_SAMPLES = 64
 
 MetricsFn = Callable[[int, dict], None]
@@ -77,10 +78,13 @@ class TrainResult:
     step: int
     epoch: int
     seconds: float
+    """Wall time of this call (since start or resume)."""
     img_per_s: float
     checkpoint: Path
     samples: list[Path]
     last_metrics: dict
+    total_seconds: float = 0.0
+    """Wall time of the whole run, summed over the calls that resumed it."""
     models: dict = field(default_factory=dict, repr=False)
     """The trained G, G_ema and D of this rank (for in-process callers and tests)."""
 
@@ -309,8 +313,9 @@ def _set_rng_state(s: dict) -> None:
 
 
 def save_checkpoint(path: Path, *, G, D, G_ema, opt_g, opt_d, ctx: _Context, step: int, epoch: int,
-                    cfg: PipelineConfig) -> Path:
+                    cfg: PipelineConfig, train_seconds: float = 0.0) -> Path:
     state = {
+        "train_seconds": float(train_seconds),
         "G": G.state_dict(), "G_ema": G_ema.state_dict(), "D": D.state_dict(),
         "opt_G": opt_g.state_dict(), "opt_D": opt_d.state_dict(),
         "scaler_G": ctx.scaler_g.state_dict(), "scaler_D": ctx.scaler_d.state_dict(),
@@ -320,6 +325,31 @@ def save_checkpoint(path: Path, *, G, D, G_ema, opt_g, opt_d, ctx: _Context, ste
     with atomic_file(path) as tmp:
         torch.save(state, tmp)
     return path
+
+
+def snapshot_path(out_dir: Path, epoch: int) -> Path:
+    return Path(out_dir) / SNAPSHOT_DIR / f"epoch_{epoch:03d}.pt"
+
+
+def save_snapshot(out_dir: Path, *, G_ema, step: int, epoch: int, cfg: PipelineConfig) -> Path:
+    """The EMA generator alone at the end of an epoch (a few MB), readable by ``load_generator``."""
+    path = snapshot_path(out_dir, epoch)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(path) as tmp:
+        torch.save({"G_ema": G_ema.state_dict(), "step": step, "epoch": epoch, "config": cfg.to_dict(),
+                    "ganforge_version": __version__}, tmp)
+    return path
+
+
+def list_snapshots(out_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """(epoch, path) of the run's snapshots, by epoch."""
+    found = []
+    for p in (Path(out_dir) / SNAPSHOT_DIR).glob("epoch_*.pt"):
+        try:
+            found.append((int(p.stem.split("_", 1)[1]), p))
+        except ValueError:
+            continue
+    return sorted(found)
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
@@ -420,7 +450,7 @@ def train(cfg: PipelineConfig, data_dir: str | os.PathLike, out_dir: str | os.Pa
 
     G, D, G_ema, opt_g, opt_d = build_training_state(cfg, dist_info.device)
     ctx = _Context(cfg, dist_info)
-    step = 0
+    step, seconds_before = 0, 0.0
     if resume and ckpt_path.exists():
         ckpt = read_checkpoint(ckpt_path)
         for module, key in ((G, "G"), (D, "D"), (G_ema, "G_ema")):
@@ -431,6 +461,7 @@ def train(cfg: PipelineConfig, data_dir: str | os.PathLike, out_dir: str | os.Pa
         ctx.scaler_d.load_state_dict(ckpt["scaler_D"])
         _set_rng_state(ckpt["rng"])
         step = int(ckpt["step"])
+        seconds_before = float(ckpt.get("train_seconds", 0.0))
     elif dist_info.is_main and ckpt_path.exists():
         print(f"note: {ckpt_path} exists and --resume was not given; training from scratch and overwriting it",
               file=sys.stderr)
@@ -480,13 +511,17 @@ def train(cfg: PipelineConfig, data_dir: str | os.PathLike, out_dir: str | os.Pa
             if bar is not None:
                 bar.update(1)
             if epoch_done:
-                png = write_samples(G_ema, z_fixed, out_dir / "samples", f"epoch_{math.ceil(step / per_epoch):03d}", cfg)
+                epoch_no = math.ceil(step / per_epoch)
+                png = write_samples(G_ema, z_fixed, out_dir / "samples", f"epoch_{epoch_no:03d}", cfg)
                 samples.append(png)
                 if on_samples:
                     on_samples(step, png)
+                if tc.snapshot_every and (epoch_no % tc.snapshot_every == 0 or step == n_steps):
+                    save_snapshot(out_dir, G_ema=G_ema, step=step, epoch=epoch_no, cfg=cfg)
             if step % tc.checkpoint_every == 0 or step == n_steps:
                 save_checkpoint(ckpt_path, G=G, D=D, G_ema=G_ema, opt_g=opt_g, opt_d=opt_d, ctx=ctx,
-                                step=step, epoch=epoch, cfg=cfg)
+                                step=step, epoch=epoch, cfg=cfg,
+                                train_seconds=seconds_before + time.perf_counter() - t0)
                 if on_checkpoint:
                     on_checkpoint(step, ckpt_path)
     if bar is not None:
@@ -498,4 +533,5 @@ def train(cfg: PipelineConfig, data_dir: str | os.PathLike, out_dir: str | os.Pa
     return TrainResult(step=step, epoch=math.ceil(step / per_epoch), seconds=seconds,
                        img_per_s=done * tc.batch_size * tc.n_critic / seconds if seconds > 0 and done else 0.0,
                        checkpoint=ckpt_path, samples=samples, last_metrics=last,
+                       total_seconds=seconds_before + seconds,
                        models={"G": G, "G_ema": G_ema, "D": D})

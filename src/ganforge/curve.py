@@ -1,0 +1,171 @@
+"""The FID curve over a training run: FID-n of each epoch snapshot's EMA generator.
+
+Training keeps the EMA generator every ``train.snapshot_every`` epochs
+(``snapshots/epoch_NNN.pt``). Each point of the curve samples ``eval.curve_samples`` images
+with the evaluation's fixed latent seed and compares them with the same real reference as the
+final evaluation (``eval.n_samples`` real images, whose features are cached), so points differ
+only in the generator. FID is biased upwards at small n: compare curve points with each other,
+and the final FID-10k with published numbers.
+
+The curve is a CSV beside the run (rewritten atomically after each point), so an interrupted
+evaluation resumes at the next missing epoch, and ``follow`` can trail a run still training
+on another core. The point for the run's last epoch can be taken from the final evaluation's
+samples (the first ``curve_samples`` of its draw are the curve's draw), at no extra cost.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+from .config import PipelineConfig, with_overrides
+from .storage import atomic_file, atomic_write_text
+
+CURVE_CSV = "fid_curve.csv"
+CURVE_PNG = "fid_curve.png"
+FIELDS = ("epoch", "step", "n", "n_real", "fid", "kid_mean", "kid_std", "seconds")
+
+
+class CurveError(ValueError):
+    """The run directory cannot give a curve; the message says why and what to do."""
+
+
+def read_curve(path: str | os.PathLike) -> list[dict]:
+    """Rows of a curve CSV (numbers parsed), by epoch; [] when the file does not exist."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if tuple(reader.fieldnames or ()) != FIELDS:
+            raise CurveError(f"{path} is not a ganforge FID curve (columns {reader.fieldnames}, expected {list(FIELDS)});"
+                             " move it away or delete it to recompute the curve")
+        rows = [{k: (int(v) if k in ("epoch", "step", "n", "n_real") else float(v)) for k, v in r.items()} for r in reader]
+    return sorted(rows, key=lambda r: r["epoch"])
+
+
+def write_curve(path: str | os.PathLike, rows: list[dict]) -> Path:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for row in sorted(rows, key=lambda r: r["epoch"]):
+        writer.writerow({k: row[k] for k in FIELDS})
+    atomic_write_text(path, buf.getvalue())
+    return Path(path)
+
+
+def _final_epoch(run_dir: Path, data_dir: str | os.PathLike, cfg: PipelineConfig) -> int:
+    """The epoch the run ends at (its last snapshot), from its config and the dataset's size."""
+    import math
+
+    from .data import load_dataset
+    from .train import steps_per_epoch, total_steps
+
+    n = len(load_dataset(data_dir).images)
+    return math.ceil(total_steps(n, cfg) / steps_per_epoch(n, cfg))
+
+
+def curve_point(snapshot: str | os.PathLike, reference_dir: str | os.PathLike, n: int, n_real: int,
+                cache: str | os.PathLike) -> dict:
+    """FID/KID of one snapshot's generator: n generated images vs n_real reference images."""
+    from .evaluate import sample_for_eval
+    from .metrics import evaluate_images, fake_to_uint8
+    from .train import load_generator, read_checkpoint
+
+    started = time.perf_counter()
+    G, cfg = load_generator(snapshot)
+    cfg = with_overrides(cfg, eval={"n_samples": n_real})
+    fake = fake_to_uint8(sample_for_eval(G, cfg, n))
+    m = evaluate_images(fake, reference_dir, cfg.eval, cache)
+    ckpt = read_checkpoint(snapshot)
+    return {"epoch": int(ckpt["epoch"]), "step": int(ckpt["step"]), "n": n, "n_real": m["n_real"], "fid": m["fid"],
+            "kid_mean": m["kid_mean"], "kid_std": m["kid_std"], "seconds": time.perf_counter() - started}
+
+
+def fid_curve(run_dir: str | os.PathLike, reference_dir: str | os.PathLike, *, n: Optional[int] = None,
+              n_real: Optional[int] = None, cache: Optional[str | os.PathLike] = None,
+              out: Optional[str | os.PathLike] = None, known: Optional[list[dict]] = None, follow: bool = False,
+              train_data_dir: Optional[str | os.PathLike] = None, poll_s: float = 30.0,
+              on_point: Optional[Callable[[dict], None]] = None) -> list[dict]:
+    """Evaluate every snapshot of run_dir not yet in the curve CSV; return all rows by epoch.
+
+    ``known``: points already measured elsewhere (the final evaluation's) to add without
+    recomputing. ``follow``: keep polling for new snapshots until the run's last epoch has
+    one (needs ``train_data_dir`` to know when that is).
+    """
+    from .paths import cache_dir as default_cache_dir
+    from .train import list_snapshots
+
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.json"
+    if not config_path.is_file():
+        raise CurveError(f"{run_dir} has no config.json: point --run at a training output directory "
+                         "(the --out of `ganforge train`)")
+    cfg = PipelineConfig.from_json(config_path.read_text())
+    n = n or cfg.eval.curve_samples
+    n_real = n_real or cfg.eval.n_samples
+    cache = Path(cache) if cache else default_cache_dir()
+    out = Path(out) if out else run_dir / CURVE_CSV
+    rows = {r["epoch"]: r for r in read_curve(out) if r["n"] == n and r["n_real"] == n_real}
+    for r in known or []:
+        if r["n"] == n and r["n_real"] == n_real:
+            rows[r["epoch"]] = r
+    if not follow and not list_snapshots(run_dir) and not rows:
+        raise CurveError(f"{run_dir} has no snapshots/: train with train.snapshot_every > 0 (e.g. --set "
+                         "train.snapshot_every=4) to get an FID curve")
+    if follow and train_data_dir is None:
+        raise CurveError("follow needs the training dataset directory to know the run's last epoch")
+    last_epoch = _final_epoch(run_dir, train_data_dir, cfg) if follow else None
+    while True:
+        for epoch, path in list_snapshots(run_dir):
+            if epoch in rows:
+                continue
+            rows[epoch] = curve_point(path, reference_dir, n, n_real, cache)
+            write_curve(out, list(rows.values()))
+            if on_point:
+                on_point(rows[epoch])
+        if not follow or last_epoch in rows:
+            break
+        time.sleep(poll_s)
+    if rows:
+        write_curve(out, list(rows.values()))
+    return sorted(rows.values(), key=lambda r: r["epoch"])
+
+
+def plot_curve(rows: list[dict], out_png: str | os.PathLike, final: Optional[dict] = None,
+               title: str = "") -> Path:
+    """FID-n (left axis) and KID (right axis) against epoch; the final FID as a labelled marker."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    if rows:
+        epochs = [r["epoch"] for r in rows]
+        ax.plot(epochs, [r["fid"] for r in rows], marker="o", label=f"FID-{rows[0]['n']} (vs {rows[0]['n_real']} real)")
+        ax2 = ax.twinx()
+        ax2.plot(epochs, [r["kid_mean"] for r in rows], marker="s", color="tab:orange", alpha=0.6, label="KID")
+        ax2.set_ylabel("KID")
+        ax2.legend(loc="upper center", fontsize="small")
+    if final:
+        ax.scatter([final["epoch"]], [final["fid"]], marker="*", s=150, color="tab:red", zorder=3,
+                   label=f"FID-{final['n']} = {final['fid']:.2f}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("FID")
+    ax.set_title(title or "FID over training")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper right", fontsize="small")
+    fig.tight_layout()
+    with atomic_file(out_png) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return Path(out_png)
+
+
+def print_point(row: dict) -> None:
+    print(f"epoch {row['epoch']:3d} step {row['step']:6d}  FID-{row['n']} {row['fid']:.3f}  "
+          f"KID {row['kid_mean']:.5f} ± {row['kid_std']:.5f}  ({row['seconds']:.0f} s)", file=sys.stderr, flush=True)
