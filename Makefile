@@ -16,7 +16,7 @@ export GANFORGE_IMAGE ?= $(IMAGE_REGISTRY)/ganforge-gpu:$(TAG)
 
 .DEFAULT_GOAL := help
 .PHONY: help setup system-deps weights run test test-fast compile submit schedule unschedule promote registry \
-        generate bench images lint-images k8s-check k8s-secrets-init clean
+        generate bench quality images lint-images k8s-check k8s-secrets-init clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -71,6 +71,18 @@ registry: setup ## Show registered versions of PIPELINE's model with FID/KID and
 generate: setup ## Samples from the champion: make generate PIPELINE=dcgan [N=64] [SEED=0]
 	$(BIN)/ganforge generate --model models:/$(PIPELINE)@champion -n $(or $(N),64) --seed $(or $(SEED),0) \
 	  --interpolate 8 --out build/generated/$(PIPELINE)
+
+# The FID-10k protocol outside KFP, for long CPU runs: resumable (re-run the same command after
+# an interruption), MLflow-tracked, with the FID curve. PROFILE defaults to quality here.
+QUALITY_PROFILE = $(if $(filter-out file default undefined,$(origin PROFILE)),$(PROFILE),quality)
+QUALITY_DATA = $(GANFORGE_HOME)/data/fashion-mnist
+QUALITY_RUN ?= $(GANFORGE_HOME)/quality/$(PIPELINE)-$(QUALITY_PROFILE)
+quality: setup ## FID-10k vs the test split + FID curve, resumable: make quality PIPELINE=sngan [PROFILE=quality]
+	@for split in train test; do [ -f $(QUALITY_DATA)/$$split/manifest.json ] || \
+	  $(BIN)/ganforge prep --preset $(PIPELINE) --split $$split --out $(QUALITY_DATA)/$$split >/dev/null || exit 1; done
+	$(BIN)/ganforge train --preset $(PIPELINE) --profile $(QUALITY_PROFILE) --data $(QUALITY_DATA)/train \
+	  --out $(QUALITY_RUN) --resume --mlflow
+	$(BIN)/ganforge evaluate --run $(QUALITY_RUN) --data $(QUALITY_DATA)/test --n 10000
 
 bench: setup ## Benchmarks (ratios measured in one run) → build/bench.json
 	$(BIN)/python benchmarks/run.py --out build/bench.json

@@ -99,6 +99,10 @@ def test_the_curve_resumes_and_skips_points_it_has(snap_run, fashion_test, tmp_p
     curve.fid_curve(out, fashion_test, n=4, n_real=12, cache=tmp_path / "cache", out=tmp_path / "c4.csv",
                     on_point=again.append)
     assert [r["epoch"] for r in again] == [1, 2, 3]
+    upto = []
+    rows = curve.fid_curve(out, fashion_test, n=5, n_real=12, cache=tmp_path / "cache", out=tmp_path / "c5.csv",
+                           max_epoch=2, follow=True, on_point=upto.append)
+    assert [r["epoch"] for r in upto] == [1, 2] == [r["epoch"] for r in rows]  # followed, stopped at max_epoch
 
 
 def test_bad_curve_inputs_say_what_to_do(tmp_path, fashion_test, fashion_train):
@@ -107,7 +111,7 @@ def test_bad_curve_inputs_say_what_to_do(tmp_path, fashion_test, fashion_train):
     (tmp_path / "config.json").write_text(build_config("sngan", "tiny").to_json())
     with pytest.raises(curve.CurveError, match="train.snapshot_every"):
         curve.fid_curve(tmp_path, fashion_test)
-    with pytest.raises(curve.CurveError, match="follow needs the training dataset"):
+    with pytest.raises(curve.CurveError, match="follow needs the training dataset directory"):
         curve.fid_curve(tmp_path, fashion_test, follow=True)
     (tmp_path / "foreign.csv").write_text("a,b\n1,2\n")
     with pytest.raises(curve.CurveError, match="not a ganforge FID curve"):

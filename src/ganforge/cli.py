@@ -153,7 +153,7 @@ def cmd_curve(args) -> int:
 
     run = Path(args.run)
     rows = fid_curve(run, args.data, n=args.n, n_real=args.n_real, follow=args.follow, train_data_dir=args.train_data,
-                     on_point=print_point)
+                     max_epoch=args.max_epoch, on_point=print_point)
     plot_curve(rows, run / CURVE_PNG)
     print(json.dumps({"csv": str(run / CURVE_CSV), "png": str(run / CURVE_PNG), "points": len(rows)}))
     return 0
@@ -222,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-real", type=int, help="real reference samples (default: eval.n_samples)")
     p.add_argument("--follow", action="store_true", help="wait for new snapshots until the run's last epoch")
     p.add_argument("--train-data", help="the run's training dataset (needed by --follow to know the last epoch)")
+    p.add_argument("--max-epoch", type=int, help="score snapshots up to this epoch only (--follow stops there)")
     p.set_defaults(func=cmd_curve)
 
     p = sub.add_parser("registry", help="inspect the MLflow model registry")

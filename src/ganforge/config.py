@@ -303,8 +303,9 @@ PROFILES: dict[str, dict] = {
         "eval": {"n_samples": 10000, "curve_samples": 2000},
     },
     "full": {
-        "train": {"batch_size": 128, "epochs": 50, "checkpoint_every": 1000, "amp": "bf16", "nproc": 1},
-        "eval": {"n_samples": 10000},
+        "train": {"batch_size": 128, "epochs": 50, "checkpoint_every": 1000, "amp": "bf16", "nproc": 1,
+                  "snapshot_every": 5},
+        "eval": {"n_samples": 10000, "curve_samples": 2000},
     },
 }
 

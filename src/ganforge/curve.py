@@ -90,12 +90,13 @@ def fid_curve(run_dir: str | os.PathLike, reference_dir: str | os.PathLike, *, n
               n_real: Optional[int] = None, cache: Optional[str | os.PathLike] = None,
               out: Optional[str | os.PathLike] = None, known: Optional[list[dict]] = None, follow: bool = False,
               train_data_dir: Optional[str | os.PathLike] = None, poll_s: float = 30.0,
-              on_point: Optional[Callable[[dict], None]] = None) -> list[dict]:
+              max_epoch: Optional[int] = None, on_point: Optional[Callable[[dict], None]] = None) -> list[dict]:
     """Evaluate every snapshot of run_dir not yet in the curve CSV; return all rows by epoch.
 
     ``known``: points already measured elsewhere (the final evaluation's) to add without
     recomputing. ``follow``: keep polling for new snapshots until the run's last epoch has
-    one (needs ``train_data_dir`` to know when that is).
+    one (needs ``train_data_dir`` to know when that is), or until ``max_epoch`` when given
+    (snapshots after it are left for a later call, e.g. the final evaluation's).
     """
     from .paths import cache_dir as default_cache_dir
     from .train import list_snapshots
@@ -117,18 +118,20 @@ def fid_curve(run_dir: str | os.PathLike, reference_dir: str | os.PathLike, *, n
     if not follow and not list_snapshots(run_dir) and not rows:
         raise CurveError(f"{run_dir} has no snapshots/: train with train.snapshot_every > 0 (e.g. --set "
                          "train.snapshot_every=4) to get an FID curve")
-    if follow and train_data_dir is None:
-        raise CurveError("follow needs the training dataset directory to know the run's last epoch")
-    last_epoch = _final_epoch(run_dir, train_data_dir, cfg) if follow else None
+    if follow and train_data_dir is None and max_epoch is None:
+        raise CurveError("follow needs the training dataset directory (or a max epoch) to know when to stop")
+    last_epoch = _final_epoch(run_dir, train_data_dir, cfg) if follow and train_data_dir is not None else None
+    if max_epoch is not None:
+        last_epoch = min(last_epoch, max_epoch) if last_epoch is not None else max_epoch
     while True:
         for epoch, path in list_snapshots(run_dir):
-            if epoch in rows:
+            if epoch in rows or (max_epoch is not None and epoch > max_epoch):
                 continue
             rows[epoch] = curve_point(path, reference_dir, n, n_real, cache)
             write_curve(out, list(rows.values()))
             if on_point:
                 on_point(rows[epoch])
-        if not follow or last_epoch in rows:
+        if not follow or last_epoch is None or any(e >= last_epoch for e in rows):
             break
         time.sleep(poll_s)
     if rows:
