@@ -234,3 +234,18 @@ def test_registered_extractor_runs_through_torch_fidelity_calculate_metrics(torc
     ours = metrics.features_to_kid(metrics.images_to_features(fake, choice=torchscript),
                                    metrics.images_to_features(real, choice=torchscript), subset_size=4, subsets=1)
     assert through_fidelity["kernel_inception_distance_mean"] == pytest.approx(ours[0], rel=1e-3, abs=1e-6)
+
+
+def test_features_from_worker_processes_match_one_process(torchscript, monkeypatch):
+    images = textured_images(9, seed=3)
+    one = metrics.images_to_features(images, batch_size=4, choice=torchscript, device="cpu", workers=1)
+    monkeypatch.setenv(metrics.EVAL_WORKERS_ENV, "2")
+    two = metrics.images_to_features(images, batch_size=4, choice=torchscript, device="cpu")
+    assert two.shape == (9, 2048)
+    np.testing.assert_allclose(two, one, rtol=0, atol=1e-4)
+
+
+def test_bad_worker_count_names_the_variable(monkeypatch):
+    monkeypatch.setenv(metrics.EVAL_WORKERS_ENV, "two")
+    with pytest.raises(metrics.MetricsError, match="GANFORGE_EVAL_WORKERS='two' must be a positive integer"):
+        metrics.eval_workers()

@@ -73,6 +73,10 @@ def _assert_run_recorded(client, summary: dict, cfg_name: str = "dcgan") -> None
     artifacts = _artifact_paths(client, run.info.run_id)
     assert any(a.startswith("samples/") and a.endswith(".png") for a in artifacts), artifacts
     assert "config/config.json" in artifacts and "plots/curves.png" in artifacts, artifacts
+    if cfg.data.kind == "image":  # the tiny profile keeps one snapshot: a one-point FID curve
+        assert {"fid_curve/fid_curve.csv", "fid_curve/fid_curve.png"} <= set(artifacts), artifacts
+        curve = client.get_metric_history(run.info.run_id, f"fid_n{cfg.eval.curve_samples}")
+        assert [m.step for m in curve] == [n_steps] and 0 < curve[0].value < 1000
 
     versions = client.search_model_versions(f"name='{cfg_name}'")
     assert len(versions) == 1
@@ -145,6 +149,7 @@ def test_dag_against_mlflow_server_with_s3_artifacts(tmp_path):
                 assert f"ganforge/runs/{run_id}/{name}/_COMPLETE" in keys, name
             assert f"ganforge/runs/{run_id}/model/checkpoint.pt" in keys
             assert f"ganforge/runs/{run_id}/metrics.json" in keys
+            assert f"ganforge/runs/{run_id}/fid_curve/fid_curve.csv" in keys
     assert not (tmp_path / "home" / "mlflow.db").exists(), "with a server URI nothing goes to the local sqlite"
 
 

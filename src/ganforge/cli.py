@@ -121,7 +121,15 @@ def _cli_mlflow_run(cfg: PipelineConfig, out: Path, resume: bool) -> str:
     return run_id
 
 
+def _set_eval_workers(args) -> None:
+    if getattr(args, "workers", None):
+        from .metrics import EVAL_WORKERS_ENV
+
+        os.environ[EVAL_WORKERS_ENV] = str(args.workers)
+
+
 def cmd_evaluate(args) -> int:
+    _set_eval_workers(args)
     if bool(args.checkpoint) == bool(args.run):
         raise ConfigError("give either --checkpoint FILE (one generator) or --run DIR (a training run: final "
                           "evaluation plus the FID curve over its snapshots)")
@@ -149,6 +157,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_curve(args) -> int:
+    _set_eval_workers(args)
     from .curve import CURVE_CSV, CURVE_PNG, fid_curve, plot_curve, print_point
 
     run = Path(args.run)
@@ -213,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, help="samples (default: the config's eval.n_samples)")
     p.add_argument("--out", help="--checkpoint: write metrics.json here; --run: directory for metrics.json and "
                                  "fid_curve.{csv,png} (default: the run directory)")
+    p.add_argument("--workers", type=int, help="CPU processes for Inception features (default GANFORGE_EVAL_WORKERS "
+                                                "or 1; on a small CPU, one per core beats threads)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("curve", help="FID curve over a run's snapshots (resumable; --follow trails a live run)")
@@ -223,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--follow", action="store_true", help="wait for new snapshots until the run's last epoch")
     p.add_argument("--train-data", help="the run's training dataset (needed by --follow to know the last epoch)")
     p.add_argument("--max-epoch", type=int, help="score snapshots up to this epoch only (--follow stops there)")
+    p.add_argument("--workers", type=int, help="CPU processes for Inception features (as for evaluate)")
     p.set_defaults(func=cmd_curve)
 
     p = sub.add_parser("registry", help="inspect the MLflow model registry")
