@@ -144,6 +144,10 @@ def test_cli_mlflow_run_survives_resume_and_gets_the_curve(fashion_train, fashio
     history = [(m.step, m.value) for m in c.get_metric_history(run_id, "fid_n6")]
     assert [s for s, _ in history] == [16, 20]
     assert c.get_run(run_id).data.metrics["fid"] == printed["fid"]
+    # `ganforge curve` on the evaluated run recomputes nothing and logs no duplicate points
+    assert cli.main(["curve", "--run", str(out), "--data", str(fashion_test)]) == 0
+    assert json.loads(capsys.readouterr().out)["mlflow_run_id"] == run_id
+    assert [(m.step, m.value) for m in c.get_metric_history(run_id, "fid_n6")] == history
     assert c.get_metric_history(run_id, "train_wall_s")[-1].step == 20
     loss_steps = [m.step for m in c.get_metric_history(run_id, "loss_d")]
     assert loss_steps[0] < 8 < loss_steps[-1]  # one run's curve spans both invocations

@@ -164,7 +164,14 @@ def cmd_curve(args) -> int:
     rows = fid_curve(run, args.data, n=args.n, n_real=args.n_real, follow=args.follow, train_data_dir=args.train_data,
                      max_epoch=args.max_epoch, on_point=print_point)
     plot_curve(rows, run / CURVE_PNG)
-    print(json.dumps({"csv": str(run / CURVE_CSV), "png": str(run / CURVE_PNG), "points": len(rows)}))
+    out = {"csv": str(run / CURVE_CSV), "png": str(run / CURVE_PNG), "points": len(rows)}
+    id_file = run / MLFLOW_RUN_FILE
+    if id_file.is_file() and rows:  # trained with --mlflow: the curve joins its MLflow run
+        from .steps import log_curve
+
+        out["mlflow_run_id"] = id_file.read_text().strip()
+        log_curve(out["mlflow_run_id"], rows, run)
+    print(json.dumps(out))
     return 0
 
 

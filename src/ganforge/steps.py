@@ -170,14 +170,30 @@ def log_evaluation(run_id: str, metrics: dict, rows: list[dict], eval_dir: str |
     from . import tracking
 
     tracking.configure()
-    for r in rows:
-        tracking.log_metrics(run_id, {f"fid_n{r['n']}": r["fid"], f"kid_n{r['n']}": r["kid_mean"]}, step=r["step"])
     tracking.log_metrics(run_id, {k: float(v) for k, v in metrics.items()
                                   if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"},
                          step=metrics["step"])
     if rows:
-        for name in ("fid_curve.csv", "fid_curve.png"):
-            tracking.log_artifact(run_id, str(Path(eval_dir) / name), "fid_curve")
+        log_curve(run_id, rows, eval_dir)
+
+
+def log_curve(run_id: str, rows: list[dict], curve_dir: str | Path) -> None:
+    """FID curve points as metric histories ``fid_nN``/``kid_nN`` and ``fid_curve.{csv,png}`` as artifacts.
+
+    Re-logging a point MLflow already has adds a duplicate entry at the same step, so only points
+    not yet in the history are logged.
+    """
+    from . import tracking
+
+    tracking.configure()
+    c = tracking.client()
+    for r in rows:
+        key = f"fid_n{r['n']}"
+        if any(m.step == r["step"] for m in c.get_metric_history(run_id, key)):
+            continue
+        tracking.log_metrics(run_id, {key: r["fid"], f"kid_n{r['n']}": r["kid_mean"]}, step=r["step"])
+    for name in ("fid_curve.csv", "fid_curve.png"):
+        tracking.log_artifact(run_id, str(Path(curve_dir) / name), "fid_curve")
 
 
 def register_step(config_json: str, checkpoint_dir: str, metrics_json: str, run_id: str,
