@@ -173,7 +173,7 @@ def test_ctrl_c_during_multipart_upload_aborts_it(s3, tmp_path: Path) -> None:
     src = tmp_path / "big.bin"
     src.write_bytes(os.urandom(11 * 2**20))
     child = (
-        "import os, signal\n"
+        "import os, signal, time\n"
         "from boto3.s3.transfer import TransferConfig\n"
         "from ganforge import storage\n"
         "config = TransferConfig(multipart_threshold=5 * 2**20, multipart_chunksize=5 * 2**20, max_concurrency=1)\n"
@@ -182,6 +182,7 @@ def test_ctrl_c_during_multipart_upload_aborts_it(s3, tmp_path: Path) -> None:
         "    sent.append(n)\n"
         "    if len(sent) == 1:\n"
         "        os.kill(os.getpid(), signal.SIGINT)\n"
+        "        time.sleep(5)  # hold this part so the upload cannot finish before the main thread sees SIGINT\n"
         "try:\n"
         f"    storage.upload_file({str(src)!r}, {s3.uri('mp/ctrl-c.bin')!r}, progress=ctrl_c, transfer_config=config)\n"
         "except KeyboardInterrupt:\n"
