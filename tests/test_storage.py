@@ -174,6 +174,7 @@ def test_ctrl_c_during_multipart_upload_aborts_it(s3, tmp_path: Path) -> None:
     src.write_bytes(os.urandom(11 * 2**20))
     child = (
         "import os, signal, time\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)  # a background launcher may have set SIG_IGN\n"
         "from boto3.s3.transfer import TransferConfig\n"
         "from ganforge import storage\n"
         "config = TransferConfig(multipart_threshold=5 * 2**20, multipart_chunksize=5 * 2**20, max_concurrency=1)\n"
