@@ -82,6 +82,19 @@ def test_evaluate_run_scores_the_final_model_and_every_snapshot(snap_run, fashio
     assert alone["kid_mean"] == pytest.approx(rows[-1]["kid_mean"], rel=1e-6, abs=1e-9)
 
 
+def test_no_curve_scores_only_the_final_model_and_the_curve_fills_in_later(snap_run, fashion_test, tmp_path,
+                                                                             torchscript):
+    out, _ = snap_run
+    metrics, rows = evaluate_run(out, fashion_test, tmp_path / "eval", cache=tmp_path / "cache", curve=False)
+    # only the free point from the final evaluation's samples; no snapshot was scored
+    assert [(r["epoch"], r["seconds"]) for r in rows] == [(3, 0.0)] and metrics["curve_points"] == 1
+    csv = tmp_path / "eval" / curve.CURVE_CSV
+    assert curve.read_curve(csv) == rows
+    computed = []
+    later = curve.fid_curve(out, fashion_test, cache=tmp_path / "cache", out=csv, on_point=computed.append)
+    assert [r["epoch"] for r in computed] == [1, 2] and later[-1] == rows[0]
+
+
 def test_the_curve_resumes_and_skips_points_it_has(snap_run, fashion_test, tmp_path, torchscript):
     out, _ = snap_run
     csv = tmp_path / "curve.csv"

@@ -143,7 +143,7 @@ def cmd_evaluate(args) -> int:
     from .evaluate import evaluate_run
 
     run = Path(args.run)
-    metrics, rows = evaluate_run(run, args.data, args.out or run, n=args.n)
+    metrics, rows = evaluate_run(run, args.data, args.out or run, n=args.n, curve=args.curve)
     for row in rows:
         print_point(row)
     id_file = run / MLFLOW_RUN_FILE
@@ -231,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
                                  "fid_curve.{csv,png} (default: the run directory)")
     p.add_argument("--workers", type=int, help="CPU processes for Inception features (default GANFORGE_EVAL_WORKERS "
                                                 "or 1; on a small CPU, one per core beats threads)")
+    p.add_argument("--no-curve", dest="curve", action="store_false",
+                   help="--run: score only the final model (the curve keeps its CSV's points plus the free one "
+                        "from the final samples; `ganforge curve --run` adds the rest later)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("curve", help="FID curve over a run's snapshots (resumable; --follow trails a live run)")

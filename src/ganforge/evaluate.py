@@ -63,13 +63,16 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data_dir: str | os.PathLi
 
 
 def evaluate_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
-                 n: Optional[int] = None, cache: Optional[str | os.PathLike] = None) -> tuple[dict, list[dict]]:
+                 n: Optional[int] = None, cache: Optional[str | os.PathLike] = None,
+                 curve: bool = True) -> tuple[dict, list[dict]]:
     """The final evaluation of a training run, plus its FID curve when the run kept snapshots.
 
     Writes ``metrics.json`` and, with snapshots, ``fid_curve.csv`` and ``fid_curve.png`` to
     out_dir. The curve's point for the last snapshot, when it is the final checkpoint, comes from
     the first ``eval.curve_samples`` of the final evaluation's samples (the same latent draw).
-    Returns (metrics, curve rows).
+    ``curve=False`` scores no earlier snapshot (each costs an FID-``curve_samples``): the curve
+    keeps the points already in its CSV plus the free one from the final evaluation, and a later
+    ``ganforge curve --run`` fills in the rest. Returns (metrics, curve rows).
     """
     from .curve import CURVE_CSV, CURVE_PNG, fid_curve, plot_curve
     from .train import CHECKPOINT_NAME, list_snapshots, read_checkpoint
@@ -94,7 +97,9 @@ def evaluate_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike, out_di
             known = [{"epoch": last_epoch, "step": metrics["step"], "n": prefix["n"], "n_real": metrics["n_real"],
                       "fid": prefix["fid"], "kid_mean": prefix["kid_mean"], "kid_std": prefix["kid_std"],
                       "seconds": 0.0}]
-        rows = fid_curve(run_dir, data_dir, n=curve_n, n_real=n, cache=cache, out=out_dir / CURVE_CSV, known=known)
+        # max_epoch=0 (snapshots are numbered from epoch 1): keep the known points, score none
+        rows = fid_curve(run_dir, data_dir, n=curve_n, n_real=n, cache=cache, out=out_dir / CURVE_CSV, known=known,
+                         max_epoch=None if curve else 0)
         plot_curve(rows, out_dir / CURVE_PNG, final={"epoch": last_epoch, "n": metrics["n"], "fid": metrics["fid"]},
                    title=f"{cfg.name} ({cfg.profile}): FID over training")
         metrics["curve_points"] = len(rows)
