@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 from .config import PRESETS, PROFILES, ConfigError, PipelineConfig, build_config, parse_override
 from .storage import is_s3
@@ -106,18 +107,23 @@ def cmd_train(args) -> int:
 MLFLOW_RUN_FILE = "mlflow_run_id"
 
 
+def _recorded_mlflow_run(run: Path) -> Optional[str]:
+    """The MLflow run id a ``train --mlflow`` run directory recorded, or None."""
+    id_file = run / MLFLOW_RUN_FILE
+    return id_file.read_text().strip() if id_file.is_file() else None
+
+
 def _cli_mlflow_run(cfg: PipelineConfig, out: Path, resume: bool) -> str:
     """The MLflow run of a CLI training run: reused on --resume (its id is kept in OUT/mlflow_run_id)."""
     from . import tracking
     from .storage import atomic_write_text
 
     tracking.configure()
-    id_file = out / MLFLOW_RUN_FILE
-    if resume and id_file.is_file():
-        return id_file.read_text().strip()
+    if resume and (recorded := _recorded_mlflow_run(out)):
+        return recorded
     run_id = tracking.start_pipeline_run(cfg, tags={"ganforge.launched_by": "cli"})
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(id_file, run_id + "\n")
+    atomic_write_text(out / MLFLOW_RUN_FILE, run_id + "\n")
     return run_id
 
 
@@ -146,12 +152,11 @@ def cmd_evaluate(args) -> int:
     metrics, rows = evaluate_run(run, args.data, args.out or run, n=args.n, curve=args.curve)
     for row in rows:
         print_point(row)
-    id_file = run / MLFLOW_RUN_FILE
-    if id_file.is_file():  # trained with --mlflow: the scores and the curve join its MLflow run
+    if run_id := _recorded_mlflow_run(run):  # trained with --mlflow: the scores and the curve join its MLflow run
         from .steps import log_evaluation
 
-        log_evaluation(id_file.read_text().strip(), metrics, rows, args.out or run)
-        metrics["mlflow_run_id"] = id_file.read_text().strip()
+        log_evaluation(run_id, metrics, rows, args.out or run)
+        metrics["mlflow_run_id"] = run_id
     print(json.dumps(metrics, indent=2, default=str))
     return 0
 
@@ -165,12 +170,11 @@ def cmd_curve(args) -> int:
                      max_epoch=args.max_epoch, on_point=print_point)
     plot_curve(rows, run / CURVE_PNG)
     out = {"csv": str(run / CURVE_CSV), "png": str(run / CURVE_PNG), "points": len(rows)}
-    id_file = run / MLFLOW_RUN_FILE
-    if id_file.is_file() and rows:  # trained with --mlflow: the curve joins its MLflow run
+    if (run_id := _recorded_mlflow_run(run)) and rows:  # trained with --mlflow: the curve joins its MLflow run
         from .steps import log_curve
 
-        out["mlflow_run_id"] = id_file.read_text().strip()
-        log_curve(out["mlflow_run_id"], rows, run)
+        out["mlflow_run_id"] = run_id
+        log_curve(run_id, rows, run)
     print(json.dumps(out))
     return 0
 

@@ -74,14 +74,14 @@ def curve_point(snapshot: str | os.PathLike, reference_dir: str | os.PathLike, n
     """FID/KID of one snapshot's generator: n generated images vs n_real reference images."""
     from .evaluate import sample_for_eval
     from .metrics import evaluate_images, fake_to_uint8
-    from .train import load_generator, read_checkpoint
+    from .train import generator_from_checkpoint, read_checkpoint
 
     started = time.perf_counter()
-    G, cfg = load_generator(snapshot)
+    ckpt = read_checkpoint(snapshot)
+    G, cfg = generator_from_checkpoint(ckpt, snapshot)
     cfg = with_overrides(cfg, eval={"n_samples": n_real})
     fake = fake_to_uint8(sample_for_eval(G, cfg, n))
     m = evaluate_images(fake, reference_dir, cfg.eval, cache)
-    ckpt = read_checkpoint(snapshot)
     return {"epoch": int(ckpt["epoch"]), "step": int(ckpt["step"]), "n": n, "n_real": m["n_real"], "fid": m["fid"],
             "kid_mean": m["kid_mean"], "kid_std": m["kid_std"], "seconds": time.perf_counter() - started}
 

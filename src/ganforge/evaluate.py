@@ -11,7 +11,7 @@ import torch
 from .config import PipelineConfig, with_overrides
 from .paths import cache_dir as default_cache_dir
 from .storage import atomic_write_text
-from .train import generate, load_generator
+from .train import generate, generator_from_checkpoint, load_generator
 
 EVAL_SEED = 12345  # fixed: every checkpoint is judged on the same latent draws
 
@@ -38,12 +38,13 @@ def sample_for_eval(G: torch.nn.Module, cfg: PipelineConfig, n: int, seed: int =
 
 def evaluate_checkpoint(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, n: Optional[int] = None,
                         cache: Optional[str | os.PathLike] = None, out: Optional[str | os.PathLike] = None,
-                        prefix_n: Optional[int] = None) -> dict:
+                        prefix_n: Optional[int] = None, ckpt: Optional[dict] = None) -> dict:
     """FID/KID (images) or the SC09 classifier scores (audio) of the EMA generator; writes metrics.json if out.
 
     ``prefix_n`` (images): also score the first prefix_n samples alone, as ``metrics["prefix"]``.
+    ``ckpt``: the checkpoint's contents when the caller has read them already.
     """
-    G, cfg = load_generator(checkpoint)
+    G, cfg = generator_from_checkpoint(ckpt, checkpoint) if ckpt is not None else load_generator(checkpoint)
     if n is not None:
         cfg = with_overrides(cfg, eval={"n_samples": n})
     cache = Path(cache) if cache else default_cache_dir()
@@ -85,7 +86,7 @@ def evaluate_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike, out_di
     snapshots = list_snapshots(run_dir) if cfg.data.kind == "image" else []
     curve_n = cfg.eval.curve_samples
     metrics = evaluate_checkpoint(ckpt_path, data_dir, n=n, cache=cache,
-                                  prefix_n=curve_n if snapshots and curve_n < n else None)
+                                  prefix_n=curve_n if snapshots and curve_n < n else None, ckpt=ckpt)
     prefix = metrics.pop("prefix", None)
     metrics["step"] = int(ckpt["step"])
     rows: list[dict] = []

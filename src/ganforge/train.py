@@ -378,7 +378,12 @@ def _load_state(module, state: dict, what: str, path: Path) -> None:
 
 def load_generator(path: str | os.PathLike, ema: bool = True, device: str = "cpu") -> tuple[nn.Module, PipelineConfig]:
     """(generator in eval mode, its config) from a checkpoint; the EMA weights by default."""
-    ckpt = read_checkpoint(path)
+    return generator_from_checkpoint(read_checkpoint(path), path, ema, device)
+
+
+def generator_from_checkpoint(ckpt: dict, path: str | os.PathLike, ema: bool = True,
+                              device: str = "cpu") -> tuple[nn.Module, PipelineConfig]:
+    """As ``load_generator``, from a checkpoint already read (``read_checkpoint(path)``)."""
     cfg = PipelineConfig.from_dict(ckpt["config"])
     G, _ = build_models(cfg.model, cfg.data)
     _load_state(G, ckpt["G_ema" if ema else "G"], "generator", Path(path))
