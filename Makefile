@@ -16,7 +16,7 @@ export GANFORGE_IMAGE ?= $(IMAGE_REGISTRY)/ganforge-gpu:$(TAG)
 
 .DEFAULT_GOAL := help
 .PHONY: help setup system-deps weights run test test-fast compile submit schedule unschedule promote registry \
-        generate bench quality images lint-images k8s-check k8s-secrets-init clean
+        generate bench quality quality-data ablation ablation-name images lint-images k8s-check k8s-secrets-init clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -77,12 +77,32 @@ generate: setup ## Samples from the champion: make generate PIPELINE=dcgan [N=64
 QUALITY_PROFILE = $(if $(filter-out file default undefined,$(origin PROFILE)),$(PROFILE),quality)
 QUALITY_DATA = $(GANFORGE_HOME)/data/fashion-mnist
 QUALITY_RUN ?= $(GANFORGE_HOME)/quality/$(PIPELINE)-$(QUALITY_PROFILE)
-quality: setup ## FID-10k vs the test split + FID curve, resumable: make quality PIPELINE=sngan [PROFILE=quality]
-	@for split in train test; do [ -f $(QUALITY_DATA)/$$split/manifest.json ] || \
-	  $(BIN)/ganforge prep --preset $(PIPELINE) --split $$split --out $(QUALITY_DATA)/$$split >/dev/null || exit 1; done
+quality: quality-data ## FID-10k vs the test split + FID curve, resumable: make quality PIPELINE=sngan [PROFILE=quality] [CURVE=0]
 	$(BIN)/ganforge train --preset $(PIPELINE) --profile $(QUALITY_PROFILE) --data $(QUALITY_DATA)/train \
 	  --out $(QUALITY_RUN) --resume --mlflow
-	$(BIN)/ganforge evaluate --run $(QUALITY_RUN) --data $(QUALITY_DATA)/test --n 10000
+	$(BIN)/ganforge evaluate --run $(QUALITY_RUN) --data $(QUALITY_DATA)/test --n 10000 $(if $(filter 0,$(CURVE)),--no-curve)
+
+quality-data: setup
+	@for split in train test; do [ -f $(QUALITY_DATA)/$$split/manifest.json ] || \
+	  $(BIN)/ganforge prep --preset dcgan --split $$split --out $(QUALITY_DATA)/$$split >/dev/null || exit 1; done
+
+# One switch at a time on the `dcgan` `quality` run, 4 epochs, scored by FID-2k of the epoch-4
+# EMA generator vs the 10,000 test images (README, "Ablations"). `baseline` changes nothing.
+ABLATIONS := baseline ema-off sn-hinge ttur diffaugment r1 seed1
+ABL_baseline :=
+ABL_ema-off := --set train.ema_decay=0
+ABL_sn-hinge := --set model.d_norm=spectral --set train.loss=hinge
+ABL_ttur := --set train.lr_d=4e-4
+ABL_diffaugment := --set train.diffaugment=color,translation,cutout
+ABL_r1 := --set train.r1_gamma=0.01
+ABL_seed1 := --set train.seed=1
+ablation: ablation-name quality-data ## One switch on dcgan/quality for 4 epochs, FID-2k: make ablation ABL=ttur (ABL: baseline ema-off sn-hinge ttur diffaugment r1 seed1)
+	$(BIN)/ganforge train --preset dcgan --profile quality --set train.epochs=4 $(ABL_$(ABL)) \
+	  --data $(QUALITY_DATA)/train --out $(GANFORGE_HOME)/ablation/$(ABL) --resume --mlflow
+	$(BIN)/ganforge curve --run $(GANFORGE_HOME)/ablation/$(ABL) --data $(QUALITY_DATA)/test
+
+ablation-name:
+	@[ -n "$(filter $(ABL),$(ABLATIONS))" ] || { echo "ABL='$(ABL)': give one of $(ABLATIONS), e.g. make ablation ABL=ttur" >&2; exit 2; }
 
 bench: setup ## Benchmarks (ratios measured in one run) → build/bench.json
 	$(BIN)/python benchmarks/run.py --out build/bench.json
