@@ -166,6 +166,25 @@ def test_cli_mlflow_run_survives_resume_and_gets_the_curve(fashion_train, fashio
     assert loss_steps[0] < 8 < loss_steps[-1]  # one run's curve spans both invocations
 
 
+def test_checkpoint_scores_at_any_real_n_and_the_raw_generator_on_request(snap_run, fashion_test, tmp_path,
+                                                                            torchscript, capsys):
+    from ganforge.evaluate import EvaluationError, evaluate_checkpoint
+
+    out, _ = snap_run
+    cache = tmp_path / "cache"
+    last_snapshot = list_snapshots(out)[-1][1]  # the EMA generator at the final step
+    point = curve.curve_point(last_snapshot, fashion_test, 6, 12, cache)
+    ema = evaluate_checkpoint(out / "checkpoint.pt", fashion_test, n=6, n_real=12, cache=cache)
+    assert (ema["n"], ema["n_real"], ema["generator"]) == (6, 12, "ema")
+    assert ema["fid"] == pytest.approx(point["fid"], rel=1e-9)  # same generator, latents and reference
+    raw = evaluate_checkpoint(out / "checkpoint.pt", fashion_test, n=6, n_real=12, cache=cache, ema=False)
+    assert raw["generator"] == "raw" and raw["fid"] != pytest.approx(ema["fid"], rel=1e-3)
+    with pytest.raises(EvaluationError, match="only the EMA generator"):
+        evaluate_checkpoint(last_snapshot, fashion_test, n=6, cache=cache, ema=False)
+    assert cli.main(["evaluate", "--run", str(out), "--data", str(fashion_test), "--raw-generator"]) == 2
+    assert "--checkpoint" in capsys.readouterr().err
+
+
 def test_evaluate_needs_exactly_one_of_checkpoint_and_run(tmp_path, capsys):
     assert cli.main(["evaluate", "--data", str(tmp_path)]) == 2
     assert "either --checkpoint" in capsys.readouterr().err

@@ -139,10 +139,14 @@ def cmd_evaluate(args) -> int:
     if bool(args.checkpoint) == bool(args.run):
         raise ConfigError("give either --checkpoint FILE (one generator) or --run DIR (a training run: final "
                           "evaluation plus the FID curve over its snapshots)")
+    if args.run and (args.n_real or args.raw_generator):
+        raise ConfigError("--n-real and --raw-generator go with --checkpoint FILE; --run scores the EMA generator "
+                          "against as many real images as it generates")
     if args.checkpoint:
         from .evaluate import evaluate_checkpoint
 
-        metrics = evaluate_checkpoint(args.checkpoint, args.data, n=args.n, out=args.out)
+        metrics = evaluate_checkpoint(args.checkpoint, args.data, n=args.n, out=args.out, n_real=args.n_real,
+                                      ema=not args.raw_generator)
         print(json.dumps(metrics, indent=2, default=str))
         return 0
     from .curve import print_point
@@ -235,6 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
                                  "fid_curve.{csv,png} (default: the run directory)")
     p.add_argument("--workers", type=int, help="CPU processes for Inception features (default GANFORGE_EVAL_WORKERS "
                                                 "or 1; on a small CPU, one per core beats threads)")
+    p.add_argument("--n-real", type=int, help="--checkpoint: real reference images (default: --n), e.g. --n 2000 "
+                                              "--n-real 10000 for an FID-2k point comparable with the curve's")
+    p.add_argument("--raw-generator", action="store_true",
+                   help="--checkpoint: score the raw generator instead of its EMA (a training checkpoint.pt has both)")
     p.add_argument("--no-curve", dest="curve", action="store_false",
                    help="--run: score only the final model (the curve keeps its CSV's points plus the free one "
                         "from the final samples; `ganforge curve --run` adds the rest later)")

@@ -11,7 +11,11 @@ import torch
 from .config import PipelineConfig, with_overrides
 from .paths import cache_dir as default_cache_dir
 from .storage import atomic_write_text
-from .train import generate, generator_from_checkpoint, load_generator
+from .train import generate, generator_from_checkpoint
+
+class EvaluationError(ValueError):
+    """Bad evaluation input; the message says what to do."""
+
 
 EVAL_SEED = 12345  # fixed: every checkpoint is judged on the same latent draws
 
@@ -38,17 +42,32 @@ def sample_for_eval(G: torch.nn.Module, cfg: PipelineConfig, n: int, seed: int =
 
 def evaluate_checkpoint(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, n: Optional[int] = None,
                         cache: Optional[str | os.PathLike] = None, out: Optional[str | os.PathLike] = None,
-                        prefix_n: Optional[int] = None, ckpt: Optional[dict] = None) -> dict:
+                        prefix_n: Optional[int] = None, ckpt: Optional[dict] = None, n_real: Optional[int] = None,
+                        ema: bool = True) -> dict:
     """FID/KID (images) or the SC09 classifier scores (audio) of the EMA generator; writes metrics.json if out.
 
+    ``n`` generated samples against ``n_real`` real ones (images; default n, else the config's).
     ``prefix_n`` (images): also score the first prefix_n samples alone, as ``metrics["prefix"]``.
-    ``ckpt``: the checkpoint's contents when the caller has read them already.
+    ``ckpt``: the checkpoint's contents when the caller has read them already. ``ema=False``
+    scores the raw generator instead (a full training checkpoint has both; a snapshot only the EMA).
     """
-    G, cfg = generator_from_checkpoint(ckpt, checkpoint) if ckpt is not None else load_generator(checkpoint)
+    if ckpt is None:
+        from .train import read_checkpoint
+
+        ckpt = read_checkpoint(checkpoint)
+    if not ema and "G" not in ckpt:
+        raise EvaluationError(f"{checkpoint} holds only the EMA generator (a snapshot): score the raw generator "
+                              "from a training run's checkpoint.pt instead")
+    G, cfg = generator_from_checkpoint(ckpt, checkpoint, ema=ema)
     if n is not None:
         cfg = with_overrides(cfg, eval={"n_samples": n})
+    n_fake = cfg.eval.n_samples
+    if n_real is not None:
+        if cfg.data.kind != "image":
+            raise EvaluationError("n_real applies to image FID/KID only: leave it out for audio")
+        cfg = with_overrides(cfg, eval={"n_samples": n_real})
     cache = Path(cache) if cache else default_cache_dir()
-    fake = sample_for_eval(G, cfg, cfg.eval.n_samples)
+    fake = sample_for_eval(G, cfg, n_fake)
     if cfg.data.kind == "audio":
         from .audio_metrics import evaluate_audio
 
@@ -57,7 +76,8 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data_dir: str | os.PathLi
         from .metrics import evaluate_images, fake_to_uint8
 
         metrics = evaluate_images(fake_to_uint8(fake), data_dir, cfg.eval, cache, prefix_n=prefix_n)
-    metrics = {"pipeline": cfg.name, "profile": cfg.profile, "checkpoint": str(checkpoint), **metrics}
+    metrics = {"pipeline": cfg.name, "profile": cfg.profile, "checkpoint": str(checkpoint),
+               "generator": "ema" if ema else "raw", **metrics}
     if out:
         atomic_write_text(out, json.dumps(metrics, indent=2, sort_keys=True, default=str))
     return metrics
