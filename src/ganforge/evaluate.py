@@ -11,7 +11,8 @@ import torch
 from .config import PipelineConfig, with_overrides
 from .paths import cache_dir as default_cache_dir
 from .storage import atomic_write_text
-from .train import generate, generator_from_checkpoint
+from .train import generate, generator_from_checkpoint, read_checkpoint
+
 
 class EvaluationError(ValueError):
     """Bad evaluation input; the message says what to do."""
@@ -44,7 +45,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data_dir: str | os.PathLi
                         cache: Optional[str | os.PathLike] = None, out: Optional[str | os.PathLike] = None,
                         prefix_n: Optional[int] = None, ckpt: Optional[dict] = None, n_real: Optional[int] = None,
                         ema: bool = True) -> dict:
-    """FID/KID (images) or the SC09 classifier scores (audio) of the EMA generator; writes metrics.json if out.
+    """FID/KID (images) or the SC09 classifier scores (audio) of a checkpoint's generator; metrics.json if out.
 
     ``n`` generated samples against ``n_real`` real ones (images; default n, else the config's).
     ``prefix_n`` (images): also score the first prefix_n samples alone, as ``metrics["prefix"]``.
@@ -52,8 +53,6 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data_dir: str | os.PathLi
     scores the raw generator instead (a full training checkpoint has both; a snapshot only the EMA).
     """
     if ckpt is None:
-        from .train import read_checkpoint
-
         ckpt = read_checkpoint(checkpoint)
     if not ema and "G" not in ckpt:
         raise EvaluationError(f"{checkpoint} holds only the EMA generator (a snapshot): score the raw generator "
@@ -96,7 +95,7 @@ def evaluate_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike, out_di
     ``ganforge curve --run`` fills in the rest. Returns (metrics, curve rows).
     """
     from .curve import CURVE_CSV, CURVE_PNG, fid_curve, plot_curve
-    from .train import CHECKPOINT_NAME, list_snapshots, read_checkpoint
+    from .train import CHECKPOINT_NAME, list_snapshots
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     ckpt_path = run_dir / CHECKPOINT_NAME
