@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from .config import PipelineConfig, with_overrides
+from .config import PipelineConfig
 from .storage import atomic_file, atomic_write_text
 
 CURVE_CSV = "fid_curve.csv"
@@ -72,16 +72,12 @@ def _final_epoch(run_dir: Path, data_dir: str | os.PathLike, cfg: PipelineConfig
 def curve_point(snapshot: str | os.PathLike, reference_dir: str | os.PathLike, n: int, n_real: int,
                 cache: str | os.PathLike) -> dict:
     """FID/KID of one snapshot's generator: n generated images vs n_real reference images."""
-    from .evaluate import sample_for_eval
-    from .metrics import evaluate_images, fake_to_uint8
-    from .train import generator_from_checkpoint, read_checkpoint
+    from .evaluate import evaluate_checkpoint
+    from .train import read_checkpoint
 
     started = time.perf_counter()
     ckpt = read_checkpoint(snapshot)
-    G, cfg = generator_from_checkpoint(ckpt, snapshot)
-    cfg = with_overrides(cfg, eval={"n_samples": n_real})
-    fake = fake_to_uint8(sample_for_eval(G, cfg, n))
-    m = evaluate_images(fake, reference_dir, cfg.eval, cache)
+    m = evaluate_checkpoint(snapshot, reference_dir, n=n, n_real=n_real, cache=cache, ckpt=ckpt)
     return {"epoch": int(ckpt["epoch"]), "step": int(ckpt["step"]), "n": n, "n_real": m["n_real"], "fid": m["fid"],
             "kid_mean": m["kid_mean"], "kid_std": m["kid_std"], "seconds": time.perf_counter() - started}
 

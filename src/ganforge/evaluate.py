@@ -58,13 +58,10 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data_dir: str | os.PathLi
         raise EvaluationError(f"{checkpoint} holds only the EMA generator (a snapshot): score the raw generator "
                               "from a training run's checkpoint.pt instead")
     G, cfg = generator_from_checkpoint(ckpt, checkpoint, ema=ema)
-    if n is not None:
-        cfg = with_overrides(cfg, eval={"n_samples": n})
-    n_fake = cfg.eval.n_samples
-    if n_real is not None:
-        if cfg.data.kind != "image":
-            raise EvaluationError("n_real applies to image FID/KID only: leave it out for audio")
-        cfg = with_overrides(cfg, eval={"n_samples": n_real})
+    if n_real is not None and cfg.data.kind != "image":
+        raise EvaluationError("n_real applies to image FID/KID only: leave it out for audio")
+    n_fake = n if n is not None else cfg.eval.n_samples
+    cfg = with_overrides(cfg, eval={"n_samples": n_real if n_real is not None else n_fake})
     cache = Path(cache) if cache else default_cache_dir()
     fake = sample_for_eval(G, cfg, n_fake)
     if cfg.data.kind == "audio":
