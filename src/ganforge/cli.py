@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 from .config import PRESETS, PROFILES, ConfigError, PipelineConfig, build_config, parse_override
+from .errors import GanforgeError
 from .storage import is_s3
 
 
@@ -282,15 +283,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Exit 2 with one line for a GanforgeError (bad input, config, data,
+    checkpoint, storage), 130 for Ctrl-C; any other exception is a bug and keeps its traceback."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, ValueError, RuntimeError, FileNotFoundError) as e:
+    except GanforgeError as e:
         # Library errors carry the problem and the fix; a traceback would bury them.
         if os.environ.get("GANFORGE_DEBUG"):
             raise
         print(f"ganforge {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if os.environ.get("GANFORGE_DEBUG"):
+            raise
+        print(f"ganforge {args.command}: interrupted (Ctrl-C); outputs are written to temporary files and renamed "
+              "into place, so nothing half-written was left — run the command again"
+              + (" with --resume to continue from the last checkpoint" if args.command == "train" else ""),
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -13,10 +13,12 @@ import json
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Optional
 
+from .errors import GanforgeError
+
 DEFAULT_IDX_DIR = "/usr/share/datasets/fashion-mnist"
 
 
-class ConfigError(ValueError):
+class ConfigError(GanforgeError, ValueError):
     """A configuration value is invalid; the message names the field and the fix."""
 
 

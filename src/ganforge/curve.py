@@ -24,13 +24,14 @@ from typing import Callable, Optional
 
 from .config import PipelineConfig
 from .storage import atomic_file, atomic_write_text
+from .errors import GanforgeError
 
 CURVE_CSV = "fid_curve.csv"
 CURVE_PNG = "fid_curve.png"
 FIELDS = ("epoch", "step", "n", "n_real", "fid", "kid_mean", "kid_std", "seconds")
 
 
-class CurveError(ValueError):
+class CurveError(GanforgeError, ValueError):
     """The run directory cannot give a curve; the message says why and what to do."""
 
 

@@ -26,6 +26,7 @@ import numpy as np
 import ganforge
 from ganforge.config import DEFAULT_IDX_DIR, DataConfig
 from ganforge.storage import StorageError, atomic_dir, download_prefix
+from ganforge.errors import GanforgeError
 
 IDX_IMAGES_MAGIC = 0x00000803
 """IDX header: unsigned bytes, 3 dimensions (count, rows, cols)."""
@@ -47,7 +48,7 @@ ACCEPTED_SOURCES = (
 )
 
 
-class DataError(ValueError):
+class DataError(GanforgeError, ValueError):
     """Bad input data or a bad dataset directory; the message names the file, the problem and the fix."""
 
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from ganforge.config import PipelineConfig
+from ganforge.errors import GanforgeError
 
 ENGINES = ("trainjob", "pytorchjob")
 
@@ -61,11 +62,11 @@ _QUANTITY = re.compile(r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[n
 _TOLERATION_KEYS = {"key", "operator", "value", "effect", "tolerationSeconds"}
 
 
-class ClusterSpecError(ValueError):
+class ClusterSpecError(GanforgeError, ValueError):
     """A cluster launch setting is invalid; the message names the field and the fix."""
 
 
-class ClusterTrainingError(RuntimeError):
+class ClusterTrainingError(GanforgeError, RuntimeError):
     """The cluster training job failed or timed out; the message carries the pods' last log lines."""
 
 

@@ -12,9 +12,10 @@ from .config import PipelineConfig, with_overrides
 from .paths import cache_dir as default_cache_dir
 from .storage import atomic_write_text
 from .train import generate, generator_from_checkpoint, read_checkpoint
+from .errors import GanforgeError
 
 
-class EvaluationError(ValueError):
+class EvaluationError(GanforgeError, ValueError):
     """Bad evaluation input; the message says what to do."""
 
 

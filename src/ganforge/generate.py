@@ -25,6 +25,7 @@ import torch.nn as nn
 from .config import PipelineConfig
 from .storage import atomic_dir
 from .train import generate, load_generator
+from .errors import GanforgeError
 
 MANIFEST_NAME = "generation.json"
 REGISTRY_SCHEME = "models:/"
@@ -33,7 +34,7 @@ CONFIG_ARTIFACT = "config.json"
 """The run artifact ``tracking.start_pipeline_run`` writes: the config a version was trained with."""
 
 
-class GenerationError(ValueError):
+class GenerationError(GanforgeError, ValueError):
     """Generation cannot run; the message names the problem and the fix."""
 
 

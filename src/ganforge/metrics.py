@@ -35,6 +35,7 @@ from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from
 from .config import EvalConfig
 from .storage import atomic_write_bytes
 from .weights import EXTRACTOR_TORCHSCRIPT, InceptionChoice, resolve_inception
+from .errors import GanforgeError
 
 FEATURE_LAYER = "2048"
 FEATURE_DIM = 2048
@@ -43,7 +44,7 @@ RESIZE_FILTER = "tf1-bilinear"
 REAL_SELECTION_SEED = 0
 
 
-class MetricsError(ValueError):
+class MetricsError(GanforgeError, ValueError):
     """Inputs to FID/KID are unusable; the message names the problem and the fix."""
 
 

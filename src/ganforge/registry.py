@@ -30,6 +30,7 @@ from mlflow.models import infer_signature
 
 from ganforge import tracking
 from ganforge.config import PipelineConfig
+from ganforge.errors import GanforgeError
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -48,7 +49,7 @@ GENERATOR_ARTIFACT = "generator"
 MAX_TAG_VALUE_CHARS = 5000
 
 
-class RegistryError(RuntimeError):
+class RegistryError(GanforgeError, RuntimeError):
     """A registry operation failed; the message names the model/version and the fix."""
 
 

