@@ -375,3 +375,88 @@ def test_s3_environment_restores_variables(monkeypatch: pytest.MonkeyPatch) -> N
         assert os.environ["AWS_ACCESS_KEY_ID"] == "testing" and "AWS_PROFILE" not in os.environ
     assert os.environ["AWS_ACCESS_KEY_ID"] == "mine" and os.environ["AWS_PROFILE"] == "work"
     assert "AWS_ENDPOINT_URL" not in os.environ
+
+
+# --- object names from the bucket never choose where a local file lands (issue 13, finding 2) ---
+
+def _hostile_keys(s3: S3Server, prefix: str, base: Path, tag: str) -> list[Path]:
+    """Put objects whose names would escape a download directory two levels below ``base``: one
+    with ``..`` segments, one with an absolute path after ``//``. Returns where they would land."""
+    client = s3.client()
+    dots, absolute = base / f"escaped-dots-{tag}.txt", base / f"escaped-abs-{tag}.txt"
+    client.put_object(Bucket=s3.bucket, Key=f"{prefix}/../../{dots.name}", Body=b"pwned")
+    client.put_object(Bucket=s3.bucket, Key=f"{prefix}/{absolute}", Body=b"pwned")  # prefix + "//abs/path"
+    return [dots, absolute]
+
+
+def _png_bytes() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("L", (28, 28), 7).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("key, problem", [
+    ("../x", "'..'"), ("a/../../x", "'..'"), ("/abs/x", "absolute"), ("a//x", "empty"), ("./x", "'.'"),
+    ("", "empty"),
+])
+def test_unsafe_key_is_refused_before_it_becomes_a_path(tmp_path: Path, key: str, problem: str) -> None:
+    with pytest.raises(StorageError, match=rf"refusing to download s3://b/p/.*{re.escape(problem)}"):
+        storage.local_path_for_key(tmp_path, key, f"s3://b/p/{key}")
+    assert storage.local_path_for_key(tmp_path, "a/b.txt", "s3://b/p/a/b.txt") == tmp_path / "a" / "b.txt"
+
+
+def test_listing_download_refuses_keys_that_leave_the_directory(s3, tmp_path: Path) -> None:
+    """A prefix without _COMPLETE (user-uploaded data) is fetched by listing: hostile names are refused."""
+    s3.client().put_object(Bucket=s3.bucket, Key="hostile/ok.png", Body=_png_bytes())
+    (tmp_path / "a").mkdir()
+    escapes = _hostile_keys(s3, "hostile", tmp_path, "listing")  # download dir: tmp_path/a/.dl.XXX.tmp
+    with pytest.raises(StorageError, match=r"refusing to download s3://ganforge-test/hostile/"):
+        storage.download_prefix(s3.uri("hostile"), tmp_path / "a" / "dl", require_marker=False)
+    assert [p for p in escapes if p.exists()] == []
+    assert not (tmp_path / "a" / "dl").exists() and leftovers(tmp_path / "a") == []
+
+
+def test_prep_from_s3_with_hostile_keys_is_one_line_and_writes_nothing_outside(
+        s3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    import tempfile
+
+    from ganforge import cli
+
+    s3.client().put_object(Bucket=s3.bucket, Key="prep-src/a.png", Body=_png_bytes())
+    (tmp_path / "tmp").mkdir()
+    # prep downloads into TMPDIR/ganforge-s3-XXX via a sibling TMPDIR/.ganforge-s3-XXX.YYY.tmp
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    escapes = _hostile_keys(s3, "prep-src", tmp_path, "prep")
+    status = cli.main(["prep", "--profile", "tiny", "--source", s3.uri("prep-src"), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert "refusing to download s3://ganforge-test/prep-src/" in err and "aws s3 rm" in err
+    assert [p for p in escapes if p.exists()] == [] and not (tmp_path / "out").exists()
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_resume_pull_refuses_keys_that_leave_the_staging_directory(
+        s3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
+        fashion_train: Path) -> None:
+    from ganforge import cli
+    from ganforge.remote_train import pull_run
+
+    s3.client().put_object(Bucket=s3.bucket, Key="run-h/config.json", Body=b"{}")
+    stage = tmp_path / "stage" / "run"
+    stage.mkdir(parents=True)
+    escapes = _hostile_keys(s3, "run-h", tmp_path, "pull")  # stage/../../ = tmp_path
+    with pytest.raises(StorageError, match=r"refusing to download s3://ganforge-test/run-h/"):
+        pull_run(s3.uri("run-h"), stage)
+    assert [p for p in escapes if p.exists()] == []
+    # The same through `ganforge train --resume --out s3://…` (staging under GANFORGE_CACHE/staging/run-…).
+    monkeypatch.setenv("GANFORGE_CACHE", str(tmp_path / "cache"))
+    escapes = _hostile_keys(s3, "run-h", tmp_path / "cache", "train")  # cache/staging/run-…/../../
+    status = cli.main(["train", "--profile", "tiny", "--data", str(fashion_train), "--out", s3.uri("run-h"),
+                       "--resume"])
+    err = capsys.readouterr().err
+    assert status == 2 and "refusing to download s3://ganforge-test/run-h/" in err and "Traceback" not in err, err
+    assert [p for p in escapes if p.exists()] == []

@@ -73,8 +73,9 @@ def pull_run(out_uri: str, local_dir: Path) -> Optional[int]:
     """
     for uri in storage.list_prefix(out_uri):
         relative = _relative_key(uri, out_uri)
-        if relative != storage.COMPLETE_MARKER:
-            storage.download_file(uri, local_dir / relative)
+        if relative != storage.COMPLETE_MARKER and not relative.endswith("/"):  # "folder/" placeholder objects
+            # The key decides the local path only if it stays inside local_dir (no "..", no "//abs").
+            storage.download_file(uri, storage.local_path_for_key(local_dir, relative, uri))
     ckpt = local_dir / CHECKPOINT_NAME
     return int(read_checkpoint(ckpt)["step"]) if ckpt.is_file() else None
 

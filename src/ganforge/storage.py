@@ -510,6 +510,44 @@ def upload_dir(local_dir: str | os.PathLike, uri_prefix: str | os.PathLike) -> s
     return os.fspath(uri_prefix)
 
 
+def unsafe_key_problem(relative: str) -> str | None:
+    """Why an object key, relative to a prefix, cannot become a path under a local directory (or None).
+
+    Refused: an empty key, an absolute one (``prefix//abs/path`` leaves ``/abs/path``), empty,
+    ``.`` or ``..`` segments, and NUL bytes.
+    """
+    if not relative:
+        return "it is empty"
+    if relative.startswith("/"):
+        return "it is absolute"
+    if "\0" in relative:
+        return "it holds a NUL byte"
+    bad = sorted({part for part in relative.split("/") if part in ("", ".", "..")})
+    if bad:
+        return "it has " + " and ".join(repr(b) if b else "empty" for b in bad) + " path segments"
+    return None
+
+
+def local_path_for_key(local_dir: str | os.PathLike, relative: str, uri: str) -> Path:
+    """``local_dir / relative`` for an S3 object's key relative to the prefix being downloaded.
+
+    Object names come from whoever can write to the bucket, so a key must not choose where a
+    file lands: StorageError (naming the object and the fix) unless the path, resolved, stays
+    inside ``local_dir``.
+    """
+    root = local_path(local_dir)
+    problem = unsafe_key_problem(relative)
+    dest = root.joinpath(*relative.split("/")) if problem is None else root
+    if problem is None and not dest.resolve().is_relative_to(root.resolve()):
+        problem = "it resolves to a path outside the download directory"
+    if problem is not None:
+        raise StorageError(
+            f"refusing to download {uri}: its name relative to the prefix, {relative!r}, cannot be a local path "
+            f"({problem}), so it could be written outside {root}. Fix: rename or delete that object "
+            "(aws s3 mv / aws s3 rm), or upload the directory again with ganforge.storage.upload_dir")
+    return dest
+
+
 def _parse_marker(body: bytes, marker_uri: str) -> dict[str, int]:
     """Relative key → size from a ``_COMPLETE`` marker, refusing keys that leave the prefix."""
     try:
@@ -517,9 +555,8 @@ def _parse_marker(body: bytes, marker_uri: str) -> dict[str, int]:
     except (ValueError, KeyError, TypeError) as e:
         raise StorageError(f"{marker_uri} is not a valid {COMPLETE_MARKER} marker ({e}); rerun the upload") from e
     for key in entries:
-        parts = key.split("/")
-        if key.startswith("/") or ".." in parts or "" in parts:
-            raise StorageError(f"{marker_uri} lists the unsafe key {key!r}; rerun the upload")
+        if (problem := unsafe_key_problem(key)) is not None:
+            raise StorageError(f"{marker_uri} lists the unsafe key {key!r} ({problem}); rerun the upload")
     return entries
 
 
@@ -570,7 +607,7 @@ def download_prefix(uri_prefix: str | os.PathLike, local_dir: str | os.PathLike,
     with atomic_dir(local_dir) as tmp:
         for relative, size in entries.items():
             t = _Target("download", bucket, _key_under(prefix_key, relative), connection)
-            dest = tmp / relative
+            dest = local_path_for_key(tmp, relative, t.uri)
             dest.parent.mkdir(parents=True, exist_ok=True)
             _retrying(t, lambda t=t, dest=dest: connection.client.download_file(
                 t.bucket, t.key, str(dest), Config=_transfer_config()))
