@@ -416,3 +416,74 @@ def test_s3_prefix_uploaded_by_hand_without_marker_is_accepted(tmp_path, s3_endp
     with pytest.raises(DataError, match=r"s3://data/nothing-here"):
         data.prepare(DataConfig(source="s3://data/nothing-here"), tmp_path / "out2")
     assert not (tmp_path / "out2").exists()
+
+
+# --- --out never deletes what ganforge did not write (issue 13, finding 3) ---
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _prep_cli(capsys, source: Path, out: Path) -> tuple[int, str]:
+    from ganforge import cli
+
+    status = cli.main(["prep", "--profile", "tiny", "--source", str(source), "--out", str(out)])
+    return status, capsys.readouterr().err
+
+
+def test_prep_out_that_is_a_file_is_refused_and_kept(tmp_path, capsys):
+    write_idx_dir(tmp_path / "idx")
+    (tmp_path / "out").write_text("a user's file")
+    status, err = _prep_cli(capsys, tmp_path / "idx", tmp_path / "out")
+    assert status == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"--out {tmp_path / 'out'} is a file" in err and "Fix: choose another --out" in err
+    assert (tmp_path / "out").read_text() == "a user's file"
+
+
+@pytest.mark.parametrize("out_of", ["the source", "a parent of the source"])
+def test_prep_out_that_is_or_holds_the_source_is_refused(tmp_path, capsys, out_of):
+    source = tmp_path / "photos" / "cats"
+    save_png(source / "a.png", np.full((28, 28), 9, np.uint8))
+    before = _tree(tmp_path)
+    out = source if out_of == "the source" else tmp_path / "photos"
+    status, err = _prep_cli(capsys, source, out)
+    assert status == 2 and err.count("\n") == 1, err
+    assert f"--out {out} is" in err and f"the input {source}" in err and "Fix: choose a separate output directory" in err
+    assert _tree(tmp_path) == before
+
+
+def test_prep_out_with_a_users_files_is_refused(tmp_path, capsys):
+    write_idx_dir(tmp_path / "idx")
+    out = tmp_path / "out"
+    (out / "sub").mkdir(parents=True)
+    (out / "sub" / "thesis.tex").write_text("two years of work")
+    status, err = _prep_cli(capsys, tmp_path / "idx", out)
+    assert status == 2 and err.count("\n") == 1, err
+    assert f"--out {out} is a non-empty folder that is not an earlier ganforge prep output (no valid manifest.json)" in err
+    assert (out / "sub" / "thesis.tex").read_text() == "two years of work"
+
+
+def test_prep_replaces_an_earlier_prep_output_but_not_a_users_file_in_it(tmp_path, capsys):
+    write_idx_dir(tmp_path / "idx", n=20)
+    out = tmp_path / "out"
+    assert data.prepare(DataConfig(source=str(tmp_path / "idx"), limit=5), out)["count"] == 5
+    assert data.prepare(DataConfig(source=str(tmp_path / "idx"), limit=7), out)["count"] == 7  # replaced whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx", "out"]  # nothing left beside it
+    (out / "README.txt").write_text("my notes about this dataset")
+    before = _tree(out)
+    status, err = _prep_cli(capsys, tmp_path / "idx", out)
+    assert status == 2 and f"holds {out / 'README.txt'}, which the earlier ganforge prep output there did not write" in err
+    assert _tree(out) == before
+    (out / "README.txt").unlink()
+    (out / "data.npy").write_bytes(b"x")
+    (out / "manifest.json").write_text('{"hand": "written"}')  # a manifest, but not one prep wrote
+    status, err = _prep_cli(capsys, tmp_path / "idx", out)
+    assert status == 2 and "not an earlier ganforge prep output" in err
+
+
+def test_prep_out_under_a_file_or_read_only_place_is_one_line(tmp_path, capsys):
+    write_idx_dir(tmp_path / "idx")
+    (tmp_path / "afile").write_text("x")
+    status, err = _prep_cli(capsys, tmp_path / "idx", tmp_path / "afile" / "out")
+    assert status == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"{tmp_path / 'afile'} is a file, not a directory" in err and "Fix:" in err

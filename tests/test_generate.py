@@ -18,6 +18,7 @@ from PIL import Image
 from conftest import ROOT, cli_env
 from ganforge import cli, registry, tracking
 from ganforge.config import build_config
+from ganforge.errors import OutputPathError
 from ganforge.generate import GenerationError, generate_to_dir, interpolation_latents, png_bytes, slerp, tile_grid
 from ganforge.models import build_models
 from ganforge.train import train
@@ -153,13 +154,14 @@ def test_checkpoint_and_registered_version_generate_the_same_samples(dcgan, stor
 
 def test_existing_out_dir_is_replaced_only_on_success(dcgan, store, tmp_path):
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "stale.txt").write_text("from an earlier run")
+    generate_to_dir(f"models:/{dcgan['name']}@champion", out, n=3)
+    earlier = tree_bytes(out)
     with pytest.raises(GenerationError, match="no alias 'nope'"):
         generate_to_dir(f"models:/{dcgan['name']}@nope", out, n=2)
-    assert (out / "stale.txt").exists()
+    assert tree_bytes(out) == earlier
     generate_to_dir(f"models:/{dcgan['name']}@champion", out, n=2)
     assert sorted(p.name for p in out.iterdir()) == ["generation.json", "grid.png", "images"]
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["00000.png", "00001.png"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary directories left behind"
 
 
@@ -196,9 +198,31 @@ def test_bad_counts_are_refused_before_loading(n, interpolate, message, tmp_path
 
 
 def test_out_dir_holding_the_checkpoint_is_refused(dcgan, tmp_path):
-    with pytest.raises(GenerationError, match="contains the checkpoint"):
+    with pytest.raises(OutputPathError, match="is a folder holding the input .*checkpoint.pt.*Fix: choose a separate"):
         generate_to_dir(str(dcgan["checkpoint"]), dcgan["checkpoint"].parent, n=2)
+    with pytest.raises(OutputPathError, match="is a folder holding the input"):  # a parent of it, too
+        generate_to_dir(str(dcgan["checkpoint"]), dcgan["checkpoint"].parent.parent, n=2)
     assert dcgan["checkpoint"].is_file()
+
+
+def test_folder_with_a_users_file_is_never_replaced(dcgan, tmp_path, capsys):
+    """--out replaces only an earlier generate output (its generation.json lists every file)."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("my notes")
+    status = cli.main(["generate", "--model", str(dcgan["checkpoint"]), "-n", "2", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1, err
+    assert f"--out {out} is a non-empty folder that is not an earlier ganforge generate output" in err and "Fix:" in err
+    assert (out / "notes.txt").read_text() == "my notes" and sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    # An earlier output is replaced; one that also holds a user's file is not.
+    (out / "notes.txt").unlink()
+    generate_to_dir(str(dcgan["checkpoint"]), out, n=2)
+    (out / "images" / "mine.png").write_bytes(b"a user's image")
+    with pytest.raises(OutputPathError, match=r"holds .*images/mine\.png, which the earlier ganforge generate output"):
+        generate_to_dir(str(dcgan["checkpoint"]), out, n=3)
+    assert (out / "images" / "mine.png").read_bytes() == b"a user's image"
+    assert json.loads((out / "generation.json").read_text())["n"] == 2
 
 
 def test_cli_reports_a_missing_checkpoint_without_a_traceback(tmp_path, capsys):
@@ -261,5 +285,6 @@ def test_tile_grid_places_colour_tiles_row_major_between_black_gutters():
 
 def test_out_path_that_is_a_file_is_refused(tmp_path):
     (tmp_path / "out").write_text("not a directory")
-    with pytest.raises(GenerationError, match="is a file"):
+    with pytest.raises(OutputPathError, match="is a file; ganforge generate writes a directory there"):
         generate_to_dir("models:/any@champion", tmp_path / "out", n=2)
+    assert (tmp_path / "out").read_text() == "not a directory"

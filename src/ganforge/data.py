@@ -25,7 +25,7 @@ import numpy as np
 
 import ganforge
 from ganforge.config import DEFAULT_IDX_DIR, DataConfig
-from ganforge.storage import StorageError, atomic_dir, download_prefix
+from ganforge.storage import StorageError, atomic_dir, check_output_dir, download_prefix
 from ganforge.errors import GanforgeError
 
 IDX_IMAGES_MAGIC = 0x00000803
@@ -85,6 +85,8 @@ def prepare(cfg: DataConfig, out_dir: str | os.PathLike, split: Optional[str] = 
     split = split or cfg.split
     if split not in IDX_STEMS:
         raise DataError(f"split={split!r} is not valid; choose 'train' or 'test'")
+    check_output_dir(out_dir, command="ganforge prep", manifest="manifest.json", owned_files=prepared_files,
+                     protect=local_sources(cfg.source))
     if cfg.kind == "audio":
         from ganforge.audio import prepare_audio  # audio deps load only for audio runs
 
@@ -94,6 +96,25 @@ def prepare(cfg: DataConfig, out_dir: str | os.PathLike, split: Optional[str] = 
     with atomic_dir(out_dir) as tmp:
         write_dataset_files(tmp, raw, manifest)
     return manifest
+
+
+PREPARED_FILES = ("data.npy", "labels.npy", "manifest.json")
+"""Everything ``prepare`` writes into a dataset directory (image and audio)."""
+
+
+def prepared_files(manifest: dict) -> tuple[str, ...]:
+    """The files of an earlier prepared dataset, given its manifest; KeyError if it is not one of ours."""
+    if "sha256" not in manifest or "count" not in manifest:
+        raise KeyError("not a manifest written by ganforge prep")
+    return PREPARED_FILES
+
+
+def local_sources(source: str) -> list[Path]:
+    """The local folder a source names (to protect it from ``--out``), or none for s3://, torchvision:, espeak:."""
+    source = str(source)
+    if source.startswith("file://"):
+        source = source[len("file://"):]
+    return [] if ":" in source.split("/", 1)[0] else [Path(source)]
 
 
 def read_source(cfg: DataConfig, split: str) -> tuple[RawDataset, str]:

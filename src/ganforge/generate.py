@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from .config import PipelineConfig
-from .storage import atomic_dir
+from .storage import atomic_dir, check_output_dir
 from .train import generate, load_generator
 from .errors import GanforgeError
 
@@ -242,16 +242,21 @@ def check_request(n: int, interpolate: int, batch_size: int) -> None:
         raise GenerationError(f"batch_size={batch_size} must be positive")
 
 
+def generated_files(manifest: dict) -> list[str]:
+    """The files an earlier generation wrote, from its generation.json (KeyError/TypeError if not ours)."""
+    files = manifest["files"]
+    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+        raise TypeError("generation.json 'files' is not a list of names")
+    return files
+
+
 def check_out_dir(out_dir: Path, model: str) -> None:
-    """Refuse an output path that is a file, or whose replacement would delete the checkpoint being read."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise GenerationError(f"--out {out_dir} is a file; generation writes a directory — choose another path")
-    if model.startswith(REGISTRY_SCHEME):
-        return
-    checkpoint = Path(model).expanduser().resolve()
-    if checkpoint == out_dir.resolve() or out_dir.resolve() in checkpoint.parents:
-        raise GenerationError(f"--out {out_dir} contains the checkpoint {model}, and generation replaces the whole "
-                              "output directory; choose a separate one, e.g. --out generated/")
+    """Refuse an --out whose replacement would delete what generation did not write: a file, the
+    checkpoint being read (or a folder holding it), a non-empty folder that is not an earlier
+    generation output (generation.json), or one holding files that output did not list."""
+    protect = [] if model.startswith(REGISTRY_SCHEME) else [Path(model)]
+    check_output_dir(out_dir, command="ganforge generate", manifest=MANIFEST_NAME, owned_files=generated_files,
+                     protect=protect)
 
 
 def relative_files(root: Path) -> list[str]:

@@ -15,6 +15,7 @@ operation (``GANFORGE_S3_ATTEMPTS``, default 4, exponential backoff from
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import logging
@@ -26,7 +27,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import boto3
 import botocore.config
@@ -34,7 +35,7 @@ import botocore.exceptions
 from boto3.exceptions import RetriesExceededError, S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 
-from .errors import GanforgeError
+from .errors import GanforgeError, OutputPathError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -53,20 +54,61 @@ def local_path(uri: str | os.PathLike) -> Path:
     return Path(s)
 
 
+# errno values that mean "this output cannot be written here", whatever the writer was doing.
+_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+def _write_failure(p: Path, e: OSError) -> StorageError:
+    """A StorageError naming the output, the cause (errno) and the fix, for a failed write."""
+    cause = f"{e.strerror or e} ({errno.errorcode.get(e.errno or 0, 'errno ' + str(e.errno))})"
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        fix = f"free space on the file system holding {p.parent} (df -h {p.parent}), or choose another output path"
+    else:
+        fix = f"choose an output path you can write to, or fix the permissions of {p.parent}"
+    return StorageError(f"cannot write {p}: {cause}; nothing was written there (a previous version is kept). "
+                        f"Fix: {fix}")
+
+
+def _writable_parent(p: Path) -> None:
+    """Create ``p``'s parent folders; StorageError naming the path and the fix when that is impossible."""
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((a for a in [p.parent, *p.parent.parents] if a.exists() and not a.is_dir()), p.parent)
+        raise StorageError(f"cannot write {p}: {blocker} is a file, not a directory. Fix: choose an output path "
+                           "whose parent folders are directories (or move that file away)") from None
+    except OSError as e:
+        raise _write_failure(p, e) from None
+
+
+def _temporary_sibling(p: Path, make: Callable[..., Any]) -> Any:
+    """``tempfile.mkstemp``/``mkdtemp`` beside ``p``, with OSError turned into a StorageError."""
+    _writable_parent(p)
+    try:
+        return make(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    except OSError as e:
+        raise _write_failure(p, e) from None
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to a temporary sibling, fsync it, then rename it over ``path``."""
+    """Write ``data`` to a temporary sibling, fsync it, then rename it over ``path``.
+
+    A failed write (disk full, read-only, no permission) is a StorageError naming ``path`` and
+    its cause; the temporary file is removed and a previous ``path`` stays as it was.
+    """
     p = local_path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    fd, tmp = _temporary_sibling(p, tempfile.mkstemp)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, p)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno in _WRITE_ERRNOS:
+            raise _write_failure(p, e) from e
         raise
     return p
 
@@ -80,15 +122,16 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it into place only if the block succeeds."""
     p = local_path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    fd, tmp = _temporary_sibling(p, tempfile.mkstemp)
     os.close(fd)
     try:
         yield Path(tmp)
         os.replace(tmp, p)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno in _WRITE_ERRNOS:
+            raise _write_failure(p, e) from e
         raise
 
 
@@ -97,12 +140,16 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path
     """Yield a temporary directory beside ``path``; it replaces ``path`` only if the block succeeds.
 
     On failure the temporary directory is removed and any previous ``path`` is left untouched.
+    A ``path`` that is a file (or a link) is never replaced. Callers replacing a user-named
+    output check it first with :func:`check_output_dir`.
     """
     p = local_path(path)
     if p.exists() and not overwrite:
         raise StorageError(f"{p} already exists; remove it or choose another output directory")
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent))
+    if p.is_symlink() or (p.exists() and not p.is_dir()):
+        raise OutputPathError(f"{p} is a file{' link' if p.is_symlink() else ''}, not a directory, and would be "
+                              "replaced by one. Fix: choose another output path (or move the file away yourself)")
+    tmp = Path(_temporary_sibling(p, tempfile.mkdtemp))
     try:
         yield tmp
         if p.exists():
@@ -112,9 +159,61 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, p)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) and e.errno in _WRITE_ERRNOS:
+            raise _write_failure(p, e) from e
         raise
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def check_output_dir(path: str | os.PathLike, *, command: str, manifest: str,
+                     owned_files: Callable[[dict], Iterable[str]], protect: Iterable[str | os.PathLike] = ()) -> Path:
+    """Refuse an output directory whose replacement would delete something ganforge did not write.
+
+    ``command`` writes a whole directory at ``path`` (``atomic_dir``), replacing what is there.
+    Allowed: a new path, an empty directory, or an earlier output of the same command —
+    recognised by its ``manifest`` file (a JSON object) and holding only the files
+    ``owned_files(manifest)`` names. Refused with an OutputPathError naming the path and the
+    fix: a file or link, any path in ``protect`` (the command's input) or a folder holding
+    one, and a non-empty folder that is not such an output or holds anything else.
+    """
+    p = local_path(path)
+    where = p.resolve()
+    for source in protect:
+        src = Path(source).expanduser().resolve()
+        if _inside(src, where):
+            what = "is" if src == where else "is a folder holding"
+            raise OutputPathError(
+                f"--out {p} {what} the input {src}, and {command} replaces its --out whole (the input would be "
+                f"deleted). Fix: choose a separate output directory, e.g. --out {src.parent / (src.name + '-out')}")
+    if p.is_symlink() or (p.exists() and not p.is_dir()):
+        raise OutputPathError(
+            f"--out {p} is a file{' link' if p.is_symlink() else ''}; {command} writes a directory there and will not "
+            "delete it. Fix: choose another --out (or move the file away yourself)")
+    if not p.exists() or not any(p.iterdir()):
+        return p
+    recorded = p / manifest
+    try:
+        listed = json.loads(recorded.read_text()) if recorded.is_file() else None
+        allowed = set(owned_files(listed)) | {manifest} if isinstance(listed, dict) else None
+    except (ValueError, KeyError, TypeError, OSError):
+        allowed = None
+    if allowed is None:
+        raise OutputPathError(
+            f"--out {p} is a non-empty folder that is not an earlier {command} output (no valid {manifest}); "
+            f"{command} replaces its --out whole and deletes nothing it did not write. Fix: choose a new or empty "
+            "directory, or remove that folder yourself")
+    foreign = sorted(r for r in (q.relative_to(p).as_posix() for q in p.rglob("*") if not q.is_dir()) if r not in allowed)
+    if foreign:
+        raise OutputPathError(
+            f"--out {p} holds {p / foreign[0]}{f' (and {len(foreign) - 1} more)' if len(foreign) > 1 else ''}, which "
+            f"the earlier {command} output there did not write; {command} replaces its --out whole and deletes nothing "
+            "it did not write. Fix: move it out, or choose another --out")
+    return p
 
 
 COMPLETE_MARKER = "_COMPLETE"
