@@ -54,6 +54,25 @@ def _under_torchrun() -> bool:
     return "LOCAL_RANK" in os.environ
 
 
+def _relaunch_under_torchrun(cfg: PipelineConfig, args) -> int:
+    """This training command again under torchrun, one process per rank on this node.
+
+    The ranks get the settled config (rank count included) as a config.json, not this argv:
+    torchrun's parser pre-scans the forwarded arguments for abbreviations of its own options and
+    rejects ``--nproc`` as ambiguous (Python 3.11).
+    """
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="ganforge-ranks-") as tmp:
+        config_path = Path(tmp) / "config.json"
+        config_path.write_text(cfg.to_json())
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={cfg.train.nproc}",
+               "-m", "ganforge.cli", "train", "--config-json", str(config_path), "--data", args.data, "--out", args.out,
+               *(["--resume"] if args.resume else []), *(["--mlflow"] if args.mlflow else []),
+               *(["--allow-config-change"] if getattr(args, "allow_config_change", False) else [])]
+        return subprocess.call(cmd)
+
+
 def cmd_train(args) -> int:
     """Train on a dataset directory or ``s3://`` prefix into a run directory or ``s3://`` prefix."""
     cfg = _config_from_args(args)
@@ -63,10 +82,7 @@ def cmd_train(args) -> int:
             raise ConfigError(f"train.nnodes={cfg.train.nnodes}: start one `torchrun --nnodes {cfg.train.nnodes} "
                               "--rdzv-backend c10d --rdzv-endpoint HOST:PORT -m ganforge.cli train …` per node "
                               "(the cluster launchers do this), or train on one node with --nproc")
-        # Re-launch this very command under torchrun, one process per rank on this node.
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={cfg.train.nproc}",
-               "-m", "ganforge.cli", *sys.argv[1:]]
-        return subprocess.call(cmd)
+        return _relaunch_under_torchrun(cfg, args)
     from .train import train
 
     is_main = int(os.environ.get("RANK", "0")) == 0
