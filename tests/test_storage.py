@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -102,11 +103,12 @@ def test_failed_local_write_keeps_old_file_and_leaves_no_temp(tmp_path: Path) ->
         "resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024))\n"
         "try:\n"
         f"    atomic_write_bytes({str(target)!r}, b'x' * 100_000)\n"
-        "except OSError as e:\n"
-        "    print('failed', e.errno)\n"
+        "except StorageError as e:\n"
+        "    print('failed', e.__cause__.errno, e)\n"
     )
+    child = child.replace("import atomic_write_bytes", "import StorageError, atomic_write_bytes")
     result = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=60)
-    assert result.stdout.strip() == "failed 27", result.stderr  # EFBIG
+    assert result.stdout.startswith(f"failed 27 cannot write {target}: File too large (EFBIG)"), result.stderr
     assert target.read_bytes() == b"old"
     assert leftovers(tmp_path) == []
 
@@ -460,3 +462,73 @@ def test_resume_pull_refuses_keys_that_leave_the_staging_directory(
     err = capsys.readouterr().err
     assert status == 2 and "refusing to download s3://ganforge-test/run-h/" in err and "Traceback" not in err, err
     assert [p for p in escapes if p.exists()] == []
+
+
+# --- an endpoint that accepts connections and never answers (issue 13, finding 7) ---
+
+class _SilentServer:
+    """Accepts TCP connections, reads what comes, never answers; closes everything on exit."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.sock.settimeout(0.2)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.accepted: list[socket.socket] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.accepted.append(conn)  # kept open, never answered
+
+    def __enter__(self) -> "_SilentServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+        for conn in self.accepted:
+            conn.close()
+        self.sock.close()
+
+
+@pytest.mark.parametrize("operation", ["read", "upload", "download_prefix"])
+def test_silent_endpoint_fails_within_the_time_budget_naming_it(s3, monkeypatch, tmp_path, operation) -> None:
+    budget = 2.0
+    (tmp_path / "f.bin").write_bytes(b"x" * 100)
+    calls = {"read": lambda: storage.read_bytes(s3.uri("x")),
+             "upload": lambda: storage.upload_file(tmp_path / "f.bin", s3.uri("f.bin")),
+             "download_prefix": lambda: storage.download_prefix(s3.uri("p"), tmp_path / "d", require_marker=False)}
+    outcome: dict = {}
+
+    def call() -> None:
+        started = time.monotonic()
+        try:
+            calls[operation]()
+        except StorageError as e:
+            outcome["error"] = str(e)
+        outcome["seconds"] = time.monotonic() - started
+
+    with _SilentServer() as silent:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", silent.url)
+        monkeypatch.setenv(storage.TIMEOUT_ENV, str(budget))  # defaults kept: 3 botocore x 4 ganforge attempts
+        worker = threading.Thread(target=call, daemon=True)  # daemon: a hang fails the test, not the session
+        worker.start()
+        worker.join(timeout=budget + 20)
+        assert not worker.is_alive(), "still waiting on the silent endpoint long after the budget"
+    assert outcome["seconds"] < budget + 1.5, outcome
+    assert f"endpoint {silent.url} did not answer within the 2 s budget (GANFORGE_S3_TIMEOUT_S" in outcome["error"]
+    assert "\n" not in outcome["error"] and "Fix: check that the endpoint is up" in outcome["error"]
+
+
+def test_time_budget_must_be_a_positive_number(monkeypatch) -> None:
+    monkeypatch.setenv(storage.TIMEOUT_ENV, "soon")
+    with pytest.raises(StorageError, match="GANFORGE_S3_TIMEOUT_S='soon' must be a positive number of seconds"):
+        storage.time_budget_from_env()

@@ -71,14 +71,16 @@ def test_non_finite_loss_stops_with_clear_error_and_keeps_last_checkpoint(fashio
 def test_resume_with_other_config_is_a_clear_error(fashion_train, tmp_path):
     train(build_config("dcgan", "tiny"), fashion_train, tmp_path)
     wider = build_config("dcgan", "tiny", {"model": {"ngf": 16}})
-    with pytest.raises(CheckpointError, match="does not fit this config"):
+    with pytest.raises(CheckpointError, match="with a changed config: model.ngf 8 → 16"):
         train(wider, fashion_train, tmp_path, resume=True)
+    with pytest.raises(CheckpointError, match="does not fit this config"):  # asked for, but the weights cannot fit
+        train(wider, fashion_train, tmp_path, resume=True, allow_config_change=True)
 
 
 def test_damaged_checkpoint_is_a_clear_error(tmp_path):
     bad = tmp_path / "checkpoint.pt"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="cannot be read"):
+    with pytest.raises(CheckpointError, match="is damaged or not a ganforge checkpoint"):
         read_checkpoint(bad)
 
 
@@ -163,3 +165,124 @@ def test_two_torchrun_nodes_on_localhost(fashion_train, tmp_path):
     assert [p.returncode for p in procs] == [0, 0], outputs
     assert read_checkpoint(tmp_path / "node0" / "checkpoint.pt")["step"] == 4
     assert not (tmp_path / "node1" / "checkpoint.pt").exists(), "only global rank 0 writes checkpoints"
+
+
+# --- resume with a changed config (issue 13, finding 5) ---
+
+def _tiny(**train_fields):
+    return build_config("dcgan", "tiny", {"train": {"max_steps": 4, "checkpoint_every": 2, **train_fields}})
+
+
+def test_resume_refuses_a_changed_learning_rate_naming_the_field(fashion_train, tmp_path):
+    train(_tiny(), fashion_train, tmp_path)
+    recorded = (tmp_path / "config.json").read_text()
+    with pytest.raises(CheckpointError) as info:
+        train(_tiny(max_steps=8, lr_g=1e-3, beta2=0.99), fashion_train, tmp_path, resume=True)
+    message = str(info.value)
+    assert "\n" not in message and "train.lr_g 0.0002 → 0.001" in message and "train.beta2 0.999 → 0.99" in message
+    assert "max_steps" not in message and "--allow-config-change" in message
+    assert (tmp_path / "config.json").read_text() == recorded  # nothing rewritten by the refused run
+    assert read_checkpoint(tmp_path / "checkpoint.pt")["step"] == 4
+
+
+def test_allow_config_change_makes_the_optimiser_use_the_new_values(fashion_train, tmp_path):
+    train(_tiny(), fashion_train, tmp_path)
+    new = _tiny(max_steps=6, lr_g=1e-3, lr_d=5e-4, beta1=0.0)
+    train(new, fashion_train, tmp_path, resume=True, allow_config_change=True)
+    ckpt = read_checkpoint(tmp_path / "checkpoint.pt")
+    assert ckpt["step"] == 6
+    # The optimisers' param_groups as saved after the resumed steps: the new values, not the checkpoint's.
+    assert [g["lr"] for g in ckpt["opt_G"]["param_groups"]] == [1e-3]
+    assert [g["lr"] for g in ckpt["opt_D"]["param_groups"]] == [5e-4]
+    assert [tuple(g["betas"]) for g in ckpt["opt_G"]["param_groups"]] == [(0.0, 0.999)]
+    assert json.loads((tmp_path / "config.json").read_text())["train"]["lr_g"] == 1e-3
+
+
+def test_resume_accepts_schedule_and_cadence_changes_without_the_flag(fashion_train, tmp_path):
+    train(_tiny(), fashion_train, tmp_path)
+    longer = build_config("dcgan", "tiny", {"train": {"max_steps": 6, "epochs": 3, "checkpoint_every": 3,
+                                                      "log_every": 1, "snapshot_every": 2},
+                                            "eval": {"n_samples": 100}})
+    assert train(longer, fashion_train, tmp_path, resume=True).step == 6
+
+
+# --- checkpoints: checksum, snapshots, full disks (issue 13, finding 9) ---
+
+def test_flipped_byte_in_a_checkpoint_is_caught(fashion_train, tmp_path, capsys):
+    from ganforge import cli
+
+    train(_tiny(), fashion_train, tmp_path / "run")
+    path = tmp_path / "run" / "checkpoint.pt"
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0x01  # the middle of the file: tensor data, which torch.load does not check
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match=r"is damaged: its contents hash to sha256 .* but it records"):
+        read_checkpoint(path)
+    capsys.readouterr()
+    status = cli.main(["train", "--profile", "tiny", "--set", "train.max_steps=4", "--set", "train.checkpoint_every=2",
+                       "--data", str(fashion_train), "--out", str(tmp_path / "run"), "--resume"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(err) == 1 and f"checkpoint {path} is damaged" in err[0] and "Fix:" in err[0], err
+
+
+def test_checkpoint_is_a_plain_torch_zip_and_old_checkpoints_still_load(fashion_train, tmp_path):
+    result = train(_tiny(), fashion_train, tmp_path)
+    plain = torch.load(result.checkpoint, weights_only=True)  # any torch.load reads it
+    legacy = tmp_path / "legacy.pt"
+    torch.save(plain, legacy)  # as written before checkpoints carried a checksum
+    assert read_checkpoint(legacy)["step"] == plain["step"] == 4
+
+
+def test_a_snapshot_given_as_checkpoint_is_named(fashion_train, tmp_path):
+    train(_tiny(), fashion_train, tmp_path)
+    snapshot = tmp_path / "snapshots" / "epoch_001.pt"
+    (tmp_path / "checkpoint.pt").write_bytes(snapshot.read_bytes())
+    with pytest.raises(CheckpointError, match=r"checkpoint.pt is a snapshot .*cannot resume from it. Fix:"):
+        train(_tiny(max_steps=6), fashion_train, tmp_path, resume=True)
+    with pytest.raises(CheckpointError, match="has no G .*drop --raw-generator"):
+        load_generator(snapshot, ema=False)
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 4 MiB tmpfs: a real file system that fills up (needs root; skipped otherwise)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True,
+                          timeout=30)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], timeout=30)
+
+
+def _fill(directory: Path) -> None:
+    fd = os.open(directory / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        while os.write(fd, b"\0" * 4096):
+            pass
+    except OSError:  # ENOSPC: full
+        pass
+    finally:
+        os.close(fd)
+
+
+def test_disk_full_during_a_checkpoint_is_one_line_and_keeps_the_previous_one(fashion_train, small_tmpfs):
+    from ganforge.errors import GanforgeError
+
+    out = small_tmpfs / "run"
+    cfg = build_config("dcgan", "tiny", {"train": {"max_steps": 12, "checkpoint_every": 4, "snapshot_every": 0}})
+
+    def fill_after_first(step, path):
+        if step == 4:
+            _fill(small_tmpfs)  # the disk fills up between two checkpoints
+
+    with pytest.raises(GanforgeError) as info:
+        train(cfg, fashion_train, out, on_checkpoint=fill_after_first)
+    message = str(info.value)
+    assert "\n" not in message and f"cannot write {out / 'checkpoint.pt'}: No space left on device (ENOSPC)" in message
+    assert "Fix: free space" in message
+    assert read_checkpoint(out / "checkpoint.pt")["step"] == 4  # the previous checkpoint, intact
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []  # no half-written temp file

@@ -21,15 +21,45 @@ from .storage import is_s3
 def _config_from_args(args) -> PipelineConfig:
     """Preset + profile (or a saved config.json), then --set overrides: settled once, here."""
     sets = list(args.set or [])
-    if getattr(args, "nproc", None):
-        sets.append(f"train.nproc={args.nproc}")
+    nproc = getattr(args, "nproc", None)
+    if nproc is not None:
+        if nproc < 1:
+            raise ConfigError(f"--nproc {nproc}: give the number of training processes on this machine, 1 or more "
+                              "(e.g. --nproc 2), or leave it out to use the config's train.nproc")
+        sets.append(f"train.nproc={nproc}")
     if getattr(args, "config_json", None):
-        d = json.loads(Path(args.config_json).read_text())
-        for text in sets:
-            group, key, value = parse_override(text)
-            d.setdefault(group, {})[key] = value
-        return PipelineConfig.from_dict(d)
+        path = Path(args.config_json)
+        d = _read_config_json(path)
+        try:
+            for text in sets:
+                group, key, value = parse_override(text)
+                if not isinstance(d.setdefault(group, {}), dict):
+                    raise ConfigError(f"group {group!r} is not an object")
+                d[group][key] = value
+            return PipelineConfig.from_dict(d)
+        except (ConfigError, TypeError) as e:
+            raise ConfigError(f"--config-json {path}: {e}. Fix: use the config.json a ganforge run wrote, "
+                              "or --preset/--profile with --set") from e
     return build_config(args.preset, args.profile, sets)
+
+
+def _read_config_json(path: Path) -> dict:
+    """A saved config.json as a dict with name and profile; ConfigError naming the file otherwise."""
+    try:
+        d = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"--config-json {path} does not exist; pass the config.json of a run directory") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"--config-json {path} cannot be read ({e}); check the path and its permissions") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--config-json {path} is not valid JSON ({e}); pass the config.json a ganforge run "
+                          "wrote") from None
+    missing = [k for k in ("name", "profile") if not isinstance(d, dict) or k not in d]
+    if missing:
+        raise ConfigError(f"--config-json {path} has no {' or '.join(repr(k) for k in missing)}: it is not a ganforge "
+                          "config. Fix: pass the config.json a ganforge run wrote (it names the preset and profile), "
+                          "or use --preset/--profile")
+    return d
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -102,10 +132,12 @@ def cmd_train(args) -> int:
         # Cluster job pods: stage s3:// data and output locally, push checkpoints back (remote_train).
         from .remote_train import train_staged
 
-        result = train_staged(cfg, args.data, args.out, resume=args.resume, on_metrics=callback)
+        result = train_staged(cfg, args.data, args.out, resume=args.resume, on_metrics=callback,
+                              allow_config_change=args.allow_config_change)
         checkpoint = str(result.checkpoint) if not is_s3(args.out) else f"{args.out.rstrip('/')}/{result.checkpoint.name}"
     else:
-        result = train(cfg, args.data, args.out, resume=args.resume, on_metrics=callback)
+        result = train(cfg, args.data, args.out, resume=args.resume, on_metrics=callback,
+                       allow_config_change=args.allow_config_change)
         checkpoint = str(result.checkpoint)
     if callback is not None:
         callback.flush()
@@ -240,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="dataset directory from `ganforge prep`, or its s3:// copy")
     p.add_argument("--out", required=True, help="run directory or s3:// prefix: checkpoint.pt, config.json, samples/")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if it exists")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="--resume with a config that differs from the checkpoint's beyond epochs/max_steps/cadences/"
+                        "ranks: go on with the new values (learning rates and betas included) instead of refusing")
     p.add_argument("--nproc", type=int, help="ranks on this machine (torchrun); default from the config")
     p.add_argument("--mlflow", action="store_true",
                    help="log params and training curves to an MLflow run (GANFORGE_HOME or MLFLOW_TRACKING_URI); "

@@ -47,7 +47,7 @@ S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 # Non-secret settings the pods need, copied from the launching step's environment (which
 # gets them from the ganforge-env ConfigMap on the cluster).
 FORWARDED_ENV = ("AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL", "AWS_DEFAULT_REGION", "MLFLOW_TRACKING_URI",
-                 "GANFORGE_S3_ATTEMPTS", "GANFORGE_S3_BACKOFF_S")
+                 "GANFORGE_S3_ATTEMPTS", "GANFORGE_S3_BACKOFF_S", "GANFORGE_S3_TIMEOUT_S")
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 
@@ -135,7 +135,7 @@ def _reset_dir(path: Path) -> None:
 
 
 def train_staged(cfg: PipelineConfig, data: str, out: str, *, resume: bool = False,
-                 on_metrics: Optional[MetricsFn] = None) -> TrainResult:
+                 on_metrics: Optional[MetricsFn] = None, allow_config_change: bool = False) -> TrainResult:
     """``train.train`` where ``data`` and/or ``out`` may be ``s3://`` URIs (see the module docstring).
 
     Every rank of every node calls it (under torchrun). The returned result's paths are the
@@ -158,7 +158,7 @@ def train_staged(cfg: PipelineConfig, data: str, out: str, *, resume: bool = Fal
     _barrier()  # the node's other ranks read the staged data and checkpoint
     uploader = CheckpointUploader(local_out, out) if out_s3 and dist_info.is_main else None
     result = train(cfg, local_data, local_out, resume=resume, on_metrics=on_metrics, on_checkpoint=uploader,
-                   dist_info=dist_info)
+                   dist_info=dist_info, allow_config_change=allow_config_change)
     if uploader is not None:
         storage.upload_dir(local_out, out)
     return result

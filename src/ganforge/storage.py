@@ -10,7 +10,11 @@ MLflow's ``MLFLOW_S3_ENDPOINT_URL`` (MinIO), credentials from boto3's standard c
 Transient failures (connection errors, 5xx, throttling) are retried by botocore per request
 (``AWS_RETRY_MODE``/``AWS_MAX_ATTEMPTS``, default standard/3) and again for the whole
 operation (``GANFORGE_S3_ATTEMPTS``, default 4, exponential backoff from
-``GANFORGE_S3_BACKOFF_S``, default 1 s). Permanent failures raise StorageError at once.
+``GANFORGE_S3_BACKOFF_S``, default 1 s), all within a time budget per operation
+(``GANFORGE_S3_TIMEOUT_S``, default 60 s): sockets give up after that long without an answer,
+and no retry starts once an operation has spent it, so an endpoint that accepts connections
+and never answers fails in about the budget, naming it (a transfer that keeps moving bytes is
+not cut off). Permanent failures raise StorageError at once.
 """
 from __future__ import annotations
 
@@ -61,8 +65,11 @@ _WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS,
 def _write_failure(p: Path, e: OSError) -> StorageError:
     """A StorageError naming the output, the cause (errno) and the fix, for a failed write."""
     cause = f"{e.strerror or e} ({errno.errorcode.get(e.errno or 0, 'errno ' + str(e.errno))})"
-    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
         fix = f"free space on the file system holding {p.parent} (df -h {p.parent}), or choose another output path"
+    elif e.errno == errno.EFBIG:
+        fix = "the file is larger than the file system or this process's file-size limit (ulimit -f) allows: " \
+              "raise the limit or choose another output path"
     else:
         fix = f"choose an output path you can write to, or fix the permissions of {p.parent}"
     return StorageError(f"cannot write {p}: {cause}; nothing was written there (a previous version is kept). "
@@ -270,7 +277,34 @@ def endpoint_url_from_env() -> str | None:
     return None
 
 
-def _botocore_config() -> botocore.config.Config:
+TIMEOUT_ENV = "GANFORGE_S3_TIMEOUT_S"
+DEFAULT_TIMEOUT_S = 60.0
+
+
+def time_budget_from_env() -> float:
+    """Seconds one S3 operation may spend without success (``GANFORGE_S3_TIMEOUT_S``, default 60)."""
+    raw = os.environ.get(TIMEOUT_ENV, "")
+    try:
+        budget = float(raw) if raw else DEFAULT_TIMEOUT_S
+    except ValueError:
+        budget = -1.0
+    if not 0 < budget < float("inf"):
+        raise StorageError(f"{TIMEOUT_ENV}={raw!r} must be a positive number of seconds (default "
+                           f"{DEFAULT_TIMEOUT_S:g})")
+    return budget
+
+
+class EndpointTimeoutError(StorageError):
+    """The S3 endpoint did not answer within the operation's time budget (``GANFORGE_S3_TIMEOUT_S``)."""
+
+
+class BudgetSpent(botocore.exceptions.BotoCoreError):
+    """Raised inside botocore's retry loop: the operation's time budget is spent; do not retry."""
+
+    fmt = "time budget of {budget:g} s spent; last error: {last}"
+
+
+def _botocore_config(budget: float) -> botocore.config.Config:
     # Explicit client config wins over the environment in botocore, so read the standard
     # variables here to keep them working.
     try:
@@ -279,9 +313,39 @@ def _botocore_config() -> botocore.config.Config:
         raise StorageError(f"AWS_MAX_ATTEMPTS must be a whole number: {e}") from e
     return botocore.config.Config(
         retries={"mode": os.environ.get("AWS_RETRY_MODE", "standard"), "total_max_attempts": max_attempts},
-        connect_timeout=10,
-        read_timeout=60,
+        connect_timeout=min(10.0, budget / 2),
+        read_timeout=socket_timeout(budget),
     )
+
+
+def socket_timeout(budget: float) -> float:
+    """Seconds a socket waits for an answer: half the budget (at most 60), so a retry still fits."""
+    return min(60.0, budget / 2)
+
+
+def _install_budget(client: Any, budget: float) -> None:
+    """Stop botocore's own retries of one API call when another try could not end within ``budget``.
+
+    The call's start goes into its request context (shared by its retries, also in s3transfer's
+    worker threads); the check runs first among the ``needs-retry`` handlers and raises
+    BudgetSpent instead of letting botocore sleep (at most 2^attempts s in its standard mode)
+    and wait another socket timeout.
+    """
+    def stamp(context: dict | None = None, **_: Any) -> None:
+        if context is not None:
+            context.setdefault("ganforge_started", time.monotonic())
+
+    def veto(request_dict: dict | None = None, caught_exception: BaseException | None = None,
+             response: Any = None, attempts: int = 1, **_: Any) -> None:
+        started = ((request_dict or {}).get("context") or {}).get("ganforge_started")
+        failed = caught_exception is not None or (response is not None and response[0].status_code >= 500)
+        next_try_ends = time.monotonic() + min(20.0, 2.0 ** attempts) + socket_timeout(budget)
+        if failed and started is not None and next_try_ends - started > budget:
+            last = caught_exception or f"HTTP {response[0].status_code}"
+            raise BudgetSpent(budget=budget, last=last)
+
+    client.meta.events.register("before-call.s3", stamp)
+    client.meta.events.register_first("needs-retry.s3", veto)
 
 
 @dataclass(frozen=True)
@@ -300,8 +364,8 @@ class _Connection:
         return creds.method if creds is not None else "none found"
 
 
-# Everything in the environment that changes which endpoint, keys or retries a client uses.
-_CLIENT_ENVIRONMENT = _ENDPOINT_VARIABLES + (
+# Everything in the environment that changes which endpoint, keys, retries or timeouts a client uses.
+_CLIENT_ENVIRONMENT = _ENDPOINT_VARIABLES + (TIMEOUT_ENV,
     "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
     "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE",
     "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "AWS_EC2_METADATA_DISABLED",
@@ -314,8 +378,10 @@ _CLIENT_ENVIRONMENT = _ENDPOINT_VARIABLES + (
 def _connection_for(environment: tuple[str | None, ...]) -> _Connection:
     # ``environment`` is only the cache key: building a client costs a few hundred ms, and
     # boto3 clients are thread-safe, so one per distinct environment is reused.
+    budget = time_budget_from_env()
     session = boto3.session.Session()
-    client = session.client("s3", endpoint_url=endpoint_url_from_env(), config=_botocore_config())
+    client = session.client("s3", endpoint_url=endpoint_url_from_env(), config=_botocore_config(budget))
+    _install_budget(client, budget)
     return _Connection(session, client)
 
 
@@ -442,8 +508,10 @@ def _explain(error: BaseException, target: _Target) -> StorageError:
 
 
 def _retrying(target: _Target, action: Callable[[], T], policy: RetryPolicy | None = None) -> T:
-    """Run ``action``; retry transient S3 failures with backoff, explain permanent ones."""
+    """Run ``action``; retry transient S3 failures with backoff within the time budget, explain permanent ones."""
     policy = policy or retry_policy_from_env()
+    budget = time_budget_from_env()
+    deadline = time.monotonic() + budget
     for attempt in range(1, policy.attempts + 1):
         try:
             return action()
@@ -451,6 +519,16 @@ def _retrying(target: _Target, action: Callable[[], T], policy: RetryPolicy | No
             raise
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError,
                 S3UploadFailedError, RetriesExceededError) as e:
+            cause = _root_cause(e)
+            delay = policy.delay_before(attempt + 1)
+            out_of_time = time.monotonic() + delay + socket_timeout(budget) > deadline  # no room for another try
+            if isinstance(cause, BudgetSpent) or (is_transient(e) and out_of_time):
+                last = cause.kwargs.get("last", cause) if isinstance(cause, BudgetSpent) else cause
+                raise EndpointTimeoutError(
+                    f"S3 {target.operation} {target.uri} failed: endpoint {target.connection.endpoint} did not answer "
+                    f"within the {budget:g} s budget ({TIMEOUT_ENV}; attempt {attempt}, last error: {last}). Fix: check "
+                    "that the endpoint is up and answering (AWS_ENDPOINT_URL / MLFLOW_S3_ENDPOINT_URL), or raise "
+                    f"{TIMEOUT_ENV}") from e
             if not is_transient(e):
                 raise _explain(e, target) from e
             if attempt == policy.attempts:
@@ -460,7 +538,6 @@ def _retrying(target: _Target, action: Callable[[], T], policy: RetryPolicy | No
                     f"{_root_cause(e)}; endpoint {target.connection.endpoint}. Fix: check that "
                     "the endpoint is up and reachable, or raise GANFORGE_S3_ATTEMPTS"
                 ) from e
-            delay = policy.delay_before(attempt + 1)
             log.warning("S3 %s %s: transient error (%s); retry %d/%d in %.2fs", target.operation,
                         target.uri, _root_cause(e), attempt, policy.attempts - 1, delay)
             time.sleep(delay)
@@ -697,8 +774,8 @@ def download_prefix(uri_prefix: str | os.PathLike, local_dir: str | os.PathLike,
 
     try:
         entries = _parse_marker(_retrying(marker, read_marker), marker.uri)
-    except StorageError:
-        if require_marker:
+    except StorageError as e:
+        if require_marker or isinstance(e, EndpointTimeoutError):  # a silent endpoint is not asked twice
             raise
         entries = _retrying(marker, list_sizes)
         if not entries:

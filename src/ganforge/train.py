@@ -19,6 +19,8 @@ No MLflow or KFP here: metrics leave through the ``on_metrics`` callback (rank 0
 from __future__ import annotations
 
 import copy
+import hashlib
+import io
 import math
 import os
 import random
@@ -39,12 +41,23 @@ from .config import PipelineConfig
 from .data import load_dataset
 from .losses import d_loss, g_loss, gradient_penalty, r1_penalty
 from .models import build_models
-from .storage import atomic_file, atomic_write_text
+from .storage import atomic_file, atomic_write_bytes, atomic_write_text
 from .errors import GanforgeError
 
 CHECKPOINT_NAME = "checkpoint.pt"
 SNAPSHOT_DIR = "snapshots"
 N_FIXED_SAMPLES = 64
+CHECKSUM_PREFIX = b"ganforge-sha256:"
+"""checkpoint.pt and snapshots are torch.save's zip with this + the hex sha256 of the zip as the zip comment."""
+TRAINING_STATE_KEYS = ("G", "G_ema", "D", "opt_G", "opt_D", "scaler_G", "scaler_D", "step", "rng", "config")
+RESUME_SAFE_FIELDS = frozenset({
+    "profile", "train.epochs", "train.max_steps", "train.checkpoint_every", "train.log_every",
+    "train.snapshot_every", "train.nproc", "train.nnodes", "train.launcher", "train.compile",
+    "data.reference_split",
+})
+"""Fields ``--resume`` may change without ``--allow-config-change`` (besides every ``eval.*`` and
+``registry.*``): how long to train, how often to log and save, how many ranks and where — none
+changes what one training step computes. Any other change is refused unless asked for."""
 
 MetricsFn = Callable[[int, dict], None]
 SamplesFn = Callable[[int, Path], None]
@@ -313,6 +326,47 @@ def _set_rng_state(s: dict) -> None:
     random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
 
 
+def checkpoint_bytes(state: dict) -> bytes:
+    """``torch.save(state)`` as bytes, with the sha256 of those bytes stored as the zip's comment.
+
+    The result is still a plain zip that ``torch.load`` reads; :func:`read_checkpoint` recomputes
+    the digest, so a byte changed on disk or in a copy is caught instead of resumed from.
+    """
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    data = buffer.getvalue()
+    # The zip ends with its end-of-central-directory record: 22 bytes, the last two the comment length (0).
+    if data[-22:-18] != b"PK\x05\x06" or data[-2:] != b"\0\0":
+        raise TrainingError("torch.save wrote a zip without a bare end record; cannot add the checksum "
+                            f"(torch {torch.__version__}) — report this as a ganforge bug")
+    comment = CHECKSUM_PREFIX + hashlib.sha256(data).hexdigest().encode()
+    return data[:-2] + len(comment).to_bytes(2, "little") + comment
+
+
+def verified_checkpoint_bytes(raw: bytes, path: Path) -> bytes:
+    """``raw`` after checking the sha256 its zip comment records; CheckpointError when they differ.
+
+    Files written before checkpoints carried a checksum (an empty zip comment) pass unchecked.
+    """
+    if raw[-22:-18] == b"PK\x05\x06" and raw[-2:] == b"\0\0":
+        return raw  # written before checkpoints carried a checksum
+    n = len(CHECKSUM_PREFIX) + 64
+    end = len(raw) - 22 - n  # where the end record starts when the comment is our checksum
+    fix = ("Fix: restore it from a copy (the run's s3:// prefix), or delete it and train again "
+           "(or resume from an earlier copy)")
+    if end < 0 or raw[end:end + 4] != b"PK\x05\x06" or not raw[-n:].startswith(CHECKSUM_PREFIX) \
+            or int.from_bytes(raw[end + 20:end + 22], "little") != n:
+        raise CheckpointError(f"checkpoint {path} is damaged or not a ganforge checkpoint: its end has no valid "
+                              f"checksum record (a truncated file or a changed byte). {fix}")
+    recorded = raw[-64:].decode("ascii", errors="replace")
+    actual = hashlib.sha256(raw[:end + 20] + b"\0\0").hexdigest()
+    if actual != recorded:
+        raise CheckpointError(f"checkpoint {path} is damaged: its contents hash to sha256 {actual[:16]}… but it "
+                              f"records {recorded[:16]}… (bytes changed after it was written: disk, copy or "
+                              f"transfer error). {fix}")
+    return raw
+
+
 def save_checkpoint(path: Path, *, G, D, G_ema, opt_g, opt_d, ctx: _Context, step: int, epoch: int,
                     cfg: PipelineConfig, train_seconds: float = 0.0) -> Path:
     state = {
@@ -323,8 +377,9 @@ def save_checkpoint(path: Path, *, G, D, G_ema, opt_g, opt_d, ctx: _Context, ste
         "step": step, "epoch": epoch, "rng": _rng_state(),
         "config": cfg.to_dict(), "ganforge_version": __version__,
     }
-    with atomic_file(path) as tmp:
-        torch.save(state, tmp)
+    # Serialised in memory, then written with Python's own I/O: a full disk is an ENOSPC naming
+    # the file (StorageError) instead of torch's "unexpected pos", and the old checkpoint stays.
+    atomic_write_bytes(path, checkpoint_bytes(state))
     return path
 
 
@@ -335,10 +390,8 @@ def snapshot_path(out_dir: Path, epoch: int) -> Path:
 def save_snapshot(out_dir: Path, *, G_ema, step: int, epoch: int, cfg: PipelineConfig) -> Path:
     """The EMA generator alone at the end of an epoch (a few MB), readable by ``load_generator``."""
     path = snapshot_path(out_dir, epoch)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(path) as tmp:
-        torch.save({"G_ema": G_ema.state_dict(), "step": step, "epoch": epoch, "config": cfg.to_dict(),
-                    "ganforge_version": __version__}, tmp)
+    atomic_write_bytes(path, checkpoint_bytes({"G_ema": G_ema.state_dict(), "step": step, "epoch": epoch,
+                                               "config": cfg.to_dict(), "ganforge_version": __version__}))
     return path
 
 
@@ -354,14 +407,86 @@ def list_snapshots(out_dir: str | os.PathLike) -> list[tuple[int, Path]]:
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
+    """A checkpoint or snapshot, its sha256 checked first (CheckpointError naming the file when damaged)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; train first (`ganforge train … --out {path.parent}`)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        raw = path.read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"checkpoint {path} cannot be read ({e.strerror or e}); check its permissions") from e
+    raw = verified_checkpoint_bytes(raw, path)
+    try:
+        ckpt = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except Exception as e:  # truncated or foreign file
-        raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); "
+        raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}: {' '.join(str(e).split())[:300]}); "
                               "it is not a ganforge checkpoint or is damaged — delete it and retrain") from e
+    if not isinstance(ckpt, dict) or "config" not in ckpt:
+        raise CheckpointError(f"{path} is not a ganforge checkpoint (no config in it); pass a checkpoint.pt or "
+                              "snapshots/epoch_NNN.pt written by `ganforge train`")
+    return ckpt
+
+
+def require_training_state(ckpt: dict, path: Path) -> None:
+    """CheckpointError unless ``ckpt`` holds everything ``--resume`` restores (a snapshot does not)."""
+    missing = [k for k in TRAINING_STATE_KEYS if k not in ckpt]
+    if not missing:
+        return
+    if "G_ema" in ckpt and "opt_G" not in ckpt:
+        raise CheckpointError(
+            f"{path} is a snapshot (the EMA generator of epoch {ckpt.get('epoch', '?')} only: no discriminator, "
+            "optimisers or RNG state), so training cannot resume from it. Fix: resume from the checkpoint.pt "
+            "that training wrote, or use the snapshot with `ganforge evaluate --checkpoint` / `ganforge generate`")
+    raise CheckpointError(f"{path} lacks {', '.join(missing)}, so training cannot resume from it; it is damaged or "
+                          "not a training checkpoint. Fix: delete it and train again, or resume from another copy")
+
+
+def _flat_config(d: dict) -> dict:
+    flat = {k: d[k] for k in ("name", "profile") if k in d}
+    for group, values in d.items():
+        if isinstance(values, dict):
+            flat.update({f"{group}.{k}": v for k, v in values.items()})
+    return flat
+
+
+def resume_config_changes(saved: dict, cfg: PipelineConfig) -> list[tuple[str, object, object]]:
+    """(field, checkpoint's value, this run's value) for every field a resume may not change silently.
+
+    Fields outside RESUME_SAFE_FIELDS, ``eval.*`` and ``registry.*`` count; fields the checkpoint
+    predates (not in its config) do not.
+    """
+    old, new = _flat_config(saved), cfg.flat()
+    return [(k, old[k], new[k]) for k in sorted(new)
+            if k in old and old[k] != new[k] and k not in RESUME_SAFE_FIELDS
+            and not k.startswith(("eval.", "registry."))]
+
+
+def _restore(ckpt: dict, ckpt_path: Path, cfg: PipelineConfig, G, D, G_ema, opt_g, opt_d, ctx: "_Context",
+             allow_config_change: bool) -> None:
+    """Load a training checkpoint into the freshly built state; the config decides the optimiser settings."""
+    require_training_state(ckpt, ckpt_path)
+    changes = resume_config_changes(ckpt["config"], cfg)
+    if changes and not allow_config_change:
+        listed = ", ".join(f"{k} {old!r} → {new!r}" for k, old, new in changes)
+        raise CheckpointError(
+            f"--resume from {ckpt_path} (step {ckpt['step']}) with a changed config: {listed}. The checkpoint's "
+            "saved state (optimiser learning rates and betas, the run so far) was made with the old values. Fix: "
+            "resume with the config it was trained with (as in its config.json), train into a new --out, or pass "
+            "--allow-config-change to go on with the new values from this step")
+    for module, key in ((G, "G"), (D, "D"), (G_ema, "G_ema")):
+        _load_state(module, ckpt[key], key, ckpt_path)
+    opt_g.load_state_dict(ckpt["opt_G"])
+    opt_d.load_state_dict(ckpt["opt_D"])
+    # Adam's state_dict carries lr and betas: the config, not the checkpoint, decides them (equal unless
+    # --allow-config-change let them change).
+    tc = cfg.train
+    for opt, lr in ((opt_g, tc.lr_g), (opt_d, tc.lr_d)):
+        for group in opt.param_groups:
+            group["lr"], group["betas"] = lr, (tc.beta1, tc.beta2)
+    for scaler, key in ((ctx.scaler_g, "scaler_G"), (ctx.scaler_d, "scaler_D")):
+        if ckpt[key] or not scaler.is_enabled():  # an empty state comes from a disabled scaler (amp changed)
+            scaler.load_state_dict(ckpt[key])
+    _set_rng_state(ckpt["rng"])
 
 
 def _load_state(module, state: dict, what: str, path: Path) -> None:
@@ -387,7 +512,12 @@ def generator_from_checkpoint(ckpt: dict, path: str | os.PathLike, ema: bool = T
     """As ``load_generator``, from a checkpoint already read (``read_checkpoint(path)``)."""
     cfg = PipelineConfig.from_dict(ckpt["config"])
     G, _ = build_models(cfg.model, cfg.data)
-    _load_state(G, ckpt["G_ema" if ema else "G"], "generator", Path(path))
+    key = "G_ema" if ema else "G"
+    if key not in ckpt:
+        raise CheckpointError(f"{path} has no {key} (a snapshot holds only the EMA generator); "
+                              + ("drop --raw-generator, or pass the run's checkpoint.pt" if key == "G" else
+                                 "pass a checkpoint.pt or snapshot written by `ganforge train`"))
+    _load_state(G, ckpt[key], "generator", Path(path))
     return G.to(device).eval(), cfg
 
 
@@ -428,11 +558,16 @@ def _progress(total: int, initial: int, enabled: bool):
 def train(cfg: PipelineConfig, data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, resume: bool = False,
           on_metrics: Optional[MetricsFn] = None, on_samples: Optional[SamplesFn] = None,
           on_checkpoint: Optional[Callable[[int, Path], None]] = None,
-          dist_info: Optional[DistInfo] = None) -> TrainResult:
+          dist_info: Optional[DistInfo] = None, allow_config_change: bool = False) -> TrainResult:
     """Train cfg's GAN on the prepared dataset at data_dir, writing checkpoint.pt and samples/ to out_dir.
 
     ``on_checkpoint(step, path)`` runs on rank 0 right after each checkpoint is written (e.g. to
     copy it to S3, so a replacement pod can resume from it).
+
+    ``resume`` continues from ``out_dir/checkpoint.pt`` when it exists. A config that differs from
+    the checkpoint's in a field outside RESUME_SAFE_FIELDS is refused (CheckpointError naming the
+    fields) unless ``allow_config_change``; then the new values apply from the resumed step,
+    learning rates and betas included.
     """
     dist_info = dist_info or init_distributed()
     tc = cfg.train
@@ -459,13 +594,7 @@ def train(cfg: PipelineConfig, data_dir: str | os.PathLike, out_dir: str | os.Pa
     step, seconds_before = 0, 0.0
     if resume and ckpt_path.exists():
         ckpt = read_checkpoint(ckpt_path)
-        for module, key in ((G, "G"), (D, "D"), (G_ema, "G_ema")):
-            _load_state(module, ckpt[key], key, ckpt_path)
-        opt_g.load_state_dict(ckpt["opt_G"])
-        opt_d.load_state_dict(ckpt["opt_D"])
-        ctx.scaler_g.load_state_dict(ckpt["scaler_G"])
-        ctx.scaler_d.load_state_dict(ckpt["scaler_D"])
-        _set_rng_state(ckpt["rng"])
+        _restore(ckpt, ckpt_path, cfg, G, D, G_ema, opt_g, opt_d, ctx, allow_config_change)
         step = int(ckpt["step"])
         seconds_before = float(ckpt.get("train_seconds", 0.0))
     elif dist_info.is_main and ckpt_path.exists():
@@ -476,8 +605,7 @@ def train(cfg: PipelineConfig, data_dir: str | os.PathLike, out_dir: str | os.Pa
     D_train = torch.compile(D) if tc.compile else D
     batches = _Batches(data, cfg, dist_info)
     z_fixed = fixed_noise(cfg)
-    if dist_info.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
+    if dist_info.is_main:  # creates out_dir; an unwritable one is a StorageError naming it, before any step
         atomic_write_text(out_dir / "config.json", cfg.to_json())
     samples: list[Path] = []
     bar = _progress(n_steps, step, dist_info.is_main)
