@@ -487,3 +487,68 @@ def test_prep_out_under_a_file_or_read_only_place_is_one_line(tmp_path, capsys):
     status, err = _prep_cli(capsys, tmp_path / "idx", tmp_path / "afile" / "out")
     assert status == 2 and err.count("\n") == 1 and "Traceback" not in err, err
     assert f"{tmp_path / 'afile'} is a file, not a directory" in err and "Fix:" in err
+
+
+# --- hostile files: bounded decompression, bombs, overflowing headers (issue 13, finding 8) ---
+
+def test_gzip_idx_that_unpacks_far_past_its_header_is_refused_without_unpacking_it(tmp_path):
+    """Header: 10 images of 28×28; then 256 MiB of zeros (a ~250 KB .gz). Read in a fresh process: its peak
+    memory shows whether the file was unpacked whole."""
+    import subprocess
+    import sys
+
+    write_idx_dir(tmp_path / "idx", n=10)
+    bomb = tmp_path / "idx" / "train-images-idx3-ubyte.gz"
+    with gzip.open(bomb, "wb", compresslevel=1) as f:
+        f.write(idx_bytes(np.zeros((10, 28, 28), np.uint8), 0x803))
+        for _ in range(16):
+            f.write(bytes(16 << 20))
+    assert bomb.stat().st_size < 2 << 20
+    child = ("import resource, sys; from pathlib import Path; from ganforge import data\n"
+             "try:\n"
+             f"    data.read_idx(Path({str(bomb)!r}), data.IDX_IMAGES_MAGIC)\n"
+             "except data.DataError as e:\n"
+             "    print(e)\n"
+             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n")
+    done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=120)
+    message, peak_mib = done.stdout.strip().splitlines()
+    assert f"{bomb} has more bytes after the 7840 its header (10×28×28) promises" in message, done.stderr
+    assert int(peak_mib) < 200, f"peak {peak_mib} MiB: the 256 MiB body was unpacked"
+
+
+def test_idx_header_whose_sizes_overflow_is_named(tmp_path, capsys):
+    from ganforge import cli
+
+    write_idx_dir(tmp_path / "idx", n=10)
+    header = (0x803).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in (2**31, 2**31, 4))  # 2^64: wraps to 0
+    (tmp_path / "idx" / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(header))
+    status = cli.main(["prep", "--profile", "tiny", "--source", str(tmp_path / "idx"), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(err) == 1, err
+    assert "train-images-idx3-ubyte.gz: its IDX header promises 2147483648×2147483648×4" in err[0]
+    assert "header is corrupt" in err[0]
+
+
+def _png_header_only(path: Path, width: int, height: int) -> None:
+    """A PNG whose header claims width×height gray pixels (PIL checks the size on open, before any pixel)."""
+    import struct
+    import zlib as _zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", _zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", _zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("side", [14000, 10000])  # past PIL's bomb error (2× its limit), and past its limit
+def test_decompression_bomb_png_is_one_line_naming_the_file(tmp_path, capsys, side):
+    from ganforge import cli
+
+    save_png(tmp_path / "imgs" / "a.png", np.full((28, 28), 7, np.uint8))
+    _png_header_only(tmp_path / "imgs" / "bomb.png", side, side)
+    status = cli.main(["prep", "--profile", "tiny", "--source", str(tmp_path / "imgs"), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(err) == 1 and "Traceback" not in err[0], err
+    assert f"cannot read image {tmp_path / 'imgs' / 'bomb.png'}" in err[0] and "shrink it or remove it" in err[0]

@@ -12,6 +12,7 @@ import datetime
 import gzip
 import hashlib
 import json
+import math
 import os
 import socket
 import tempfile
@@ -188,39 +189,66 @@ def find_idx_file(directory: Path, stem: str) -> Path:
         f"them in {DEFAULT_IDX_DIR})")
 
 
-def read_file_bytes(path: Path) -> bytes:
-    """The file's bytes, gunzipped when the name ends in .gz."""
-    if path.suffix != ".gz":
-        return path.read_bytes()
-    try:
-        with gzip.open(path, "rb") as f:
-            return f.read()
-    except (OSError, EOFError, zlib.error) as e:
-        raise DataError(f"{path} is a corrupt gzip file ({e}); download it again or gunzip it by hand to check") from e
+MAX_IDX_BYTES = 1 << 36
+"""Largest IDX body a header may promise (64 GiB); beyond that the header is corrupt, not the dataset big."""
+_READ_CHUNK = 1 << 24
 
 
-def parse_idx(raw: bytes, expected_magic: int, path: Path) -> np.ndarray:
-    """Parse IDX bytes (big-endian header: magic, then one uint32 per dimension) into uint8."""
+def _corrupt_gzip(path: Path, e: BaseException) -> DataError:
+    return DataError(f"{path} is a corrupt gzip file ({e}); download it again or gunzip it by hand to check")
+
+
+def read_idx(path: Path, expected_magic: int) -> np.ndarray:
+    """Read an IDX file (gzipped when the name ends in .gz) into uint8, header first.
+
+    The header (magic, then one big-endian uint32 per dimension) says how many bytes follow;
+    exactly that many are read and a single byte more is an error, so a small .gz that
+    unpacks to gigabytes is refused after reading what its header promised, never unpacked
+    whole. Sizes are multiplied as Python integers (no wrap-around). Every problem is a
+    DataError naming the file.
+    """
     ndim = expected_magic & 0xFF
     header_len = 4 + 4 * ndim
-    if len(raw) < header_len:
-        raise DataError(f"{path} is truncated: {len(raw)} bytes, shorter than the {header_len}-byte IDX header; "
-                        "download the file again")
-    magic = int.from_bytes(raw[:4], "big")
-    if magic != expected_magic:
-        raise DataError(f"{path} has IDX magic 0x{magic:08x}, expected 0x{expected_magic:08x} "
-                        f"({'images' if expected_magic == IDX_IMAGES_MAGIC else 'labels'}); "
-                        "is it the right file, or an undecompressed/renamed one?")
-    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    promised = int(np.prod(dims))
-    body = len(raw) - header_len
-    if body < promised:
-        raise DataError(f"{path} is truncated: header promises {'×'.join(map(str, dims))} = {promised} bytes of "
-                        f"data but only {body} follow; download the file again")
-    if body > promised:
-        raise DataError(f"{path} has {body - promised} bytes after the {promised} its header promises; "
-                        "the file is corrupt: download it again")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header_len).reshape(dims)
+    kind = "images" if expected_magic == IDX_IMAGES_MAGIC else "labels"
+    try:
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+            header = f.read(header_len)
+            if len(header) < header_len:
+                raise DataError(f"{path} is truncated: {len(header)} bytes, shorter than the {header_len}-byte IDX "
+                                "header; download the file again")
+            magic = int.from_bytes(header[:4], "big")
+            if magic != expected_magic:
+                raise DataError(f"{path} has IDX magic 0x{magic:08x}, expected 0x{expected_magic:08x} ({kind}); "
+                                "is it the right file, or an undecompressed/renamed one?")
+            dims = tuple(int.from_bytes(header[i:i + 4], "big") for i in range(4, header_len, 4))
+            promised = math.prod(dims)
+            shown = "×".join(map(str, dims))
+            if promised == 0:
+                raise DataError(f"{path}: its IDX header promises {shown} = no data; the file is corrupt or empty: "
+                                "download it again")
+            if promised > MAX_IDX_BYTES:
+                raise DataError(f"{path}: its IDX header promises {shown} = {promised} bytes, more than the "
+                                f"{MAX_IDX_BYTES >> 30} GiB ganforge reads; the header is corrupt: download the file again")
+            out = np.empty(promised, np.uint8)
+            view, got = memoryview(out), 0
+            while got < promised:
+                n = f.readinto(view[got:got + _READ_CHUNK])
+                if not n:
+                    break
+                got += n
+            if got < promised:
+                raise DataError(f"{path} is truncated: header promises {shown} = {promised} bytes of data but only "
+                                f"{got} follow; download the file again")
+            if f.read(1):
+                raise DataError(f"{path} has more bytes after the {promised} its header ({shown}) promises; the "
+                                "file is corrupt: download it again")
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise _corrupt_gzip(path, e) from e
+    except OSError as e:
+        if path.suffix == ".gz" and not isinstance(e, (FileNotFoundError, PermissionError)):
+            raise _corrupt_gzip(path, e) from e
+        raise DataError(f"cannot read {path} ({e.strerror or e}); check that it exists and is readable") from e
+    return out.reshape(dims)
 
 
 def read_idx_dir(directory: Path, split: str, cfg: DataConfig) -> RawDataset:
@@ -228,8 +256,8 @@ def read_idx_dir(directory: Path, split: str, cfg: DataConfig) -> RawDataset:
     images_stem, labels_stem = IDX_STEMS[split]
     images_path = find_idx_file(directory, images_stem)
     labels_path = find_idx_file(directory, labels_stem)
-    images = parse_idx(read_file_bytes(images_path), IDX_IMAGES_MAGIC, images_path)
-    labels = parse_idx(read_file_bytes(labels_path), IDX_LABELS_MAGIC, labels_path)
+    images = read_idx(images_path, IDX_IMAGES_MAGIC)
+    labels = read_idx(labels_path, IDX_LABELS_MAGIC)
     if len(images) != len(labels):
         raise DataError(f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels; "
                         "the two files must come from the same dataset release")
@@ -331,8 +359,15 @@ def open_image(path: Path):
 
     try:
         with Image.open(path) as img:
+            w, h = img.size
+            if Image.MAX_IMAGE_PIXELS and w * h > Image.MAX_IMAGE_PIXELS:  # checked before decoding a byte
+                raise DataError(f"cannot read image {path}: it is {w}×{h} = {w * h} pixels, more than the "
+                                f"{Image.MAX_IMAGE_PIXELS} ganforge decodes (a decompression bomb, or far larger than "
+                                "any training image); shrink it or remove it from the folder")
             img.load()
             return ImageOps.exif_transpose(img)
+    except Image.DecompressionBombError as e:
+        raise DataError(f"cannot read image {path}: {e}; shrink it or remove it from the folder") from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise DataError(f"cannot read image {path}: {e}; delete or replace the file") from e
 
