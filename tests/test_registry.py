@@ -1,6 +1,7 @@
 """Model registry and the FID-gated promotion rule, on sqlite and on a real `mlflow server`."""
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -11,6 +12,7 @@ import time
 import uuid
 from pathlib import Path
 
+import mlflow
 import pytest
 import torch
 from mlflow import MlflowClient
@@ -72,9 +74,12 @@ class Model:
         self.name = self.cfg.model_name
         self.run_id = tracking.start_pipeline_run(self.cfg)
 
-    def register(self, fid=None, seed: int = 0) -> int:
+    def register(self, fid=None, seed: int = 0, margin: float = 0.0) -> int:
+        """A new version, registered as a run whose ``registry.promotion_margin`` is ``margin``."""
         metrics = {} if fid is None else {"fid": fid, "kid_mean": fid / 1000, "kid_std": 0.001, "checkpoint": "c.pt"}
-        return registry.register_generator(self.run_id, tiny_generator(seed), self.cfg, metrics,
+        cfg = build_config("dcgan", "tiny", {"model": {"nz": NZ},
+                                             "registry": {"model_name": self.name, "promotion_margin": margin}})
+        return registry.register_generator(self.run_id, tiny_generator(seed), cfg, metrics,
                                            tags={"dataset_sha256": "d" * 64, "kfp_run_id": ""})
 
     def aliases(self) -> dict[str, int]:
@@ -83,18 +88,26 @@ class Model:
 
 def test_choose_champion_rule():
     c50, a30, b40, a49 = Candidate(1, 50.0), Candidate(2, 30.0), Candidate(3, 40.0), Candidate(4, 49.0)
-    assert registry.choose_champion(None, [], 0.0) is None
-    assert registry.choose_champion(None, [b40], 5.0) == b40
-    assert registry.choose_champion(c50, [a30, b40], 0.0) == a30
-    assert registry.choose_champion(c50, [a49], 0.0) == a49
-    assert registry.choose_champion(c50, [a49], 1.0) == c50  # 49 is not < 50 - 1
-    assert registry.choose_champion(c50, [Candidate(5, 60.0)], 0.0) == c50
-    assert registry.choose_champion(Candidate(1, None), [Candidate(5, 60.0)], 0.0) == Candidate(5, 60.0)
-    assert registry.choose_champion(None, [Candidate(7, 30.0), Candidate(6, 30.0)], 0.0) == Candidate(6, 30.0)
-    # Stable: once the rule's choice is champion, the same rivals never move it again.
-    for rivals in ([a30, b40], [a49, b40], [Candidate(5, 60.0)]):
-        chosen = registry.choose_champion(c50, rivals, 2.0)
-        assert registry.choose_champion(chosen, rivals, 2.0) == chosen
+    assert registry.choose_champion(None, []) is None
+    assert registry.choose_champion(None, [Candidate(3, 40.0, 5.0)]) == Candidate(3, 40.0, 5.0)
+    assert registry.choose_champion(c50, [a30, b40]) == a30
+    assert registry.choose_champion(c50, [a49]) == a49
+    assert registry.choose_champion(c50, [Candidate(4, 49.0, 1.0)]) == c50  # 49 is not < 50 - 1
+    assert registry.choose_champion(c50, [Candidate(5, 60.0)]) == c50
+    assert registry.choose_champion(Candidate(1, None), [Candidate(5, 60.0)]) == Candidate(5, 60.0)
+    assert registry.choose_champion(None, [Candidate(7, 30.0), Candidate(6, 30.0)]) == Candidate(6, 30.0)
+    # Each rival is judged with its own margin, never with another version's.
+    strict, lenient = Candidate(8, 46.0, 5.0), Candidate(9, 47.0, 0.0)
+    assert registry.choose_champion(c50, [strict, lenient]) == lenient  # 46 is not < 50 - 5; 47 < 50 - 0
+    assert registry.choose_champion(c50, [Candidate(8, 44.0, 5.0), lenient]) == Candidate(8, 44.0, 5.0)
+    assert registry.choose_champion(c50, [strict]) == c50
+    # Stable: once the rule's choice is champion, the same rivals never move it again; and the
+    # champion's fid never goes up.
+    for rivals in ([a30, b40], [a49, b40], [Candidate(5, 60.0)], [strict, lenient],
+                   [Candidate(8, 44.0, 5.0), Candidate(9, 47.0, 0.0), Candidate(10, 43.0, 8.0)]):
+        chosen = registry.choose_champion(c50, rivals)
+        assert chosen.fid <= c50.fid
+        assert registry.choose_champion(chosen, rivals) == chosen
 
 
 def test_promotion_sequence_with_margin(store):
@@ -125,11 +138,35 @@ def test_promotion_sequence_with_margin(store):
 
     tags = MlflowClient().get_model_version(m.name, str(v3)).tags
     assert tags["fid"] == "40.0" and tags["dataset_sha256"] == "d" * 64 and tags["checkpoint"] == "c.pt"
-    assert tags["config_hash"] == m.cfg.config_hash() and tags["pipeline"] == "dcgan" and tags["profile"] == "tiny"
-    assert tags["git_commit"]
-    # Scores are logged into the run once (the pipeline's evaluate step logs them; registering
-    # more versions from the same run does not append to the run's history).
-    assert [value for _, value in tracking.metric_histories(m.run_id)["fid"]] == [50.0]
+    assert tags["pipeline"] == "dcgan" and tags["profile"] == "tiny"
+    assert tags["git_commit"] and tags[registry.MARGIN_TAG] == "2.0" and len(tags[registry.ARTIFACT_SHA256_TAG]) == 64
+
+
+def test_scores_are_metrics_of_the_logged_model(store):
+    """Issue 14.4: FID/KID are metrics of the LoggedModel (sortable), reachable from the version;
+    the run carries MLflow's standard commit tag beside ganforge's."""
+    m = Model()
+    tracking.log_metrics(m.run_id, {"fid": 42.0, "kid_mean": 0.042}, step=9)  # what the evaluate step logs
+    better, worse = m.register(fid=42.0), m.register(fid=61.0)
+    c = MlflowClient()
+    versions = [c.get_model_version(m.name, str(v)) for v in (better, worse)]
+    model_ids = [registry.logged_model_id(v) for v in versions]
+    linked = [registry.version_metrics(c, v) for v in versions]
+    assert linked == [{"fid": 42.0, "kid_mean": 0.042, "kid_std": 0.001},
+                      {"fid": 61.0, "kid_mean": 0.061, "kid_std": 0.001}]
+    # The evaluate step's entry is linked, not repeated: the run's history holds each value once.
+    assert tracking.metric_histories(m.run_id)["fid"] == [(0, 61.0), (9, 42.0)]
+    experiment = c.get_logged_model(model_ids[0]).experiment_id
+    for ascending in (True, False):
+        ranked = mlflow.search_logged_models(experiment_ids=[experiment], output_format="list",
+                                             order_by=[{"field_name": "metrics.fid", "ascending": ascending}])
+        assert [x.model_id for x in ranked if x.model_id in model_ids] == (model_ids if ascending else model_ids[::-1])
+
+    commit = tracking.git_commit()
+    run_tags = c.get_run(m.run_id).data.tags
+    assert run_tags["mlflow.source.git.commit"] == commit == run_tags["ganforge.git_commit"]
+    assert c.get_logged_model(model_ids[0]).tags["mlflow.source.git.commit"] == commit
+    assert c.get_model_version(m.name, str(better)).tags["git_commit"] == commit
 
 
 def test_concurrent_promotions_end_on_the_best(store):
@@ -172,9 +209,78 @@ def test_a_stale_champion_write_is_repaired(sqlite_store):
     c.set_model_version_tag(m.name, str(good), registry.PROMOTION_REQUESTED_TAG, repr(time.time()))
     c.set_registered_model_alias(m.name, registry.CHAMPION, str(good))  # the stale write
 
-    champion = registry.converge_champion(c, m.name, Candidate(good, 40.0), margin=0.0)
+    champion = registry.converge_champion(c, m.name, Candidate(good, 40.0))
     assert champion == Candidate(better, 30.0)
     assert m.aliases()["champion"] == better
+
+
+def test_each_version_is_judged_with_its_own_margin(sqlite_store):
+    """Issue 13.4, as reported: margins 0/5/0. v2's own margin (5) keeps it challenger; a later
+    promoter with margin 0 for a bad v3 must not apply its 0 to v2 and move champion there."""
+    m = Model()
+    v1 = m.register(fid=100.0, margin=0.0)
+    assert registry.promote(m.name, v1)["alias"] == "champion"
+    v2 = m.register(fid=97.0, margin=5.0)
+    assert registry.promote(m.name, v2)["alias"] == "challenger"  # 97 is not < 100 - 5
+    v3 = m.register(fid=500.0, margin=0.0)
+    assert registry.promote(m.name, v3, margin=0.0)["alias"] == "challenger"
+    assert m.aliases() == {"champion": v1, "challenger": v3}
+    tags = {v: MlflowClient().get_model_version(m.name, str(v)).tags[registry.MARGIN_TAG] for v in (v1, v2, v3)}
+    assert tags == {v1: "0.0", v2: "5.0", v3: "0.0"}
+
+
+def test_interleaved_promoters_with_different_margins_end_as_the_rule_says(sqlite_store):
+    """Promoters' steps (announce, converge) interleaved explicitly against a real store, in
+    every order: whoever converges, each candidate is judged with its own margin."""
+    m = Model()
+    c = MlflowClient()
+    base = m.register(fid=100.0)
+    strict_good = m.register(fid=94.0, margin=5.0)   # beats 100 by its margin 5 (94 < 95)
+    lenient = m.register(fid=96.0, margin=0.0)       # beats 100 by its margin 0, but not 94
+    strict_bad = m.register(fid=97.0, margin=5.0)    # 97 is not < 95: never champion
+    awful = m.register(fid=500.0, margin=0.0)
+    promoters = [strict_good, lenient, strict_bad, awful]
+    fid = {strict_good: 94.0, lenient: 96.0, strict_bad: 97.0, awful: 500.0}
+
+    def reset() -> None:
+        registry.promote_manual(m.name, base)  # a human decision: earlier announcements stop counting
+        time.sleep(0.01)
+
+    # Everyone announces, then the promoters converge one after another, in every order.
+    for order in itertools.permutations(promoters):
+        reset()
+        me = {v: registry.announce(c, m.name, v, None) for v in promoters}
+        assert me[strict_good].margin == 5.0 and me[lenient].margin == 0.0
+        for v in order:
+            assert registry.converge_champion(c, m.name, me[v]).version == strict_good, order
+        assert m.aliases()["champion"] == strict_good, order
+
+    # strict_good's promoter made it champion; then a stale promoter, which had read the store
+    # before strict_good announced, wrote lenient over it. The next read undoes that: a version
+    # made champion is never replaced by a worse one (here lenient no longer has to beat 94).
+    for repairer in (lenient, strict_bad, awful):
+        reset()
+        me = {v: registry.announce(c, m.name, v, None) for v in promoters}
+        assert registry.converge_champion(c, m.name, me[strict_good]).version == strict_good
+        registry.make_champion(c, m.name, lenient)  # the stale write
+        assert registry.converge_champion(c, m.name, me[repairer]).version == strict_good
+        assert m.aliases()["champion"] == strict_good
+
+    # The same stale write before strict_good's promoter converged is "lenient first": strict_good
+    # then has to beat 96 by its margin 5, which it does not.
+    reset()
+    me = {v: registry.announce(c, m.name, v, None) for v in promoters}
+    registry.make_champion(c, m.name, lenient)
+    assert {registry.converge_champion(c, m.name, me[v]).version for v in promoters} == {lenient}
+
+    # One after another (each announces after the previous converged): lenient first wins, and
+    # strict_good then has to beat 96 by its margin 5, which it does not; the bad ones never move it.
+    reset()
+    for v in (lenient, strict_good, strict_bad, awful):
+        registry.converge_champion(c, m.name, registry.announce(c, m.name, v, None))
+    assert m.aliases()["champion"] == lenient
+    # The champion's fid never went up in any of this.
+    assert all(fid[lenient] <= fid[v] for v in (strict_bad, awful))
 
 
 def test_promote_manual_needs_fid_or_force_and_survives_the_next_run(sqlite_store):
@@ -220,7 +326,7 @@ def test_champion_loads_in_a_fresh_process(store):
     assert out.returncode == 0, out.stderr[-3000:]
     loaded = json.loads(out.stdout.strip().splitlines()[-1])
     expected = tiny_generator(7)(torch.linspace(-1, 1, 3 * NZ).reshape(3, NZ)).detach()
-    assert loaded["type"] == "Sequential" and loaded["shape"] == [3, 1, 4, 4]
+    assert loaded["type"] == "ExportedGenerator" and loaded["shape"] == [3, 1, 4, 4]
     assert torch.allclose(torch.tensor(loaded["values"]), expected.flatten(), atol=1e-6)
 
     with pytest.raises(registry.RegistryError, match="has no alias 'production'"):

@@ -85,8 +85,11 @@ def registered_config(run_id: str, uri: str, config_hash: Optional[str]) -> Pipe
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    from .registry import mlflow_env
+
     try:
-        text = mlflow.artifacts.load_text(f"runs:/{run_id}/{CONFIG_ARTIFACT}")
+        with mlflow_env(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false"):  # stderr stays for errors
+            text = mlflow.artifacts.load_text(f"runs:/{run_id}/{CONFIG_ARTIFACT}")
     except (MlflowException, OSError) as e:
         raise GenerationError(f"{uri}: its run {run_id} has no readable {CONFIG_ARTIFACT} artifact ({e}); register "
                               "versions from runs started with ganforge.tracking.start_pipeline_run, or generate from "
@@ -106,7 +109,8 @@ def load_registered(uri: str, device: str = "cpu") -> LoadedModel:
 
     version = resolve_version(uri)
     cfg = registered_config(version.run_id, uri, version.tags.get("config_hash"))
-    generator = registry.load_generator(f"{REGISTRY_SCHEME}{version.name}/{version.version}", map_location=device)
+    # Verified against the sha256 recorded at registration, then loaded with pickle refused.
+    generator = registry.load_version(version, device=device)
     provenance = {"model": uri, "name": version.name, "version": int(version.version), "run_id": version.run_id}
     return LoadedModel(generator, cfg, provenance)
 

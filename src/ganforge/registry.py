@@ -1,23 +1,38 @@
 """MLflow model registry: register generators, FID-gated champion/challenger aliases.
 
-Serialization: generators are logged with ``serialization_format="pickle"``. It keeps a
-plain ``nn.Module`` that can move between devices and switch train/eval, and loads in any
-fresh process where ``ganforge`` is importable (it is, in our image and after
-``pip install -e .``). ``pt2`` (torch.export) would free the loader from our code but yields
-an exported program pinned to the device it was traced on, with fixed control flow.
-The module is always logged from CPU, so loading needs no GPU.
+Serialization: generators are logged with ``serialization_format="pt2"`` (``torch.export``),
+never pickled. A pickled ``nn.Module`` (MLflow's ``"pickle"`` format) is loaded with
+``torch.load(weights_only=False)``, which runs whatever code the file holds, and needs the
+model's classes (``ganforge``) importable. A ``pt2`` archive holds a graph of ATen ops (JSON)
+and raw tensor bytes; it loads with only torch and mlflow installed. ``torch.export.load``
+itself is not safe on a tampered archive: it unpickles the archive's sample inputs (and any
+record marked ``use_pickle``) with ``weights_only=False``. MLflow 3.17's loader refuses such
+an archive before ``torch.export.load`` runs when ``MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false``
+(``mlflow.pytorch._validate_pt2_archive_is_pickle_free``: every record must be JSON/text or
+pass ``torch.load(weights_only=True)``); its default (``true``) skips that check.
+
+So loading here (``load_version``) is: download the version's files, compare their digest
+with the ``ganforge.artifact_sha256`` tag written at registration (a changed file is refused
+before anything is parsed), then load through MLflow with pickle deserialization disallowed.
+Serving teams use the same MLflow loader with the same setting (README, "Serving the
+champion"). The generator is exported from CPU in eval mode with a dynamic batch dimension;
+another device gets it through ``torch.export.passes.move_to_device_pass``.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
+import io
 import json
 import math
 import os
 import random
+import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Optional
 
 import mlflow
@@ -38,6 +53,9 @@ FID_TAG = "fid"
 QUALITY_TAGS = ("fid", "kid_mean", "kid_std")
 PROMOTION_REQUESTED_TAG = "ganforge.promotion_requested_at"
 """Version tag: unix time at which ``promote`` announced the version as a candidate."""
+PROMOTED_TAG = "ganforge.promoted_at"
+"""Version tag: unix time at which a promoter decided to make the version champion (written
+just before the alias), so a later stale write over it can be undone."""
 MANUAL_PROMOTION_TAG = "ganforge.manual_promotion_at"
 """Registered-model tag: unix time of the last human ``promote_manual``."""
 RIVAL_WINDOW_S = 600.0
@@ -47,6 +65,13 @@ MAX_CONVERGE_ROUNDS = 50
 LOCK_TIMEOUT_S = 120.0
 GENERATOR_ARTIFACT = "generator"
 MAX_TAG_VALUE_CHARS = 5000
+SERIALIZATION_FORMAT = "pt2"
+ARTIFACT_SHA256_TAG = "ganforge.artifact_sha256"
+"""Version tag: ``artifact_digest`` of the model's files, written when the version is created."""
+MARGIN_TAG = "ganforge.promotion_margin"
+"""Version tag: the FID margin this version must beat the champion by (its own run's setting)."""
+CLIENT_WRITTEN_FILES = frozenset({"registered_model_meta"})
+"""Files MLflow's downloader writes into a model directory itself (name/version of the download)."""
 
 
 class RegistryError(GanforgeError, RuntimeError):
@@ -55,10 +80,12 @@ class RegistryError(GanforgeError, RuntimeError):
 
 @dataclass(frozen=True)
 class Candidate:
-    """A model version as the promotion rule sees it. ``fid`` None: never evaluated."""
+    """A model version as the promotion rule sees it. ``fid`` None: never evaluated.
+    ``margin``: how much lower than the champion's its fid must be (its ``MARGIN_TAG``)."""
 
     version: int
     fid: Optional[float]
+    margin: float = 0.0
 
 
 def latent_example(nz: int, batch: int = 2, seed: int = 0) -> np.ndarray:
@@ -134,28 +161,90 @@ def register_generator(run_id: str, generator: torch.nn.Module, cfg: PipelineCon
     ``metrics`` normally holds ``fid``, ``kid_mean``, ``kid_std`` (other entries become tags);
     a version without ``fid`` can be registered but only ``promote_manual(..., force=True)``
     can make it champion.
+
+    The generator is logged as a ``pt2`` (torch.export) MLflow model from CPU in eval mode,
+    with the latent signature and input example; its numeric metrics are linked to that
+    LoggedModel (sortable: ``search_logged_models(order_by=metrics.fid)``). The version is
+    created with all its tags at once, among them ``ganforge.artifact_sha256`` (the digest of
+    the stored files) and ``ganforge.promotion_margin``.
     """
     c = tracking.client()
     scores = numeric_metrics(metrics)
     cpu_generator = copy.deepcopy(generator).cpu().eval()
     z = latent_example(cfg.model.nz)
     signature = infer_signature(z, generator_output(cpu_generator, z))
-    info = mlflow.pytorch.log_model(
-        cpu_generator, name=GENERATOR_ARTIFACT, serialization_format="pickle", signature=signature,
-        input_example=z, registered_model_name=cfg.model_name, run_id=run_id,
-        # Explicit requirements skip MLflow's slow inference (it re-loads the model in a subprocess).
-        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
-    )
-    version = int(info.registered_model_version)
+    try:
+        info = mlflow.pytorch.log_model(
+            cpu_generator, name=GENERATOR_ARTIFACT, serialization_format=SERIALIZATION_FORMAT,
+            signature=signature, input_example=z, run_id=run_id,
+            # Explicit requirements skip MLflow's slow inference (it re-loads the model in a subprocess).
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
+        )
+    except RuntimeError as e:  # torch.export's refusals (its Dynamo errors are RuntimeErrors)
+        raise RegistryError(f"torch.export cannot trace this generator on a (B, {cfg.model.nz}) latent "
+                            f"({one_line(e)}); keep its forward free of data-dependent Python control flow") from e
+    with tempfile.TemporaryDirectory(prefix="ganforge-model-") as tmp:
+        sha256 = artifact_digest(quiet_download(info.model_uri, tmp))
     run = c.get_run(run_id)
-    for key, value in version_tags(cfg, metrics, tags, run.data.params).items():
-        c.set_model_version_tag(cfg.model_name, str(version), key, value)
-    # The pipeline's evaluate step already logged its scores (at the training step); log only the rest.
-    unlogged = {k: v for k, v in scores.items() if k not in run.data.metrics}
-    if unlogged:
-        now_ms = int(time.time() * 1000)
-        c.log_batch(run_id, metrics=[Metric(k, v, now_ms, 0) for k, v in unlogged.items()], synchronous=True)
-    return version
+    git = tracking.git_commit()
+    c.set_logged_model_tags(info.model_id, {tracking.MLFLOW_GIT_COMMIT_TAG: git, ARTIFACT_SHA256_TAG: sha256})
+    link_metrics(c, run_id, info.model_id, scores)
+    version_tag_values = {**version_tags(cfg, metrics, tags, run.data.params),
+                          ARTIFACT_SHA256_TAG: sha256, MARGIN_TAG: repr(float(cfg.registry.promotion_margin))}
+    with contextlib.redirect_stderr(io.StringIO()):  # "Successfully registered model ..." chatter
+        model_version = mlflow.register_model(info.model_uri, cfg.model_name, tags=version_tag_values)
+    return int(model_version.version)
+
+
+def link_metrics(c: MlflowClient, run_id: str, model_id: str, scores: Mapping[str, float]) -> None:
+    """Log ``scores`` linked to the LoggedModel ``model_id`` (MLflow stores them in the run too).
+
+    The pipeline's evaluate step already logged its scores into the run at the training step:
+    a score with the same value reuses that entry's timestamp and step, which MLflow treats as
+    the same run metric (no duplicate in the run's history) while linking it to the model.
+    """
+    if not scores:
+        return
+    now_ms = int(time.time() * 1000)
+    entities = []
+    for key, value in scores.items():
+        same = [m for m in c.get_metric_history(run_id, key) if m.value == value]
+        timestamp, step = (same[-1].timestamp, same[-1].step) if same else (now_ms, 0)
+        entities.append(Metric(key, value, timestamp, step, model_id=model_id))
+    c.log_batch(run_id, metrics=entities, synchronous=True)
+
+
+def logged_model_id(version) -> Optional[str]:
+    """The LoggedModel behind a ``ModelVersion``: MLflow's OSS stores keep it only as the
+    version's source, ``models:/<model_id>``."""
+    if getattr(version, "model_id", None):
+        return version.model_id
+    source = version.source or ""
+    rest = source[len("models:/"):] if source.startswith("models:/") else ""
+    return rest if rest.startswith("m-") and "/" not in rest else None
+
+
+def version_metrics(c: MlflowClient, version) -> dict[str, float]:
+    """The metrics linked to a version's LoggedModel (latest value per key); {} without one."""
+    model_id = logged_model_id(version)
+    return {} if model_id is None else {m.key: m.value for m in c.get_logged_model(model_id).metrics or []}
+
+
+def one_line(error: BaseException) -> str:
+    """An exception's message on one line (MLflow's and torch's span several)."""
+    return " ".join(str(error).split())
+
+
+def artifact_digest(model_dir: str | os.PathLike) -> str:
+    """sha256 over the model directory's files: the lines ``<sha256 of file>  <relative path>``
+    sorted by path (what ``sha256sum`` prints for them, in C-locale order), hashed again.
+    ``registered_model_meta`` is left out: MLflow's downloader writes it into every download.
+    """
+    root = Path(model_dir)
+    files = sorted((p.relative_to(root).as_posix(), p) for p in root.rglob("*")
+                   if p.is_file() and p.name not in CLIENT_WRITTEN_FILES)
+    listing = "".join(f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {rel}\n" for rel, p in files)
+    return hashlib.sha256(listing.encode()).hexdigest()
 
 
 def is_missing(error: MlflowException) -> bool:
@@ -196,18 +285,17 @@ class RegistryState:
     version_tags: dict[int, dict[str, str]]
 
     def candidate(self, version: int) -> Candidate:
-        return Candidate(version, parse_score(self.version_tags.get(version, {}).get(FID_TAG)))
+        return candidate_from_tags(version, self.version_tags.get(version, {}))
 
     def champion(self) -> Optional[Candidate]:
         version = self.aliases.get(CHAMPION)
         return None if version is None else self.candidate(version)
 
-    def in_flight(self, now: float) -> list[Candidate]:
-        """Versions ``promote`` announced within the rival window and after the last human
-        decision, that have an fid."""
+    def in_flight(self, now: float, tag: str = PROMOTION_REQUESTED_TAG) -> list[Candidate]:
+        """Versions ``promote`` announced (``tag``: or made champion) within the rival window
+        and after the last human decision, that have an fid."""
         since = max(now - RIVAL_WINDOW_S, self.manual_promotion_at)
-        announced = [v for v, tags in self.version_tags.items()
-                     if float(tags.get(PROMOTION_REQUESTED_TAG, "-inf")) > since]
+        announced = [v for v, tags in self.version_tags.items() if float(tags.get(tag, "-inf")) > since]
         return [c for c in map(self.candidate, announced) if c.fid is not None]
 
 
@@ -222,19 +310,35 @@ def read_state(c: MlflowClient, model_name: str) -> RegistryState:
     )
 
 
+def candidate_from_tags(version: int, tags: Mapping[str, str]) -> Candidate:
+    """A version's fid and its own margin (0 for a version registered before margins were tagged)."""
+    margin = parse_score(tags.get(MARGIN_TAG))
+    return Candidate(int(version), parse_score(tags.get(FID_TAG)), margin if margin is not None and margin >= 0 else 0.0)
+
+
 def candidate(c: MlflowClient, model_name: str, version: int) -> Candidate:
-    return Candidate(int(version), parse_score(model_version(c, model_name, version).tags.get(FID_TAG)))
+    return candidate_from_tags(version, model_version(c, model_name, version).tags)
 
 
-def choose_champion(champion: Optional[Candidate], rivals: Iterable[Candidate], margin: float) -> Optional[Candidate]:
-    """The promotion rule. The best rival (lowest fid, then lowest version) takes over if
-    there is no champion, the champion was never evaluated, or fid < champion fid - margin."""
-    best = min(rivals, key=lambda r: (r.fid, r.version), default=None)
-    if best is None:
-        return champion
-    if champion is None or champion.fid is None or best.fid < champion.fid - margin:
-        return best
-    return champion
+def beats(rival: Candidate, champion: Optional[Candidate]) -> bool:
+    """The promotion rule for one version: it takes over if there is no champion, the champion
+    was never evaluated, or its fid < champion fid - *its own* margin."""
+    if champion is None or champion.fid is None:
+        return True
+    return rival.fid is not None and rival.fid < champion.fid - rival.margin
+
+
+def choose_champion(champion: Optional[Candidate], rivals: Iterable[Candidate]) -> Optional[Candidate]:
+    """The rule over a set: of the rivals that beat the champion (``beats``, each with its own
+    margin), the best (lowest fid, then lowest version) takes over; none: the champion stays.
+
+    Stable: applied again with the same rivals it keeps its choice (a rival that beats the
+    new champion by its margin would have beaten the old one too, with a lower fid). The
+    champion's fid only goes down: a worse model is never promoted.
+    """
+    best = min((r for r in rivals if r.fid is not None and beats(r, champion)),
+               key=lambda r: (r.fid, r.version), default=None)
+    return champion if best is None else best
 
 
 @contextlib.contextmanager
@@ -259,48 +363,89 @@ def promotion_lock(model_name: str) -> Iterator[None]:
         lock.release()
 
 
-def converge_champion(c: MlflowClient, model_name: str, me: Candidate, margin: float) -> Optional[Candidate]:
+def converge_champion(c: MlflowClient, model_name: str, me: Candidate) -> Optional[Candidate]:
     """Move ``champion`` until a fresh read finds it where the rule says; return it.
 
     Each round re-reads the champion and the in-flight candidates, applies
     ``choose_champion`` and writes only if the alias is elsewhere. The loop ends only on a
     read that found the alias consistent, and every write is followed by such a read.
+
+    With each version's own margin the rule depends on order (a lenient version promoted
+    first can keep out a better but strict one), so a stale write could replace a better
+    champion by a worse one that no longer has to beat it. Hence the floor: a version some
+    promoter made champion in this window (``PROMOTED_TAG``) is never replaced by a worse
+    one, so the champion's fid never goes up and the end state is that of the promotions run
+    one after another in some order.
     """
     for _ in range(MAX_CONVERGE_ROUNDS):
         state = read_state(c, model_name)
         champion = state.champion()
-        rivals = {r.version: r for r in state.in_flight(time.time())}
+        now = time.time()
+        rivals = {r.version: r for r in state.in_flight(now)}
         rivals.setdefault(me.version, me)  # even if clock skew hid my own announcement
-        target = choose_champion(champion, rivals.values(), margin)
+        target = choose_champion(champion, rivals.values())
+        floor = min(state.in_flight(now, PROMOTED_TAG), key=lambda r: (r.fid, r.version), default=None)
+        if floor is not None and target is not None and target.fid is not None and floor.fid < target.fid:
+            target = floor
         if target is None or (champion is not None and target.version == champion.version):
             return champion
-        c.set_registered_model_alias(model_name, CHAMPION, str(target.version))
+        make_champion(c, model_name, target.version)
         # Spread rounds apart so concurrent promoters read each other's writes.
         time.sleep(random.uniform(0.0, 0.05))
     raise RegistryError(f"the champion of {model_name!r} kept moving for {MAX_CONVERGE_ROUNDS} rounds; "
                         "retry the promotion (are many promotions running at once?)")
 
 
-def promote(model_name: str, version: int, margin: float) -> dict:
+def make_champion(c: MlflowClient, model_name: str, version: int) -> None:
+    """A promoter's write: tag the version as promoted, then move the alias to it."""
+    c.set_model_version_tag(model_name, str(version), PROMOTED_TAG, repr(time.time()))
+    c.set_registered_model_alias(model_name, CHAMPION, str(version))
+
+
+def announce(c: MlflowClient, model_name: str, version: int, margin: Optional[float]) -> Candidate:
+    """Step 1 of ``promote``: record the version's margin (when given), then announce it as a
+    candidate. The margin is written first, so whoever sees the announcement sees the margin."""
+    me = candidate(c, model_name, version)
+    if me.fid is None:
+        raise RegistryError(f"version {version} of {model_name!r} has no fid tag, so the FID gate cannot judge it; "
+                            f"evaluate it, or decide by hand: ganforge promote {model_name} {version} --force")
+    if margin is not None:
+        if not (math.isfinite(margin) and margin >= 0):
+            raise RegistryError(f"promotion margin {margin!r} for version {version} of {model_name!r} must be a "
+                                "finite number >= 0 (registry.promotion_margin)")
+        c.set_model_version_tag(model_name, str(version), MARGIN_TAG, repr(float(margin)))
+        me = Candidate(me.version, me.fid, float(margin))
+    c.set_model_version_tag(model_name, str(version), PROMOTION_REQUESTED_TAG, repr(time.time()))
+    return me
+
+
+def promote(model_name: str, version: int, margin: Optional[float] = None) -> dict:
     """Apply the FID gate: ``champion`` moves to ``version`` only if there is no champion or
     its fid < champion fid - margin; otherwise ``version`` becomes ``challenger``.
+
+    ``margin`` is the version's own: registration records its run's
+    ``registry.promotion_margin`` as the version tag ``ganforge.promotion_margin``; a margin
+    given here replaces it (None: keep the recorded one). Every promoter judges every
+    version with that version's margin, so one run's lenient margin cannot promote a version
+    another run's margin kept as challenger.
 
     Concurrency. Two pipeline runs can finish at once, and MLflow has no compare-and-set on
     aliases, so "read champion, compare, set alias" alone can leave the worse of two new
     versions as champion (both read the old champion; the better one writes first, the worse
     one overwrites it and never learns). The protocol:
 
-    1. Announce: tag the version ``ganforge.promotion_requested_at = now`` *before* reading.
+    1. Announce (``announce``): tag the version's margin, then
+       ``ganforge.promotion_requested_at = now``, *before* reading.
     2. Converge (``converge_champion``): repeatedly read the champion and every announced
        candidate of the last ``RIVAL_WINDOW_S`` seconds, compute the rule over all of them
-       (best candidate vs champion with the margin), write the alias if it is elsewhere,
+       (each candidate against the champion with its own margin), write the alias if it is elsewhere,
        and stop only when a read finds it already right.
 
     Why this suffices without a lock: take the last write to ``champion``. Its writer then
     read the alias (still its own value) and all candidates announced so far, and found the
     alias right; any promoter that announced later reads after that and finds it right too
     (or it would write, contradicting "last"). So the final champion is the rule's choice
-    over every concurrent candidate: no in-flight version beats it by more than the margin.
+    over every concurrent candidate: no in-flight version beats it by more than its own margin.
     A stale writer that put a worse version there is repaired by its own re-read.
 
     On a local sqlite store a file lock also serialises promotions on this machine (cheap,
@@ -309,14 +454,10 @@ def promote(model_name: str, version: int, margin: float) -> dict:
     longer count, so a rollback is not undone by the next run.
     """
     c = tracking.client()
-    me = candidate(c, model_name, version)
-    if me.fid is None:
-        raise RegistryError(f"version {version} of {model_name!r} has no fid tag, so the FID gate cannot judge it; "
-                            f"evaluate it, or decide by hand: ganforge promote {model_name} {version} --force")
     with promotion_lock(model_name):
         previous = read_state(c, model_name).champion()
-        c.set_model_version_tag(model_name, str(version), PROMOTION_REQUESTED_TAG, repr(time.time()))
-        champion = converge_champion(c, model_name, me, margin)
+        me = announce(c, model_name, version, margin)
+        champion = converge_champion(c, model_name, me)
         won = champion is not None and champion.version == me.version
         if not won:
             c.set_registered_model_alias(model_name, CHALLENGER, str(version))
@@ -398,17 +539,117 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def load_generator(uri: str, map_location: str = "cpu") -> torch.nn.Module:
-    """Load a registered generator (``models:/dcgan@champion``, ``models:/dcgan/3``) in eval mode."""
-    tracking.client()  # make sure the URIs are configured
-    if uri.startswith("models:/") and "@" in uri:
-        name, _, alias = uri[len("models:/"):].partition("@")
-        model = registered_model(MlflowClient(), name)
+class ExportedGenerator(torch.nn.Module):
+    """A loaded ``pt2`` generator as an ``nn.Module`` ganforge can sample from.
+
+    An exported graph is fixed in eval mode (``torch.export`` froze BatchNorm's running
+    statistics into it); ``eval()`` is therefore a no-op here and ``train()`` is refused.
+    """
+
+    def __init__(self, graph: torch.nn.Module):
+        super().__init__()
+        self.graph = graph
+        self.training = False
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.graph(z)
+
+    def train(self, mode: bool = True) -> "ExportedGenerator":
+        if mode:
+            raise RegistryError("a registered generator is an exported inference graph and cannot train; "
+                                "resume training from its checkpoint.pt instead")
+        return self
+
+
+@contextlib.contextmanager
+def mlflow_env(**settings: str) -> Iterator[None]:
+    """MLflow settings (read when used) inside the block, restored after it."""
+    saved = {key: os.environ.get(key) for key in settings}
+    os.environ.update(settings)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def pickle_deserialization_disallowed():
+    """MLflow's loaders refuse any pickle payload inside the block."""
+    return mlflow_env(MLFLOW_ALLOW_PICKLE_DESERIALIZATION="false")
+
+
+def quiet_download(uri: str, dst_path: str) -> str:
+    """``mlflow.artifacts.download_artifacts`` without its progress bars on stderr."""
+    with mlflow_env(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false"):
+        return mlflow.artifacts.download_artifacts(uri, dst_path=dst_path)
+
+
+def load_version(version, device: str = "cpu") -> torch.nn.Module:
+    """Load a registered version (an MLflow ``ModelVersion``) safely; see the module docstring.
+
+    1. Its ``ganforge.artifact_sha256`` tag must exist (a version registered before it, in
+       the pickle format, is refused: re-register it).
+    2. Its files are downloaded into a private temporary directory and their
+       ``artifact_digest`` must equal the tag: a file changed after registration is refused
+       before anything reads it.
+    3. MLflow loads the ``pt2`` archive with pickle deserialization disallowed, so a payload
+       that somehow matched the digest (a tag rewritten by whoever changed the file) is
+       refused too, never unpickled.
+    """
+    uri = f"models:/{version.name}/{version.version}"
+    expected = version.tags.get(ARTIFACT_SHA256_TAG, "").strip()
+    if not expected:
+        raise RegistryError(f"{uri} has no {ARTIFACT_SHA256_TAG} tag: it was registered by an older ganforge (pickle "
+                            "format, which runs code when loaded), so it is not loaded; re-register it from its "
+                            "checkpoint.pt (ganforge generate --model runs/…/checkpoint.pt works meanwhile)")
+    with tempfile.TemporaryDirectory(prefix="ganforge-model-") as tmp:
+        try:
+            local = quiet_download(uri, tmp)
+        except MlflowException as e:
+            raise RegistryError(f"cannot download {uri} from {mlflow.get_registry_uri()}: {one_line(e)}") from None
+        found = artifact_digest(local)
+        if found != expected:
+            raise RegistryError(f"refusing to load {uri}: its files do not match the sha256 recorded at registration "
+                                f"(recorded {expected[:12]}…, found {found[:12]}…), so they were changed afterwards; "
+                                "do not use this version — register the model again from its checkpoint.pt")
+        if not (Path(local) / "data" / "model.pt2").is_file():
+            raise RegistryError(f"refusing to load {uri}: it holds no {SERIALIZATION_FORMAT} archive (data/model.pt2); "
+                                "only generators registered by ganforge's register step can be loaded")
+        try:
+            with pickle_deserialization_disallowed():
+                graph = mlflow.pytorch.load_model(local)
+                if torch.device(device).type != "cpu":
+                    # Exported on CPU; the graph's device constants move with this pass (the
+                    # archive was validated by the load above).
+                    from torch.export.passes import move_to_device_pass
+
+                    graph = move_to_device_pass(torch.export.load(str(Path(local) / "data" / "model.pt2")),
+                                                device).module()
+        except MlflowException as e:
+            raise RegistryError(f"refusing to load {uri}: {one_line(e)}") from None
+    return ExportedGenerator(graph)
+
+
+def resolve(uri: str):
+    """The ``ModelVersion`` of ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``, with clear errors."""
+    c = tracking.client()  # make sure the URIs are configured
+    body = uri[len("models:/"):] if uri.startswith("models:/") else ""
+    name, at, alias = body.partition("@")
+    if at and name and alias:
+        model = registered_model(c, name)
         if alias not in model.aliases:
             raise RegistryError(f"model {name!r} has no alias {alias!r} (aliases: {dict(model.aliases) or 'none'}); "
                                 f"register and promote a version first, or use models:/{name}/<version>")
-    try:
-        generator = mlflow.pytorch.load_model(uri, map_location=map_location)
-    except MlflowException as e:
-        raise RegistryError(f"cannot load {uri!r} from {mlflow.get_registry_uri()}: {e}") from None
-    return generator.eval()
+        return c.get_model_version_by_alias(name, alias)
+    name, slash, number = body.partition("/")
+    if slash and name and number.isdigit():
+        return model_version(c, name, int(number))
+    raise RegistryError(f"{uri!r} is not a registry URI; write models:/NAME@ALIAS or models:/NAME/VERSION")
+
+
+def load_generator(uri: str, map_location: str = "cpu") -> torch.nn.Module:
+    """Load a registered generator (``models:/dcgan@champion``, ``models:/dcgan/3``) for sampling."""
+    return load_version(resolve(uri), device=map_location)

@@ -37,6 +37,8 @@ KFP_RUN_ID_ENV = "KFP_RUN_ID"
 
 CONFIG_HASH_TAG = "ganforge.config_hash"
 GIT_COMMIT_TAG = "ganforge.git_commit"
+MLFLOW_GIT_COMMIT_TAG = "mlflow.source.git.commit"
+"""MLflow's standard commit tag (its UI links it); ``GIT_COMMIT_TAG`` stays for compatibility."""
 KFP_RUN_ID_TAG = "ganforge.kfp_run_id"
 PIPELINE_TAG = "ganforge.pipeline"
 PROFILE_TAG = "ganforge.profile"
@@ -160,6 +162,7 @@ def run_tags(cfg: PipelineConfig, tags: Optional[Mapping[str, str]]) -> dict[str
     out = {
         CONFIG_HASH_TAG: cfg.config_hash(),
         GIT_COMMIT_TAG: git_commit(),
+        MLFLOW_GIT_COMMIT_TAG: git_commit(),
         PIPELINE_TAG: cfg.name,
         PROFILE_TAG: cfg.profile,
     }

@@ -1,0 +1,247 @@
+"""Registered generators load without ganforge and without unpickling anything (issues 13.1, 14.3).
+
+Real parts only: a sqlite MLflow store, real tiny DCGAN and WaveGAN generators registered by
+``registry.register_generator`` (pt2), the README's serving snippet run verbatim in an
+interpreter that cannot import ganforge, and a real pickle payload planted in a stored model.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from conftest import ROOT, cli_env
+from ganforge import registry, tracking
+from ganforge.config import build_config
+from ganforge.generate import generate_to_dir
+from ganforge.models import build_models
+
+SITE_PACKAGES = Path(torch.__file__).resolve().parents[1]
+SAMPLE_INPUTS_RECORD = "data/sample_inputs/model.pt"
+"""The pt2 record torch.export.load unpickles with weights_only=False when weights_only=True fails."""
+
+# An interpreter that really lacks ganforge: no site processing (so no editable-install .pth),
+# sys.path = the standard library + the venv's site-packages, and an import hook that fails
+# loudly if anything still tries to import ganforge.
+ISOLATED_PRELUDE = textwrap.dedent("""
+    import importlib.abc, sys
+    sys.path[:] = [p for p in sys.path if p.startswith(sys.base_prefix)] + [{site!r}]
+
+    class NoGanforge(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "ganforge" or name.startswith("ganforge."):
+                raise ImportError("ganforge is not installed here (the test blocks it)")
+            return None
+
+    import importlib.util
+    assert importlib.util.find_spec("ganforge") is None, "ganforge is importable"
+    sys.meta_path.insert(0, NoGanforge())
+""")
+ISOLATED_EPILOGUE = textwrap.dedent("""
+    import json
+    assert not [m for m in sys.modules if m == "ganforge" or m.startswith("ganforge.")]
+    print(json.dumps({"shape": list(images.shape), "dtype": str(images.dtype), "values": images.ravel().tolist()}))
+""")
+
+
+class Payload:
+    """A pickle that writes ``marker`` when unpickled (what an attacker would plant)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f"open({str(self.marker)!r}, 'w').write('payload ran')",)
+
+
+def readme_serving_snippet() -> str:
+    """The first ```python block under the README's "Serving the champion" heading."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### Serving the champion", 1)[1]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("serving-home")
+
+
+@pytest.fixture
+def store(home, monkeypatch) -> str:
+    monkeypatch.setenv("GANFORGE_HOME", str(home))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    return tracking.configure()
+
+
+def register(preset: str, fid: float) -> dict:
+    """A seeded, untrained generator of ``preset`` (tiny), registered and promoted to champion."""
+    cfg = build_config(preset, "tiny")
+    torch.manual_seed(0)
+    generator, _ = build_models(cfg.model, cfg.data)
+    run_id = tracking.start_pipeline_run(cfg)
+    version = registry.register_generator(run_id, generator, cfg, {"fid": fid}, tags={})
+    assert registry.promote(cfg.model_name, version, margin=0.0)["alias"] == "champion"
+    return {"cfg": cfg, "generator": generator.eval(), "version": version, "name": cfg.model_name}
+
+
+@pytest.fixture(scope="module")
+def champions(home) -> dict:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GANFORGE_HOME", str(home))
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        tracking.configure()
+        return {"dcgan": register("dcgan", 80.0), "wavegan": register("wavegan", 5.0)}
+
+
+def stored_archive(name: str, version: int) -> Path:
+    """The model.pt2 file inside the store (a local artifact location on the sqlite store)."""
+    c = MlflowClient()
+    model_id = registry.logged_model_id(c.get_model_version(name, str(version)))
+    location = c.get_logged_model(model_id).artifact_location
+    path = Path(location[len("file://"):] if location.startswith("file://") else location)
+    assert path.is_dir(), location
+    return path / "data" / "model.pt2"
+
+
+def plant_payload(archive: Path, marker: Path) -> None:
+    """Replace the archive's sample-inputs record by a pickle payload (the rest stays intact)."""
+    payload = io.BytesIO()
+    torch.save(Payload(marker), payload)
+    tampered = archive.with_suffix(".tampered")
+    with zipfile.ZipFile(archive) as src, zipfile.ZipFile(tampered, "w") as dst:
+        names = [info.filename for info in src.infolist()]
+        assert any(n.endswith(SAMPLE_INPUTS_RECORD) for n in names), names
+        for info in src.infolist():
+            data = payload.getvalue() if info.filename.endswith(SAMPLE_INPUTS_RECORD) else src.read(info)
+            dst.writestr(info, data)
+    os.replace(tampered, archive)
+
+
+def isolated_python(code: str, env: dict, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-I", "-S", "-c", code], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=240)
+
+
+def serving_env(home: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PYTHON", "GANFORGE_"))}
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{home / 'mlflow.db'}"
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+@pytest.mark.parametrize("preset", ["dcgan", "wavegan"])
+def test_readme_serving_snippet_loads_the_champion_without_ganforge(preset, champions, home, tmp_path):
+    """The README's snippet, verbatim (for wavegan with the model name swapped), in an
+    interpreter where ganforge cannot be imported: MLflow's pyfunc loads the champion with
+    pickle deserialization disallowed, and predict(latents) gives the generator's outputs."""
+    snippet = readme_serving_snippet()
+    assert 'mlflow.pyfunc.load_model("models:/dcgan@champion"' in snippet
+    if preset != "dcgan":
+        snippet = snippet.replace("models:/dcgan@champion", f"models:/{preset}@champion")
+    code = ISOLATED_PRELUDE.format(site=str(SITE_PACKAGES)) + snippet + ISOLATED_EPILOGUE
+    done = isolated_python(code, serving_env(home), tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    served = json.loads(done.stdout.strip().splitlines()[-1])
+
+    champion = champions[preset]
+    latents = np.random.default_rng(0).standard_normal((16, champion["cfg"].model.nz)).astype(np.float32)
+    with torch.no_grad():
+        expected = champion["generator"](torch.from_numpy(latents)).numpy()
+    assert served["shape"] == list(expected.shape) == (
+        [16, 1, 28, 28] if preset == "dcgan" else [16, 1, 16384])
+    assert served["dtype"] == "float32"
+    assert np.allclose(np.array(served["values"], dtype=np.float32).reshape(expected.shape), expected, atol=1e-5)
+
+
+def test_the_isolated_interpreter_really_lacks_ganforge(home, tmp_path):
+    """The check the serving test relies on: the same prelude fails as soon as code imports ganforge."""
+    code = ISOLATED_PRELUDE.format(site=str(SITE_PACKAGES)) + "import ganforge\n"
+    done = isolated_python(code, serving_env(home), tmp_path)
+    assert done.returncode != 0 and "ganforge is not installed here" in done.stderr
+
+
+def test_a_planted_pickle_is_never_run(champions, store, home, tmp_path):
+    """Issue 13.1: a pickle payload planted in the stored model is refused, never executed, by
+    ganforge (sha256 mismatch; and MLflow's pickle-free check when the tag is rewritten to
+    match) and by the serving snippet. Control: torch.export.load alone does run it."""
+    champion = register("dcgan", 70.0)  # a version of its own, so the other tests keep theirs
+    name, version = champion["name"], champion["version"]
+    archive = stored_archive(name, version)
+    marker = tmp_path / "payload-ran"
+    plant_payload(archive, marker)
+
+    # 1. ganforge generate: one line, exit 2, nothing written, payload not run.
+    env = cli_env(GANFORGE_HOME=str(home))
+    env.pop("MLFLOW_TRACKING_URI", None)
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "ganforge.cli", "generate", "--model", f"models:/{name}@champion",
+                           "--out", str(out), "-n", "2"], env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=240)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()]  # one line, no traceback
+    assert "do not match the sha256 recorded at registration" in done.stderr and f"models:/{name}/{version}" in done.stderr
+    assert not out.exists() and not marker.exists()
+
+    # 2. Someone who can change the file can perhaps change the tag too: MLflow's pickle-free
+    #    check (which ganforge always turns on) still refuses the archive before torch reads it.
+    local = tmp_path / "download"
+    local.mkdir()
+    tampered_digest = registry.artifact_digest(registry.quiet_download(f"models:/{name}/{version}", str(local)))
+    MlflowClient().set_model_version_tag(name, str(version), registry.ARTIFACT_SHA256_TAG, tampered_digest)
+    with pytest.raises(registry.RegistryError, match=r"refusing to load .*not a pickle-free payload"):
+        generate_to_dir(f"models:/{name}@champion", tmp_path / "out2", n=2)
+    assert not marker.exists()
+
+    # 3. The serving snippet (with this model's name) refuses it too.
+    snippet = readme_serving_snippet().replace("models:/dcgan@champion", f"models:/{name}/{version}")
+    done = isolated_python(ISOLATED_PRELUDE.format(site=str(SITE_PACKAGES)) + snippet, serving_env(home), tmp_path)
+    assert done.returncode != 0 and "not a pickle-free payload" in done.stderr, done.stderr[-3000:]
+    assert not marker.exists()
+
+    # Control: the planted record is a live payload — torch.export.load on its own runs it.
+    subprocess.run([sys.executable, "-c", f"import torch; torch.export.load({str(archive)!r})"],
+                   capture_output=True, text=True, timeout=240)
+    assert marker.read_text() == "payload ran"
+
+
+def test_a_version_without_a_recorded_sha256_is_not_loaded(champions, store, tmp_path):
+    """A version registered by an older ganforge (no sha256 tag, pickle format) is refused with the fix."""
+    name, version = champions["dcgan"]["name"], champions["dcgan"]["version"]
+    c = MlflowClient()
+    recorded = c.get_model_version(name, str(version)).tags[registry.ARTIFACT_SHA256_TAG]
+    c.delete_model_version_tag(name, str(version), registry.ARTIFACT_SHA256_TAG)
+    try:
+        with pytest.raises(registry.RegistryError, match=r"has no ganforge.artifact_sha256 tag.*re-register"):
+            registry.load_generator(f"models:/{name}/{version}")
+    finally:
+        c.set_model_version_tag(name, str(version), registry.ARTIFACT_SHA256_TAG, recorded)
+    assert registry.load_generator(f"models:/{name}/{version}")(torch.zeros(2, 100)).shape == (2, 1, 28, 28)
+
+
+def test_registered_artifact_is_pt2_with_the_latent_signature(champions, store):
+    """The logged model: a pt2 archive (no model.pth), signature and input example of (B, nz) latents."""
+    import mlflow
+
+    for preset, champion in champions.items():
+        uri = f"models:/{champion['name']}/{champion['version']}"
+        info = mlflow.models.get_model_info(uri)
+        assert info.flavors["pytorch"]["model_data"] == "data"
+        (latent,), (output,) = info.signature.inputs.inputs, info.signature.outputs.inputs
+        assert (str(latent.type), tuple(latent.shape)) == ("float32", (-1, 100)), preset
+        assert tuple(output.shape) == ((-1, 1, 28, 28) if preset == "dcgan" else (-1, 1, 16384)), preset
+        files = mlflow.artifacts.list_artifacts(f"{uri}/data")
+        assert [Path(f.path).name for f in files] == ["model.pt2"], preset
+        example = json.loads(mlflow.artifacts.load_text(f"{uri}/input_example.json"))
+        assert np.asarray(example).shape == (2, 100), preset
