@@ -6,6 +6,9 @@ BIN := $(VENV)/bin
 PIPELINE ?= dcgan
 PROFILE ?= local
 PARAMS ?=
+# Config overrides for run/submit/schedule, space-separated: SET="train.epochs=2 eval.n_samples=200"
+SET ?=
+SET_ARGS = $(foreach s,$(SET),--set $(s))
 export GANFORGE_HOME ?= $(CURDIR)/.ganforge
 STAMP := $(VENV)/.ganforge-installed
 APT_PACKAGES := dataset-fashion-mnist espeak-ng sox
@@ -41,8 +44,8 @@ $(STAMP): pyproject.toml
 weights: $(STAMP) ## Fetch and sha1-check the offline FID Inception weights into the cache
 	@$(BIN)/python -m ganforge.weights
 
-run: setup ## Run the whole DAG locally (kfp.local, sqlite MLflow): make run PIPELINE=dcgan [PROFILE=local]
-	$(BIN)/python -m pipelines run $(PIPELINE) --profile $(PROFILE) $(PARAMS)
+run: setup ## Run the whole DAG locally (kfp.local, sqlite MLflow): make run PIPELINE=dcgan [PROFILE=local] [SET="train.epochs=2"]
+	$(BIN)/python -m pipelines run $(PIPELINE) --profile $(PROFILE) $(PARAMS) $(SET_ARGS)
 
 test: setup ## Run the whole test suite
 	$(BIN)/python -m pytest -q
@@ -53,11 +56,11 @@ test-fast: setup ## Run the tests not marked slow
 compile: setup ## Compile a pipeline to KFP IR: build/$(PIPELINE).yaml (PIPELINE=all for every one)
 	$(BIN)/python -m pipelines compile $(PIPELINE) --profile $(or $(filter-out local,$(PROFILE)),full) --out-dir build
 
-submit: setup ## Start one run on a KFP cluster: make submit PIPELINE=dcgan [PROFILE=full] KFP_HOST=https://… [PARAMS="--param epochs=5"]
-	$(BIN)/python -m pipelines submit $(PIPELINE) --profile $(or $(filter-out local,$(PROFILE)),full) $(PARAMS)
+submit: setup ## Start one run on a KFP cluster: make submit PIPELINE=dcgan [PROFILE=full] KFP_HOST=https://… [SET="train.epochs=5"]
+	$(BIN)/python -m pipelines submit $(PIPELINE) --profile $(or $(filter-out local,$(PROFILE)),full) $(PARAMS) $(SET_ARGS)
 
 schedule: setup ## Scheduled retraining as a KFP recurring run: make schedule PIPELINE=dcgan CRON='0 0 3 * * 0'
-	$(BIN)/python -m pipelines schedule $(PIPELINE) --profile $(or $(filter-out local,$(PROFILE)),full) --cron "$(CRON)" $(PARAMS)
+	$(BIN)/python -m pipelines schedule $(PIPELINE) --profile $(or $(filter-out local,$(PROFILE)),full) --cron "$(CRON)" $(PARAMS) $(SET_ARGS)
 
 unschedule: setup ## Pause the recurring run of PIPELINE (DELETE=1 removes it)
 	$(BIN)/python -m pipelines unschedule $(PIPELINE) $(if $(DELETE),--delete)

@@ -6,6 +6,8 @@ import sys
 
 from ganforge.config import PRESETS, PROFILES
 
+from .overrides import add_set_argument, overrides_parameter
+
 
 def main_run(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m pipelines run", description="run a pipeline locally (kfp.local)")
@@ -16,11 +18,13 @@ def main_run(argv: list[str]) -> int:
     p.add_argument("--nproc", type=int, help="training ranks on this machine (torchrun)")
     p.add_argument("--fid-samples", type=int)
     p.add_argument("--promotion-margin", type=float)
+    add_set_argument(p)
     a = p.parse_args(argv)
+    overrides = overrides_parameter(a.pipeline, a.profile, a.set)
     from .local import print_summary, run_local
 
     summary = run_local(a.pipeline, a.profile, epochs=a.epochs, source=a.source, nproc=a.nproc,
-                        fid_samples=a.fid_samples, promotion_margin=a.promotion_margin)
+                        fid_samples=a.fid_samples, promotion_margin=a.promotion_margin, overrides=overrides)
     print_summary(summary)
     return 0
 

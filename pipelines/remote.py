@@ -26,6 +26,9 @@ import yaml
 
 from ganforge.config import PRESETS, PROFILES
 
+from .overrides import PARAMETER as OVERRIDES
+from .overrides import add_set_argument, overrides_parameter
+
 DEFAULT_SA_TOKEN_PATH = "/var/run/secrets/kubeflow/pipelines/token"
 PORT_FORWARD = "kubectl -n kubeflow port-forward svc/ml-pipeline-ui 8080:80"
 HEALTHZ_PATH = "/apis/v2beta1/healthz"
@@ -402,6 +405,24 @@ def _common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--namespace", help="Kubeflow profile namespace (multi-user clusters)")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="pipeline parameter, repeatable (epochs, source, nproc, fid_samples, promotion_margin)")
+    add_set_argument(p)
+
+
+def checked_overrides(args: argparse.Namespace) -> str | None:
+    """``--set`` values as the ``overrides`` parameter, checked against the typed config (of the
+    ``profile`` the run will use) before compiling or connecting to anything."""
+    profile = next((pair.partition("=")[2] for pair in args.param if pair.partition("=")[0].strip() == "profile"),
+                   args.profile)
+    if args.set and any(pair.partition("=")[0].strip() == OVERRIDES for pair in args.param):
+        raise SubmitError(f"give config overrides with --set group.field=value, not --param {OVERRIDES}=… as well")
+    return overrides_parameter(args.pipeline, profile, args.set)
+
+
+def with_overrides(params: dict[str, Any], overrides: str | None, parameter_types: dict[str, str]) -> dict[str, Any]:
+    """``params`` plus the ``overrides`` parameter when there are any (checked against the package)."""
+    if overrides is None:
+        return params
+    return check_params({**params, OVERRIDES: overrides}, parameter_types)
 
 
 def _compiled_package(args: argparse.Namespace) -> Path:
@@ -418,9 +439,11 @@ def main_submit(argv: list[str]) -> int:
     _common_arguments(p)
     p.add_argument("--experiment", help="KFP experiment (default ganforge-<name>)")
     args = p.parse_args(argv)
+    overrides = checked_overrides(args)
     host = resolve_host(args.host)  # before compiling: a missing endpoint is the likelier mistake
     package = _compiled_package(args)
-    params = parse_param_args(args.param, pipeline_parameters(package))
+    types = pipeline_parameters(package)
+    params = with_overrides(parse_param_args(args.param, types), overrides, types)
     with contextlib.redirect_stdout(sys.stderr):  # kfp.Client prints links; stdout stays one JSON document
         result = submit(package, args.pipeline, params, host=host, namespace=args.namespace,
                         experiment=args.experiment)
@@ -448,9 +471,11 @@ def main_schedule(argv: list[str]) -> int:
         if not args.cron:
             p.error("--cron is required to create a schedule, e.g. --cron '0 0 3 * * 0'")
         cron = validate_cron(args.cron)  # before compiling: fail fast on the likelier mistake
+        overrides = checked_overrides(args)
         host = resolve_host(args.host)
         package = _compiled_package(args)
-        params = parse_param_args(args.param, pipeline_parameters(package))
+        types = pipeline_parameters(package)
+        params = with_overrides(parse_param_args(args.param, types), overrides, types)
         with contextlib.redirect_stdout(sys.stderr):
             result = schedule(package, args.pipeline, params, cron, host=host, namespace=args.namespace,
                               job_name=job)

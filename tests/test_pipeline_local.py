@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import cli_env
+from conftest import FASHION_DIR, cli_env
 from mlflow_server import mlflow_server
 from s3_server import moto_s3_server, s3_environment
 
@@ -30,13 +30,17 @@ def _run_pipeline(home: Path, name: str = "dcgan", **params) -> dict:
 
 @pytest.fixture(scope="module")
 def local_run(tmp_path_factory):
-    home = tmp_path_factory.mktemp("home")
+    """The DAG run from an empty working directory (``cwd``), to show it writes nothing there."""
+    home, cwd = tmp_path_factory.mktemp("home"), tmp_path_factory.mktemp("cwd")
     saved = {k: os.environ.get(k) for k in ("GANFORGE_HOME", "MLFLOW_TRACKING_URI")}
+    saved_cwd = os.getcwd()
     os.environ.pop("MLFLOW_TRACKING_URI", None)
+    os.chdir(cwd)
     try:
         summary = _run_pipeline(home)
-        yield home, summary
+        yield home, summary, cwd
     finally:
+        os.chdir(saved_cwd)
         for k, v in saved.items():
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
 
@@ -61,6 +65,17 @@ def _assert_run_recorded(client, summary: dict, cfg_name: str = "dcgan") -> None
     run = client.get_run(summary["mlflow_run_id"])
     cfg = build_config(cfg_name, "tiny")
     params = run.data.params
+    # The run is ended (register finishes it, the exit task confirms it), every step recorded as done.
+    assert run.info.status == "FINISHED" and run.info.end_time >= run.info.start_time
+    steps = {k.removeprefix("ganforge.step."): v for k, v in run.data.tags.items() if k.startswith("ganforge.step.")}
+    expected_steps = {"start-run", "train", "evaluate", "register", f"prep-{cfg.data.split}",
+                      f"prep-{cfg.data.reference_split}"}
+    assert steps == dict.fromkeys(expected_steps, "done"), steps
+    assert "ganforge.failed_step" not in run.data.tags and run.data.tags["ganforge.kfp_state"] == "SUCCEEDED"
+    # The logged model (MLflow 3 LoggedModel) is in the pipeline's experiment, not in "Default".
+    (logged,) = client.search_logged_models(experiment_ids=[e.experiment_id for e in client.search_experiments()])
+    assert logged.source_run_id == run.info.run_id and logged.experiment_id == run.info.experiment_id
+    assert client.get_experiment(logged.experiment_id).name == cfg_name
     for key, value in cfg.flat().items():  # the whole settled config, flattened
         assert params[key] == str(value), key
     assert params["dataset.train.sha256"]
@@ -93,16 +108,48 @@ def _assert_run_recorded(client, summary: dict, cfg_name: str = "dcgan") -> None
 
 
 def test_local_dag_records_run_and_registers_champion(local_run):
-    home, summary = local_run
+    home, summary, cwd = local_run
     from ganforge.tracking import resolve_tracking_uri
 
     assert summary["tracking_uri"] == f"sqlite:///{home}/mlflow.db" == resolve_tracking_uri(str(home))
-    _assert_run_recorded(_client(summary["tracking_uri"]), summary)
+    client = _client(summary["tracking_uri"])
+    _assert_run_recorded(client, summary)
     assert (home / "pipeline-root").is_dir()
+    # Nothing in the working directory (MLflow's "Default" experiment would put ./mlruns there) ...
+    assert list(cwd.iterdir()) == []
+    # ... the logged model's files are under GANFORGE_HOME, beside the run's artifacts.
+    (logged,) = client.search_logged_models(experiment_ids=[client.get_run(summary["mlflow_run_id"]).info.experiment_id])
+    assert logged.artifact_location.startswith((home / "mlartifacts" / "dcgan").as_uri()), logged.artifact_location
+    assert any((home / "mlartifacts" / "dcgan").glob(f"models/{logged.model_id}/artifacts/MLmodel"))
+
+
+def test_failed_step_ends_the_run_failed_and_names_the_step(tmp_path, monkeypatch):
+    """A data source with only the training split: prep-test fails (a real DataError), the exit task ends
+    the MLflow run FAILED with the step named; --set overrides reach the run's config."""
+    from ganforge.config import build_config
+
+    for name in ("MLFLOW_TRACKING_URI", "GANFORGE_HOME"):  # run_local sets both: restored after the test
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+    source = tmp_path / "train-only"
+    source.mkdir()
+    for f in FASHION_DIR.glob("train-*"):
+        (source / f.name).symlink_to(f)
+    with pytest.raises(RuntimeError, match="FAILURE"):
+        _run_pipeline(tmp_path / "home", source=str(source), overrides='["train.max_steps=2"]')
+    client = _client(f"sqlite:///{tmp_path / 'home'}/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("dcgan").experiment_id])
+    assert run.info.status == "FAILED" and run.info.end_time >= run.info.start_time
+    tags = run.data.tags
+    assert tags["ganforge.failed_step"] == "prep-test" and tags["ganforge.step.prep-test"] == "failed"
+    assert "t10k-images-idx3-ubyte" in tags["ganforge.error"] and tags["ganforge.kfp_state"] == "FAILED"
+    assert tags["ganforge.step.prep-train"] == "done" and "ganforge.step.register" not in tags
+    assert run.data.params["train.max_steps"] == "2" != str(build_config("dcgan", "tiny").train.max_steps)
+    assert client.search_model_versions("name='dcgan'") == []
 
 
 def test_champion_loads_in_a_fresh_process(local_run):
-    home, summary = local_run
+    home, summary, _ = local_run
     code = ("import mlflow.pytorch, torch; m = mlflow.pytorch.load_model('models:/dcgan@champion'); "
             "print(tuple(m(torch.randn(5, 100)).shape))")
     out = subprocess.run([sys.executable, "-c", code], env=cli_env(MLFLOW_TRACKING_URI=summary["tracking_uri"]),
@@ -111,7 +158,7 @@ def test_champion_loads_in_a_fresh_process(local_run):
 
 
 def test_registry_show_and_manual_promote_cli(local_run):
-    home, summary = local_run
+    home, summary, _ = local_run
     env = cli_env(GANFORGE_HOME=str(home))
     shown = subprocess.run([sys.executable, "-m", "ganforge.cli", "registry", "show", "dcgan"], env=env,
                            capture_output=True, text=True, check=True).stdout
@@ -186,8 +233,12 @@ def test_every_pipeline_compiles_and_loads_back(tmp_path, monkeypatch):
         docs = list(yaml.safe_load_all(text))
         root_params = set(docs[0]["root"]["inputDefinitions"]["parameters"])
         assert root_params == {"profile", "epochs", "source", "nproc", "nnodes", "launcher",
-                               "fid_samples", "promotion_margin"}
-        tasks = docs[0]["root"]["dag"]["tasks"]
+                               "fid_samples", "promotion_margin", "overrides"}
+        # The body runs inside a dsl.ExitHandler whose exit task ends the MLflow run.
+        root_tasks = docs[0]["root"]["dag"]["tasks"]
+        (handler,) = [t for t in root_tasks.values() if t["componentRef"]["name"].startswith("comp-exit-handler")]
+        assert root_tasks["end-run"]["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+        tasks = docs[0]["components"][handler["componentRef"]["name"]]["dag"]["tasks"]
         assert {"start-run", "train", "evaluate", "register"} <= set(tasks)
         platform = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
         train_exec = platform["exec-train"]

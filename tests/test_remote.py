@@ -5,6 +5,7 @@ and nothing runs. These tests check what ganforge sends and how it explains refu
 """
 # No `from __future__ import annotations` here: kfp reads the component's annotations as types.
 import json
+import os
 import re
 import socket
 import subprocess
@@ -20,7 +21,8 @@ from pipelines.remote import SubmitError
 sys.path.insert(0, str(Path(__file__).parent))
 from kfp_standin import KFPStandin  # noqa: E402
 
-PIPELINE_PARAMETERS = {"profile", "epochs", "source", "nproc", "nnodes", "launcher", "fid_samples", "promotion_margin"}
+PIPELINE_PARAMETERS = {"profile", "epochs", "source", "nproc", "nnodes", "launcher", "fid_samples", "promotion_margin",
+                       "overrides"}
 TOKEN = "sa-token-from-file"
 
 
@@ -105,9 +107,13 @@ def test_schedule_sends_cron_no_overlap_no_catchup_and_no_caching(kfp_api, packa
     assert body["display_name"] == "ganforge-dcgan-retrain"
     assert body["runtime_config"]["parameters"] == {"epochs": 2}
     assert body["experiment_id"] == next(iter(kfp_api.state.experiments))
-    tasks = body["pipeline_spec"]["pipeline_spec"]["root"]["dag"]["tasks"]
+    spec = body["pipeline_spec"]["pipeline_spec"]
+    # every task of every DAG: the root's (exit handler, end-run) and the exit handler's body
+    dags = [spec["root"]["dag"]] + [c["dag"] for c in spec["components"].values() if "dag" in c]
+    tasks = {name: t for dag in dags for name, t in dag["tasks"].items()}
     assert body["service_account"] == "ganforge-pipeline-runner"
-    assert tasks and not any(t.get("cachingOptions", {}).get("enableCache") for t in tasks.values())
+    assert {"start-run", "train", "register", "end-run"} <= set(tasks)
+    assert not any(t.get("cachingOptions", {}).get("enableCache") for t in tasks.values())
     assert result == {"recurring_run_id": next(iter(kfp_api.state.recurring_runs)),
                       "job_name": "ganforge-dcgan-retrain", "cron": "0 0 3 * * 0"}
 
@@ -272,6 +278,27 @@ def test_cli_submit_compiles_the_named_pipeline(kfp_api, tmp_path, env, capsys):
     assert "exec-train" in platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     assert run["runtime_config"]["parameters"] == {"epochs": 1}
     assert run["service_account"] == "ganforge-pipeline-runner"
+
+
+def test_cli_submit_and_schedule_send_set_as_the_overrides_parameter(kfp_api, package, capsys):
+    sets = ["--set", "train.epochs=2", "--set", "eval.n_samples=200"]
+    assert remote.main_submit(["dcgan", "--package", str(package), "--param", "epochs=7", *sets]) == 0
+    assert remote.main_schedule(["dcgan", "--package", str(package), "--cron", "0 0 3 * * 0", *sets]) == 0
+    (run,) = [r.body for r in kfp_api.calls("POST", "/apis/v2beta1/runs")]
+    (recurring,) = [r.body for r in kfp_api.calls("POST", "/apis/v2beta1/recurringruns")]
+    overrides = json.dumps(["train.epochs=2", "eval.n_samples=200"])
+    assert run["runtime_config"]["parameters"] == {"epochs": 7, "overrides": overrides}
+    assert recurring["runtime_config"]["parameters"] == {"overrides": overrides}
+
+
+@pytest.mark.parametrize("command", [["submit", "dcgan"], ["schedule", "dcgan", "--cron", "0 0 3 * * 0"]])
+def test_cli_refuses_a_bad_set_before_compiling_or_contacting_kfp(kfp_api, tmp_path, command):
+    done = subprocess.run([sys.executable, "-m", "pipelines", *command, "--set", "train.channels_last=yes"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+        "error: train.channels_last='yes': train.channels_last is a boolean, write true, false, 1 or 0"], done.stderr
+    assert kfp_api.requests == [] and not (tmp_path / "build").exists()
 
 
 def test_command_line_without_host_prints_the_fix_not_a_traceback(env):

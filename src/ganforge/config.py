@@ -8,8 +8,11 @@ re-reads the command line or the environment for training settings.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
+import math
+import typing
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Optional
 
@@ -244,8 +247,9 @@ class PipelineConfig:
         kwargs = {"name": d["name"], "profile": d["profile"]}
         for g, klass in groups.items():
             sub = dict(d.get(g, {}))
-            bad = set(sub) - {f.name for f in fields(klass)}
-            _check(not bad, f"unknown keys in config group {g!r}: {sorted(bad)}")
+            bad = sorted(set(sub) - {f.name for f in fields(klass)})
+            if bad:
+                raise unknown_key_error(f"{g}.{bad[0]}")
             kwargs[g] = klass(**sub)
         return cls(**kwargs)
 
@@ -335,16 +339,99 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
+CONFIG_GROUPS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig,
+                                  "eval": EvalConfig, "registry": RegistryConfig}
+_TRUE, _FALSE, _NONE = ("true", "1"), ("false", "0"), ("none", "null")
+
+
+def config_keys() -> list[str]:
+    """Every overridable ``group.field`` key."""
+    return [f"{g}.{f.name}" for g, klass in CONFIG_GROUPS.items() for f in fields(klass)]
+
+
+def unknown_key_error(key: str) -> ConfigError:
+    """A ConfigError for an unknown ``group.field`` key, with the closest known key when there is one."""
+    close = difflib.get_close_matches(key, config_keys(), n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}?" if close else f"known groups: {', '.join(CONFIG_GROUPS)}"
+    return ConfigError(f"unknown config key {key!r}: {hint} (see the dataclasses in src/ganforge/config.py)")
+
+
+def field_type(group: str, name: str) -> Any:
+    """The annotated type of ``group.name`` (``int``, ``Optional[int]``, …); ConfigError if unknown."""
+    klass = CONFIG_GROUPS.get(group)
+    hints = typing.get_type_hints(klass) if klass is not None else {}
+    if name not in hints:
+        raise unknown_key_error(f"{group}.{name}")
+    return hints[name]
+
+
+def parse_value(key: str, raw: str, annotation: Any) -> Any:
+    """``raw`` as a value of the field's type: bool accepts true/false/1/0 (any case), floats must be
+    finite, ``Optional`` fields take none/null; anything else is a ConfigError naming the field."""
+    text = raw.strip()
+    if typing.get_origin(annotation) is typing.Union:
+        if text.lower() in _NONE:
+            return None
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+        optional = " or none"
+    else:
+        optional = ""
+    if annotation is bool:
+        if text.lower() in _TRUE + _FALSE:
+            return text.lower() in _TRUE
+        raise ConfigError(f"{key}={raw!r}: {key} is a boolean, write true, false, 1 or 0{optional}")
+    if annotation is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ConfigError(f"{key}={raw!r}: {key} is an integer, e.g. {key}=3{optional}") from None
+    if annotation is float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}={raw!r}: {key} is a finite number, e.g. {key}=0.5{optional}")
+        return value
+    return raw
+
+
 def parse_override(text: str) -> tuple[str, str, Any]:
-    """``train.epochs=3`` → ("train", "epochs", 3). Values parse as JSON, else stay strings."""
+    """``train.epochs=3`` → ("train", "epochs", 3), typed and checked against the field's type.
+
+    Unknown keys get a "did you mean" suggestion; a value that does not fit the type is refused.
+    """
     key, sep, raw = text.partition("=")
     group, dot, name = key.strip().partition(".")
     _check(bool(sep and dot and name), f"override {text!r} must look like group.field=value, e.g. train.epochs=3")
+    return group, name, parse_value(f"{group}.{name}", raw, field_type(group, name))
+
+
+def parse_overrides(texts: list[str]) -> dict:
+    """``["train.epochs=3", "eval.n_samples=200"]`` → ``{"train": {"epochs": 3}, "eval": {"n_samples": 200}}``."""
+    nested: dict = {}
+    for text in texts:
+        if not isinstance(text, str):
+            raise ConfigError(f"override {text!r} must be a string group.field=value, e.g. train.epochs=3")
+        g, k, v = parse_override(text)
+        nested.setdefault(g, {})[k] = v
+    return nested
+
+
+def overrides_from_json(text: str) -> list[str]:
+    """The pipelines' ``overrides`` parameter: a JSON list of ``group.field=value`` strings ("" = none)."""
+    if not text.strip():
+        return []
     try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
-        value = raw
-    return group, name, value
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"overrides {text!r} is not JSON ({e}); write a JSON list such as "
+                          '["train.epochs=2", "eval.n_samples=200"]') from None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"overrides {text!r} must be a JSON list of group.field=value strings, "
+                          'e.g. ["train.epochs=2"]')
+    parse_overrides(value)  # every key and type checked here, before any work
+    return value
 
 
 def build_config(name: str, profile: str = "local", overrides: Optional[dict | list] = None) -> PipelineConfig:
@@ -358,11 +445,7 @@ def build_config(name: str, profile: str = "local", overrides: Optional[dict | l
     for layer in (PRESETS[name], PROFILES[profile], _PRESET_PROFILE.get((name, profile), {})):
         d = _merge(d, layer)
     if isinstance(overrides, list):
-        nested: dict = {}
-        for text in overrides:
-            g, k, v = parse_override(text)
-            nested.setdefault(g, {})[k] = v
-        overrides = nested
+        overrides = parse_overrides(overrides)
     d = _merge(d, overrides or {})
     return PipelineConfig.from_dict(d)
 

@@ -173,16 +173,18 @@ def register_generator(run_id: str, generator: torch.nn.Module, cfg: PipelineCon
     cpu_generator = copy.deepcopy(generator).cpu().eval()
     z = latent_example(cfg.model.nz)
     signature = infer_signature(z, generator_output(cpu_generator, z))
-    try:
-        info = mlflow.pytorch.log_model(
-            cpu_generator, name=GENERATOR_ARTIFACT, serialization_format=SERIALIZATION_FORMAT,
-            signature=signature, input_example=z, run_id=run_id,
-            # Explicit requirements skip MLflow's slow inference (it re-loads the model in a subprocess).
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
-        )
-    except RuntimeError as e:  # torch.export's refusals (its Dynamo errors are RuntimeErrors)
-        raise RegistryError(f"torch.export cannot trace this generator on a (B, {cfg.model.nz}) latent "
-                            f"({one_line(e)}); keep its forward free of data-dependent Python control flow") from e
+    # log_model puts its LoggedModel in the active experiment (else "Default", ./mlruns): use the run's.
+    with tracking.run_experiment(run_id):
+        try:
+            info = mlflow.pytorch.log_model(
+                cpu_generator, name=GENERATOR_ARTIFACT, serialization_format=SERIALIZATION_FORMAT,
+                signature=signature, input_example=z, run_id=run_id,
+                # Explicit requirements skip MLflow's slow inference (it re-loads the model in a subprocess).
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
+            )
+        except RuntimeError as e:  # torch.export's refusals (its Dynamo errors are RuntimeErrors)
+            raise RegistryError(f"torch.export cannot trace this generator on a (B, {cfg.model.nz}) latent "
+                                f"({one_line(e)}); keep its forward free of data-dependent Python control flow") from e
     with tempfile.TemporaryDirectory(prefix="ganforge-model-") as tmp:
         sha256 = artifact_digest(quiet_download(info.model_uri, tmp))
     run = c.get_run(run_id)

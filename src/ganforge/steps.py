@@ -7,12 +7,14 @@ keeps the components a few lines each.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
-from .config import PipelineConfig, build_config
+from .config import PipelineConfig, build_config, overrides_from_json, parse_overrides
 
 
 def artifact_root() -> str:
@@ -34,26 +36,75 @@ def mirror(local_dir: str | Path, run_id: str, name: str) -> str:
     return storage.upload_dir(str(local_dir), storage.join(root, "runs", run_id or "no-run", name))
 
 
-def settle_config(pipeline: str, profile: str, knobs: Optional[dict] = None) -> PipelineConfig:
-    """The run's config from the pipeline's parameters: preset + profile + the per-run knobs.
+def settle_config(pipeline: str, profile: str, knobs: Optional[dict] = None, overrides: str = "") -> PipelineConfig:
+    """The run's config from the pipeline's parameters: preset + profile + the per-run knobs, then
+    ``overrides`` (the ``overrides`` parameter: a JSON list of ``group.field=value`` strings, the
+    ``--set`` syntax; they win over the knobs).
 
     ``knobs`` is ``{"train": {"epochs": 3}, ...}``; zero/empty values mean "the profile's
     default" (KFP parameters cannot be None) and are dropped before merging.
     """
-    overrides = {g: {k: v for k, v in kv.items() if v not in (None, "", 0)} for g, kv in (knobs or {}).items()}
-    return build_config(pipeline, profile, {g: kv for g, kv in overrides.items() if kv})
+    layers = {g: {k: v for k, v in kv.items() if v not in (None, "", 0)} for g, kv in (knobs or {}).items()}
+    for g, kv in parse_overrides(overrides_from_json(overrides)).items():
+        layers.setdefault(g, {}).update(kv)
+    return build_config(pipeline, profile, {g: kv for g, kv in layers.items() if kv})
 
 
-def start_run_step(pipeline: str, profile: str, knobs: Optional[dict] = None, kfp_run: str = "") -> dict:
+START_STEP = "start-run"
+
+
+def start_run_step(pipeline: str, profile: str, knobs: Optional[dict] = None, kfp_run: str = "",
+                   overrides: str = "") -> dict:
     """Settle the config and open the pipeline's MLflow run. Returns config_json and run_id."""
     from . import tracking
 
-    cfg = settle_config(pipeline, profile, knobs)
+    cfg = settle_config(pipeline, profile, knobs, overrides)
     tracking.configure()
-    run_id = tracking.start_pipeline_run(cfg, tags={"kfp_run_id": kfp_run} if kfp_run else None)
+    tags = {tracking.STEP_TAG_PREFIX + START_STEP: "running", **({"kfp_run_id": kfp_run} if kfp_run else {})}
+    run_id = tracking.start_pipeline_run(cfg, tags=tags)  # a failure inside leaves the step "running"
+    tracking.client().set_tag(run_id, tracking.STEP_TAG_PREFIX + START_STEP, "done")
     return {"config_json": cfg.to_json(), "run_id": run_id}
 
 
+def tracked(step: str | Callable[[dict], str]) -> Callable:
+    """Run a step inside ``tracking.tracked_step(run_id, name)`` when it has a ``run_id``: its
+    ``ganforge.step.<name>`` tag, and ``ganforge.failed_step`` if it raises. ``step`` is the KFP
+    task name, or a function of the step's arguments giving it."""
+    def decorate(fn: Callable) -> Callable:
+        signature = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            run_id = bound.arguments.get("run_id") or ""
+            if not run_id:
+                return fn(*args, **kwargs)
+            from . import tracking
+
+            tracking.configure()
+            with tracking.tracked_step(run_id, step(bound.arguments) if callable(step) else step):
+                return fn(*args, **kwargs)
+        return wrapper
+    return decorate
+
+
+def end_run_step(pipeline: str, kfp_run: str, kfp_state: str) -> dict:
+    """The pipeline's exit task: end the MLflow run that KFP run ``kfp_run`` opened, from KFP's final
+    state (FINISHED, or FAILED with ``ganforge.failed_step``). Returns run_id, status and the model
+    version the run registered (0 if none, or no run: start-run failed before opening one)."""
+    from . import tracking
+
+    tracking.configure()
+    run_id = tracking.find_pipeline_run(pipeline, kfp_run)
+    if run_id is None:
+        return {"run_id": "", "status": "", "version": 0}
+    status = tracking.end_pipeline_run(run_id, kfp_state)
+    versions = [int(v.version) for v in tracking.client().search_model_versions(f"run_id = '{run_id}'")]
+    return {"run_id": run_id, "status": status, "version": max(versions, default=0)}
+
+
+@tracked(lambda a: f"prep-{a['split']}")
 def prep_step(config_json: str, split: str, out_dir: str, run_id: str = "") -> dict:
     from .data import prepare
 
@@ -69,6 +120,7 @@ def prep_step(config_json: str, split: str, out_dir: str, run_id: str = "") -> d
     return manifest
 
 
+@tracked("train")
 def train_step(config_json: str, data_dir: str, out_dir: str, run_id: str = "", samples_path: str = "") -> dict:
     """Train (resuming from the last checkpoint, so a retried task continues where it died).
 
@@ -134,6 +186,7 @@ def _train_with_torchrun(cfg: PipelineConfig, data_dir: str, out_dir: str, run_i
     return {"step": int(ckpt["step"]), "epoch": int(ckpt["epoch"]) + 1}
 
 
+@tracked("evaluate")
 def evaluate_step(config_json: str, checkpoint_dir: str, reference_dir: str, run_id: str = "",
                   metrics_path: str = "") -> dict:
     """FID/KID of the final EMA generator, and the FID curve over the run's snapshots when it kept any.
@@ -196,9 +249,11 @@ def log_curve(run_id: str, rows: list[dict], curve_dir: str | Path) -> None:
         tracking.log_artifact(run_id, str(Path(curve_dir) / name), "fid_curve")
 
 
+@tracked("register")
 def register_step(config_json: str, checkpoint_dir: str, metrics_json: str, run_id: str,
                   kfp_run: str = "", plot_path: Optional[str] = None) -> dict:
-    """Log the EMA generator as an MLflow model, register it, and apply the FID promotion rule."""
+    """Log the EMA generator as an MLflow model, register it, apply the FID promotion rule and end
+    the pipeline's MLflow run FINISHED."""
     from . import registry, tracking
     from .train import load_generator
 
@@ -213,4 +268,5 @@ def register_step(config_json: str, checkpoint_dir: str, metrics_json: str, run_
     decision = registry.promote(cfg.model_name, version, margin=cfg.registry.promotion_margin)
     if plot_path:
         tracking.log_curves(run_id, plot_path)
+    tracking.finish_pipeline_run(run_id)  # the last step: the run is complete (the exit task confirms it)
     return {"model_name": cfg.model_name, "version": version, **decision}

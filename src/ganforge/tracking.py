@@ -12,6 +12,7 @@ Where things go:
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -19,7 +20,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Iterator, Mapping, Optional
 
 import mlflow
 from mlflow import MlflowClient
@@ -195,6 +196,108 @@ def start_pipeline_run(cfg: PipelineConfig, tags: dict | None = None) -> str:
 def finish_pipeline_run(run_id: str, status: str = "FINISHED") -> None:
     """Close the run: ``FINISHED``, ``FAILED`` or ``KILLED``."""
     client().set_terminated(run_id, status=status)
+
+
+FAILED_STEP_TAG = "ganforge.failed_step"
+"""Run tag: the pipeline step (KFP task name, e.g. ``train``) that failed the run."""
+ERROR_TAG = "ganforge.error"
+STEP_TAG_PREFIX = "ganforge.step."
+"""Run tags ``ganforge.step.<step>`` = running | done | failed: how far each step got."""
+MAX_ERROR_CHARS = 500
+
+
+@contextlib.contextmanager
+def tracked_step(run_id: str, step: str) -> Iterator[None]:
+    """Record a pipeline step's progress on its MLflow run: ``ganforge.step.<step>`` goes running →
+    done, or → failed with ``ganforge.failed_step`` and ``ganforge.error`` (the exception re-raised).
+
+    The run's status is left to the pipeline's exit task (``end_pipeline_run``): a step that fails
+    may still be retried by KFP, and a killed step (OOM) raises nothing; the exit task always runs.
+    """
+    if not run_id:
+        yield
+        return
+    c = client()
+    if c.get_run(run_id).data.tags.get(FAILED_STEP_TAG) == step:  # KFP retries this step: not failed (yet)
+        c.delete_tag(run_id, FAILED_STEP_TAG)
+        c.delete_tag(run_id, ERROR_TAG)
+    c.set_tag(run_id, STEP_TAG_PREFIX + step, "running")
+    try:
+        yield
+    except BaseException as e:
+        message = (f"{type(e).__name__}: {e}".strip().splitlines() or [type(e).__name__])[0]
+        for key, value in ((STEP_TAG_PREFIX + step, "failed"), (FAILED_STEP_TAG, step),
+                           (ERROR_TAG, message[:MAX_ERROR_CHARS])):
+            c.set_tag(run_id, key, value)
+        raise
+    c.set_tag(run_id, STEP_TAG_PREFIX + step, "done")
+
+
+def find_pipeline_run(experiment_name: str, kfp_run: str) -> Optional[str]:
+    """The MLflow run that KFP run ``kfp_run`` opened in ``experiment_name`` (tag ganforge.kfp_run_id), or None."""
+    c = client()
+    experiment = c.get_experiment_by_name(experiment_name)
+    if experiment is None or not kfp_run:
+        return None
+    quoted = kfp_run.replace("'", "\\'")
+    runs = c.search_runs([experiment.experiment_id], filter_string=f"tags.`{KFP_RUN_ID_TAG}` = '{quoted}'",
+                         max_results=2)
+    if len(runs) > 1:
+        raise TrackingError(f"{len(runs)} MLflow runs in experiment {experiment_name!r} carry "
+                            f"{KFP_RUN_ID_TAG}={kfp_run!r}; expected one per KFP run")
+    return runs[0].info.run_id if runs else None
+
+
+def end_pipeline_run(run_id: str, kfp_state: str) -> str:
+    """End the pipeline's MLflow run from KFP's final state of the DAG; returns the status set.
+
+    ``SUCCEEDED`` → FINISHED (a ``failed_step`` left by a retried, then recovered step is removed);
+    ``CANCELLED``/``CANCELED`` → KILLED; anything else → FAILED, with ``ganforge.failed_step`` naming
+    the step that recorded its failure, else the step(s) still marked running (killed without an
+    exception), else ``unknown``.
+    """
+    c = client()
+    run = c.get_run(run_id)
+    tags = run.data.tags
+    state = (kfp_state or "").upper()
+    c.set_tag(run_id, "ganforge.kfp_state", state or "unknown")
+    if state == "SUCCEEDED":
+        for key in (FAILED_STEP_TAG, ERROR_TAG):
+            if key in tags:
+                c.delete_tag(run_id, key)
+        if run.info.status != "FINISHED":
+            c.set_terminated(run_id, status="FINISHED")
+        return "FINISHED"
+    if FAILED_STEP_TAG not in tags:
+        running = sorted(k[len(STEP_TAG_PREFIX):] for k, v in tags.items()
+                         if k.startswith(STEP_TAG_PREFIX) and v == "running")
+        c.set_tag(run_id, FAILED_STEP_TAG, ",".join(running) or "unknown")
+    status = "KILLED" if state in ("CANCELLED", "CANCELED") else "FAILED"
+    c.set_terminated(run_id, status=status)
+    return status
+
+
+@contextlib.contextmanager
+def run_experiment(run_id: str) -> Iterator[str]:
+    """Make the run's experiment MLflow's active one inside the block, restoring the previous after.
+
+    ``mlflow.<flavor>.log_model(..., run_id=…)`` creates its LoggedModel in the *active*
+    experiment, not the run's: without this it lands in experiment 0 ("Default"), whose artifact
+    root on a sqlite store is ``./mlruns`` in the current directory.
+    """
+    from mlflow.tracking import fluent
+
+    experiment_id = client().get_run(run_id).info.experiment_id
+    saved_id, saved_env = fluent._active_experiment_id, os.environ.get("MLFLOW_EXPERIMENT_ID")
+    mlflow.set_experiment(experiment_id=experiment_id)
+    try:
+        yield experiment_id
+    finally:
+        fluent._active_experiment_id = saved_id
+        if saved_env is None:
+            os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+        else:
+            os.environ["MLFLOW_EXPERIMENT_ID"] = saved_env
 
 
 def metric_entities(metrics: Mapping[str, float], step: int, timestamp_ms: int) -> list[Metric]:
