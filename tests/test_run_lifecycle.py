@@ -127,3 +127,12 @@ def test_logged_model_goes_to_the_runs_experiment_not_the_working_directory(stor
     assert (root / "models" / logged.model_id / "artifacts" / "MLmodel").is_file()
     assert c.search_logged_models(experiment_ids=["0"]) == []
     assert (fluent._active_experiment_id, os.environ.get("MLFLOW_EXPERIMENT_ID")) == active_before  # restored
+
+
+def test_a_step_error_is_not_hidden_when_mlflow_cannot_record_it(store, capsys):
+    run_id = _pipeline_run()
+    with pytest.raises(ValueError, match="the step's own error"):
+        with tracking.tracked_step(run_id, "train"):
+            tracking.client().delete_run(run_id)  # MLflow now refuses every tag on this run
+            raise ValueError("the step's own error")
+    assert "could not record the failure of step 'train'" in capsys.readouterr().err

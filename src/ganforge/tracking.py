@@ -17,6 +17,7 @@ import json
 import math
 import os
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -226,9 +227,13 @@ def tracked_step(run_id: str, step: str) -> Iterator[None]:
         yield
     except BaseException as e:
         message = (f"{type(e).__name__}: {e}".strip().splitlines() or [type(e).__name__])[0]
-        for key, value in ((STEP_TAG_PREFIX + step, "failed"), (FAILED_STEP_TAG, step),
-                           (ERROR_TAG, message[:MAX_ERROR_CHARS])):
-            c.set_tag(run_id, key, value)
+        try:
+            for key, value in ((STEP_TAG_PREFIX + step, "failed"), (FAILED_STEP_TAG, step),
+                               (ERROR_TAG, message[:MAX_ERROR_CHARS])):
+                c.set_tag(run_id, key, value)
+        except Exception as tagging:  # MLflow itself may be what failed: never hide the step's own error
+            print(f"ganforge: could not record the failure of step {step!r} on MLflow run {run_id}: {tagging}",
+                  file=sys.stderr)
         raise
     c.set_tag(run_id, STEP_TAG_PREFIX + step, "done")
 
@@ -239,8 +244,9 @@ def find_pipeline_run(experiment_name: str, kfp_run: str) -> Optional[str]:
     experiment = c.get_experiment_by_name(experiment_name)
     if experiment is None or not kfp_run:
         return None
-    quoted = kfp_run.replace("'", "\\'")
-    runs = c.search_runs([experiment.experiment_id], filter_string=f"tags.`{KFP_RUN_ID_TAG}` = '{quoted}'",
+    if "'" in kfp_run:
+        raise TrackingError(f"KFP run name {kfp_run!r} contains a quote; MLflow's filter syntax cannot match it")
+    runs = c.search_runs([experiment.experiment_id], filter_string=f"tags.`{KFP_RUN_ID_TAG}` = '{kfp_run}'",
                          max_results=2)
     if len(runs) > 1:
         raise TrackingError(f"{len(runs)} MLflow runs in experiment {experiment_name!r} carry "
