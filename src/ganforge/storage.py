@@ -60,6 +60,8 @@ def local_path(uri: str | os.PathLike) -> Path:
 
 # errno values that mean "this output cannot be written here", whatever the writer was doing.
 _WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM})
+# The subset that cannot come from reading an input, for blocks that may also read (atomic_file, atomic_dir).
+_OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
 
 
 def _write_failure(p: Path, e: OSError) -> StorageError:
@@ -137,7 +139,7 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        if isinstance(e, OSError) and e.errno in _WRITE_ERRNOS:
+        if isinstance(e, OSError) and e.errno in _OUTPUT_ERRNOS:
             raise _write_failure(p, e) from e
         raise
 
@@ -168,7 +170,7 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path
             os.replace(tmp, p)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, OSError) and e.errno in _WRITE_ERRNOS:
+        if isinstance(e, OSError) and e.errno in _OUTPUT_ERRNOS:
             raise _write_failure(p, e) from e
         raise
 
