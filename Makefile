@@ -9,6 +9,9 @@ PARAMS ?=
 # Config overrides for run/submit/schedule, space-separated: SET="train.epochs=2 eval.n_samples=200"
 SET ?=
 SET_ARGS = $(foreach s,$(SET),--set $(s))
+# How `make run` runs the DAG's tasks: subprocess (this venv) or docker (local images + local stack).
+RUNNER ?= subprocess
+RUNNERS := subprocess docker
 export GANFORGE_HOME ?= $(CURDIR)/.ganforge
 STAMP := $(VENV)/.ganforge-installed
 APT_PACKAGES := dataset-fashion-mnist espeak-ng sox
@@ -19,12 +22,23 @@ export GANFORGE_IMAGE ?= $(IMAGE_REGISTRY)/ganforge-gpu:$(TAG)
 
 .DEFAULT_GOAL := help
 .PHONY: help setup system-deps weights run test test-fast compile submit schedule unschedule promote registry \
-        generate bench quality quality-data ablation ablation-name images lint-images k8s-check k8s-secrets-init clean
+        generate bench quality quality-data ablation ablation-name images lint-images k8s-check k8s-secrets-init clean \
+        images-local images-deps runner-check stack-deps stack-up stack-down
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
 setup: system-deps $(STAMP) weights ## Everything a fresh machine needs: apt packages, venv with pinned deps, Inception weights
+
+# $(call apt_install,PACKAGES): install the missing ones as root, else say what to run.
+define apt_install
+missing=$$(for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+if [ -n "$$missing" ]; then \
+  if [ "$$(id -u)" = 0 ]; then DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+  else echo "missing Debian packages: $$missing — run: sudo apt-get install $$missing" >&2; exit 1; fi; \
+fi
+endef
 
 system-deps: ## Debian packages: Fashion-MNIST IDX files, espeak-ng, sox (installed when missing and root)
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -44,14 +58,18 @@ $(STAMP): pyproject.toml
 weights: $(STAMP) ## Fetch and sha1-check the offline FID Inception weights into the cache
 	@$(BIN)/python -m ganforge.weights
 
-run: setup ## Run the whole DAG locally (kfp.local, sqlite MLflow): make run PIPELINE=dcgan [PROFILE=local] [SET="train.epochs=2"]
-	$(BIN)/python -m pipelines run $(PIPELINE) --profile $(PROFILE) $(PARAMS) $(SET_ARGS)
+run: runner-check setup $(if $(filter docker,$(RUNNER)),images-local stack-deps) ## Run the whole DAG locally (kfp.local): make run PIPELINE=dcgan [PROFILE=local] [RUNNER=subprocess|docker] [SET="train.epochs=2"]
+	$(BIN)/python -m pipelines run $(PIPELINE) --profile $(PROFILE) --runner $(RUNNER) $(PARAMS) $(SET_ARGS)
+
+runner-check:
+	@[ -n "$(filter $(RUNNER),$(RUNNERS))" ] && [ "$(words $(RUNNER))" = 1 ] || \
+	  { echo "RUNNER='$(RUNNER)': give one of $(RUNNERS), e.g. make run PIPELINE=dcgan RUNNER=docker" >&2; exit 2; }
 
 test: setup ## Run the whole test suite
 	$(BIN)/python -m pytest -q
 
-test-fast: setup ## Run the tests not marked slow
-	$(BIN)/python -m pytest -q -m "not slow"
+test-fast: setup ## Run the tests not marked slow (nor docker)
+	$(BIN)/python -m pytest -q -m "not slow and not docker"
 
 compile: setup ## Compile a pipeline to KFP IR: build/$(PIPELINE).yaml (PIPELINE=all for every one)
 	$(BIN)/python -m pipelines compile $(PIPELINE) --profile $(or $(filter-out local,$(PROFILE)),full) --out-dir build
@@ -66,13 +84,13 @@ unschedule: setup ## Pause the recurring run of PIPELINE (DELETE=1 removes it)
 	$(BIN)/python -m pipelines unschedule $(PIPELINE) $(if $(DELETE),--delete)
 
 promote: setup ## Make VERSION the champion of PIPELINE's registered model (a human decision; FORCE=1 for no FID)
-	$(BIN)/ganforge promote $(PIPELINE) $(VERSION) $(if $(FORCE),--force)
+	$(STACK_ENV) $(BIN)/ganforge promote $(PIPELINE) $(VERSION) $(if $(FORCE),--force)
 
 registry: setup ## Show registered versions of PIPELINE's model with FID/KID and aliases
-	$(BIN)/ganforge registry show $(PIPELINE)
+	$(STACK_ENV) $(BIN)/ganforge registry show $(PIPELINE)
 
 generate: setup ## Samples from the champion: make generate PIPELINE=dcgan [N=64] [SEED=0]
-	$(BIN)/ganforge generate --model models:/$(PIPELINE)@champion -n $(or $(N),64) --seed $(or $(SEED),0) \
+	$(STACK_ENV) $(BIN)/ganforge generate --model models:/$(PIPELINE)@champion -n $(or $(N),64) --seed $(or $(SEED),0) \
 	  --interpolate 8 --out build/generated/$(PIPELINE)
 
 # The FID-10k protocol outside KFP, for long CPU runs: resumable (re-run the same command after
@@ -109,6 +127,25 @@ ablation-name:
 
 bench: setup ## Benchmarks (ratios measured in one run) → build/bench.json
 	$(BIN)/python benchmarks/run.py --out build/bench.json
+
+# While the local stack of GANFORGE_HOME runs (make run RUNNER=docker), generate/registry/promote use
+# its MLflow server; otherwise MLFLOW_TRACKING_URI or the sqlite store, as always.
+STACK_ENV = env $$($(BIN)/python -m pipelines stack env)
+
+images-deps: ## Debian packages for images-local: docker.io, mmdebstrap (installed when missing and root)
+	@$(call apt_install,docker.io mmdebstrap)
+
+stack-deps: ## Debian packages for the local stack: postgresql (installed when missing and root)
+	@$(call apt_install,postgresql)
+
+images-local: images-deps setup ## Build localhost/ganforge-{cpu,mlflow-server}:dev here (local base, dockerd started when none answers)
+	$(BIN)/python -m pipelines images-local
+
+stack-up: stack-deps setup ## Start the local MLflow server image + PostgreSQL + S3 stack (make run RUNNER=docker does it)
+	$(BIN)/python -m pipelines stack up
+
+stack-down: setup ## Stop the local stack and discard its registry and artifacts
+	$(BIN)/python -m pipelines stack down
 
 images: ## Build and push the gpu, cpu and mlflow-server images (needs Docker with buildx)
 	@for target in gpu cpu mlflow-server; do \

@@ -7,8 +7,10 @@ from .image import IMAGE
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def prep_data(config_json: str, split: str, run_id: str, dataset: Output[Dataset]) -> str:
     """Prepare one split as a validated uint8/int16 array + manifest; returns its sha256."""
+    from ganforge.runtime import record_task
     from ganforge.steps import prep_step
 
+    record_task(run_id, f"prep_data-{split}")
     manifest = prep_step(config_json, split, dataset.path, run_id)
     dataset.metadata.update({k: manifest[k] for k in ("source", "split", "count", "sha256", "mirror_uri")})
     dataset.metadata["shape"] = list(manifest["shape"])

@@ -13,9 +13,11 @@ def start_run(pipeline: str, profile: str, epochs: int, source: str, nproc: int,
     group.field=value strings) and open its MLflow run."""
     from collections import namedtuple
 
+    from ganforge.runtime import record_task
     from ganforge.steps import start_run_step
 
     knobs = {"train": {"epochs": epochs, "nproc": nproc, "nnodes": nnodes, "launcher": launcher}, "data": {"source": source},
              "eval": {"n_samples": fid_samples}, "registry": {"promotion_margin": promotion_margin}}
     out = start_run_step(pipeline, profile, knobs, kfp_run=kfp_run, overrides=overrides)
+    record_task(out["run_id"], "start_run")
     return namedtuple("Run", ["config_json", "run_id"])(out["config_json"], out["run_id"])

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 
 from ganforge.config import PRESETS, PROFILES
@@ -18,12 +20,22 @@ def main_run(argv: list[str]) -> int:
     p.add_argument("--nproc", type=int, help="training ranks on this machine (torchrun)")
     p.add_argument("--fid-samples", type=int)
     p.add_argument("--promotion-margin", type=float)
+    p.add_argument("--runner", default="subprocess",
+                   help="subprocess (tasks in this venv) or docker (each task in a localhost/ganforge-cpu:dev "
+                        "container, tracking in the local MLflow + PostgreSQL + S3 stack)")
     add_set_argument(p)
     a = p.parse_args(argv)
     overrides = overrides_parameter(a.pipeline, a.profile, a.set)
-    from .local import print_summary, run_local
+    if a.runner == "docker":
+        from .docker_local import CPU_IMAGE
 
-    summary = run_local(a.pipeline, a.profile, epochs=a.epochs, source=a.source, nproc=a.nproc,
+        # Before anything imports the components: their base_image is fixed at import time.
+        os.environ["GANFORGE_IMAGE"] = CPU_IMAGE
+    from .local import check_runner, print_summary, run_local
+
+    check_runner(a.runner)
+
+    summary = run_local(a.pipeline, a.profile, runner=a.runner, epochs=a.epochs, source=a.source, nproc=a.nproc,
                         fid_samples=a.fid_samples, promotion_margin=a.promotion_margin, overrides=overrides)
     print_summary(summary)
     return 0
@@ -42,9 +54,44 @@ def main_compile(argv: list[str]) -> int:
     return 0
 
 
+def main_images_local(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m pipelines images-local",
+                                description="build the cpu and mlflow-server images on a local Debian base")
+    p.add_argument("--target", action="append", dest="targets", help="cpu or mlflow-server (default: both)")
+    a = p.parse_args(argv)
+    from .docker_local import build_images
+
+    report = build_images(tuple(a.targets or ("cpu", "mlflow-server")), log=lambda m: print(m, file=sys.stderr))
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def main_stack(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m pipelines stack",
+                                description="the local MLflow server image + PostgreSQL + S3 stack of GANFORGE_HOME")
+    p.add_argument("action", choices=["up", "down", "status", "env"])
+    a = p.parse_args(argv)
+    from . import stack
+
+    if a.action == "up":
+        print(stack.up(log=lambda m: print(m, file=sys.stderr)).tracking_uri)
+    elif a.action == "down":
+        stack.down(log=lambda m: print(m, file=sys.stderr))
+    else:
+        running = stack.running()
+        if a.action == "env":  # for `env $(python -m pipelines stack env) CMD`: nothing when no stack runs
+            print(" ".join(f"{k}={v}" for k, v in running.env().items()) if running else "")
+        elif running is None:
+            print("no local stack running", file=sys.stderr)
+            return 1
+        else:
+            print(json.dumps(running.__dict__, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"run": main_run, "compile": main_compile}
+    commands = {"run": main_run, "compile": main_compile, "images-local": main_images_local, "stack": main_stack}
     try:
         from .remote import main_schedule, main_submit, main_unschedule
 

@@ -1,8 +1,15 @@
-"""Run a pipeline on this machine: kfp.local's SubprocessRunner, sqlite MLflow, a local artifact dir.
+"""Run a pipeline on this machine through kfp.local, with one of two runners.
 
+``subprocess`` (the default): every task is a subprocess of this venv; tracking in sqlite.
 State lives under GANFORGE_HOME (default ./.ganforge): mlflow.db (tracking + registry),
 mlartifacts/ (MLflow artifacts) and pipeline-root/ (KFP task outputs). MLFLOW_TRACKING_URI,
 when set, points the same run at a real MLflow server instead.
+
+``docker``: every task runs in its own container of ``localhost/ganforge-cpu:dev`` (kfp.local's
+DockerRunner, the image's non-root user), tracking in the local stack (``pipelines.stack``: the
+mlflow-server image on PostgreSQL with artifacts in an S3 server process) — the cluster's
+arrangement on one machine. The images must be built from this checkout (``make images-local``);
+a stale one is refused. Task outputs go to GANFORGE_HOME/pipeline-root-docker/.
 """
 from __future__ import annotations
 
@@ -16,14 +23,70 @@ from ganforge import paths, tracking
 from .factory import build_pipeline
 
 
-def run_local(name: str, profile: str = "local", **params) -> dict:
+RUNNERS = ("subprocess", "docker")
+IMAGE_UID = 1000  # the images' non-root user (images/Dockerfile)
+# What a task container gets from this environment: nothing else (no credentials, no host paths).
+CONTAINER_ENV_PASSTHROUGH = ("OMP_NUM_THREADS", "GANFORGE_EVAL_WORKERS", "GANFORGE_S3_ATTEMPTS",
+                             "GANFORGE_S3_BACKOFF_S", "GANFORGE_DEBUG")
+
+
+def check_runner(runner: str) -> str:
+    if runner not in RUNNERS:
+        raise ValueError(f"unknown runner {runner!r}: choose one of {', '.join(RUNNERS)} (e.g. RUNNER=docker)")
+    return runner
+
+
+def local_sources(name: str, profile: str, source: str | None) -> list[str]:
+    """Host paths a task container must read: the data source when it is a local file or folder."""
+    from ganforge.config import build_config
+
+    src = source or build_config(name, profile).data.source
+    return [str(Path(src).resolve())] if src.startswith("/") and Path(src).exists() else []
+
+
+def docker_runner(home: Path, sources: list[str], tracking_uri: str):
+    """kfp.local's DockerRunner on the local cpu image: host network (the stack listens on 127.0.0.1),
+    the image's non-root user (or this user's uid when not root), data sources mounted read-only."""
+    from docker.types import Mount
+
+    from . import docker_local
+    from components.image import IMAGE
+
+    if IMAGE != docker_local.CPU_IMAGE:
+        raise ValueError(f"the DAG's components were built for image {IMAGE}; the docker runner needs "
+                         f"GANFORGE_IMAGE={docker_local.CPU_IMAGE} set before the pipeline is imported "
+                         "(`make run RUNNER=docker` and `python -m pipelines run --runner docker` do it)")
+    docker_local.check_fresh(docker_local.CPU_IMAGE)
+    root = home / "pipeline-root-docker"
+    root.mkdir(parents=True, exist_ok=True)
+    env = {"MLFLOW_TRACKING_URI": tracking_uri, "GANFORGE_TASK_RUNNER": "docker"}
+    env.update({k: os.environ[k] for k in CONTAINER_ENV_PASSTHROUGH if k in os.environ})
+    args = {}
+    if os.geteuid() == 0:
+        os.chown(root, IMAGE_UID, IMAGE_UID)  # the tasks (uid 1000) create their output folders here
+    else:
+        args["user"] = f"{os.getuid()}:{os.getgid()}"
+        env["HOME"] = "/tmp"  # the image's home belongs to uid 1000
+    mounts = [Mount(target=p, source=p, type="bind", read_only=True) for p in sources]
+    return local.DockerRunner(network_mode="host", environment=env, mounts=mounts, **args), root
+
+
+def run_local(name: str, profile: str = "local", runner: str = "subprocess", **params) -> dict:
     """Run pipeline ``name`` end to end here; returns a summary (run id, metrics, version, alias, paths)."""
+    check_runner(runner)
     home = paths.home()
     home.mkdir(parents=True, exist_ok=True)
     os.environ["GANFORGE_HOME"] = str(home)  # the task subprocesses inherit it
-    os.environ["MLFLOW_TRACKING_URI"] = tracking.resolve_tracking_uri(str(home))
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(home / "pipeline-root"),
-               raise_on_error=True)
+    if runner == "docker":
+        from . import stack
+
+        os.environ["MLFLOW_TRACKING_URI"] = stack.up(home).tracking_uri
+        task_runner, root = docker_runner(home, local_sources(name, profile, params.get("source")),
+                                          os.environ["MLFLOW_TRACKING_URI"])
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = tracking.resolve_tracking_uri(str(home))
+        task_runner, root = local.SubprocessRunner(use_venv=False), home / "pipeline-root"
+    local.init(runner=task_runner, pipeline_root=str(root), raise_on_error=True)
     pipeline = build_pipeline(name, profile)
     task = pipeline(profile=profile, **{k: v for k, v in params.items() if v is not None})
     version = int(task.output)
@@ -51,7 +114,8 @@ def summarize(name: str, profile: str, version: int) -> dict:
         "kid_mean": run.data.metrics.get("kid_mean"),
         "inception_score": run.data.metrics.get("inception_score"),
         "sample_grid": _last_sample_grid(run.info.artifact_uri),
-        "mlflow_ui": f"mlflow ui --backend-store-uri {tracking.resolve_tracking_uri()} --port 5000",
+        "mlflow_ui": (uri if (uri := tracking.resolve_tracking_uri()).startswith("http")
+                      else f"mlflow ui --backend-store-uri {uri} --port 5000"),
     }
 
 
