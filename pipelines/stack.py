@@ -16,8 +16,8 @@ this process's environment), and the backend URI carries no password (libpq read
 
 The stack's state lives as long as the stack: moto keeps objects in memory, so ``stack down``
 (or a stack found dead) discards the Postgres cluster too, keeping registry and artifacts in
-step. State: GANFORGE_HOME/stack/ (stack.json, logs); as root the Postgres data directory
-lives under the system temp dir (the ``postgres`` user must reach it).
+step. State: GANFORGE_HOME/stack/ (stack.json, pgpass, logs); as root the Postgres data
+directory and its log live under the system temp dir (the ``postgres`` user must reach them).
 """
 from __future__ import annotations
 
@@ -143,10 +143,7 @@ def start_postgres(home: Path, password: str, logs: Path) -> tuple[int, Path]:
     if init.returncode != 0:
         raise StackError(f"initdb failed: {(init.stderr or init.stdout).strip()[-500:]}")
     port = free_port()
-    log = logs / "postgres.log"
-    if os.geteuid() == 0:
-        log.touch()
-        shutil.chown(log, "postgres", "postgres")
+    log = data / "postgres.log"  # beside the cluster: as root, the postgres user may not reach GANFORGE_HOME
     options = f"-p {port} -k {data} -c listen_addresses=127.0.0.1"
     start = subprocess.run(as_postgres_user([postgres_bin("pg_ctl"), "-D", str(cluster), "-l", str(log),
                                              "-o", options, "-w", "-t", "120", "start"]),

@@ -169,9 +169,9 @@ def test_mlflow_server_image_on_postgres_keeps_runs_in_postgres_and_artifacts_in
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=stack.BUCKET).get("Contents", [])]
     assert [k for k in keys if k.endswith(f"{run.info.run_id}/artifacts/note.txt")], keys
     # The server runs as the image's non-root user, and no password is on its command line.
-    top = docker_local.docker("top", local_stack.container, "-o", "user,args").stdout
-    assert password not in top and stack.S3_KEYS["AWS_SECRET_ACCESS_KEY"] not in top
-    assert "root" not in [line.split()[0] for line in top.splitlines()[1:]], top
+    top = docker_local.docker("top", local_stack.container, "-o", "pid,uid,args").stdout
+    assert "mlflow" in top and password not in top and stack.S3_KEYS["AWS_SECRET_ACCESS_KEY"] not in top
+    assert {line.split()[1] for line in top.splitlines()[1:]} == {"1000"}, top
 
 
 def test_dag_tasks_run_in_their_own_containers_and_the_champion_generates(local_stack, make_env, home):
