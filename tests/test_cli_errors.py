@@ -124,3 +124,17 @@ def test_ctrl_c_is_one_line_and_exit_130(fashion_train, tmp_path):
     assert "Traceback" not in rest and len(lines) == 1, rest[-3000:]
     assert lines[0].startswith("ganforge train: interrupted (Ctrl-C)") and "--resume" in lines[0]
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []  # no half-written temp files
+
+
+def test_resume_with_a_changed_learning_rate_needs_the_flag(fashion_train, tmp_path, capsys):
+    common = ["train", "--profile", "tiny", "--set", "train.checkpoint_every=2", "--data", str(fashion_train),
+              "--out", str(tmp_path / "run")]
+    assert run_main(capsys, *common, "--set", "train.max_steps=2")[0] == 0
+    changed = [*common, "--set", "train.max_steps=4", "--set", "train.lr_d=0.001", "--resume"]
+    status, err = run_main(capsys, *changed)
+    assert status == 2 and len(err) == 1 and "train.lr_d 0.0002 → 0.001" in err[0] and "--allow-config-change" in err[0]
+    status, _ = run_main(capsys, *changed, "--allow-config-change")
+    from ganforge.train import read_checkpoint
+
+    ckpt = read_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert status == 0 and ckpt["step"] == 4 and ckpt["opt_D"]["param_groups"][0]["lr"] == 0.001
