@@ -245,3 +245,14 @@ def test_registered_artifact_is_pt2_with_the_latent_signature(champions, store):
         assert [Path(f.path).name for f in files] == ["model.pt2"], preset
         example = json.loads(mlflow.artifacts.load_text(f"{uri}/input_example.json"))
         assert np.asarray(example).shape == (2, 100), preset
+
+
+def test_a_registered_generator_moves_to_another_device(champions, store):
+    """ganforge's non-CPU branch (torch.export's move_to_device_pass on the verified archive),
+    run on the meta device because this machine has no GPU."""
+    for preset, champion in champions.items():
+        generator = registry.load_generator(f"models:/{champion['name']}/{champion['version']}", map_location="meta")
+        assert {p.device.type for p in generator.parameters()} == {"meta"}, preset
+        out = generator(torch.zeros(3, 100, device="meta"))
+        assert out.device.type == "meta" and tuple(out.shape) == (
+            (3, 1, 28, 28) if preset == "dcgan" else (3, 1, 16384)), preset

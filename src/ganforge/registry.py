@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
-import io
 import json
 import math
 import os
@@ -193,8 +192,7 @@ def register_generator(run_id: str, generator: torch.nn.Module, cfg: PipelineCon
     link_metrics(c, run_id, info.model_id, scores)
     version_tag_values = {**version_tags(cfg, metrics, tags, run.data.params),
                           ARTIFACT_SHA256_TAG: sha256, MARGIN_TAG: repr(float(cfg.registry.promotion_margin))}
-    with contextlib.redirect_stderr(io.StringIO()):  # "Successfully registered model ..." chatter
-        model_version = mlflow.register_model(info.model_uri, cfg.model_name, tags=version_tag_values)
+    model_version = mlflow.register_model(info.model_uri, cfg.model_name, tags=version_tag_values)
     return int(model_version.version)
 
 
