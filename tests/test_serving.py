@@ -165,6 +165,29 @@ def test_readme_serving_snippet_loads_the_champion_without_ganforge(preset, cham
     assert np.allclose(np.array(served["values"], dtype=np.float32).reshape(expected.shape), expected, atol=1e-5)
 
 
+@pytest.mark.slow
+def test_readme_serving_snippet_against_a_real_mlflow_server(tmp_path, monkeypatch):
+    """The same snippet, verbatim, where serving teams meet the model: a real `mlflow server`
+    (artifacts proxied by the server), from an interpreter without ganforge."""
+    from mlflow_server import mlflow_server
+
+    with mlflow_server(tmp_path / "server") as uri:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        tracking.configure()
+        champion = register("dcgan", 50.0)
+        env = serving_env(tmp_path)
+        env["MLFLOW_TRACKING_URI"] = uri
+        code = ISOLATED_PRELUDE.format(site=str(SITE_PACKAGES)) + readme_serving_snippet() + ISOLATED_EPILOGUE
+        done = isolated_python(code, env, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    served = json.loads(done.stdout.strip().splitlines()[-1])
+    latents = np.random.default_rng(0).standard_normal((16, 100)).astype(np.float32)
+    with torch.no_grad():
+        expected = champion["generator"](torch.from_numpy(latents)).numpy()
+    assert served["shape"] == [16, 1, 28, 28]
+    assert np.allclose(np.array(served["values"], dtype=np.float32).reshape(expected.shape), expected, atol=1e-5)
+
+
 def test_the_isolated_interpreter_really_lacks_ganforge(home, tmp_path):
     """The check the serving test relies on: the same prelude fails as soon as code imports ganforge."""
     code = ISOLATED_PRELUDE.format(site=str(SITE_PACKAGES)) + "import ganforge\n"
