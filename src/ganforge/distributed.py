@@ -49,6 +49,18 @@ PYTORCHJOB_PORT = 23456
 PATCH_MANAGER = "ganforge"
 CONFIG_ENV = "GANFORGE_CONFIG_JSON"
 CONFIG_PATH_IN_POD = "/tmp/ganforge-config.json"
+# Pods run as the images' non-root user with a read-only root filesystem; /tmp is a writable
+# emptyDir (config file, staging of data and checkpoints: GANFORGE_CACHE, HOME). These settings
+# pass the Pod Security Standard "restricted", and k8s/base/admission-policy.yaml rejects
+# TrainJob/PyTorchJob objects without them in the ganforge namespace.
+POD_SECURITY_CONTEXT = {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000,
+                        "seccompProfile": {"type": "RuntimeDefault"}}
+CONTAINER_SECURITY_CONTEXT = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                              "capabilities": {"drop": ["ALL"]}}
+# The container command points HOME (when the image's is read-only) and GANFORGE_CACHE (unless
+# set) at /tmp, so staging and caches land on the emptyDir.
+WRITABLE_DIRS = ('[ -w "$HOME" ] || export HOME=/tmp; '
+                 'export GANFORGE_CACHE="${GANFORGE_CACHE:-/tmp/ganforge-cache}"; ')
 
 # Set by the engines; a user value would fight them (Trainer rejects PET_* in trainer.env).
 _RESERVED_ENV = re.compile(r"^(PET_.*|MASTER_ADDR|MASTER_PORT|WORLD_SIZE|RANK|LOCAL_RANK|" + CONFIG_ENV + ")$")
@@ -192,7 +204,7 @@ def train_command(engine: str, cli_args: list[str], module: str = "ganforge.cli"
     """
     _require(engine in ENGINES, f"engine={engine!r} is not valid; choose one of {ENGINES}")
     rendezvous = '--master-addr "$MASTER_ADDR" --master-port "$MASTER_PORT" ' if engine == "pytorchjob" else ""
-    script = (f'printf %s "${CONFIG_ENV}" > {CONFIG_PATH_IN_POD} && '
+    script = (f'{WRITABLE_DIRS}printf %s "${CONFIG_ENV}" > {CONFIG_PATH_IN_POD} && '
               f"exec torchrun {rendezvous}-m {shlex.quote(module)} {shlex.join(cli_args)}")
     return ["/bin/sh", "-c", script]
 
@@ -242,15 +254,16 @@ def _env_list(spec: ClusterTrainSpec) -> list[dict]:
 
 def _volumes(spec: ClusterTrainSpec) -> list[dict]:
     shm = {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.shm_size}}
+    tmp = {"name": "tmp", "emptyDir": {}}
     pvcs = [{"name": f"pvc-{i}", "persistentVolumeClaim": {"claimName": claim}}
             for i, claim in enumerate(sorted(spec.pvc_mounts))]
-    return [shm, *pvcs]
+    return [shm, tmp, *pvcs]
 
 
 def _volume_mounts(spec: ClusterTrainSpec) -> list[dict]:
     pvcs = [{"name": f"pvc-{i}", "mountPath": spec.pvc_mounts[claim]}
             for i, claim in enumerate(sorted(spec.pvc_mounts))]
-    return [{"name": "dshm", "mountPath": "/dev/shm"}, *pvcs]
+    return [{"name": "dshm", "mountPath": "/dev/shm"}, {"name": "tmp", "mountPath": "/tmp"}, *pvcs]
 
 
 def _labels(spec: ClusterTrainSpec) -> dict:
@@ -259,7 +272,7 @@ def _labels(spec: ClusterTrainSpec) -> dict:
 
 
 def _pod_scheduling(spec: ClusterTrainSpec) -> dict:
-    out: dict = {}
+    out: dict = {"securityContext": dict(POD_SECURITY_CONTEXT)}
     if spec.node_selector:
         out["nodeSelector"] = dict(spec.node_selector)
     if spec.tolerations:
@@ -274,8 +287,11 @@ def _pytorchjob_replica(spec: ClusterTrainSpec, replicas: int) -> dict:
         "name": PYTORCHJOB_CONTAINER, "image": spec.image, "command": list(spec.command),
         "env": _env_list(spec), "resources": _resources(spec), "volumeMounts": _volume_mounts(spec),
         "ports": [{"name": "pytorchjob-port", "containerPort": PYTORCHJOB_PORT, "protocol": "TCP"}],
+        "securityContext": dict(CONTAINER_SECURITY_CONTEXT),
     }
-    pod_spec = {"containers": [container], "volumes": _volumes(spec), **_pod_scheduling(spec)}
+    # Training talks to S3 and MLflow, never to the Kubernetes API: no token in the pod.
+    pod_spec = {"containers": [container], "volumes": _volumes(spec), "automountServiceAccountToken": False,
+                **_pod_scheduling(spec)}
     return {"replicas": replicas, "restartPolicy": "OnFailure",
             "template": {"metadata": {"labels": _labels(spec)}, "spec": pod_spec}}
 
@@ -308,11 +324,14 @@ def trainjob_manifest(spec: ClusterTrainSpec) -> dict:
 
     Image, command, env and resources go in ``spec.trainer``; pod-level settings (node selector,
     tolerations, service account, /dev/shm and PVC volumes) in a ``runtimePatches`` entry for the
-    runtime's ``node`` replicated job.
+    runtime's ``node`` replicated job. The runtime patch has no ``automountServiceAccountToken``
+    field: the token stays out of the pods through the ServiceAccount (``ganforge-training`` in
+    k8s/base sets it to false).
     """
     group, version, _, kind = _RESOURCE["trainjob"]
     pod_patch = {**_pod_scheduling(spec), "volumes": _volumes(spec),
-                 "containers": [{"name": TRAINJOB_NODE, "volumeMounts": _volume_mounts(spec)}]}
+                 "containers": [{"name": TRAINJOB_NODE, "volumeMounts": _volume_mounts(spec),
+                                 "securityContext": dict(CONTAINER_SECURITY_CONTEXT)}]}
     patch = {"manager": PATCH_MANAGER, "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [
         {"name": TRAINJOB_NODE, "template": {"spec": {"template": {
             "metadata": {"labels": _labels(spec)}, "spec": pod_patch}}}}]}}}}

@@ -44,6 +44,13 @@ from .train import CHECKPOINT_NAME, MetricsFn, TrainResult, init_distributed, re
 ARTIFACT_ROOT_ENV = "GANFORGE_ARTIFACT_ROOT"
 S3_SECRET = "ganforge-s3"
 S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+# Rank 0 logs metrics into the pipeline's MLflow run; with MLflow's basic-auth (k8s/base) it needs
+# the pipeline's MLflow user, from the same Secret as the step (only when the step has it).
+MLFLOW_SECRET = "ganforge-mlflow"
+MLFLOW_SECRET_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+# ServiceAccount of the job's pods: no RoleBinding, no token mounted (k8s/base/training-identity.yaml);
+# the admission policy there admits TrainJob/PyTorchJob pods only under this identity.
+TRAINING_SERVICE_ACCOUNT = "ganforge-training"
 # Non-secret settings the pods need, copied from the launching step's environment (which
 # gets them from the ganforge-env ConfigMap on the cluster).
 FORWARDED_ENV = ("AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL", "AWS_DEFAULT_REGION", "MLFLOW_TRACKING_URI",
@@ -238,6 +245,14 @@ def job_environment(run_id: str) -> dict[str, str]:
     return env
 
 
+def job_secret_refs() -> dict[str, tuple[str, str]]:
+    """Env var → (Secret, key) of the job's pods: the S3 keys, and the MLflow user when this step has one."""
+    refs = {k: (S3_SECRET, k) for k in S3_SECRET_KEYS}
+    if all(os.environ.get(k) for k in MLFLOW_SECRET_KEYS):
+        refs.update({k: (MLFLOW_SECRET, k) for k in MLFLOW_SECRET_KEYS})
+    return refs
+
+
 def job_poll_seconds() -> float:
     """GANFORGE_JOB_POLL_S: seconds between status reads of the job (default 10)."""
     from .distributed import ClusterSpecError
@@ -287,8 +302,8 @@ def launch_cluster_training(cfg: PipelineConfig, data_dir: str, out_dir: str, ru
     spec = spec_from_config(
         cfg, image=image, namespace=pod_namespace(), data_uri=data_uri, out_uri=out_uri,
         engine=cfg.train.launcher, gpus_per_node=gpus, nnodes=cfg.train.nnodes,
-        env=job_environment(run_id), env_from_secrets={k: (S3_SECRET, k) for k in S3_SECRET_KEYS},
-        tolerations=[GPU_TOLERATION] if gpus else [],
+        env=job_environment(run_id), env_from_secrets=job_secret_refs(),
+        tolerations=[GPU_TOLERATION] if gpus else [], service_account=TRAINING_SERVICE_ACCOUNT,
         # Named after the MLflow run: a retried step that finds its job still running gets a clear
         # 409 instead of starting a second job on the same S3 prefix.
         name=f"{cfg.name}-{run_id[:12]}" if run_id else None)
