@@ -155,13 +155,14 @@ def ensure_base(cache: Path) -> float:
     start = time.monotonic()
     cache.mkdir(parents=True, exist_ok=True)
     tar = cache / f"base-{DEBIAN_SUITE}.tar"
-    tmp = tar.with_suffix(".tar.partial")
+    tmp = cache / f"base-{DEBIAN_SUITE}.partial.tar"  # mmdebstrap picks its output format by the suffix
+    shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
     mirror = apt_mirror()
     cmd = ["mmdebstrap", "--variant=minbase", "--mode=root", f"--include={','.join(BASE_PACKAGES)}",
            DEBIAN_SUITE, str(tmp), mirror]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
-    if proc.returncode != 0:
-        tmp.unlink(missing_ok=True)
+    if proc.returncode != 0 or not tmp.is_file():
+        shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
         raise ImageError(f"base image: mmdebstrap {DEBIAN_SUITE} from {mirror} failed: "
                          f"{(proc.stderr or proc.stdout).strip()[-800:]}")
     tmp.rename(tar)

@@ -13,6 +13,7 @@ a stale one is refused. Task outputs go to GANFORGE_HOME/pipeline-root-docker/.
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -27,7 +28,7 @@ RUNNERS = ("subprocess", "docker")
 IMAGE_UID = 1000  # the images' non-root user (images/Dockerfile)
 # What a task container gets from this environment: nothing else (no credentials, no host paths).
 CONTAINER_ENV_PASSTHROUGH = ("OMP_NUM_THREADS", "GANFORGE_EVAL_WORKERS", "GANFORGE_S3_ATTEMPTS",
-                             "GANFORGE_S3_BACKOFF_S", "GANFORGE_DEBUG")
+                             "GANFORGE_S3_BACKOFF_S", "GANFORGE_S3_TIMEOUT_S", "GANFORGE_DEBUG")
 
 
 def check_runner(runner: str) -> str:
@@ -90,10 +91,11 @@ def run_local(name: str, profile: str = "local", runner: str = "subprocess", **p
     pipeline = build_pipeline(name, profile)
     task = pipeline(profile=profile, **{k: v for k, v in params.items() if v is not None})
     version = int(task.output)
-    return summarize(name, profile, version)
+    sets = json.loads(params["overrides"]) if params.get("overrides") else []
+    return summarize(name, profile, version, sets)
 
 
-def summarize(name: str, profile: str, version: int) -> dict:
+def summarize(name: str, profile: str, version: int, sets: list[str] | None = None) -> dict:
     """What a user looks at after a run, read back from the MLflow registry and run."""
     from mlflow import MlflowClient
 
@@ -101,7 +103,8 @@ def summarize(name: str, profile: str, version: int) -> dict:
 
     tracking.configure()
     client = MlflowClient()
-    mv = client.get_model_version(build_config(name, profile).model_name, str(version))
+    # --set registry.model_name=… registers under another name: read the version back from there.
+    mv = client.get_model_version(build_config(name, profile, list(sets or [])).model_name, str(version))
     run = client.get_run(mv.run_id)
     aliases = list(mv.aliases)
     return {

@@ -111,3 +111,15 @@ def test_readme_make_run_with_set(tmp_path):
     assert run.info.status == "FINISHED"
     assert json.loads(run.data.params["train.max_steps"]) != build_config("dcgan", "tiny").train.max_steps
     assert math.isfinite(run.data.metrics["fid"])
+
+
+@pytest.mark.slow
+def test_run_summary_follows_an_overridden_model_name(tmp_path):
+    """--set registry.model_name=… registers under that name, and the run's summary reads it back from there."""
+    done = subprocess.run([sys.executable, "-m", "pipelines", "run", "dcgan", "--profile", "tiny",
+                           "--set", "train.max_steps=2", "--set", "eval.n_samples=32",
+                           "--set", "registry.model_name=dcgan-renamed"],
+                          cwd=ROOT, env=cli_env(GANFORGE_HOME=str(tmp_path / "home")), capture_output=True,
+                          text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "models:/dcgan-renamed/1" in done.stdout, done.stdout[-2000:]
