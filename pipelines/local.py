@@ -60,7 +60,7 @@ def docker_runner(home: Path, sources: list[str], tracking_uri: str):
     docker_local.check_fresh(docker_local.CPU_IMAGE)
     root = home / "pipeline-root-docker"
     root.mkdir(parents=True, exist_ok=True)
-    env = {"MLFLOW_TRACKING_URI": tracking_uri, "GANFORGE_TASK_RUNNER": "docker"}
+    env = {"MLFLOW_TRACKING_URI": tracking_uri}
     env.update({k: os.environ[k] for k in CONTAINER_ENV_PASSTHROUGH if k in os.environ})
     args = {}
     if os.geteuid() == 0:
@@ -79,8 +79,9 @@ def run_local(name: str, profile: str = "local", runner: str = "subprocess", **p
     home.mkdir(parents=True, exist_ok=True)
     os.environ["GANFORGE_HOME"] = str(home)  # the task subprocesses inherit it
     if runner == "docker":
-        from . import stack
+        from . import docker_local, stack
 
+        docker_local.check_fresh(docker_local.CPU_IMAGE)  # before starting anything
         os.environ["MLFLOW_TRACKING_URI"] = stack.up(home).tracking_uri
         task_runner, root = docker_runner(home, local_sources(name, profile, params.get("source")),
                                           os.environ["MLFLOW_TRACKING_URI"])
