@@ -53,14 +53,21 @@ ENV_KEYS = {k: k for k in ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "MLFLOW_S3
 STORAGE_CLIENT_LABEL = ("ganforge.io/storage-client", "true")  # admitted by k8s/base NetworkPolicies
 MLFLOW_KEYS = {"MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
                "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD"}
+# The images' non-root user. KFP's backend adds allowPrivilegeEscalation=false, drop ALL and
+# seccomp RuntimeDefault itself (kfp-kubernetes 2.17.0 set_security_context docstring); it offers no
+# readOnlyRootFilesystem and no automountServiceAccountToken (KFP's launcher and Argo's executor
+# use the token), so those two stay as KFP sets them (see k8s/README.md).
+TASK_UID = 1000
 
 
 def use_credentials(task, s: ClusterSettings) -> None:
     """S3 keys and MLflow settings as env vars, by reference to a Secret/ConfigMap."""
     kubernetes.use_secret_as_env(task, s.s3_secret, S3_KEYS)
     kubernetes.use_config_map_as_env(task, s.env_config_map, ENV_KEYS)
-    kubernetes.use_secret_as_env(task, s.mlflow_secret, MLFLOW_KEYS, optional=True)
+    # Required: the MLflow server in k8s/base runs with basic-auth and refuses anonymous requests.
+    kubernetes.use_secret_as_env(task, s.mlflow_secret, MLFLOW_KEYS)
     kubernetes.add_pod_label(task, *STORAGE_CLIENT_LABEL)
+    kubernetes.set_security_context(task, run_as_user=TASK_UID, run_as_group=TASK_UID, run_as_non_root=True)
     if s.image_pull_secrets:
         kubernetes.set_image_pull_secrets(task, list(s.image_pull_secrets))
 
