@@ -74,11 +74,11 @@ test-fast: setup ## Run the tests not marked slow (nor docker)
 compile: setup ## Compile a pipeline to KFP IR: build/$(PIPELINE).yaml (PIPELINE=all for every one)
 	$(BIN)/python -m pipelines compile $(PIPELINE) --profile $(or $(filter-out local,$(PROFILE)),full) --out-dir build
 
-submit: setup ## Start one run on a KFP cluster: make submit PIPELINE=dcgan [PROFILE=full] KFP_HOST=https://… [SET="train.epochs=5"]
-	$(BIN)/python -m pipelines submit $(PIPELINE) --profile $(or $(filter-out local,$(PROFILE)),full) $(PARAMS) $(SET_ARGS)
+submit: setup ## Start one run on a KFP cluster: make submit PIPELINE=dcgan [PROFILE=full] KFP_HOST=https://… IMAGE_REGISTRY=… [SET="train.epochs=5"] [FORCE_IMAGE=1]
+	$(BIN)/python -m pipelines submit $(PIPELINE) --profile $(or $(filter-out local,$(PROFILE)),full) $(if $(FORCE_IMAGE),--force-image) $(PARAMS) $(SET_ARGS)
 
 schedule: setup ## Scheduled retraining as a KFP recurring run: make schedule PIPELINE=dcgan CRON='0 0 3 * * 0'
-	$(BIN)/python -m pipelines schedule $(PIPELINE) --profile $(or $(filter-out local,$(PROFILE)),full) --cron "$(CRON)" $(PARAMS) $(SET_ARGS)
+	$(BIN)/python -m pipelines schedule $(PIPELINE) --profile $(or $(filter-out local,$(PROFILE)),full) --cron "$(CRON)" $(if $(FORCE_IMAGE),--force-image) $(PARAMS) $(SET_ARGS)
 
 unschedule: setup ## Pause the recurring run of PIPELINE (DELETE=1 removes it)
 	$(BIN)/python -m pipelines unschedule $(PIPELINE) $(if $(DELETE),--delete)

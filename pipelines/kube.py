@@ -13,6 +13,7 @@ from kfp import kubernetes
 
 from components.image import IMAGE
 
+from ganforge import gpu_nodes
 from ganforge.config import PipelineConfig
 
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
@@ -44,7 +45,10 @@ class ClusterSettings:
 
     @classmethod
     def from_config(cls, cfg: PipelineConfig) -> "ClusterSettings":
-        return cls(gpus_per_node=cfg.train.nproc if cfg.profile == "full" else 0)
+        """GPU node selector and tolerations from GANFORGE_GPU_NODE_SELECTOR / GANFORGE_GPU_TOLERATIONS
+        (``ganforge.gpu_nodes``), read once here."""
+        return cls(gpus_per_node=cfg.train.nproc if cfg.profile == "full" else 0,
+                   node_selector=gpu_nodes.gpu_node_selector(), tolerations=tuple(gpu_nodes.gpu_tolerations()))
 
 
 S3_KEYS = {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"}
@@ -94,6 +98,9 @@ def apply_cluster_settings(tasks: dict, s: ClusterSettings) -> None:
         if name == "train":
             # The image a TrainJob/PyTorchJob launched by this step runs: the pipeline's own.
             task.set_env_variable("GANFORGE_IMAGE", IMAGE)
+            # ... and the GPU placement of its pods: the same as this task's.
+            task.set_env_variable(gpu_nodes.NODE_SELECTOR_ENV, gpu_nodes.format_node_selector(s.node_selector))
+            task.set_env_variable(gpu_nodes.TOLERATIONS_ENV, gpu_nodes.format_tolerations(s.tolerations))
             task.set_cpu_request(s.train_cpu).set_memory_request(s.train_memory).set_memory_limit(s.train_memory)
             kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
                                        size_limit=s.shm_size)

@@ -177,6 +177,43 @@ def make_client(host: str | None = None, token: str | None = None, namespace: st
         return kfp.Client(host=host, existing_token=token, namespace=namespace or "kubeflow")
 
 
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+def _is_local_name(host: str) -> bool:
+    import ipaddress
+
+    host = host.strip("[]").lower()
+    if host in LOCAL_HOSTS or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def package_images(package_path: str | Path) -> list[str]:
+    """Every container image a compiled pipeline's tasks run in."""
+    spec = next(yaml.safe_load_all(Path(package_path).read_text()))
+    executors = spec.get("deploymentSpec", {}).get("executors", {})
+    return sorted({e["container"]["image"] for e in executors.values() if e.get("container", {}).get("image")})
+
+
+def check_images(host: str, images: list[str], force: bool = False) -> None:
+    """Refuse images on this machine's registry (``localhost…``) when KFP is elsewhere: its nodes
+    would pull them from their own localhost. ``force`` (``--force-image``) sends them anyway."""
+    from urllib.parse import urlsplit
+
+    if force or _is_local_name(urlsplit(host).hostname or ""):
+        return
+    local = [i for i in images if "/" in i and _is_local_name(i.split("/", 1)[0].rsplit(":", 1)[0])]
+    if local:
+        raise SubmitError(
+            f"image {local[0]} is on this machine's registry, which the KFP cluster at {host} cannot pull from: "
+            f"push the images to the cluster's registry and set IMAGE_REGISTRY=registry.example.com/ganforge "
+            f"(make; or GANFORGE_IMAGE=…), or pass --force-image (make: FORCE_IMAGE=1) if that cluster has it")
+
+
 def pipeline_parameters(package_path: str | Path) -> dict[str, str]:
     """Root parameter name → KFP parameter type (``NUMBER_INTEGER``, ``STRING``, …) of a compiled package."""
     path = Path(package_path)
@@ -405,6 +442,8 @@ def _common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--namespace", help="Kubeflow profile namespace (multi-user clusters)")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="pipeline parameter, repeatable (epochs, source, nproc, fid_samples, promotion_margin)")
+    p.add_argument("--force-image", action="store_true",
+                   help="send a localhost/… image to a KFP host that is not this machine (normally refused)")
     add_set_argument(p)
 
 
@@ -443,6 +482,7 @@ def main_submit(argv: list[str]) -> int:
     host = resolve_host(args.host)  # before compiling: a missing endpoint is the likelier mistake
     package = _compiled_package(args)
     types = pipeline_parameters(package)
+    check_images(host, package_images(package), args.force_image)
     params = with_overrides(parse_param_args(args.param, types), overrides, types)
     with contextlib.redirect_stdout(sys.stderr):  # kfp.Client prints links; stdout stays one JSON document
         result = submit(package, args.pipeline, params, host=host, namespace=args.namespace,
@@ -475,6 +515,7 @@ def main_schedule(argv: list[str]) -> int:
         host = resolve_host(args.host)
         package = _compiled_package(args)
         types = pipeline_parameters(package)
+        check_images(host, package_images(package), args.force_image)
         params = with_overrides(parse_param_args(args.param, types), overrides, types)
         with contextlib.redirect_stdout(sys.stderr):
             result = schedule(package, args.pipeline, params, cron, host=host, namespace=args.namespace,

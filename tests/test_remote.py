@@ -306,3 +306,77 @@ def test_command_line_without_host_prints_the_fix_not_a_traceback(env):
                           cwd=Path(__file__).parents[1], timeout=120)
     assert done.returncode == 2
     assert "no KFP endpoint configured: set KFP_HOST" in done.stderr and "Traceback" not in done.stderr
+
+
+LOCAL_IMAGE = "localhost:5001/ganforge/ganforge-gpu:0.1.0"
+
+
+@pytest.mark.parametrize("host, image, refused", [
+    ("https://kfp.example.com", LOCAL_IMAGE, True),
+    ("https://kfp.example.com", "localhost/ganforge-cpu:dev", True),
+    ("https://kfp.example.com", "127.0.0.1:5001/ganforge/ganforge-gpu:0.1.0", True),
+    ("https://kfp.example.com", "[::1]:5001/ganforge/ganforge-gpu:0.1.0", True),
+    ("https://kfp.example.com", "registry.example.com/ganforge/ganforge-gpu:0.1.0", False),
+    ("https://kfp.example.com", "localhostregistry.example.com/ganforge:1", False),
+    ("http://localhost:8080", LOCAL_IMAGE, False),
+    ("http://127.0.0.1:8080", LOCAL_IMAGE, False),
+    ("http://[::1]:8080", LOCAL_IMAGE, False),
+])
+def test_localhost_image_is_refused_only_for_a_remote_kfp_host(host, image, refused):
+    if refused:
+        with pytest.raises(SubmitError, match=rf"image {re.escape(image)} is on this machine's registry, which the "
+                                              rf"KFP cluster at {re.escape(host)} cannot pull from: .*IMAGE_REGISTRY="
+                                              r".*--force-image \(make: FORCE_IMAGE=1\)"):
+            remote.check_images(host, [image])
+        remote.check_images(host, [image], force=True)
+    else:
+        remote.check_images(host, [image])
+
+
+def test_compiled_package_images_are_the_tasks_images(package):
+    assert remote.package_images(package) == [LOCAL_IMAGE]  # the default of components/image.py
+
+
+@pytest.mark.parametrize("command", [["submit", "dcgan"], ["schedule", "dcgan", "--cron", "0 0 3 * * 0"]])
+def test_cli_refuses_a_localhost_image_for_a_remote_host_in_one_line(kfp_api, package, command):
+    env = {k: v for k, v in os.environ.items() if k != "GANFORGE_IMAGE"}
+    done = subprocess.run([sys.executable, "-m", "pipelines", *command, "--package", str(package)],
+                          capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=120,
+                          env={**env, "KFP_HOST": "https://kfp.example.com"})
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith(f"error: image {LOCAL_IMAGE} is on this machine's registry, which the KFP cluster at "
+                           "https://kfp.example.com cannot pull from"), line
+    assert "IMAGE_REGISTRY=" in line and "--force-image" in line
+    assert kfp_api.requests == []
+
+
+def test_force_image_sends_a_localhost_image_to_a_remote_host(kfp_api, package, env, capsys):
+    """A host name that is not localhost but reaches the stand-in: this machine's own name."""
+    import socket
+
+    name = socket.gethostname()
+    try:
+        addresses = {a[4][0] for a in socket.getaddrinfo(name, None, socket.AF_INET)}
+    except OSError:
+        addresses = set()
+    if "127.0.0.1" not in addresses or remote._is_local_name(name):
+        pytest.skip(f"this machine's name {name!r} does not resolve to 127.0.0.1")
+    host = kfp_api.url.replace("127.0.0.1", name)
+    with pytest.raises(SubmitError, match="cannot pull from"):
+        remote.main_submit(["dcgan", "--package", str(package), "--host", host])
+    assert kfp_api.requests == []
+    assert remote.main_submit(["dcgan", "--package", str(package), "--host", host, "--force-image"]) == 0
+    assert len(kfp_api.calls("POST", "/apis/v2beta1/runs")) == 1
+    assert remote.main_schedule(["dcgan", "--package", str(package), "--host", host, "--force-image",
+                                 "--cron", "0 0 3 * * 0"]) == 0
+    assert len(kfp_api.calls("POST", "/apis/v2beta1/recurringruns")) == 1
+
+
+def test_make_passes_force_image_to_submit_and_schedule():
+    for target, extra in (("submit", []), ("schedule", ["CRON=0 0 3 * * 0"])):
+        for force, expected in (([], False), (["FORCE_IMAGE=1"], True)):
+            done = subprocess.run(["make", "-n", target, "PIPELINE=dcgan", *extra, *force], cwd=Path(__file__).parents[1],
+                                  capture_output=True, text=True, timeout=60, check=True)
+            (line,) = [l for l in done.stdout.splitlines() if f"-m pipelines {target} dcgan" in l]
+            assert ("--force-image" in line.split()) == expected, line

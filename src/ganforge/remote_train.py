@@ -38,6 +38,7 @@ import torch.distributed as dist
 
 from . import storage
 from .config import PipelineConfig
+from .gpu_nodes import gpu_node_selector, gpu_tolerations
 from .paths import cache_dir
 from .train import CHECKPOINT_NAME, MetricsFn, TrainResult, init_distributed, read_checkpoint, train
 
@@ -303,7 +304,9 @@ def launch_cluster_training(cfg: PipelineConfig, data_dir: str, out_dir: str, ru
         cfg, image=image, namespace=pod_namespace(), data_uri=data_uri, out_uri=out_uri,
         engine=cfg.train.launcher, gpus_per_node=gpus, nnodes=cfg.train.nnodes,
         env=job_environment(run_id), env_from_secrets=job_secret_refs(),
-        tolerations=[GPU_TOLERATION] if gpus else [], service_account=TRAINING_SERVICE_ACCOUNT,
+        # GPU placement from GANFORGE_GPU_NODE_SELECTOR / GANFORGE_GPU_TOLERATIONS (the compiled task sets both).
+        tolerations=gpu_tolerations() if gpus else [], node_selector=gpu_node_selector() if gpus else {},
+        service_account=TRAINING_SERVICE_ACCOUNT,
         # Named after the MLflow run: a retried step that finds its job still running gets a clear
         # 409 instead of starting a second job on the same S3 prefix.
         name=f"{cfg.name}-{run_id[:12]}" if run_id else None)
