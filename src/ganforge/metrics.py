@@ -35,6 +35,7 @@ from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from
 from .config import EvalConfig
 from .storage import atomic_write_bytes
 from .weights import EXTRACTOR_TORCHSCRIPT, InceptionChoice, resolve_inception
+from . import inception_runtime
 from .errors import GanforgeError
 
 FEATURE_LAYER = "2048"
@@ -48,17 +49,18 @@ class MetricsError(GanforgeError, ValueError):
     """Inputs to FID/KID are unusable; the message names the problem and the fix."""
 
 
-def uint8_to_inception_input(x: torch.Tensor) -> torch.Tensor:
-    """uint8 N×C×H×W (C = 1 or 3) → float N×3×299×299 in (u8-128)/128, channels_last.
+def uint8_to_inception_input(x: torch.Tensor, channels_last: bool = True) -> torch.Tensor:
+    """uint8 N×C×H×W (C = 1 or 3) → float N×3×299×299 in (u8-128)/128, channels_last unless told not.
 
-    channels_last because oneDNN's convolutions run faster in NHWC on CPU (FACTS: ~7 → ~12 img/s).
+    channels_last because oneDNN's convolutions run faster in NHWC on CPU (FACTS: ~7 → ~12 img/s);
+    OpenVINO takes plain NCHW and picks its own blocked layout.
     """
     if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[1] not in (1, 3):
         raise MetricsError(f"expected uint8 N×C×H×W images with C in (1, 3), got {x.dtype} {list(x.shape)}")
     x = x.expand(-1, 3, -1, -1).float()
     x = interpolate_bilinear_2d_like_tensorflow1x(x, size=(INCEPTION_SIZE, INCEPTION_SIZE), align_corners=False)
     x = (x - 128) / 128
-    return x.contiguous(memory_format=torch.channels_last)
+    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 def fold_batchnorm_into_convs(frozen: torch.jit.ScriptModule) -> torch.jit.ScriptModule:
@@ -103,18 +105,24 @@ class InceptionTorchScriptExtractor(FeatureExtractorBase):
     """torch-fidelity feature extractor around NVIDIA's TF-2015 FID Inception TorchScript.
 
     Takes uint8 N×C×H×W (C = 1 is replicated to RGB), returns ``(features N×2048 float32,)``.
-    The network is frozen and conv+BN folded on the first call per device, so torch-fidelity's
-    ``.cuda()`` still moves the weights before freezing.
+    On CPU the same network runs in OpenVINO fp32 when ``runtime`` (default
+    ``$GANFORGE_INCEPTION_RUNTIME``, ``auto``) allows it (``ganforge.inception_runtime``);
+    ``runtime="torchscript"`` is the reference path. There the network is frozen and conv+BN
+    folded on the first call per device, so torch-fidelity's ``.cuda()`` still moves the weights
+    before freezing.
     """
 
     def __init__(self, name: str, features_list: list[str], feature_extractor_weights_path: Optional[str] = None,
-                 fold_batchnorm: bool = True, **kwargs) -> None:
+                 fold_batchnorm: bool = True, runtime: Optional[str] = None, **kwargs) -> None:
         super().__init__(name, features_list)
         if feature_extractor_weights_path is None:
             raise MetricsError(f"{name} needs feature_extractor_weights_path: pass ganforge.weights.inception_weights_path()")
+        self.weights_path = Path(feature_extractor_weights_path)
         self.net = load_torchscript(feature_extractor_weights_path)
         self.fold_batchnorm = fold_batchnorm
+        self.runtime = inception_runtime.requested_runtime(runtime)
         self._inference_nets: dict[str, torch.jit.ScriptModule] = {}
+        self._fast_nets: dict[str, Optional[inception_runtime.OpenVINOInception]] = {}
 
     @staticmethod
     def get_provided_features_list() -> tuple[str, ...]:
@@ -140,8 +148,26 @@ class InceptionTorchScriptExtractor(FeatureExtractorBase):
             self._inference_nets[key] = torchscript_to_inference_module(self.net, self.fold_batchnorm)
         return self._inference_nets[key]
 
+    def fast_net(self, device: torch.device) -> Optional[inception_runtime.OpenVINOInception]:
+        """The OpenVINO network for CPU input (built once), or None: use the TorchScript."""
+        if device.type != "cpu":
+            return None
+        key = str(device)
+        if key not in self._fast_nets:
+            self._fast_nets[key] = inception_runtime.fast_inception(self.weights_path, self.runtime,
+                                                                    torch.get_num_threads())
+        return self._fast_nets[key]
+
+    def runtime_name(self, device: torch.device | str = "cpu") -> str:
+        """``openvino-<version>`` or ``torchscript``: what computes features on ``device``."""
+        fast = self.fast_net(torch.device(device))
+        return f"openvino-{fast.version}" if fast is not None else "torchscript"
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor]:
         with torch.inference_mode(), exact_fp32():
+            fast = self.fast_net(x.device)
+            if fast is not None:
+                return (torch.from_numpy(fast(uint8_to_inception_input(x, channels_last=False).numpy())),)
             return (self.inference_net(x.device)(uint8_to_inception_input(x)),)
 
 
@@ -164,11 +190,21 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-@functools.lru_cache(maxsize=4)
-def feature_extractor(choice: InceptionChoice, device: str) -> FeatureExtractorBase:
-    """The torch-fidelity extractor for ``choice``, built once per process (loading takes seconds)."""
+def feature_extractor(choice: InceptionChoice, device: str, runtime: Optional[str] = None) -> FeatureExtractorBase:
+    """The torch-fidelity extractor for ``choice``, built once per process (loading takes seconds).
+
+    ``runtime`` (default ``$GANFORGE_INCEPTION_RUNTIME``): ``auto``, ``openvino`` or
+    ``torchscript``; it applies to the offline TorchScript extractor only.
+    """
+    runtime = inception_runtime.requested_runtime(runtime) if choice.extractor == EXTRACTOR_TORCHSCRIPT else None
+    return _feature_extractor(choice, device, runtime)
+
+
+@functools.lru_cache(maxsize=8)
+def _feature_extractor(choice: InceptionChoice, device: str, runtime: Optional[str]) -> FeatureExtractorBase:
+    extra = {"runtime": runtime} if runtime is not None else {}
     return create_feature_extractor(choice.extractor, [FEATURE_LAYER], cuda=device == "cuda", verbose=False,
-                                    feature_extractor_weights_path=str(choice.path))
+                                    feature_extractor_weights_path=str(choice.path), **extra)
 
 
 class UInt8Images(torch.utils.data.Dataset):
@@ -212,11 +248,13 @@ def _init_feature_worker() -> None:
     torch.set_num_threads(1)
 
 
-def _features_of_slice(images: np.ndarray, batch_size: int, choice: InceptionChoice) -> np.ndarray:
-    return images_to_features(images, batch_size, choice, "cpu", workers=1)
+def _features_of_slice(images: np.ndarray, batch_size: int, choice: InceptionChoice,
+                       runtime: Optional[str] = None) -> np.ndarray:
+    return images_to_features(images, batch_size, choice, "cpu", workers=1, runtime=runtime)
 
 
-def _features_in_processes(images: np.ndarray, batch_size: int, choice: InceptionChoice, workers: int) -> np.ndarray:
+def _features_in_processes(images: np.ndarray, batch_size: int, choice: InceptionChoice, workers: int,
+                           runtime: Optional[str] = None) -> np.ndarray:
     """Contiguous slices in ``workers`` single-threaded processes, results in order.
 
     On a small CPU this beats one process with as many threads (2 cores: 8.5 vs 6.0 img/s, see
@@ -229,23 +267,26 @@ def _features_in_processes(images: np.ndarray, batch_size: int, choice: Inceptio
     slices = np.array_split(np.asarray(images), workers)
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_init_feature_worker) as pool:
-        parts = list(pool.map(_features_of_slice, slices, [batch_size] * workers, [choice] * workers))
+        parts = list(pool.map(_features_of_slice, slices, [batch_size] * workers, [choice] * workers,
+                              [runtime] * workers))
     return np.concatenate(parts)
 
 
 def images_to_features(images: np.ndarray, batch_size: int = 50, choice: Optional[InceptionChoice] = None,
-                       device: Optional[str] = None, workers: Optional[int] = None) -> np.ndarray:
+                       device: Optional[str] = None, workers: Optional[int] = None,
+                       runtime: Optional[str] = None) -> np.ndarray:
     """uint8 N×C×H×W → Inception pool features, float64 N×2048 (torch-fidelity's batched extraction).
 
-    ``workers`` > 1 (default: GANFORGE_EVAL_WORKERS) splits the work over that many CPU processes.
+    ``workers`` > 1 (default: GANFORGE_EVAL_WORKERS) splits the work over that many CPU processes,
+    each with one thread. ``runtime``: see ``feature_extractor`` (default: OpenVINO on CPU when installed).
     """
     check_uint8_images(images, "images")
     choice = choice or resolve_inception()
     device = device or default_device()
     workers = eval_workers() if workers is None else workers
     if workers > 1 and device == "cpu" and len(images) >= 2 * workers:
-        return _features_in_processes(images, batch_size, choice, workers)
-    extractor = feature_extractor(choice, device)
+        return _features_in_processes(images, batch_size, choice, workers, runtime)
+    extractor = feature_extractor(choice, device, runtime)
     with torch.inference_mode(), exact_fp32():
         featuresdict = get_featuresdict_from_dataset(UInt8Images(images), extractor, batch_size, cuda=device == "cuda",
                                                      save_cpu_ram=True, verbose=False)
