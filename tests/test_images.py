@@ -181,6 +181,11 @@ def test_dockerfile_pins_equal_pyproject_and_constraints(dockerfile):
     mlflow_args = stages["mlflow-builder"].args()
     assert mlflow_args["MLFLOW_VERSION"] == pins["mlflow"]
     assert mlflow_args["BOTO3_VERSION"] == frozen["boto3"]
+    from importlib.metadata import version
+
+    # The basic-auth app's extra (mlflow[auth]) at the versions the real-server auth test ran with.
+    assert mlflow_args["FLASK_WTF_VERSION"] == version("Flask-WTF")
+    assert mlflow_args["WTFORMS_VERSION"] == version("WTForms")
     for name, version in pins.items():
         assert frozen.get(name) == version, f"constraints.txt has {name}=={frozen.get(name)}, pyproject {version}"
     unpinned = {canonicalize_name(Requirement(d).name)
