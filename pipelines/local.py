@@ -20,7 +20,9 @@ from pathlib import Path
 from kfp import local
 
 from ganforge import paths, tracking
+from ganforge.progress import progress_enabled
 
+from . import console
 from .factory import build_pipeline
 
 
@@ -28,7 +30,7 @@ RUNNERS = ("subprocess", "docker")
 IMAGE_UID = 1000  # the images' non-root user (images/Dockerfile)
 # What a task container gets from this environment: nothing else (no credentials, no host paths).
 CONTAINER_ENV_PASSTHROUGH = ("OMP_NUM_THREADS", "GANFORGE_EVAL_WORKERS", "GANFORGE_S3_ATTEMPTS",
-                             "GANFORGE_S3_BACKOFF_S", "GANFORGE_S3_TIMEOUT_S", "GANFORGE_DEBUG")
+                             "GANFORGE_S3_BACKOFF_S", "GANFORGE_S3_TIMEOUT_S", "GANFORGE_DEBUG", "GANFORGE_PROGRESS")
 
 
 def check_runner(runner: str) -> str:
@@ -78,6 +80,18 @@ def run_local(name: str, profile: str = "local", runner: str = "subprocess", **p
     home = paths.home()
     home.mkdir(parents=True, exist_ok=True)
     os.environ["GANFORGE_HOME"] = str(home)  # the task subprocesses inherit it
+    # Tasks write progress bars into their logs, which the console follows for the ETA (pipelines.console).
+    progress_enabled()  # a bad GANFORGE_PROGRESS is one line before anything runs
+    progress_before = os.environ.get("GANFORGE_PROGRESS")
+    os.environ.setdefault("GANFORGE_PROGRESS", "1")
+    try:
+        return _run_local(name, profile, runner, home, params)
+    finally:
+        if progress_before is None:
+            os.environ.pop("GANFORGE_PROGRESS", None)
+
+
+def _run_local(name: str, profile: str, runner: str, home: Path, params: dict) -> dict:
     if runner == "docker":
         from . import docker_local, stack
 
@@ -89,11 +103,18 @@ def run_local(name: str, profile: str = "local", runner: str = "subprocess", **p
         os.environ["MLFLOW_TRACKING_URI"] = tracking.resolve_tracking_uri(str(home))
         task_runner, root = local.SubprocessRunner(use_venv=False), home / "pipeline-root"
     local.init(runner=task_runner, pipeline_root=str(root), raise_on_error=True)
-    pipeline = build_pipeline(name, profile)
-    task = pipeline(profile=profile, **{k: v for k, v in params.items() if v is not None})
+    # Each task's output (kfp.local's executor input, the runner's warnings, the task's own log) goes to
+    # a file under log_dir; stdout gets one line per task.
+    log_dir = console.run_dir(home, name)
+    try:
+        with console.task_logs(log_dir):
+            pipeline = build_pipeline(name, profile)
+            task = pipeline(profile=profile, **{k: v for k, v in params.items() if v is not None})
+    except RuntimeError as e:
+        raise RuntimeError(f"{e} Task logs: {log_dir}") from None
     version = int(task.output)
     sets = json.loads(params["overrides"]) if params.get("overrides") else []
-    return summarize(name, profile, version, sets)
+    return {**summarize(name, profile, version, sets), "logs": str(log_dir)}
 
 
 def summarize(name: str, profile: str, version: int, sets: list[str] | None = None) -> dict:

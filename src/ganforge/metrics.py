@@ -37,6 +37,7 @@ from .storage import atomic_write_bytes
 from .weights import EXTRACTOR_TORCHSCRIPT, InceptionChoice, resolve_inception
 from . import inception_runtime
 from .errors import GanforgeError
+from .progress import progress_enabled
 
 FEATURE_LAYER = "2048"
 FEATURE_DIM = 2048
@@ -288,8 +289,9 @@ def images_to_features(images: np.ndarray, batch_size: int = 50, choice: Optiona
         return _features_in_processes(images, batch_size, choice, workers, runtime)
     extractor = feature_extractor(choice, device, runtime)
     with torch.inference_mode(), exact_fp32():
+        # verbose: torch-fidelity's own tqdm bar over the batches ("Processing samples"), with ETA.
         featuresdict = get_featuresdict_from_dataset(UInt8Images(images), extractor, batch_size, cuda=device == "cuda",
-                                                     save_cpu_ram=True, verbose=False)
+                                                     save_cpu_ram=True, verbose=progress_enabled())
     return featuresdict[FEATURE_LAYER].numpy().astype(np.float64)
 
 

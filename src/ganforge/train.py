@@ -552,7 +552,10 @@ def _progress(total: int, initial: int, enabled: bool):
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, disable=not sys.stderr.isatty())
+    from .progress import min_interval, progress_enabled
+
+    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, disable=not progress_enabled(),
+                desc="train", mininterval=min_interval())
 
 
 def train(cfg: PipelineConfig, data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, resume: bool = False,

@@ -1,0 +1,183 @@
+"""What `make run` shows: one line per task, the full task output in log files, progress with ETA.
+
+One real kfp.local run (SubprocessRunner, tiny profile) of `python -m pipelines run dcgan` (the command
+`make run` runs) with its stdout on a pseudo-terminal, as in a shell, read in full.
+"""
+from __future__ import annotations
+
+import os
+import pty
+import re
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from conftest import cli_env
+
+ROOT = Path(__file__).parents[1]
+TASKS = ["start-run", "prep-test", "prep-train", "train", "evaluate", "register", "end-run"]
+FINAL = re.compile(r"(\d\d:\d\d:\d\d) → (\d\d:\d\d:\d\d)  (\S+) +(\S+) +(\d+s|\d+m\d\ds|\d+h\d\dm\d\ds)  log: (\S+)")
+ETA = re.compile(r"\d+/\d+ \[\d\d:\d\d<\d\d:\d\d")
+
+
+def run_on_a_terminal(argv: list[str], env: dict, cwd: Path, timeout: float) -> tuple[int, str, str]:
+    """Run ``argv`` with stdout on a pty; returns (exit code, everything written to the pty, stderr)."""
+    master, slave = pty.openpty()
+    chunks: list[bytes] = []
+
+    def drain() -> None:
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the last writer closed the terminal
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        proc = subprocess.Popen(argv, stdout=slave, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env,
+                                cwd=cwd)
+        os.close(slave)
+        try:
+            _, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+            raise
+        reader.join(timeout=30)
+    finally:
+        os.close(master)
+    return proc.returncode, b"".join(chunks).decode("utf-8", "replace").replace("\r\n", "\n"), err.decode()
+
+
+@pytest.fixture(scope="module")
+def terminal_run(tmp_path_factory):
+    home, cwd = tmp_path_factory.mktemp("home"), tmp_path_factory.mktemp("cwd")
+    env = cli_env(GANFORGE_HOME=str(home), COLUMNS="220")
+    for name in ("MLFLOW_TRACKING_URI", "GANFORGE_PROGRESS"):
+        env.pop(name, None)
+    code, screen, err = run_on_a_terminal([sys.executable, "-m", "pipelines", "run", "dcgan", "--profile", "tiny"],
+                                          env, cwd, timeout=1500)
+    assert code == 0, screen[-3000:] + err[-3000:]
+    return home, screen, err
+
+
+def final_lines(screen: str) -> list[str]:
+    """The screen's lines as they end up: each line's last carriage-return segment, without erase codes."""
+    return [line.split("\r")[-1].replace("\x1b[K", "") for line in screen.split("\n")]
+
+
+@pytest.mark.slow
+def test_one_line_per_task_with_times_status_duration_and_log(terminal_run):
+    home, screen, err = terminal_run
+    lines = final_lines(screen)
+    tasks = [FINAL.fullmatch(l) for l in lines if FINAL.fullmatch(l)]
+    names = [m.group(3) for m in tasks]
+    assert sorted(names) == sorted(TASKS), "\n".join(lines)  # each task once (the two preps in either order)
+    assert names[0] == "start-run" and names[-1] == "end-run"
+    assert names.index("prep-train") < names.index("train") < names.index("evaluate") < names.index("register")
+    assert all(m.group(4) == "SUCCESS" for m in tasks)
+    summary = lines.index("== ganforge run finished ==")
+    assert all(l == "" for l in lines[len(tasks):summary]), "nothing but the task lines before the summary"
+    (logs,) = [l.split(": ", 1)[1] for l in lines[summary:] if l.strip().startswith("logs:")]
+    assert Path(logs).parent == home / "logs" / "runs"
+    for m in tasks:
+        assert Path(m.group(6)) == Path(logs) / f"{m.group(3)}.log"
+    assert err.strip() == "", err
+
+
+@pytest.mark.slow
+def test_no_executor_input_or_runner_chatter_on_the_terminal(terminal_run):
+    _, screen, err = terminal_run
+    for noise in ("executor_input", '"inputs"', "Executing task", "Streamed logs", "UserWarning",
+                  "RuntimeWarning", "Running pipeline", "KFP Executor"):
+        assert noise not in screen and noise not in err, noise
+    assert len(final_lines(screen)) < 40
+
+
+@pytest.mark.slow
+def test_log_files_hold_each_task_output(terminal_run):
+    home, screen, _ = terminal_run
+    (logs,) = {Path(m.group(6)).parent for m in map(FINAL.fullmatch, final_lines(screen)) if m}
+    assert sorted(p.name for p in logs.iterdir()) == sorted([f"{t}.log" for t in TASKS] + ["pipeline.log"])
+    for task in TASKS:
+        text = (logs / f"{task}.log").read_text()
+        # kfp.local's own lines name the task by its component (prep-data-2), the file by its display name.
+        assert "Executing task" in text and "Got executor_input:" in text and "finished with status" in text, task
+    assert "no effect in the current local runner" in (logs / "train.log").read_text()  # kfp's warning
+    assert ETA.search((logs / "train.log").read_text()), "the training bar is in the train log"
+    assert "Processing samples" in (logs / "evaluate.log").read_text()
+    assert "Running pipeline" in (logs / "pipeline.log").read_text()
+
+
+@pytest.mark.slow
+def test_running_task_line_shows_its_progress_bar_with_eta(terminal_run):
+    """While train and evaluate run, their line is redrawn with the task's latest bar: elapsed<remaining."""
+    _, screen, _ = terminal_run
+    redraws = [seg.replace("\x1b[K", "") for line in screen.split("\n") for seg in line.split("\r")]
+    live = {task: [s for s in redraws if re.match(rf"\d\d:\d\d:\d\d → +{task} +running ", s)]
+            for task in ("train", "evaluate")}
+    assert any(ETA.search(s) and "train:" in s for s in live["train"]), live["train"]
+    assert any(ETA.search(s) and "Processing samples" in s for s in live["evaluate"]), live["evaluate"]
+
+
+def test_last_progress_is_the_newest_bar_of_the_log_tail():
+    from pipelines.console import last_progress
+
+    text = ("train:  12%|█▎ | 1/8 [00:02<00:14,  2.11s/step]\rtrain:  25%|██▌ | 2/8 [00:04<00:12,  2.08s/step]\n"
+            "some log line\n")
+    assert last_progress(text) == "train:  25%|██▌ | 2/8 [00:04<00:12,  2.08s/step]"
+    assert last_progress("no bar here\n") is None
+
+
+@pytest.mark.parametrize("value, enabled", [("1", True), ("0", False), ("", False)])
+def test_progress_env_switches_bars_on_and_off(monkeypatch, value, enabled):
+    from ganforge.progress import progress_enabled
+
+    monkeypatch.setenv("GANFORGE_PROGRESS", value)
+    assert progress_enabled() is enabled  # "" = unset: on only when stderr is a terminal (not under pytest)
+
+
+def test_bad_progress_value_is_one_line_exit_2(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "pipelines", "run", "dcgan", "--profile", "tiny"], cwd=tmp_path,
+                          env=cli_env(GANFORGE_HOME=str(tmp_path / "home"), GANFORGE_PROGRESS="yes"),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "error: GANFORGE_PROGRESS='yes': write 1 (progress bars on), 0 (off), or leave it unset "
+        "(bars only when stderr is a terminal)"], done.stderr
+    assert not (tmp_path / "home" / "logs").exists()
+
+
+@pytest.mark.slow
+def test_failed_task_line_log_tail_and_error_off_a_terminal(tmp_path):
+    """stdout a pipe (no live lines): prep-test fails on a source without the test split; its line says
+    FAILURE, the end of its log follows, and the one-line error names the log directory."""
+    from conftest import FASHION_DIR
+
+    source = tmp_path / "train-only"
+    source.mkdir()
+    for f in FASHION_DIR.glob("train-*"):
+        (source / f.name).symlink_to(f)
+    env = cli_env(GANFORGE_HOME=str(tmp_path / "home"))
+    env.pop("MLFLOW_TRACKING_URI", None)
+    done = subprocess.run([sys.executable, "-m", "pipelines", "run", "dcgan", "--profile", "tiny", "--source",
+                           str(source), "--set", "train.max_steps=2"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=1200)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "\r" not in done.stdout and "\x1b" not in done.stdout
+    finals = {m.group(3): m for m in map(FINAL.fullmatch, done.stdout.splitlines()) if m}
+    assert finals["prep-test"].group(4) == "FAILURE" and finals["end-run"].group(4) == "SUCCESS"
+    assert "evaluate" not in finals and "register" not in finals  # train does not need prep-test
+    tail = done.stdout.split(finals["prep-test"].group(0), 1)[1].splitlines()
+    assert tail[0].startswith("    | ") and any("t10k-images-idx3-ubyte" in l for l in tail if l.startswith("    | "))
+    (error,) = done.stderr.strip().splitlines()
+    logs = Path(finals["prep-test"].group(6)).parent
+    assert error.startswith("error: ") and error.endswith(f"Task logs: {logs}"), error
+    assert "t10k-images-idx3-ubyte" in (logs / "prep-test.log").read_text()
