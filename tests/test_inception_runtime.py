@@ -50,6 +50,19 @@ def test_fast_path_features_match_the_torchscript_reference(features_by_runtime)
         assert np.abs(fast - reference).max() < 1e-4, split
 
 
+def test_fast_path_matches_the_plain_torchscript_on_torch_fidelitys_resize(torchscript, fashion_images,
+                                                                           features_by_runtime):
+    """End to end against the untouched reference: unfrozen TorchScript on torch-fidelity's own TF1 resize."""
+    import torch
+    from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
+
+    images = torch.from_numpy(np.array(fashion_images["test"][:4])).expand(-1, 3, -1, -1).float()
+    x = (interpolate_bilinear_2d_like_tensorflow1x(images, size=(299, 299), align_corners=False) - 128) / 128
+    with torch.inference_mode():
+        reference = metrics.load_torchscript(torchscript.path)(x.contiguous()).numpy()
+    assert np.abs(features_by_runtime["openvino"]["test"][:4] - reference).max() < 1e-4
+
+
 def test_fast_path_fid_equals_the_reference_to_two_decimals(features_by_runtime):
     fids = {runtime: metrics.features_to_fid(f["train"], f["test"]) for runtime, f in features_by_runtime.items()}
     assert fids["torchscript"] > 1.0
@@ -57,6 +70,23 @@ def test_fast_path_fid_equals_the_reference_to_two_decimals(features_by_runtime)
     kids = {runtime: metrics.features_to_kid(f["train"], f["test"], subset_size=N_PER_SIDE, subsets=1)[0]
             for runtime, f in features_by_runtime.items()}
     assert kids["openvino"] == pytest.approx(kids["torchscript"], rel=1e-3, abs=1e-6)
+
+
+@pytest.mark.parametrize("channels, height, width", [(1, 28, 28), (3, 28, 28), (3, 32, 40)])
+def test_matrix_resize_equals_torch_fidelitys_tf1_bilinear(fashion_images, channels, height, width):
+    import torch
+    from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
+
+    if (channels, height, width) == (1, 28, 28):
+        images = torch.from_numpy(np.array(fashion_images["test"]))  # real Fashion-MNIST
+    else:
+        images = torch.from_numpy(np.random.default_rng(height).integers(0, 256, (4, channels, height, width),
+                                                                         dtype=np.uint8))
+    reference = interpolate_bilinear_2d_like_tensorflow1x(images.expand(-1, 3, -1, -1).float(), size=(299, 299),
+                                                          align_corners=False)
+    ours = metrics.uint8_to_inception_input(images, channels_last=False) * 128 + 128
+    assert ours.shape == reference.shape == (len(images), 3, 299, 299)
+    assert (ours - reference).abs().max().item() < 1e-3  # grey levels: float rounding only
 
 
 def test_fast_path_is_the_default_on_cpu(torchscript, monkeypatch):
