@@ -121,10 +121,10 @@ def test_running_task_line_shows_its_progress_bar_with_eta(terminal_run):
     """While train and evaluate run, their line is redrawn with the task's latest bar: elapsed<remaining."""
     _, screen, _ = terminal_run
     redraws = [seg.replace("\x1b[K", "") for line in screen.split("\n") for seg in line.split("\r")]
-    live = {task: [s for s in redraws if re.match(rf"\d\d:\d\d:\d\d → +{task} +running ", s)]
-            for task in ("train", "evaluate")}
-    assert any(ETA.search(s) and "train:" in s for s in live["train"]), live["train"]
-    assert any(ETA.search(s) and "Processing samples" in s for s in live["evaluate"]), live["evaluate"]
+    live = {task: [m.group(1) for s in redraws if (m := re.match(rf"\d\d:\d\d:\d\d → +{task} +running +\S+  (.*)", s))]
+            for task in ("train", "evaluate")}  # what follows the elapsed time on the task's own line
+    assert any(bar.startswith("train:") and ETA.search(bar) for bar in live["train"]), live["train"]
+    assert any(bar.startswith("Processing samples:") and ETA.search(bar) for bar in live["evaluate"]), live["evaluate"]
 
 
 def test_last_progress_is_the_newest_bar_of_the_log_tail():
@@ -175,7 +175,7 @@ def test_failed_task_line_log_tail_and_error_off_a_terminal(tmp_path):
     finals = {m.group(3): m for m in map(FINAL.fullmatch, done.stdout.splitlines()) if m}
     assert finals["prep-test"].group(4) == "FAILURE" and finals["end-run"].group(4) == "SUCCESS"
     assert "evaluate" not in finals and "register" not in finals  # train does not need prep-test
-    tail = done.stdout.split(finals["prep-test"].group(0), 1)[1].splitlines()
+    tail = done.stdout.split(finals["prep-test"].group(0) + "\n", 1)[1].splitlines()
     assert tail[0].startswith("    | ") and any("t10k-images-idx3-ubyte" in l for l in tail if l.startswith("    | "))
     (error,) = done.stderr.strip().splitlines()
     logs = Path(finals["prep-test"].group(6)).parent
