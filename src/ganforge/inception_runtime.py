@@ -158,7 +158,7 @@ def openvino_ir(weights_path: Path) -> Path:
 
 
 class OpenVINOInception:
-    """Compiled IR on CPU: one single-threaded stream per thread, fp32, no pinning.
+    """Compiled IR on CPU: one single-threaded stream per thread, fp32, denormals as zero, no pinning.
 
     ``threads`` is the process's CPU budget (``torch.get_num_threads()``, 1 in eval worker
     processes), so workers × threads stays within the cores. A batch is split across the
@@ -169,8 +169,10 @@ class OpenVINOInception:
         ov = import_openvino()
         self.threads = max(1, int(threads))
         self.version = openvino_version(ov)
+        # Denormals flushed to zero: ~1.14x here, features unchanged (< 1e-4, tested). No pinning:
+        # single-threaded worker processes would each pin their stream to the same first core.
         config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": self.threads,
-                  "NUM_STREAMS": self.threads, "ENABLE_CPU_PINNING": False}
+                  "NUM_STREAMS": self.threads, "ENABLE_CPU_PINNING": False, "CPU_DENORMALS_OPTIMIZATION": True}
         self.compiled = ov.Core().compile_model(str(ir_dir / MODEL_XML), "CPU", config)
         precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
         if "32" not in precision:
