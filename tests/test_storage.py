@@ -533,3 +533,24 @@ def test_time_budget_must_be_a_positive_number(monkeypatch) -> None:
     monkeypatch.setenv(storage.TIMEOUT_ENV, "soon")
     with pytest.raises(StorageError, match="GANFORGE_S3_TIMEOUT_S='soon' must be a positive number of seconds"):
         storage.time_budget_from_env()
+
+
+def test_atomic_outputs_get_the_umask_mode_not_a_private_one(tmp_path):
+    """mkstemp/mkdtemp make 0600/0700 temporaries; what lands must have the mode open()/mkdir() give."""
+    import os
+    import stat
+
+    from ganforge import storage
+
+    old = os.umask(0o022)
+    try:
+        f = storage.atomic_write_text(tmp_path / "manifest.json", "{}")
+        with storage.atomic_file(tmp_path / "x.bin") as tmp:
+            tmp.write_bytes(b"x")
+        with storage.atomic_dir(tmp_path / "out") as d:
+            (d / "a.txt").write_text("a")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(f.stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "x.bin").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o755

@@ -90,11 +90,25 @@ def _writable_parent(p: Path) -> None:
         raise _write_failure(p, e) from None
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _temporary_sibling(p: Path, make: Callable[..., Any]) -> Any:
-    """``tempfile.mkstemp``/``mkdtemp`` beside ``p``, with OSError turned into a StorageError."""
+    """``tempfile.mkstemp``/``mkdtemp`` beside ``p``, with OSError turned into a StorageError.
+
+    mkstemp/mkdtemp create 0600/0700 entries; the temporary gets the mode an ordinary open/mkdir
+    would give it under the process's umask, so an output renamed into place is not private by
+    accident (a 0600 file also changes the classic Docker builder's cache key for a COPY of it).
+    """
     _writable_parent(p)
     try:
-        return make(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+        made = make(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+        tmp = made[1] if isinstance(made, tuple) else made
+        os.chmod(tmp, (0o777 if os.path.isdir(tmp) else 0o666) & ~_umask())
+        return made
     except OSError as e:
         raise _write_failure(p, e) from None
 
