@@ -215,3 +215,14 @@ def test_without_openvino_features_come_from_torchscript_with_one_log_line(torch
     reference = metrics.images_to_features(images, batch_size=4, choice=torchscript, device="cpu", workers=1,
                                            runtime="torchscript")
     assert np.abs(np.load(tmp_path / "features.npy") - reference).max() < 1e-4
+
+
+def test_openvino_conversion_never_sends_telemetry():
+    """convert_model's telemetry (Google Analytics, on unless a consent file says no) gets its no-op stub."""
+    code = ("from ganforge.inception_runtime import import_openvino; import_openvino(); "
+            "import openvino.tools.ovc.convert_impl as c, openvino.tools.ovc.telemetry_utils as u; "
+            "print(c.tm.__name__, u.tm.__name__)")
+    env = {k: v for k, v in os.environ.items() if k != "CI"}  # CI=true would switch it off by itself
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["openvino.tools.ovc.telemetry_stub"] * 2, out.stdout

@@ -22,6 +22,7 @@ import functools
 import json
 import logging
 import os
+import sys
 import re
 import shutil
 from pathlib import Path
@@ -58,12 +59,32 @@ def requested_runtime(runtime: Optional[str] = None) -> str:
 
 
 def import_openvino():
-    """The ``openvino`` module, or None when it cannot be imported."""
+    """The ``openvino`` module, or None when it cannot be imported.
+
+    OpenVINO's converter (``convert_model``) sends usage telemetry to Google Analytics unless a
+    consent file in ~ says no or CI=true (openvino_telemetry: no consent file counts as yes for
+    it). ganforge never lets it: ``openvino_telemetry`` is made unimportable first, so the converter
+    takes its own no-op stub (``openvino.tools.ovc.telemetry_stub``).
+    """
+    if "openvino_telemetry" not in sys.modules:
+        sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]  # `import` now raises ImportError
+    elif sys.modules["openvino_telemetry"] is not None:  # imported before ganforge could block it
+        sys.modules["openvino_telemetry"].Telemetry = _NoTelemetry
     try:
         import openvino
     except ImportError:
         return None
     return openvino
+
+
+class _NoTelemetry:
+    """Stands in for openvino_telemetry.Telemetry when that was imported before ganforge could block it."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        pass
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
 
 
 def openvino_version(ov) -> str:
