@@ -71,8 +71,18 @@ def built(make_env) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def local_stack(built, home):
-    """The local stack of the module's GANFORGE_HOME; `make stack-down` (as the README shows) at the end."""
-    yield stack.up(home)
+    """The local stack of the module's GANFORGE_HOME, started through the CLI the README names
+    (`python -m pipelines stack up`); `make stack-down` (as the README shows) at the end."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "GANFORGE_"))}
+    up = subprocess.run([sys.executable, "-m", "pipelines", "stack", "up"], cwd=ROOT, capture_output=True, text=True,
+                        timeout=600, env={**env, "GANFORGE_HOME": str(home)})
+    assert up.returncode == 0, up.stderr[-3000:]
+    running = stack.running(home)
+    assert running is not None and up.stdout.strip() == running.tracking_uri
+    status = subprocess.run([sys.executable, "-m", "pipelines", "stack", "status"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120, env={**env, "GANFORGE_HOME": str(home)})
+    assert status.returncode == 0 and json.loads(status.stdout)["container"] == running.container
+    yield running
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "GANFORGE_"))}
     proc = make("stack-down", env={**env, "GANFORGE_HOME": str(home)}, timeout=300)
     assert proc.returncode == 0, proc.stderr

@@ -37,3 +37,16 @@ def test_no_daemon_and_not_root_is_one_line(tmp_path):
     assert proc.returncode == 2, proc.stderr
     lines = [l for l in proc.stderr.splitlines() if l.strip()]
     assert len(lines) == 1 and "no Docker daemon answers and this is not root" in lines[0], proc.stderr
+
+
+def test_stack_status_and_down_without_a_stack(tmp_path):
+    env = clean_env(tmp_path)
+    status = subprocess.run([sys.executable, "-m", "pipelines", "stack", "status"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert status.returncode == 1 and "no local stack running" in status.stderr
+    down = subprocess.run([sys.executable, "-m", "pipelines", "stack", "down"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert down.returncode == 0 and "no local stack recorded in GANFORGE_HOME" in down.stderr
+    env_line = subprocess.run([sys.executable, "-m", "pipelines", "stack", "env"], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=120)
+    assert env_line.returncode == 0 and env_line.stdout.strip() == ""
