@@ -61,3 +61,24 @@ def cli_env(**extra) -> dict:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT)]), **extra)
     env.setdefault("OMP_NUM_THREADS", "1")
     return env
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_uris_do_not_leak():
+    """A test that calls ``tracking.configure()`` in this process (mlflow.set_tracking_uri/set_registry_uri)
+    leaves MLFLOW_TRACKING_URI in os.environ and the registry URI in mlflow's globals; later tests would
+    then send their subprocesses (make run) and clients to that test's deleted store. Restore both."""
+    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    saved = {k: os.environ.get(k) for k in keys}
+    yield
+    if "mlflow" in sys.modules:
+        from mlflow.tracking._model_registry import utils as registry_utils
+        from mlflow.tracking._tracking_service import utils as tracking_utils
+
+        tracking_utils._tracking_uri = None
+        registry_utils._registry_uri = None
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
