@@ -63,6 +63,25 @@ def cli_env(**extra) -> dict:
     return env
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _environment_does_not_leak_between_modules():
+    """A module-scoped fixture runs before any function-scoped guard can save the environment, so what
+    it leaves behind would live on for the rest of the session. mlflow.set_tracking_uri (called by
+    tracking.configure) writes MLFLOW_TRACKING_URI into os.environ, and a MonkeyPatch.delenv of an absent
+    variable records nothing to undo: test_generate's fixtures left later `make run`s writing to their
+    store. Restore the whole environment when each module ends (this fixture is set up first, torn down last)."""
+    saved = dict(os.environ)
+    yield
+    if "mlflow" in sys.modules:
+        from mlflow.tracking._model_registry import utils as registry_utils
+        from mlflow.tracking._tracking_service import utils as tracking_utils
+
+        tracking_utils._tracking_uri = None
+        registry_utils._registry_uri = None
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 @pytest.fixture(autouse=True)
 def _mlflow_uris_do_not_leak():
     """A test that calls ``tracking.configure()`` in this process (mlflow.set_tracking_uri/set_registry_uri)

@@ -64,5 +64,5 @@ def test_config_errors_name_the_field():
         build_config("dcgan", "tiny", {"train": {"batch_size": 30, "nproc": 4}})
     with pytest.raises(ConfigError, match="data.resolution"):
         build_config("dcgan", "tiny", ["data.resolution=48"])
-    with pytest.raises(ConfigError, match="unknown config key 'train.epoch': did you mean 'train.epochs'\?"):
+    with pytest.raises(ConfigError, match=r"unknown config key 'train.epoch': did you mean 'train.epochs'\?"):
         build_config("dcgan", "tiny", {"train": {"epoch": 3}})
