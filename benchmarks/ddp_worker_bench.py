@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 
 from ganforge.config import PipelineConfig
-from ganforge.storage import atomic_write_text
+from ganforge.fileio import atomic_write_text
 from ganforge.train import init_distributed, train
 
 

@@ -31,7 +31,7 @@ sys.path.insert(0, str(BENCH_DIR))  # sibling modules: bench_train, bench_metric
 
 import bench_train  # noqa: E402
 from ganforge.config import build_config  # noqa: E402
-from ganforge.storage import atomic_write_text  # noqa: E402
+from ganforge.fileio import atomic_write_text  # noqa: E402
 
 SCHEMA_VERSION = 1
 

@@ -70,7 +70,7 @@ def constraints_text(pins: dict[str, str]) -> str:
 
 def main() -> int:
     sys.path.insert(0, str(REPO_ROOT / "src"))
-    from ganforge.storage import atomic_write_text
+    from ganforge.fileio import atomic_write_text
 
     pins = installed_closure(project_requirements(REPO_ROOT / "pyproject.toml"))
     atomic_write_text(CONSTRAINTS_PATH, constraints_text(pins))

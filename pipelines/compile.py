@@ -5,7 +5,7 @@ from pathlib import Path
 
 from kfp import compiler
 
-from ganforge.storage import atomic_file
+from ganforge.fileio import atomic_file
 
 from .factory import build_pipeline
 

@@ -13,7 +13,7 @@ from kfp import kubernetes
 
 from components.image import IMAGE
 
-from ganforge import gpu_nodes
+from ganforge.platform import gpu_nodes
 from ganforge.config import PipelineConfig
 
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
@@ -46,7 +46,7 @@ class ClusterSettings:
     @classmethod
     def from_config(cls, cfg: PipelineConfig) -> "ClusterSettings":
         """GPU node selector and tolerations from GANFORGE_GPU_NODE_SELECTOR / GANFORGE_GPU_TOLERATIONS
-        (``ganforge.gpu_nodes``), read once here."""
+        (``ganforge.platform.gpu_nodes``), read once here."""
         return cls(gpus_per_node=cfg.train.nproc if cfg.profile == "full" else 0,
                    node_selector=gpu_nodes.gpu_node_selector(), tolerations=tuple(gpu_nodes.gpu_tolerations()))
 

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from kfp import local
 
-from ganforge import paths, tracking
+from ganforge import paths
+from ganforge.platform import tracking
 from ganforge.progress import progress_enabled
 
 from . import console

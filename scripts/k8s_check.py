@@ -7,7 +7,7 @@ probes, every referenced Secret/ConfigMap key exists, and kfp-launcher's provide
 well formed and names a real Secret. Then the security properties of the namespace:
 
 * admission: the ValidatingAdmissionPolicy's CEL (evaluated with cel-python) admits the
-  TrainJob/PyTorchJob manifests ganforge.distributed builds and denies each kind of violation
+  TrainJob/PyTorchJob manifests ganforge.platform.cluster_jobs builds and denies each kind of violation
   (a Secret other than ganforge-s3/ganforge-mlflow, hostPath/projected volumes, another
   ServiceAccount, privileged, ...); its binding denies in this namespace;
 * pod security: every pod of the render and of the training manifests meets the Pod Security
@@ -297,13 +297,13 @@ def kfp_launcher_problems(objects: list[dict]) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------
 # What ganforge itself creates at run time (not in the render): the training job manifests of
-# ganforge.distributed and the Kubernetes settings of the pipeline tasks (pipelines/kube.py).
+# ganforge.platform.cluster_jobs and the Kubernetes settings of the pipeline tasks (pipelines/kube.py).
 
 def training_job_manifests() -> dict[str, dict]:
     """The TrainJob and PyTorchJob the train step would create (2 nodes, GPUs, as remote_train sets them)."""
     from ganforge.config import build_config
-    from ganforge.distributed import manifest, spec_from_config
-    from ganforge.remote_train import GPU_TOLERATION, MLFLOW_SECRET, MLFLOW_SECRET_KEYS, S3_SECRET, \
+    from ganforge.platform.cluster_jobs import manifest, spec_from_config
+    from ganforge.platform.cluster_train import GPU_TOLERATION, MLFLOW_SECRET, MLFLOW_SECRET_KEYS, S3_SECRET, \
         S3_SECRET_KEYS, TRAINING_SERVICE_ACCOUNT
 
     cfg = build_config("dcgan", "tiny", {})

@@ -1,7 +1,7 @@
 """A stand-in for the Kubernetes API server, for tests. No cluster runs here.
 
 It is a small real HTTP server on 127.0.0.1 (``http.server`` in a thread) that answers the few
-REST calls the ``kubernetes`` Python client makes for ``ganforge.distributed.launch_and_watch``:
+REST calls the ``kubernetes`` Python client makes for ``ganforge.platform.cluster_jobs.launch_and_watch``:
 
 * POST/GET/DELETE ``/apis/<group>/<version>/namespaces/<ns>/<plural>[/<name>]`` (custom objects)
 * GET ``/api/v1/namespaces/<ns>/pods?labelSelector=k=v`` and ``.../pods/<pod>/log?tailLines=N``
@@ -241,7 +241,7 @@ def _free_port() -> int:
 def _node_containers(obj: dict) -> list[tuple[dict, dict]]:
     """(container with command/env, engine-injected env) per node, in the order of ``_pods_for``.
 
-    The variables are those the engines set (see ganforge.distributed): TrainJob's torch plugin
+    The variables are those the engines set (see ganforge.platform.cluster_jobs): TrainJob's torch plugin
     ``PET_*`` including the master address; PyTorchJob's ``PET_NNODES/NPROC_PER_NODE/NODE_RANK``
     plus ``MASTER_ADDR/MASTER_PORT`` and the node-level ``WORLD_SIZE``/``RANK``. The master is
     127.0.0.1 on a free port (on a cluster: the node-0 Service and port 23456).
@@ -310,7 +310,7 @@ class ExecutingKubeStandin(KubeStandin):
         return env, error
 
     def _start_pod(self, name: str, container: dict, engine_env: dict, namespace: str) -> _Pod:
-        from ganforge.distributed import CONFIG_PATH_IN_POD
+        from ganforge.platform.cluster_jobs import CONFIG_PATH_IN_POD
 
         pod_dir = self.workdir / name
         for sub in ("home", "tmp", "cache"):

@@ -24,9 +24,9 @@ import pytest
 import torch
 
 from conftest import cli_env
-from ganforge import steps, storage
+from ganforge.platform import s3 as storage, steps
 from ganforge.config import build_config
-from ganforge.distributed import ClusterSpecError, ClusterTrainingError
+from ganforge.platform.cluster_jobs import ClusterSpecError, ClusterTrainingError
 from ganforge.train import load_generator, read_checkpoint
 from kube_standin import ExecutingKubeStandin
 from s3_server import s3_fixtures
@@ -80,7 +80,7 @@ def _objects(server, prefix: str) -> list[str]:
 @pytest.mark.slow  # runs torchrun and ganforge train in subprocesses
 def test_train_step_runs_a_trainjob_on_the_prep_mirror_and_fetches_the_checkpoint(cluster, s3, ganforge_home,
                                                                                      monkeypatch, tmp_path):
-    from ganforge import tracking
+    from ganforge.platform import tracking
 
     # The pods get the tracking URI and run id from the step's environment, as from ganforge-env.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")

@@ -148,7 +148,7 @@ def test_cli_mlflow_run_survives_resume_and_gets_the_curve(fashion_train, fashio
     printed = json.loads(capsys.readouterr().out)
     assert printed["mlflow_run_id"] == run_id and printed["curve_points"] == 2
 
-    from ganforge import tracking
+    from ganforge.platform import tracking
 
     tracking.configure()
     c = tracking.client()

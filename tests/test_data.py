@@ -386,7 +386,7 @@ def s3_endpoint(monkeypatch):
 
 
 def test_s3_prefix_is_downloaded_and_detected(tmp_path, s3_endpoint):
-    from ganforge import storage
+    from ganforge.platform import s3 as storage
 
     images, _ = write_idx_dir(tmp_path / "idx", n=10)
     save_png(tmp_path / "folder" / "a.png", np.full((28, 28), 7, np.uint8))

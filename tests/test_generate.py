@@ -16,7 +16,8 @@ import torch
 from PIL import Image
 
 from conftest import ROOT, cli_env
-from ganforge import cli, registry, tracking
+from ganforge import cli
+from ganforge.platform import registry, tracking
 from ganforge.config import build_config
 from ganforge.errors import OutputPathError
 from ganforge.generate import GenerationError, generate_to_dir, interpolation_latents, png_bytes, slerp, tile_grid

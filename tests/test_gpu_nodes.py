@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ganforge import gpu_nodes
+from ganforge.platform import gpu_nodes
 
 ROOT = Path(__file__).parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))

@@ -195,7 +195,7 @@ def test_a_missing_kustomize_target_file_is_a_clear_error(tmp_path):
 
 @pytest.fixture(scope="module")
 def runtime() -> k8s_check.Runtime:
-    """The training job manifests ganforge.distributed builds and the compiled pipeline's task settings."""
+    """The training job manifests ganforge.platform.cluster_jobs builds and the compiled pipeline's task settings."""
     return k8s_check.Runtime.build()
 
 

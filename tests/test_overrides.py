@@ -13,7 +13,7 @@ import pytest
 
 from conftest import ROOT, cli_env
 from ganforge.config import ConfigError, build_config, overrides_from_json, parse_override
-from ganforge.steps import settle_config
+from ganforge.platform.steps import settle_config
 
 
 @pytest.mark.parametrize("text, value", [

@@ -109,7 +109,7 @@ def _assert_run_recorded(client, summary: dict, cfg_name: str = "dcgan") -> None
 
 def test_local_dag_records_run_and_registers_champion(local_run):
     home, summary, cwd = local_run
-    from ganforge.tracking import resolve_tracking_uri
+    from ganforge.platform.tracking import resolve_tracking_uri
 
     assert summary["tracking_uri"] == f"sqlite:///{home}/mlflow.db" == resolve_tracking_uri(str(home))
     client = _client(summary["tracking_uri"])

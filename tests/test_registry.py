@@ -17,16 +17,16 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from ganforge import registry, tracking
+from ganforge.platform import registry, tracking
 from ganforge.config import build_config
-from ganforge.registry import Candidate
+from ganforge.platform.registry import Candidate
 from mlflow_server import shared_mlflow_server
 
 NZ = 4
 
 LOAD_CHAMPION = textwrap.dedent("""
     import json, sys, torch
-    from ganforge import registry
+    from ganforge.platform import registry
     G = registry.load_generator(sys.argv[1])
     with torch.no_grad():
         out = G(torch.linspace(-1, 1, 3 * {nz}).reshape(3, {nz}))

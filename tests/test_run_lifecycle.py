@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ganforge import registry, steps, tracking
+from ganforge.platform import registry, steps, tracking
 from ganforge.config import build_config
 
 

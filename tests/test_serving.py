@@ -22,7 +22,7 @@ import torch
 from mlflow import MlflowClient
 
 from conftest import ROOT, cli_env
-from ganforge import registry, tracking
+from ganforge.platform import registry, tracking
 from ganforge.config import build_config
 from ganforge.generate import generate_to_dir
 from ganforge.models import build_models

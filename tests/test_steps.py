@@ -3,7 +3,7 @@ import pytest
 
 from conftest import cli_env
 from ganforge.config import build_config
-from ganforge.steps import settle_config, train_step
+from ganforge.platform.steps import settle_config, train_step
 from ganforge.train import TrainingError, read_checkpoint
 
 

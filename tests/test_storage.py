@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 from boto3.s3.transfer import TransferConfig
 
-from ganforge import storage
-from ganforge.storage import StorageError
+from ganforge import fileio
+from ganforge.platform import s3 as storage
+from ganforge.fileio import StorageError
 from s3_server import S3Server, flaky_http_proxy, s3_environment, s3_fixtures
 
 moto_server, s3 = s3_fixtures(scope="module")
@@ -53,10 +54,10 @@ def test_split_s3_rejects_malformed_uris(uri: str, message: str) -> None:
 
 
 def test_join_keeps_the_scheme() -> None:
-    assert storage.join("s3://b1b/run/", "/model", "ckpt.pt") == "s3://b1b/run/model/ckpt.pt"
-    assert storage.join("file:///tmp/a", "b") == "file:///tmp/a/b"
-    assert storage.join("/tmp/a", "b", "c") == os.path.join("/tmp/a", "b", "c")
-    assert storage.is_s3("s3://b1b/x") and not storage.is_s3("file:///x")
+    assert fileio.join("s3://b1b/run/", "/model", "ckpt.pt") == "s3://b1b/run/model/ckpt.pt"
+    assert fileio.join("file:///tmp/a", "b") == "file:///tmp/a/b"
+    assert fileio.join("/tmp/a", "b", "c") == os.path.join("/tmp/a", "b", "c")
+    assert fileio.is_s3("s3://b1b/x") and not fileio.is_s3("file:///x")
 
 
 def test_endpoint_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -98,7 +99,7 @@ def test_failed_local_write_keeps_old_file_and_leaves_no_temp(tmp_path: Path) ->
     target.write_bytes(b"old")
     child = (
         "import resource, signal, sys\n"
-        "from ganforge.storage import atomic_write_bytes\n"
+        "from ganforge.fileio import atomic_write_bytes\n"
         "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
         "resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024))\n"
         "try:\n"
@@ -116,7 +117,7 @@ def test_failed_local_write_keeps_old_file_and_leaves_no_temp(tmp_path: Path) ->
 def test_failed_atomic_file_block_keeps_old_file(tmp_path: Path) -> None:
     target = tmp_path / "grid.png"
     target.write_bytes(b"old")
-    with pytest.raises(ValueError), storage.atomic_file(target) as tmp:
+    with pytest.raises(ValueError), fileio.atomic_file(target) as tmp:
         tmp.write_bytes(b"half")
         raise ValueError("writer crashed")
     assert target.read_bytes() == b"old" and leftovers(tmp_path) == []
@@ -178,7 +179,7 @@ def test_ctrl_c_during_multipart_upload_aborts_it(s3, tmp_path: Path) -> None:
         "import os, signal, time\n"
         "signal.signal(signal.SIGINT, signal.default_int_handler)  # a background launcher may have set SIG_IGN\n"
         "from boto3.s3.transfer import TransferConfig\n"
-        "from ganforge import storage\n"
+        "from ganforge.platform import s3 as storage\n"
         "config = TransferConfig(multipart_threshold=5 * 2**20, multipart_chunksize=5 * 2**20, max_concurrency=1)\n"
         "sent = []\n"
         "def ctrl_c(n):\n"
@@ -303,7 +304,7 @@ def test_transient_503_is_retried_until_success(s3, fast_retries, monkeypatch, c
     storage.write_text(s3.uri("flaky/x.txt"), "survived")
     with flaky_http_proxy(s3.endpoint_url, fail_first=2) as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
-        with caplog.at_level(logging.WARNING, logger="ganforge.storage"):
+        with caplog.at_level(logging.WARNING, logger="ganforge.platform.s3"):
             assert storage.read_text(s3.uri("flaky/x.txt")) == "survived"
     assert (proxy.requests, proxy.failures_served) == (3, 2)
     assert [re.search(r"retry \d/\d", r.message).group() for r in caplog.records] == ["retry 1/2", "retry 2/2"]
@@ -354,7 +355,7 @@ def test_endpoint_that_comes_up_after_a_refused_connection_is_reached(s3, monkey
                 finished.wait(30)
 
     handler = _SignalOnWarning(refused)
-    logger = logging.getLogger("ganforge.storage")
+    logger = logging.getLogger("ganforge.platform.s3")
     logger.addHandler(handler)
     server_thread = threading.Thread(target=serve_after_first_refusal)
     server_thread.start()
@@ -445,7 +446,7 @@ def test_resume_pull_refuses_keys_that_leave_the_staging_directory(
         s3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
         fashion_train: Path) -> None:
     from ganforge import cli
-    from ganforge.remote_train import pull_run
+    from ganforge.platform.cluster_train import pull_run
 
     s3.client().put_object(Bucket=s3.bucket, Key="run-h/config.json", Body=b"{}")
     stage = tmp_path / "stage" / "run"
@@ -540,14 +541,12 @@ def test_atomic_outputs_get_the_umask_mode_not_a_private_one(tmp_path):
     import os
     import stat
 
-    from ganforge import storage
-
     old = os.umask(0o022)
     try:
-        f = storage.atomic_write_text(tmp_path / "manifest.json", "{}")
-        with storage.atomic_file(tmp_path / "x.bin") as tmp:
+        f = fileio.atomic_write_text(tmp_path / "manifest.json", "{}")
+        with fileio.atomic_file(tmp_path / "x.bin") as tmp:
             tmp.write_bytes(b"x")
-        with storage.atomic_dir(tmp_path / "out") as d:
+        with fileio.atomic_dir(tmp_path / "out") as d:
             (d / "a.txt").write_text("a")
     finally:
         os.umask(old)

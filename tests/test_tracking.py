@@ -12,7 +12,7 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from ganforge import tracking
+from ganforge.platform import tracking
 from ganforge.config import build_config
 from mlflow_server import shared_mlflow_server
 
@@ -20,7 +20,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 METRICS_WRITER = textwrap.dedent("""
     import sys
-    from ganforge import tracking
+    from ganforge.platform import tracking
     cb = tracking.MlflowMetricsCallback(sys.argv[1])
     for step in range(0, 50, 10):
         cb(step, {"loss_d": 1.0 + step, "loss_g": 2.0 + step})
@@ -29,7 +29,7 @@ METRICS_WRITER = textwrap.dedent("""
 
 ARTIFACT_WRITER = textwrap.dedent("""
     import sys
-    from ganforge import tracking
+    from ganforge.platform import tracking
     run_id, sample_file, grid_dir = sys.argv[1:4]
     tracking.log_artifact(run_id, sample_file, "samples")
     tracking.log_artifacts(run_id, grid_dir, "grids")

@@ -24,7 +24,7 @@ from torch import nn
 from ganforge.config import EvalConfig
 from ganforge.data import DataError, load_dataset, verify_sha256
 from ganforge.metrics import features_to_statistics, statistics_to_fid
-from ganforge.storage import atomic_file, atomic_write_bytes
+from ganforge.fileio import atomic_file, atomic_write_bytes
 
 N_FFT = 512
 HOP = 256

@@ -15,7 +15,7 @@ from typing import Optional
 
 from .config import PRESETS, PROFILES, ConfigError, PipelineConfig, build_config, parse_override
 from .errors import GanforgeError
-from .storage import is_s3
+from .fileio import is_s3
 
 
 def _config_from_args(args) -> PipelineConfig:
@@ -124,13 +124,13 @@ def cmd_train(args) -> int:
                               "(cluster runs are tracked by the pipeline)")
         run_id = _cli_mlflow_run(cfg, Path(args.out), args.resume)
     if run_id and is_main:
-        from . import tracking
+        from .platform import tracking
 
         tracking.configure()
         callback = tracking.MlflowMetricsCallback(run_id)
     if is_s3(args.data) or is_s3(args.out):
         # Cluster job pods: stage s3:// data and output locally, push checkpoints back (remote_train).
-        from .remote_train import train_staged
+        from .platform.cluster_train import train_staged
 
         result = train_staged(cfg, args.data, args.out, resume=args.resume, on_metrics=callback,
                               allow_config_change=args.allow_config_change)
@@ -142,7 +142,7 @@ def cmd_train(args) -> int:
     if callback is not None:
         callback.flush()
         if args.mlflow:
-            from . import tracking
+            from .platform import tracking
 
             tracking.log_metrics(run_id, {"train_wall_s": result.total_seconds, "train_epochs": result.epoch},
                                  step=result.step)
@@ -164,8 +164,8 @@ def _recorded_mlflow_run(run: Path) -> Optional[str]:
 
 def _cli_mlflow_run(cfg: PipelineConfig, out: Path, resume: bool) -> str:
     """The MLflow run of a CLI training run: reused on --resume (its id is kept in OUT/mlflow_run_id)."""
-    from . import tracking
-    from .storage import atomic_write_text
+    from .platform import tracking
+    from .fileio import atomic_write_text
 
     tracking.configure()
     if resume and (recorded := _recorded_mlflow_run(out)):
@@ -206,7 +206,7 @@ def cmd_evaluate(args) -> int:
     for row in rows:
         print_point(row)
     if run_id := _recorded_mlflow_run(run):  # trained with --mlflow: the scores and the curve join its MLflow run
-        from .steps import log_evaluation
+        from .platform.steps import log_evaluation
 
         log_evaluation(run_id, metrics, rows, args.out or run)
         metrics["mlflow_run_id"] = run_id
@@ -224,7 +224,7 @@ def cmd_curve(args) -> int:
     plot_curve(rows, run / CURVE_PNG)
     out = {"csv": str(run / CURVE_CSV), "png": str(run / CURVE_PNG), "points": len(rows)}
     if (run_id := _recorded_mlflow_run(run)) and rows:  # trained with --mlflow: the curve joins its MLflow run
-        from .steps import log_curve
+        from .platform.steps import log_curve
 
         out["mlflow_run_id"] = run_id
         log_curve(run_id, rows, run)
@@ -233,7 +233,7 @@ def cmd_curve(args) -> int:
 
 
 def cmd_registry(args) -> int:
-    from . import registry, tracking
+    from .platform import registry, tracking
 
     tracking.configure()
     print(registry.format_table(registry.show(args.name)))
@@ -241,7 +241,7 @@ def cmd_registry(args) -> int:
 
 
 def cmd_promote(args) -> int:
-    from . import registry, tracking
+    from .platform import registry, tracking
 
     tracking.configure()
     print(json.dumps(registry.promote_manual(args.name, args.version, force=args.force), indent=2, default=str))

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .config import PipelineConfig
-from .storage import atomic_file, atomic_write_text
+from .fileio import atomic_file, atomic_write_text
 from .errors import GanforgeError
 
 CURVE_CSV = "fid_curve.csv"

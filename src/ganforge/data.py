@@ -26,7 +26,7 @@ import numpy as np
 
 import ganforge
 from ganforge.config import DEFAULT_IDX_DIR, DataConfig
-from ganforge.storage import StorageError, atomic_dir, check_output_dir, download_prefix
+from ganforge.fileio import StorageError, atomic_dir, check_output_dir
 from ganforge.errors import GanforgeError
 
 IDX_IMAGES_MAGIC = 0x00000803
@@ -134,15 +134,29 @@ def read_source(cfg: DataConfig, split: str) -> tuple[RawDataset, str]:
     return read_local_dir(path, cfg, split, shown_as=source)
 
 
+def download_s3_source(source: str, local: str | Path) -> None:
+    """Copy the objects under an ``s3://`` data source into ``local``.
+
+    The one place the core reaches the platform layer, and only for an s3:// source: boto3 is an
+    optional dependency (``ganforge[platform]``), so it is imported here, when such a source is used.
+    """
+    try:
+        from ganforge.platform.s3 import download_prefix
+    except ImportError as e:
+        raise DataError(f"data source {source} is on S3, which needs the platform extra ({e}). "
+                        "Fix: pip install 'ganforge[platform]'") from None
+    download_prefix(source, local, require_marker=False)
+
+
 def read_s3_prefix(source: str, cfg: DataConfig, split: str) -> tuple[RawDataset, str]:
     """Download a completed prefix into a temporary directory, then read it like a local one."""
     with tempfile.TemporaryDirectory(prefix="ganforge-s3-") as local:
         try:
-            download_prefix(source, local, require_marker=False)
+            download_s3_source(source, local)
         except StorageError as e:
             raise DataError(
                 f"could not fetch data source {source}: {e}. An s3:// source must be uploaded with "
-                "ganforge.storage.upload_dir (which writes the _COMPLETE marker listing its files)") from e
+                "ganforge.platform.s3.upload_dir (which writes the _COMPLETE marker listing its files)") from e
         try:
             return read_local_dir(Path(local), cfg, split, shown_as=source)
         except DataError as e:

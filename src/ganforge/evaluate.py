@@ -10,7 +10,7 @@ import torch
 
 from .config import PipelineConfig, with_overrides
 from .paths import cache_dir as default_cache_dir
-from .storage import atomic_write_text
+from .fileio import atomic_write_text
 from .train import generate, generator_from_checkpoint, read_checkpoint
 from .errors import GanforgeError
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from .config import PipelineConfig
-from .storage import atomic_dir, check_output_dir
+from .fileio import atomic_dir, check_output_dir
 from .train import generate, load_generator
 from .errors import GanforgeError
 
@@ -62,7 +62,7 @@ def parse_registry_uri(uri: str) -> tuple[str, Optional[str], Optional[int]]:
 
 def resolve_version(uri: str):
     """The MLflow model version a registry URI names, with errors that list what exists."""
-    from . import registry, tracking
+    from .platform import registry, tracking
 
     name, alias, version = parse_registry_uri(uri)
     client = tracking.client()
@@ -85,14 +85,14 @@ def registered_config(run_id: str, uri: str, config_hash: Optional[str]) -> Pipe
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from .registry import mlflow_env
+    from .platform.registry import mlflow_env
 
     try:
         with mlflow_env(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false"):  # stderr stays for errors
             text = mlflow.artifacts.load_text(f"runs:/{run_id}/{CONFIG_ARTIFACT}")
     except (MlflowException, OSError) as e:
         raise GenerationError(f"{uri}: its run {run_id} has no readable {CONFIG_ARTIFACT} artifact ({e}); register "
-                              "versions from runs started with ganforge.tracking.start_pipeline_run, or generate from "
+                              "versions from runs started with ganforge.platform.tracking.start_pipeline_run, or generate from "
                               "the checkpoint.pt instead") from None
     cfg = PipelineConfig.from_json(text)
     if config_hash and cfg.config_hash() != config_hash:
@@ -105,7 +105,7 @@ def registered_config(run_id: str, uri: str, config_hash: Optional[str]) -> Pipe
 def load_registered(uri: str, device: str = "cpu") -> LoadedModel:
     """A registered generator and its config; an alias is resolved once to a version, which is then
     loaded by number, so a promotion meanwhile cannot pair one version's weights with another's config."""
-    from . import registry
+    from .platform import registry
 
     version = resolve_version(uri)
     cfg = registered_config(version.run_id, uri, version.tags.get("config_hash"))
@@ -293,7 +293,7 @@ def generate_to_dir(model: str, out_dir: str | os.PathLike, n: int = 64, seed: i
     """Write ``n`` samples (and ``interpolate``-step slerp rows) from ``model`` into ``out_dir``.
 
     ``model`` is ``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` (tracking URI from
-    ``ganforge.tracking.configure``) or a checkpoint.pt (or the run directory holding it).
+    ``ganforge.platform.tracking.configure``) or a checkpoint.pt (or the run directory holding it).
     Images: grid.png (ceil(√n) per row), images/NNNNN.png, interpolation.png. Audio:
     wavs/, spectrograms.png, interpolation/ and interpolation.png. Always generation.json.
     The samples' latents are the first ``n`` draws of a generator seeded with ``seed``; the

@@ -33,7 +33,7 @@ import torch
 
 from .errors import GanforgeError
 from .paths import cache_dir
-from .storage import atomic_dir
+from .fileio import atomic_dir
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
 
 from .config import EvalConfig
-from .storage import atomic_write_bytes
+from .fileio import atomic_write_bytes
 from .weights import EXTRACTOR_TORCHSCRIPT, InceptionChoice, resolve_inception
 from . import inception_runtime
 from .errors import GanforgeError

@@ -41,7 +41,7 @@ from .config import PipelineConfig
 from .data import load_dataset
 from .losses import d_loss, g_loss, gradient_penalty, r1_penalty
 from .models import build_models
-from .storage import atomic_file, atomic_write_bytes, atomic_write_text
+from .fileio import atomic_file, atomic_write_bytes, atomic_write_text
 from .errors import GanforgeError
 
 CHECKPOINT_NAME = "checkpoint.pt"

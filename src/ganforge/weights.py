@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from ganforge.paths import cache_dir
-from ganforge.storage import atomic_file
+from ganforge.fileio import atomic_file
 from ganforge.errors import GanforgeError
 
 WEIGHTS_ENV = "GANFORGE_INCEPTION_WEIGHTS"

@@ -19,7 +19,7 @@ import os
 import re
 from typing import Mapping, Optional
 
-from .config import ConfigError
+from ..config import ConfigError
 
 NODE_SELECTOR_ENV = "GANFORGE_GPU_NODE_SELECTOR"
 TOLERATIONS_ENV = "GANFORGE_GPU_TOLERATIONS"

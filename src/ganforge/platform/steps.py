@@ -14,7 +14,8 @@ import os
 from pathlib import Path
 from typing import Callable, Optional
 
-from .config import PipelineConfig, build_config, overrides_from_json, parse_overrides
+from .. import fileio
+from ..config import PipelineConfig, build_config, overrides_from_json, parse_overrides
 
 
 def artifact_root() -> str:
@@ -31,9 +32,9 @@ def mirror(local_dir: str | Path, run_id: str, name: str) -> str:
     root = artifact_root()
     if not root:
         return ""
-    from . import storage
+    from . import s3
 
-    return storage.upload_dir(str(local_dir), storage.join(root, "runs", run_id or "no-run", name))
+    return s3.upload_dir(str(local_dir), fileio.join(root, "runs", run_id or "no-run", name))
 
 
 def settle_config(pipeline: str, profile: str, knobs: Optional[dict] = None, overrides: str = "") -> PipelineConfig:
@@ -106,7 +107,7 @@ def end_run_step(pipeline: str, kfp_run: str, kfp_state: str) -> dict:
 
 @tracked(lambda a: f"prep-{a['split']}")
 def prep_step(config_json: str, split: str, out_dir: str, run_id: str = "") -> dict:
-    from .data import prepare
+    from ..data import prepare
 
     cfg = PipelineConfig.from_json(config_json)
     manifest = prepare(cfg.data, out_dir, split=split)
@@ -130,13 +131,13 @@ def train_step(config_json: str, data_dir: str, out_dir: str, run_id: str = "", 
     cfg = PipelineConfig.from_json(config_json)
     world = cfg.train.nproc * cfg.train.nnodes
     if cfg.train.launcher != "local":
-        from .remote_train import launch_cluster_training
+        from .cluster_train import launch_cluster_training
 
         result = launch_cluster_training(cfg, data_dir, out_dir, run_id)
     elif world > 1:
         result = _train_with_torchrun(cfg, data_dir, out_dir, run_id)
     else:
-        from .train import train
+        from ..train import train
 
         callback = None
         if run_id:
@@ -157,7 +158,7 @@ def train_step(config_json: str, data_dir: str, out_dir: str, run_id: str = "", 
         tracking.log_artifacts(run_id, str(Path(out_dir) / "samples"), "samples")
         tracking.log_artifact(run_id, str(Path(out_dir) / "config.json"), "config")
     if samples_path and samples:
-        from .storage import upload_file
+        from .s3 import upload_file
 
         upload_file(samples[-1], samples_path)  # a local atomic copy
     return result
@@ -169,7 +170,7 @@ def _train_with_torchrun(cfg: PipelineConfig, data_dir: str, out_dir: str, run_i
     import sys
     import tempfile
 
-    from .train import TrainingError, read_checkpoint
+    from ..train import TrainingError, read_checkpoint
 
     if cfg.train.nnodes > 1:
         raise TrainingError(f"train.nnodes={cfg.train.nnodes} needs a cluster launcher: set train.launcher to "
@@ -196,22 +197,22 @@ def evaluate_step(config_json: str, checkpoint_dir: str, reference_dir: str, run
     """
     import tempfile
 
-    from .evaluate import evaluate_run
+    from ..evaluate import evaluate_run
 
     cfg = PipelineConfig.from_json(config_json)
     with tempfile.TemporaryDirectory(prefix="ganforge-eval-") as tmp:
         metrics, rows = evaluate_run(checkpoint_dir, reference_dir, tmp, n=cfg.eval.n_samples)
         if metrics_path:
-            from .storage import upload_file
+            from .s3 import upload_file
 
             upload_file(Path(tmp) / "metrics.json", metrics_path)
         if artifact_root():
-            from . import storage
+            from . import s3
 
-            run_prefix = storage.join(artifact_root(), "runs", run_id or "no-run")
-            storage.upload_file(Path(tmp) / "metrics.json", storage.join(run_prefix, "metrics.json"))
+            run_prefix = fileio.join(artifact_root(), "runs", run_id or "no-run")
+            s3.upload_file(Path(tmp) / "metrics.json", fileio.join(run_prefix, "metrics.json"))
             for name in ("fid_curve.csv", "fid_curve.png") if rows else ():
-                storage.upload_file(Path(tmp) / name, storage.join(run_prefix, "fid_curve", name))
+                s3.upload_file(Path(tmp) / name, fileio.join(run_prefix, "fid_curve", name))
         if run_id:
             log_evaluation(run_id, metrics, rows, tmp)
     return metrics
@@ -255,7 +256,7 @@ def register_step(config_json: str, checkpoint_dir: str, metrics_json: str, run_
     """Log the EMA generator as an MLflow model, register it, apply the FID promotion rule and end
     the pipeline's MLflow run FINISHED."""
     from . import registry, tracking
-    from .train import load_generator
+    from ..train import load_generator
 
     cfg = PipelineConfig.from_json(config_json)
     metrics = json.loads(metrics_json)

@@ -30,7 +30,7 @@ from mlflow.exceptions import MlflowException
 
 from ganforge import paths
 from ganforge.config import PipelineConfig
-from ganforge.storage import atomic_file, atomic_write_text
+from ganforge.fileio import atomic_file, atomic_write_text
 from ganforge.errors import GanforgeError
 
 GIT_SHA_ENV = "GANFORGE_GIT_SHA"

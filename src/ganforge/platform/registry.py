@@ -42,7 +42,7 @@ from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
-from ganforge import tracking
+from ganforge.platform import tracking
 from ganforge.config import PipelineConfig
 from ganforge.errors import GanforgeError
 

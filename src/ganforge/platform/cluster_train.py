@@ -10,7 +10,7 @@ Pod side (``train_staged``, called by ``ganforge train`` for ``s3://`` URIs): th
 share no disk with the step that launched them, only S3. So the run is staged on the pod's
 local disk and S3 holds the state:
 
-* ``--data s3://…`` is downloaded (only a completed prefix, see ``storage.download_prefix``)
+* ``--data s3://…`` is downloaded (only a completed prefix, see ``s3.download_prefix``)
   into ``$GANFORGE_CACHE/staging/`` by local rank 0 of each node; the node's other ranks wait.
 * ``--out s3://…``: training writes into a staging directory that is emptied first, so nothing
   but S3 decides where training resumes. With ``--resume`` every object under OUT
@@ -18,7 +18,7 @@ local disk and S3 holds the state:
   continues from the last uploaded checkpoint.
 * Rank 0 deletes OUT/_COMPLETE when it starts, uploads config.json, new samples and then
   checkpoint.pt (one atomic object) after every checkpoint, and at the end the whole run
-  directory with ``storage.upload_dir``, whose ``_COMPLETE`` marker (written last) tells
+  directory with ``s3.upload_dir``, whose ``_COMPLETE`` marker (written last) tells
   readers that training finished.
 
 No MLflow or KFP here: metrics leave through ``on_metrics`` as in ``train.train``.
@@ -36,11 +36,12 @@ from typing import Any, Optional
 
 import torch.distributed as dist
 
-from . import storage
-from .config import PipelineConfig
+from .. import fileio
+from . import s3
+from ..config import PipelineConfig
 from .gpu_nodes import gpu_node_selector, gpu_tolerations
-from .paths import cache_dir
-from .train import CHECKPOINT_NAME, MetricsFn, TrainResult, init_distributed, read_checkpoint, train
+from ..paths import cache_dir
+from ..train import CHECKPOINT_NAME, MetricsFn, TrainResult, init_distributed, read_checkpoint, train
 
 ARTIFACT_ROOT_ENV = "GANFORGE_ARTIFACT_ROOT"
 S3_SECRET = "ganforge-s3"
@@ -79,11 +80,11 @@ def pull_run(out_uri: str, local_dir: Path) -> Optional[int]:
 
     Returns the step of the fetched checkpoint.pt, or None when OUT holds no checkpoint yet.
     """
-    for uri in storage.list_prefix(out_uri):
+    for uri in s3.list_prefix(out_uri):
         relative = _relative_key(uri, out_uri)
-        if relative != storage.COMPLETE_MARKER and not relative.endswith("/"):  # "folder/" placeholder objects
+        if relative != s3.COMPLETE_MARKER and not relative.endswith("/"):  # "folder/" placeholder objects
             # The key decides the local path only if it stays inside local_dir (no "..", no "//abs").
-            storage.download_file(uri, storage.local_path_for_key(local_dir, relative, uri))
+            s3.download_file(uri, s3.local_path_for_key(local_dir, relative, uri))
     ckpt = local_dir / CHECKPOINT_NAME
     return int(read_checkpoint(ckpt)["step"]) if ckpt.is_file() else None
 
@@ -94,11 +95,11 @@ def mark_incomplete(out_uri: str) -> None:
     Without this, a retrained prefix could keep a marker whose sizes happen to match the new
     (intermediate) files, and a reader would take a half-trained run for a finished one.
     """
-    marker = storage.join(out_uri, storage.COMPLETE_MARKER)
-    if storage.exists(marker):  # also explains a missing bucket or bad keys as a StorageError
-        bucket, key = storage.split_s3(marker)
+    marker = fileio.join(out_uri, s3.COMPLETE_MARKER)
+    if s3.exists(marker):  # also explains a missing bucket or bad keys as a StorageError
+        bucket, key = s3.split_s3(marker)
         # storage has no delete; botocore's own retries cover transient errors of this one request.
-        storage.s3_client().delete_object(Bucket=bucket, Key=key)
+        s3.s3_client().delete_object(Bucket=bucket, Key=key)
 
 
 @dataclass
@@ -128,7 +129,7 @@ class CheckpointUploader:
         for relative in self._changed_files():
             local = self.local_dir / relative
             stat = local.stat()
-            storage.upload_file(local, storage.join(self.out_uri, relative))
+            s3.upload_file(local, fileio.join(self.out_uri, relative))
             self.sent[relative] = (stat.st_size, stat.st_mtime_ns)
 
 
@@ -150,17 +151,17 @@ def train_staged(cfg: PipelineConfig, data: str, out: str, *, resume: bool = Fal
     local staging paths; the run's outputs are under ``out``.
     """
     dist_info = init_distributed()
-    data_s3, out_s3 = storage.is_s3(data), storage.is_s3(out)
+    data_s3, out_s3 = fileio.is_s3(data), fileio.is_s3(out)
     local_data = staging_dir(data, "data") if data_s3 else Path(data)
     local_out = staging_dir(out, "run") if out_s3 else Path(out)
     if dist_info.local_rank == 0:
         if data_s3:
-            storage.download_prefix(data, local_data)
+            s3.download_prefix(data, local_data)
         if out_s3:
             _reset_dir(local_out)
             step = pull_run(out, local_out) if resume else None
             if step is not None and dist_info.is_main:
-                print(f"resuming from {storage.join(out, CHECKPOINT_NAME)} at step {step}", file=sys.stderr, flush=True)
+                print(f"resuming from {fileio.join(out, CHECKPOINT_NAME)} at step {step}", file=sys.stderr, flush=True)
     if out_s3 and dist_info.is_main:
         mark_incomplete(out)
     _barrier()  # the node's other ranks read the staged data and checkpoint
@@ -168,16 +169,16 @@ def train_staged(cfg: PipelineConfig, data: str, out: str, *, resume: bool = Fal
     result = train(cfg, local_data, local_out, resume=resume, on_metrics=on_metrics, on_checkpoint=uploader,
                    dist_info=dist_info, allow_config_change=allow_config_change)
     if uploader is not None:
-        storage.upload_dir(local_out, out)
+        s3.upload_dir(local_out, out)
     return result
 
 
 def cluster_artifact_root() -> str:
     """GANFORGE_ARTIFACT_ROOT, which must be an ``s3://`` URI: the job's pods share nothing else."""
-    from .distributed import ClusterSpecError
+    from .cluster_jobs import ClusterSpecError
 
     root = os.environ.get(ARTIFACT_ROOT_ENV, "").rstrip("/")
-    if not storage.is_s3(root):
+    if not fileio.is_s3(root):
         raise ClusterSpecError(
             f"train.launcher trainjob/pytorchjob needs {ARTIFACT_ROOT_ENV} to be an s3:// URI (got {root!r}): the "
             "job's pods reach the data and write checkpoints only through S3. On a cluster the ConfigMap "
@@ -188,7 +189,7 @@ def cluster_artifact_root() -> str:
 
 def training_image() -> str:
     """GANFORGE_IMAGE: the image the job's nodes run (ganforge installed, torchrun on PATH)."""
-    from .distributed import ClusterSpecError
+    from .cluster_jobs import ClusterSpecError
 
     image = os.environ.get("GANFORGE_IMAGE", "")
     if not image:
@@ -209,7 +210,7 @@ def pod_namespace() -> str:
 
 def gpus_per_node(cfg: PipelineConfig) -> int:
     """GANFORGE_GPUS_PER_NODE, else ``train.nproc`` GPUs for the ``full`` profile and none (CPU) otherwise."""
-    from .distributed import ClusterSpecError
+    from .cluster_jobs import ClusterSpecError
 
     raw = os.environ.get("GANFORGE_GPUS_PER_NODE", "")
     if not raw:
@@ -229,13 +230,13 @@ def _local_sha256(data_dir: str) -> str:
 def training_data_uri(data_dir: str, run_prefix: str, split: str) -> str:
     """The dataset's S3 copy: the prep step's mirror RUN/dataset-SPLIT if complete and of the same
     data (manifest sha256), else a fresh upload of ``data_dir`` to RUN/train-data."""
-    mirror_uri = storage.join(run_prefix, f"dataset-{split}")
+    mirror_uri = fileio.join(run_prefix, f"dataset-{split}")
     local_sha = _local_sha256(data_dir)
-    if storage.exists(storage.join(mirror_uri, storage.COMPLETE_MARKER)):
-        mirrored = json.loads(storage.read_text(storage.join(mirror_uri, "manifest.json")))
+    if s3.exists(fileio.join(mirror_uri, s3.COMPLETE_MARKER)):
+        mirrored = json.loads(s3.read_text(fileio.join(mirror_uri, "manifest.json")))
         if mirrored.get("sha256") == local_sha:
             return mirror_uri
-    return storage.upload_dir(data_dir, storage.join(run_prefix, "train-data"))
+    return s3.upload_dir(data_dir, fileio.join(run_prefix, "train-data"))
 
 
 def job_environment(run_id: str) -> dict[str, str]:
@@ -256,7 +257,7 @@ def job_secret_refs() -> dict[str, tuple[str, str]]:
 
 def job_poll_seconds() -> float:
     """GANFORGE_JOB_POLL_S: seconds between status reads of the job (default 10)."""
-    from .distributed import ClusterSpecError
+    from .cluster_jobs import ClusterSpecError
 
     raw = os.environ.get("GANFORGE_JOB_POLL_S", "10")
     try:
@@ -277,7 +278,7 @@ def cluster_apis() -> tuple[Any, Any]:
     """
     from kubernetes import client, config
 
-    from .distributed import kubernetes_apis
+    from .cluster_jobs import kubernetes_apis
 
     if os.environ.get("KUBERNETES_SERVICE_HOST") or not os.environ.get("KUBECONFIG"):
         return kubernetes_apis()
@@ -293,12 +294,12 @@ def launch_cluster_training(cfg: PipelineConfig, data_dir: str, out_dir: str, ru
     Returns step, epoch, seconds (the job's wall time, pod start-up included), img_per_s over
     that time, samples and the job's name/engine/phase.
     """
-    from .distributed import launch_and_watch, spec_from_config
+    from .cluster_jobs import launch_and_watch, spec_from_config
 
-    run_prefix = storage.join(cluster_artifact_root(), "runs", run_id or "no-run")
+    run_prefix = fileio.join(cluster_artifact_root(), "runs", run_id or "no-run")
     image = training_image()
     data_uri = training_data_uri(data_dir, run_prefix, cfg.data.split)
-    out_uri = storage.join(run_prefix, "train-job")
+    out_uri = fileio.join(run_prefix, "train-job")
     gpus = gpus_per_node(cfg)
     spec = spec_from_config(
         cfg, image=image, namespace=pod_namespace(), data_uri=data_uri, out_uri=out_uri,
@@ -316,7 +317,7 @@ def launch_cluster_training(cfg: PipelineConfig, data_dir: str, out_dir: str, ru
     api, core_api = cluster_apis()
     job = launch_and_watch(spec, api, poll_s=poll_s, core_api=core_api,
                            on_phase=lambda phase: print(f"{spec.name}: {phase}", file=sys.stderr, flush=True))
-    storage.download_prefix(out_uri, out_dir)
+    s3.download_prefix(out_uri, out_dir)
     ckpt = read_checkpoint(Path(out_dir) / CHECKPOINT_NAME)
     step, seconds = int(ckpt["step"]), float(job["seconds"])
     return {"step": step, "epoch": int(ckpt["epoch"]) + 1, "seconds": seconds,
