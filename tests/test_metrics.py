@@ -249,3 +249,76 @@ def test_bad_worker_count_names_the_variable(monkeypatch):
     monkeypatch.setenv(metrics.EVAL_WORKERS_ENV, "two")
     with pytest.raises(metrics.MetricsError, match="GANFORGE_EVAL_WORKERS='two' must be a positive integer"):
         metrics.eval_workers()
+
+
+def numpy_resize_bilinear(image: np.ndarray, size_out: int, centres: str) -> np.ndarray:
+    """Bilinear resize of H×W to size_out×size_out in float64, independent of ganforge and torch-fidelity.
+
+    ``centres`` picks where output pixel j samples the input: ``tf1`` (TensorFlow 1 resize_bilinear,
+    the FID protocol) at j·in/out, ``half-pixel`` (torch/PIL/TF2) at (j + ½)·in/out − ½,
+    ``align-corners`` at j·(in − 1)/(out − 1). Samples are clamped to the image, as all three do.
+    """
+    def axis_weights(size_in: int) -> np.ndarray:
+        j = np.arange(size_out, dtype=np.float64)
+        src = {"tf1": j * size_in / size_out, "half-pixel": (j + 0.5) * size_in / size_out - 0.5,
+               "align-corners": j * (size_in - 1) / (size_out - 1)}[centres]
+        src = np.clip(src, 0, size_in - 1)
+        lo = np.floor(src).astype(int)
+        hi = np.minimum(lo + 1, size_in - 1)
+        weights = np.zeros((size_out, size_in))
+        np.add.at(weights, (np.arange(size_out), lo), 1 - (src - lo))
+        np.add.at(weights, (np.arange(size_out), hi), src - lo)
+        return weights
+
+    return axis_weights(image.shape[0]) @ image.astype(np.float64) @ axis_weights(image.shape[1]).T
+
+
+def test_tf1_resize_of_a_ramp_has_tensorflow1_interior_values_not_half_pixel_or_align_corners():
+    """A 28×16 ramp (non-square, so rows and columns cannot be swapped): its resize is linear in the sample
+    position, so the interior pixels tell the three pixel-centre conventions apart by several grey levels."""
+    rows, cols = np.meshgrid(np.arange(28), np.arange(16), indexing="ij")
+    ramp = (5 * rows + 4 * cols).astype(np.uint8)
+    ours = metrics.uint8_to_inception_input(torch.from_numpy(ramp)[None, None], channels_last=False)
+    assert ours.shape == (1, 3, 299, 299)
+    ours = ours[0].double().numpy() * 128 + 128  # back to grey levels
+    expected = {c: numpy_resize_bilinear(ramp, 299, c) for c in ("tf1", "half-pixel", "align-corners")}
+    # closed form at one interior pixel: TF1 samples row 150·28/299 and column 150·16/299
+    assert expected["tf1"][150, 150] == pytest.approx(5 * 150 * 28 / 299 + 4 * 150 * 16 / 299)
+    for channel in ours:
+        np.testing.assert_allclose(channel, expected["tf1"], rtol=0, atol=1e-3)  # float rounding only
+        for other in ("half-pixel", "align-corners"):
+            assert np.abs(channel - expected[other])[20:280, 20:280].min() > 0.25, other  # every interior pixel differs
+
+
+def reference_frechet_distance(f1: np.ndarray, f2: np.ndarray) -> float:
+    """Fréchet distance of two Gaussians fitted to N×2048 features, by scipy.linalg.sqrtm.
+
+    sqrtm of 2048×2048 takes ~30 s here, so both covariances (rank < N) are first written in an
+    orthonormal basis of the span of the centred features: Σ = Q S Qᵀ, tr Σ = tr S and
+    tr sqrt(Σ1 Σ2) = tr sqrt(S1 S2), exactly. Nothing from ganforge.metrics.
+    """
+    c1, c2 = f1 - f1.mean(axis=0), f2 - f2.mean(axis=0)
+    q, _ = np.linalg.qr(np.concatenate([c1, c2]).T)  # 2048 × (n1 + n2)
+    s1, s2 = (q.T @ np.cov(f, rowvar=False) @ q for f in (f1, f2))
+    covmean = scipy.linalg.sqrtm(s1 @ s2).real
+    diff = f1.mean(axis=0) - f2.mean(axis=0)
+    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+def test_fid_end_to_end_equals_an_independent_computation(torchscript, tmp_path):
+    """evaluate_images (ganforge's resize, default Inception runtime, feature cache, FID) against numpy's
+    TF1 resize, the untouched TorchScript network and scipy's sqrtm, on 4 + 4 fixed images."""
+    fake, real = textured_images(4, seed=11), textured_images(4, seed=12)
+    result = metrics.evaluate_images(fake, write_dataset(tmp_path / "real", real),
+                                     EvalConfig(n_samples=4, batch_size=4, kid_subset_size=4, kid_subsets=1),
+                                     tmp_path / "cache", choice=torchscript)
+    network = torch.jit.load(str(torchscript.path), map_location="cpu").eval()
+    resized = np.stack([numpy_resize_bilinear(image[0], 299, "tf1") for image in np.concatenate([fake, real])])
+    x = torch.from_numpy((resized - 128) / 128).float()[:, None].expand(-1, 3, -1, -1).contiguous()
+    with torch.inference_mode():
+        features = network(x).double().numpy()  # one call: the unfrozen network's first run is the slow one
+    expected = reference_frechet_distance(features[:4], features[4:])
+    assert expected > 1.0  # two different image sets
+    assert result["n"] == result["n_real"] == 4
+    assert result["fid"] == pytest.approx(expected, rel=1e-4, abs=1e-3)
