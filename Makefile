@@ -22,7 +22,7 @@ export GANFORGE_IMAGE ?= $(IMAGE_REGISTRY)/ganforge-gpu:$(TAG)
 
 .DEFAULT_GOAL := help
 .PHONY: help setup system-deps weights run test test-fast compile submit schedule unschedule promote registry \
-        generate bench quality quality-data ablation ablation-name images lint-images k8s-check k8s-secrets-init clean \
+        generate bench quality quality-data ablation ablation-name images lint lint-images k8s-check k8s-secrets-init clean \
         images-local images-deps runner-check stack-deps stack-up stack-down
 
 help: ## List the targets
@@ -152,6 +152,10 @@ images: ## Build and push the gpu, cpu and mlflow-server images (needs Docker wi
 	  docker buildx build --file images/Dockerfile --target $$target \
 	    --tag $(IMAGE_REGISTRY)/ganforge-$$target:$(TAG) --push . || exit 1; \
 	done
+
+lint: $(STAMP) ## Lint the Python code: ruff check and ruff format --check (settings in pyproject.toml)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 lint-images: $(STAMP) ## Lint images/Dockerfile with hadolint
 	PATH=$(CURDIR)/$(BIN):$$PATH scripts/lint_dockerfiles.sh

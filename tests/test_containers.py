@@ -20,8 +20,9 @@ import pytest
 from pipelines import docker_local, stack
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = [pytest.mark.docker, pytest.mark.slow]
 MAKE_TIMEOUT_S = 3600
+# The first test builds the images in its fixture (cached in CI: ~5 min; cold up to MAKE_TIMEOUT_S).
+pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(MAKE_TIMEOUT_S + 600)]
 # Credential-looking variables in the build's environment: none of their values may reach an image.
 SENTINELS = {name: f"sentinel-{name.lower()}-do-not-bake" for name in (
     "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "MLFLOW_TRACKING_USERNAME",
