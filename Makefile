@@ -52,7 +52,7 @@ system-deps: ## Debian packages: Fashion-MNIST IDX files, espeak-ng, sox (instal
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[platform,dev]'
 	touch $@
 
 weights: $(STAMP) ## Fetch and sha1-check the offline FID Inception weights into the cache

@@ -21,10 +21,15 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 CONSTRAINTS_PATH = REPO_ROOT / "images" / "constraints.txt"
 
 
+RUNTIME_EXTRAS = ("platform",)
+"""The extras the images install besides the core dependencies (images/Dockerfile's requirements.txt)."""
+
+
 def project_requirements(pyproject_path: Path) -> list[Requirement]:
-    """The ``[project] dependencies`` of a pyproject.toml, parsed."""
+    """What the images install: the ``[project] dependencies`` and the platform extra, parsed."""
     project = tomllib.loads(pyproject_path.read_text())["project"]
-    return [Requirement(spec) for spec in project["dependencies"]]
+    extras = project.get("optional-dependencies", {})
+    return [Requirement(spec) for spec in project["dependencies"] + [d for e in RUNTIME_EXTRAS for d in extras[e]]]
 
 
 def public_version(version: str) -> str:

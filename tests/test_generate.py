@@ -157,7 +157,7 @@ def test_existing_out_dir_is_replaced_only_on_success(dcgan, store, tmp_path):
     out = tmp_path / "out"
     generate_to_dir(f"models:/{dcgan['name']}@champion", out, n=3)
     earlier = tree_bytes(out)
-    with pytest.raises(GenerationError, match="no alias 'nope'"):
+    with pytest.raises(registry.RegistryError, match="no alias 'nope'"):
         generate_to_dir(f"models:/{dcgan['name']}@nope", out, n=2)
     assert tree_bytes(out) == earlier
     generate_to_dir(f"models:/{dcgan['name']}@champion", out, n=2)
@@ -167,7 +167,7 @@ def test_existing_out_dir_is_replaced_only_on_success(dcgan, store, tmp_path):
 
 
 def test_unknown_alias_names_the_model_and_lists_its_aliases(dcgan, store, tmp_path):
-    with pytest.raises(GenerationError) as e:
+    with pytest.raises(registry.RegistryError) as e:
         generate_to_dir(f"models:/{dcgan['name']}@best", tmp_path / "out", n=2)
     assert repr(dcgan["name"]) in str(e.value) and "champion → v1" in str(e.value)
     assert not (tmp_path / "out").exists()

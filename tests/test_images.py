@@ -5,7 +5,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,9 +78,8 @@ def dockerfile() -> tuple[dict[str, str], dict[str, Stage]]:
 
 
 def pyproject_pins() -> dict[str, str]:
-    deps = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     pins = {}
-    for req in map(Requirement, deps):
+    for req in freeze_constraints.project_requirements(REPO_ROOT / "pyproject.toml"):
         exact = [s.version for s in req.specifier if s.operator == "=="]
         if exact:
             pins[canonicalize_name(req.name)] = exact[0]
@@ -188,13 +186,25 @@ def test_dockerfile_pins_equal_pyproject_and_constraints(dockerfile):
     assert mlflow_args["WTFORMS_VERSION"] == version("WTForms")
     for name, version in pins.items():
         assert frozen.get(name) == version, f"constraints.txt has {name}=={frozen.get(name)}, pyproject {version}"
-    unpinned = {canonicalize_name(Requirement(d).name)
-                for d in tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
+    unpinned = {canonicalize_name(r.name) for r in freeze_constraints.project_requirements(REPO_ROOT / "pyproject.toml")}
     assert unpinned <= set(frozen), f"constraints.txt lacks {sorted(unpinned - set(frozen))}"
 
 
 def test_constraints_have_no_local_version_labels():
     assert not [v for v in constraints().values() if "+" in v], "a +cu130/+cpu label would break the other image"
+def test_images_install_the_core_and_the_platform_extra(dockerfile):
+    """The images run the pipeline tasks, so they need the platform extra too, not only the core."""
+    _, stages = dockerfile
+    run = next(r for r in stages["ganforge-wheel"].text("RUN") if "/opt/requirements.txt" in r)
+    script = re.search(r'python3 -c "(.*?)" > /opt/requirements.txt', run).group(1)
+    script = script.replace("/src/pyproject.toml", str(REPO_ROOT / "pyproject.toml"))  # bash passes \n to python as is
+    written = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                             timeout=60).stdout.split()
+    wanted = [str(r) for r in freeze_constraints.project_requirements(REPO_ROOT / "pyproject.toml")]
+    assert sorted(map(str, map(Requirement, written))) == sorted(wanted)
+    assert {"torch", "boto3", "mlflow", "kfp", "kubernetes"} <= {canonicalize_name(Requirement(w).name) for w in written}
+
+
     assert freeze_constraints.public_version("2.14.1+cu130") == "2.14.1"
     assert freeze_constraints.constraints_text({"b": "2", "a": "1"}).splitlines()[1:] == ["a==1", "b==2"]
     cuda_extra = Requirement('nvidia-cufft==12.0.0.61; extra == "cufft"')

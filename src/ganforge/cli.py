@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Optional
 
 from .config import PRESETS, PROFILES, ConfigError, PipelineConfig, build_config, parse_override
-from .errors import GanforgeError
-from .fileio import is_s3
+from .errors import GanforgeError, require_platform
+from .fileio import atomic_write_text, is_s3
 
 
 def _config_from_args(args) -> PipelineConfig:
@@ -124,15 +124,13 @@ def cmd_train(args) -> int:
                               "(cluster runs are tracked by the pipeline)")
         run_id = _cli_mlflow_run(cfg, Path(args.out), args.resume)
     if run_id and is_main:
-        from .platform import tracking
-
+        tracking = require_platform("tracking", "train --mlflow")
         tracking.configure()
         callback = tracking.MlflowMetricsCallback(run_id)
     if is_s3(args.data) or is_s3(args.out):
-        # Cluster job pods: stage s3:// data and output locally, push checkpoints back (remote_train).
-        from .platform.cluster_train import train_staged
-
-        result = train_staged(cfg, args.data, args.out, resume=args.resume, on_metrics=callback,
+        # Cluster job pods: stage s3:// data and output locally, push checkpoints back (cluster_train).
+        cluster_train = require_platform("cluster_train", "train with an s3:// --data or --out")
+        result = cluster_train.train_staged(cfg, args.data, args.out, resume=args.resume, on_metrics=callback,
                               allow_config_change=args.allow_config_change)
         checkpoint = str(result.checkpoint) if not is_s3(args.out) else f"{args.out.rstrip('/')}/{result.checkpoint.name}"
     else:
@@ -142,8 +140,6 @@ def cmd_train(args) -> int:
     if callback is not None:
         callback.flush()
         if args.mlflow:
-            from .platform import tracking
-
             tracking.log_metrics(run_id, {"train_wall_s": result.total_seconds, "train_epochs": result.epoch},
                                  step=result.step)
     if is_main:
@@ -164,9 +160,7 @@ def _recorded_mlflow_run(run: Path) -> Optional[str]:
 
 def _cli_mlflow_run(cfg: PipelineConfig, out: Path, resume: bool) -> str:
     """The MLflow run of a CLI training run: reused on --resume (its id is kept in OUT/mlflow_run_id)."""
-    from .platform import tracking
-    from .fileio import atomic_write_text
-
+    tracking = require_platform("tracking", "train --mlflow")
     tracking.configure()
     if resume and (recorded := _recorded_mlflow_run(out)):
         return recorded
@@ -206,9 +200,8 @@ def cmd_evaluate(args) -> int:
     for row in rows:
         print_point(row)
     if run_id := _recorded_mlflow_run(run):  # trained with --mlflow: the scores and the curve join its MLflow run
-        from .platform.steps import log_evaluation
-
-        log_evaluation(run_id, metrics, rows, args.out or run)
+        steps = require_platform("steps", f"logging to the MLflow run of {run} (trained with --mlflow)")
+        steps.log_evaluation(run_id, metrics, rows, args.out or run)
         metrics["mlflow_run_id"] = run_id
     print(json.dumps(metrics, indent=2, default=str))
     return 0
@@ -224,25 +217,22 @@ def cmd_curve(args) -> int:
     plot_curve(rows, run / CURVE_PNG)
     out = {"csv": str(run / CURVE_CSV), "png": str(run / CURVE_PNG), "points": len(rows)}
     if (run_id := _recorded_mlflow_run(run)) and rows:  # trained with --mlflow: the curve joins its MLflow run
-        from .platform.steps import log_curve
-
+        steps = require_platform("steps", f"logging to the MLflow run of {run} (trained with --mlflow)")
         out["mlflow_run_id"] = run_id
-        log_curve(run_id, rows, run)
+        steps.log_curve(run_id, rows, run)
     print(json.dumps(out))
     return 0
 
 
 def cmd_registry(args) -> int:
-    from .platform import registry, tracking
-
+    registry, tracking = (require_platform(m, "ganforge promote") for m in ("registry", "tracking"))
     tracking.configure()
     print(registry.format_table(registry.show(args.name)))
     return 0
 
 
 def cmd_promote(args) -> int:
-    from .platform import registry, tracking
-
+    registry, tracking = (require_platform(m, "ganforge registry") for m in ("registry", "tracking"))
     tracking.configure()
     print(json.dumps(registry.promote_manual(args.name, args.version, force=args.force), indent=2, default=str))
     return 0

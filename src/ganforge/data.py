@@ -27,7 +27,7 @@ import numpy as np
 import ganforge
 from ganforge.config import DEFAULT_IDX_DIR, DataConfig
 from ganforge.fileio import StorageError, atomic_dir, check_output_dir
-from ganforge.errors import GanforgeError
+from ganforge.errors import GanforgeError, require_platform
 
 IDX_IMAGES_MAGIC = 0x00000803
 """IDX header: unsigned bytes, 3 dimensions (count, rows, cols)."""
@@ -135,17 +135,9 @@ def read_source(cfg: DataConfig, split: str) -> tuple[RawDataset, str]:
 
 
 def download_s3_source(source: str, local: str | Path) -> None:
-    """Copy the objects under an ``s3://`` data source into ``local``.
-
-    The one place the core reaches the platform layer, and only for an s3:// source: boto3 is an
-    optional dependency (``ganforge[platform]``), so it is imported here, when such a source is used.
-    """
-    try:
-        from ganforge.platform.s3 import download_prefix
-    except ImportError as e:
-        raise DataError(f"data source {source} is on S3, which needs the platform extra ({e}). "
-                        "Fix: pip install 'ganforge[platform]'") from None
-    download_prefix(source, local, require_marker=False)
+    """Copy the objects under an ``s3://`` data source into ``local`` (S3 is the platform layer's)."""
+    s3 = require_platform("s3", f"the data source {source}")
+    s3.download_prefix(source, local, require_marker=False)
 
 
 def read_s3_prefix(source: str, cfg: DataConfig, split: str) -> tuple[RawDataset, str]:

@@ -12,6 +12,8 @@ old built-in bases, also from ``ValueError`` or ``RuntimeError``.
 """
 from __future__ import annotations
 
+import importlib
+
 
 class GanforgeError(Exception):
     """A recognised problem with input or environment; the message says what it is and the fix."""
@@ -19,3 +21,29 @@ class GanforgeError(Exception):
 
 class OutputPathError(GanforgeError, ValueError):
     """An ``--out`` path ganforge refuses to replace (a file, the source, a user's folder)."""
+
+
+PLATFORM_PACKAGES = frozenset({"boto3", "botocore", "s3transfer", "mlflow", "kfp", "kfp_server_api", "kubernetes"})
+"""Top-level packages of the extra ``platform``; the core never needs them."""
+
+
+class PlatformMissingError(GanforgeError, ImportError):
+    """A command or source needs the platform layer, whose packages are not installed."""
+
+
+def require_platform(module: str, needed_for: str):
+    """``ganforge.platform.<module>``, imported now: the core's one way into the platform layer.
+
+    The core imports no platform module at load time (tests/test_layers.py); the few features
+    that live there — s3:// data sources, models:/ registry URIs, MLflow logging, cluster
+    training — reach it through this call. A missing platform package becomes a one-line
+    PlatformMissingError naming ``needed_for`` and the fix; any other ImportError is a bug and
+    propagates unchanged.
+    """
+    try:
+        return importlib.import_module(f"ganforge.platform.{module}")
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] not in PLATFORM_PACKAGES:
+            raise
+        raise PlatformMissingError(f"{needed_for} needs the platform layer, and its package {e.name!r} is not "
+                                   "installed. Fix: pip install 'ganforge[platform]'") from None

@@ -25,13 +25,11 @@ import torch.nn as nn
 from .config import PipelineConfig
 from .fileio import atomic_dir, check_output_dir
 from .train import generate, load_generator
-from .errors import GanforgeError
+from .errors import GanforgeError, require_platform
 
 MANIFEST_NAME = "generation.json"
 REGISTRY_SCHEME = "models:/"
 MAX_INTERPOLATION_ROWS = 8
-CONFIG_ARTIFACT = "config.json"
-"""The run artifact ``tracking.start_pipeline_run`` writes: the config a version was trained with."""
 
 
 class GenerationError(GanforgeError, ValueError):
@@ -60,55 +58,12 @@ def parse_registry_uri(uri: str) -> tuple[str, Optional[str], Optional[int]]:
                           "(e.g. models:/dcgan@champion) or models:/NAME/VERSION (e.g. models:/dcgan/3)")
 
 
-def resolve_version(uri: str):
-    """The MLflow model version a registry URI names, with errors that list what exists."""
-    from .platform import registry, tracking
-
-    name, alias, version = parse_registry_uri(uri)
-    client = tracking.client()
-    if version is not None:
-        return registry.model_version(client, name, version)
-    aliases = dict(registry.registered_model(client, name).aliases)
-    if alias not in aliases:
-        listed = ", ".join(f"{a} → v{v}" for a, v in sorted(aliases.items())) or "none"
-        raise GenerationError(f"model {name!r} has no alias {alias!r} (its aliases: {listed}); use one of those, "
-                              f"models:/{name}/<version>, or promote a version first (ganforge promote {name} VERSION)")
-    return client.get_model_version_by_alias(name, alias)
-
-
-def registered_config(run_id: str, uri: str, config_hash: Optional[str]) -> PipelineConfig:
-    """The config a registered version was trained with, from its run's ``config.json``.
-
-    The version's ``config_hash`` tag (when present) must match, so weights are never paired
-    with the wrong nz, data kind or sample rate.
-    """
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    from .platform.registry import mlflow_env
-
-    try:
-        with mlflow_env(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false"):  # stderr stays for errors
-            text = mlflow.artifacts.load_text(f"runs:/{run_id}/{CONFIG_ARTIFACT}")
-    except (MlflowException, OSError) as e:
-        raise GenerationError(f"{uri}: its run {run_id} has no readable {CONFIG_ARTIFACT} artifact ({e}); register "
-                              "versions from runs started with ganforge.platform.tracking.start_pipeline_run, or generate from "
-                              "the checkpoint.pt instead") from None
-    cfg = PipelineConfig.from_json(text)
-    if config_hash and cfg.config_hash() != config_hash:
-        raise GenerationError(f"{uri}: the version is tagged config_hash={config_hash} but its run's {CONFIG_ARTIFACT} "
-                              f"hashes to {cfg.config_hash()}; the version was registered with a config other than "
-                              "its run's — re-register it from the run that trained it")
-    return cfg
-
-
 def load_registered(uri: str, device: str = "cpu") -> LoadedModel:
     """A registered generator and its config; an alias is resolved once to a version, which is then
     loaded by number, so a promotion meanwhile cannot pair one version's weights with another's config."""
-    from .platform import registry
-
-    version = resolve_version(uri)
-    cfg = registered_config(version.run_id, uri, version.tags.get("config_hash"))
+    registry = require_platform("registry", f"the registered model {uri}")
+    version = registry.resolve(uri)
+    cfg = registry.registered_config(version.run_id, uri, version.tags.get("config_hash"))
     # Verified against the sha256 recorded at registration, then loaded with pickle refused.
     generator = registry.load_version(version, device=device)
     provenance = {"model": uri, "name": version.name, "version": int(version.version), "run_id": version.run_id}

@@ -44,6 +44,7 @@ from mlflow.models import infer_signature
 
 from ganforge.platform import tracking
 from ganforge.config import PipelineConfig
+from ganforge.generate import parse_registry_uri
 from ganforge.errors import GanforgeError
 
 CHAMPION = "champion"
@@ -634,20 +635,39 @@ def load_version(version, device: str = "cpu") -> torch.nn.Module:
 
 
 def resolve(uri: str):
-    """The ``ModelVersion`` of ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``, with clear errors."""
+    """The ``ModelVersion`` of ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``, with errors that list
+    what exists (the one place a registry URI is resolved: generate and load_generator use it)."""
+    name, alias, version = parse_registry_uri(uri)
     c = tracking.client()  # make sure the URIs are configured
-    body = uri[len("models:/"):] if uri.startswith("models:/") else ""
-    name, at, alias = body.partition("@")
-    if at and name and alias:
-        model = registered_model(c, name)
-        if alias not in model.aliases:
-            raise RegistryError(f"model {name!r} has no alias {alias!r} (aliases: {dict(model.aliases) or 'none'}); "
-                                f"register and promote a version first, or use models:/{name}/<version>")
-        return c.get_model_version_by_alias(name, alias)
-    name, slash, number = body.partition("/")
-    if slash and name and number.isdigit():
-        return model_version(c, name, int(number))
-    raise RegistryError(f"{uri!r} is not a registry URI; write models:/NAME@ALIAS or models:/NAME/VERSION")
+    if version is not None:
+        return model_version(c, name, version)
+    aliases = dict(registered_model(c, name).aliases)
+    if alias not in aliases:
+        listed = ", ".join(f"{a} → v{v}" for a, v in sorted(aliases.items())) or "none"
+        raise RegistryError(f"model {name!r} has no alias {alias!r} (its aliases: {listed}); use one of those, "
+                            f"models:/{name}/<version>, or promote a version first (ganforge promote {name} VERSION)")
+    return c.get_model_version_by_alias(name, alias)
+
+
+def registered_config(run_id: str, uri: str, config_hash: Optional[str]) -> PipelineConfig:
+    """The config a registered version was trained with, from its run's ``config.json``.
+
+    The version's ``config_hash`` tag (when present) must match, so weights are never paired
+    with the wrong nz, data kind or sample rate.
+    """
+    try:
+        with mlflow_env(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false"):  # stderr stays for errors
+            text = mlflow.artifacts.load_text(f"runs:/{run_id}/{tracking.CONFIG_ARTIFACT}")
+    except (MlflowException, OSError) as e:
+        raise RegistryError(f"{uri}: its run {run_id} has no readable {tracking.CONFIG_ARTIFACT} artifact ({e}); "
+                            "register versions from runs started with tracking.start_pipeline_run, or generate "
+                            "from the checkpoint.pt instead") from None
+    cfg = PipelineConfig.from_json(text)
+    if config_hash and cfg.config_hash() != config_hash:
+        raise RegistryError(f"{uri}: the version is tagged config_hash={config_hash} but its run's "
+                            f"{tracking.CONFIG_ARTIFACT} hashes to {cfg.config_hash()}; the version was registered "
+                            "with a config other than its run's — re-register it from the run that trained it")
+    return cfg
 
 
 def load_generator(uri: str, map_location: str = "cpu") -> torch.nn.Module:

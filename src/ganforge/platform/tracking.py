@@ -45,6 +45,8 @@ KFP_RUN_ID_TAG = "ganforge.kfp_run_id"
 PIPELINE_TAG = "ganforge.pipeline"
 PROFILE_TAG = "ganforge.profile"
 
+CONFIG_ARTIFACT = "config.json"
+"""The run artifact ``start_pipeline_run`` writes: the config the run (and every version it registers) uses."""
 MAX_PARAM_VALUE_CHARS = 6000
 # MLflow's REST limits for one log_batch call.
 MAX_PARAMS_PER_BATCH = 100
@@ -189,7 +191,7 @@ def start_pipeline_run(cfg: PipelineConfig, tags: dict | None = None) -> str:
     run_id = run.info.run_id
     log_params(run_id, cfg.flat())
     with tempfile.TemporaryDirectory(prefix="ganforge-config-") as tmp:
-        config_json = atomic_write_text(Path(tmp) / "config.json", cfg.to_json())
+        config_json = atomic_write_text(Path(tmp) / CONFIG_ARTIFACT, cfg.to_json())
         c.log_artifact(run_id, str(config_json))
     return run_id
 
