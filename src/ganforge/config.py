@@ -83,12 +83,17 @@ class ModelConfig:
     """Discriminator normalisation: ``batch`` (DCGAN), ``layer`` or ``none`` (WGAN-GP critic), ``spectral`` (SNGAN)."""
     phase_shuffle: int = 2
     """WaveGAN discriminator phase shuffle radius (samples); 0 disables it."""
+    num_classes: int = 0
+    """Class-conditional models (``cdcgan``): the number of classes of the labels; 0 is unconditional."""
 
     def __post_init__(self) -> None:
         _one_of("model.arch", self.arch, ("mlp", "dcgan", "wavegan"))
         _one_of("model.d_norm", self.d_norm, ("batch", "layer", "none", "spectral"))
         _check(self.nz > 0 and self.ngf > 0 and self.ndf > 0, "model.nz, ngf, ndf must be positive")
         _check(self.phase_shuffle >= 0, "model.phase_shuffle must be >= 0")
+        _check(self.num_classes == 0 or (self.num_classes >= 2 and self.arch == "dcgan"),
+               f"model.num_classes={self.num_classes}: 0 (unconditional) or >= 2 with model.arch='dcgan' "
+               "(the class-conditional DCGAN)")
 
 
 @dataclass(frozen=True)
@@ -211,6 +216,10 @@ class PipelineConfig:
                f"model.arch={self.model.arch!r} does not fit data.kind={self.data.kind!r}")
         if self.model.arch == "dcgan":
             _one_of("data.resolution for dcgan", self.data.resolution, (28, 32, 64))
+        if self.model.num_classes:
+            _check(self.train.loss != "wgan-gp",
+                   "train.loss='wgan-gp' is not supported with model.num_classes (the penalty would interpolate "
+                   "between images of different classes); use bce or hinge")
         if self.train.loss == "wgan-gp":
             _check(self.model.d_norm != "batch",
                    "train.loss='wgan-gp' needs a critic without BatchNorm: set model.d_norm to 'layer' or 'none' "
@@ -227,8 +236,17 @@ class PipelineConfig:
         return json.dumps(self.to_dict(), sort_keys=True, indent=2)
 
     def config_hash(self) -> str:
-        """Short hash of everything that determines the model (not the run's bookkeeping)."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+        """Short hash of everything that determines the model (not the run's bookkeeping).
+
+        Fields added after the first registered versions (``ADDED_FIELDS``) count only when they differ
+        from their default, so a version's ``config_hash`` tag still matches its run's config.json.
+        """
+        d = self.to_dict()
+        for key, default in ADDED_FIELDS.items():
+            group, name = key.split(".")
+            if d[group].get(name) == default:
+                del d[group][name]
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
     def flat(self) -> dict:
         """``{"train.lr_g": 0.0002, ...}``: MLflow params."""
@@ -258,6 +276,10 @@ class PipelineConfig:
         return cls.from_dict(json.loads(s))
 
 
+ADDED_FIELDS: dict[str, Any] = {"model.num_classes": 0}
+"""Fields added to the config later, with the default that leaves ``config_hash`` as it was before them."""
+
+
 # Presets: the architecture and loss of each named pipeline. Seeds stay faithful
 # (gan, dcgan): Adam(2e-4, (0.5, 0.999)), non-saturating BCE. Improvements go in
 # presets of their own.
@@ -278,6 +300,10 @@ PRESETS: dict[str, dict] = {
         "train": {"loss": "hinge", "lr_g": 2e-4, "lr_d": 4e-4, "beta1": 0.5, "beta2": 0.999,
                   "ema_decay": 0.999},
     },
+    # Class-conditional DCGAN (issue 17): class-conditional BatchNorm in G, a projection discriminator
+    # (Miyato & Koyama 2018) on the DCGAN D; otherwise the dcgan recipe (BCE, Adam 2e-4, β = (0.5, 0.999)).
+    # 10 classes: Fashion-MNIST; another labelled source sets model.num_classes to its class count.
+    "cdcgan": {"model": {"arch": "dcgan", "num_classes": 10}, "train": {"loss": "bce"}},
     "wavegan": {
         "data": {"kind": "audio", "source": "espeak:sc09", "reference_split": "train"},
         "model": {"arch": "wavegan", "d_norm": "none", "ngf": 64, "ndf": 64, "phase_shuffle": 2},

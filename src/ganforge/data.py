@@ -266,9 +266,16 @@ def read_idx_dir(directory: Path, split: str, cfg: DataConfig) -> RawDataset:
     labels = read_idx(labels_path, IDX_LABELS_MAGIC)
     if len(images) != len(labels):
         raise DataError(f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels; "
-                        "the two files must come from the same dataset release")
+                        f"the two files must come from the same dataset release. Fix: replace {labels_path.name} "
+                        f"with the labels file released with {images_path.name} (Fashion-MNIST: "
+                        "`apt-get install --reinstall dataset-fashion-mnist`)")
+    from ganforge.labels import check_labels, idx_class_names
+
+    class_names = idx_class_names(directory)
+    check_labels(labels, class_names, labels_path)
     images, labels = images[: cfg.limit], labels[: cfg.limit]
-    return RawDataset(fit_batch(images[:, None], cfg, shown_as=str(images_path)), labels.astype(np.int64), None)
+    return RawDataset(fit_batch(images[:, None], cfg, shown_as=str(images_path)), labels.astype(np.int64),
+                      class_names)
 
 
 def read_torchvision(name: str, cfg: DataConfig, split: str) -> RawDataset:
@@ -447,6 +454,18 @@ def class_histogram(labels: Optional[np.ndarray]) -> Optional[dict[str, int]]:
     return {str(int(v)): int(c) for v, c in zip(values, counts)}
 
 
+def label_summary(labels: Optional[np.ndarray], class_names: Optional[list[str]]) -> dict:
+    """Manifest entries of a labelled dataset: ``num_classes``, ``class_counts`` (per class name, every
+    named class listed) and ``labels_sha256``; nothing for an unlabelled one."""
+    if labels is None:
+        return {}
+    from ganforge.labels import class_counts
+
+    num_classes = len(class_names) if class_names else int(labels.max()) + 1 if labels.size else 0
+    return {"num_classes": num_classes, "class_counts": class_counts(labels, class_names),
+            "labels_sha256": sha256_of_array(np.asarray(labels, dtype=np.int64))}
+
+
 def build_manifest(source: str, split: str, raw: RawDataset) -> dict:
     """The manifest that describes (and checksums) a prepared image dataset."""
     return {
@@ -459,6 +478,7 @@ def build_manifest(source: str, split: str, raw: RawDataset) -> dict:
         "sha256": sha256_of_array(raw.images),
         "class_histogram": class_histogram(raw.labels),
         "class_names": raw.class_names,
+        **label_summary(raw.labels, raw.class_names),
         "ganforge_version": ganforge.__version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }

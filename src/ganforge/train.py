@@ -114,9 +114,11 @@ def init_distributed() -> DistInfo:
             torch.cuda.set_device(device)
         dist.init_process_group(backend="nccl" if cuda else "gloo")
     if world > 1 and not cuda:
-        # Share the cores between the ranks on this node instead of oversubscribing them.
-        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+        # Share the free cores between the ranks on this node instead of oversubscribing them (once per
+        # process: a no-op when the CLI's entry point already decided; OMP_NUM_THREADS from the launcher wins).
+        from . import threads
+
+        threads.configure(processes=int(os.environ.get("LOCAL_WORLD_SIZE", str(world))))
     rank = dist.get_rank() if dist.is_initialized() else 0
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device)
 
@@ -159,18 +161,27 @@ def to_float(batch_u8: torch.Tensor) -> torch.Tensor:
 
 
 class _Batches:
-    """Global batch b of epoch e = perm_e[b·B : (b+1)·B]; this rank takes its contiguous slice."""
+    """Global batch b of epoch e = perm_e[b·B : (b+1)·B]; this rank takes its contiguous slice.
 
-    def __init__(self, data: torch.Tensor, cfg: PipelineConfig, dist_info: DistInfo):
-        self.data, self.cfg, self.dist = data, cfg, dist_info
+    ``labels`` (class-conditional runs): ``get_labels`` gives the labels of the same examples."""
+
+    def __init__(self, data: torch.Tensor, cfg: PipelineConfig, dist_info: DistInfo,
+                 labels: Optional[torch.Tensor] = None):
+        self.data, self.cfg, self.dist, self.labels = data, cfg, dist_info, labels
         self.local = cfg.train.batch_size // dist_info.world_size
         self._epoch, self._perm = -1, None
 
-    def get(self, epoch: int, index_in_epoch: int) -> torch.Tensor:
+    def _indices(self, epoch: int, index_in_epoch: int) -> torch.Tensor:
         if epoch != self._epoch:
             self._epoch, self._perm = epoch, epoch_permutation(len(self.data), self.cfg.train.seed, epoch)
         start = index_in_epoch * self.cfg.train.batch_size + self.dist.rank * self.local
-        return self.data[self._perm[start:start + self.local]]
+        return self._perm[start:start + self.local]
+
+    def get(self, epoch: int, index_in_epoch: int) -> torch.Tensor:
+        return self.data[self._indices(epoch, index_in_epoch)]
+
+    def get_labels(self, epoch: int, index_in_epoch: int) -> torch.Tensor:
+        return self.labels[self._indices(epoch, index_in_epoch)]
 
 
 def global_noise(cfg: PipelineConfig, step: int, k: int, dist_info: DistInfo) -> torch.Tensor:
@@ -179,6 +190,24 @@ def global_noise(cfg: PipelineConfig, step: int, k: int, dist_info: DistInfo) ->
     z = torch.randn(cfg.train.batch_size, cfg.model.nz, generator=g)
     local = cfg.train.batch_size // dist_info.world_size
     return z[dist_info.rank * local:(dist_info.rank + 1) * local]
+
+
+def global_labels(cfg: PipelineConfig, step: int, k: int, dist_info: DistInfo) -> torch.Tensor:
+    """Class-conditional runs: this rank's slice of the global batch's fake labels for (step, iteration k),
+    uniform over the classes and, like the noise, a function of (seed, step, k) only."""
+    g = torch.Generator().manual_seed(_step_seed(cfg.train.seed, 5, step, k))
+    y = torch.randint(cfg.model.num_classes, (cfg.train.batch_size,), generator=g)
+    local = cfg.train.batch_size // dist_info.world_size
+    return y[dist_info.rank * local:(dist_info.rank + 1) * local]
+
+
+def fixed_labels(cfg: PipelineConfig, n: int = N_FIXED_SAMPLES) -> Optional[torch.Tensor]:
+    """Labels of the fixed sample grid: classes 0, 1, …, K-1 in turn; None for an unconditional run."""
+    return torch.arange(n) % cfg.model.num_classes if cfg.model.num_classes else None
+
+
+CLASSES_FILE = "classes.json"
+"""Written beside checkpoint.pt by a class-conditional run: the training data's class names."""
 
 
 def fixed_noise(cfg: PipelineConfig, n: int = N_FIXED_SAMPLES) -> torch.Tensor:
@@ -243,17 +272,19 @@ class _Context:
 
 
 def d_step(G: nn.Module, D: nn.Module, opt_d: torch.optim.Optimizer, real: torch.Tensor, z: torch.Tensor,
-           ctx: _Context) -> dict:
-    """One discriminator/critic update on a real batch and G(z)."""
+           ctx: _Context, y_real: Optional[torch.Tensor] = None, y_fake: Optional[torch.Tensor] = None) -> dict:
+    """One discriminator/critic update on a real batch and G(z) (class-conditional: D(real, y_real) and
+    D(G(z, y_fake), y_fake))."""
     tc = ctx.cfg.train
+    real_c, fake_c = (() if y_real is None else (y_real,)), (() if y_fake is None else (y_fake,))
     opt_d.zero_grad(set_to_none=True)
     with torch.no_grad(), ctx.autocast():
-        fake = G(z)
+        fake = G(z, *fake_c)
     if tc.r1_gamma > 0:
         real = real.detach().requires_grad_(True)
     with ctx.autocast():
-        real_logits = D(ctx.augment(real)).float()
-        fake_logits = D(ctx.augment(fake.float())).float()
+        real_logits = D(ctx.augment(real), *real_c).float()
+        fake_logits = D(ctx.augment(fake.float()), *fake_c).float()
         loss = d_loss(tc.loss, real_logits, fake_logits)
     out = {"loss_d": loss.detach()}
     if tc.loss == "wgan-gp":
@@ -273,14 +304,16 @@ def d_step(G: nn.Module, D: nn.Module, opt_d: torch.optim.Optimizer, real: torch
     return out
 
 
-def g_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, z: torch.Tensor, ctx: _Context) -> dict:
+def g_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, z: torch.Tensor, ctx: _Context,
+           y: Optional[torch.Tensor] = None) -> dict:
     """One generator update; D's gradients are computed but discarded (zeroed before its next step)."""
+    c = () if y is None else (y,)
     opt_g.zero_grad(set_to_none=True)
     for p in D.parameters():
         p.requires_grad_(False)
     try:
         with ctx.autocast():
-            loss = g_loss(ctx.cfg.train.loss, D(ctx.augment(G(z))).float())
+            loss = g_loss(ctx.cfg.train.loss, D(ctx.augment(G(z, *c)), *c).float())
         ctx.scaler_g.scale(loss).backward()
     finally:
         for p in D.parameters():
@@ -522,16 +555,19 @@ def generator_from_checkpoint(ckpt: dict, path: str | os.PathLike, ema: bool = T
 
 
 @torch.no_grad()
-def generate(G: nn.Module, z: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """G(z) in batches, on CPU float, in eval mode."""
+def generate(G: nn.Module, z: torch.Tensor, batch_size: int = 256, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """G(z) (class-conditional: G(z, labels)) in batches, on CPU float, in eval mode."""
     G.eval()
     device = next(G.parameters()).device
-    return torch.cat([G(z[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(z), batch_size)])
+    if labels is None:
+        return torch.cat([G(z[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(z), batch_size)])
+    return torch.cat([G(z[i:i + batch_size].to(device), labels[i:i + batch_size].to(device)).float().cpu()
+                      for i in range(0, len(z), batch_size)])
 
 
 def write_samples(G_ema: nn.Module, z: torch.Tensor, out_dir: Path, tag: str, cfg: PipelineConfig) -> Path:
     """Sample grid PNG for images; WAVs + spectrogram grid for audio. Returns the PNG path."""
-    x = generate(G_ema, z)
+    x = generate(G_ema, z, labels=fixed_labels(cfg, len(z)))
     out_dir.mkdir(parents=True, exist_ok=True)
     png = out_dir / f"{tag}.png"
     if cfg.data.kind == "audio":
@@ -556,6 +592,41 @@ def _progress(total: int, initial: int, enabled: bool):
 
     return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, disable=not progress_enabled(),
                 desc="train", mininterval=min_interval())
+
+
+def conditional_labels(ds, cfg: PipelineConfig, data_dir) -> torch.Tensor:
+    """The dataset's labels for a class-conditional run, checked against ``model.num_classes``."""
+    if ds.labels is None:
+        raise TrainingError(f"{cfg.name} is class-conditional (model.num_classes={cfg.model.num_classes}) but the "
+                            f"dataset {data_dir} has no labels.npy; prepare a labelled source (an IDX directory with "
+                            "its labels file, or an image folder with one subfolder per class)")
+    found = int(ds.manifest.get("num_classes") or (int(ds.labels.max()) + 1 if len(ds.labels) else 0))
+    if found != cfg.model.num_classes:
+        raise TrainingError(f"the dataset {data_dir} has {found} classes but model.num_classes="
+                            f"{cfg.model.num_classes}; set model.num_classes={found} (--set model.num_classes={found})")
+    return torch.from_numpy(np.array(ds.labels))
+
+
+def classes_json(manifest: dict, cfg: PipelineConfig) -> str:
+    """classes.json of a class-conditional run: its class names (ids as text when the data named none)."""
+    import json
+
+    from .labels import class_names_or_ids
+
+    names = class_names_or_ids(manifest.get("class_names"), cfg.model.num_classes)
+    return json.dumps({"num_classes": cfg.model.num_classes, "class_names": names,
+                       "class_counts": manifest.get("class_counts")}, indent=2) + "\n"
+
+
+def read_class_names(run_dir: str | os.PathLike, cfg: PipelineConfig) -> list[str]:
+    """The class names a class-conditional run recorded (classes.json beside its checkpoint), else the ids."""
+    import json
+
+    from .labels import class_names_or_ids
+
+    path = Path(run_dir) / CLASSES_FILE
+    names = json.loads(path.read_text()).get("class_names") if path.is_file() else None
+    return class_names_or_ids(names, cfg.model.num_classes)
 
 
 def train(cfg: PipelineConfig, data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, resume: bool = False,
@@ -589,6 +660,7 @@ def train(cfg: PipelineConfig, data_dir: str | os.PathLike, out_dir: str | os.Pa
         raise TrainingError(f"dataset {data_dir} holds samples of shape {tuple(ds.images.shape[1:])}, but the config "
                             f"expects {expected}; prepare the data with the same config (`ganforge prep`)")
     data = torch.from_numpy(np.array(ds.images))  # uint8/int16 read into memory once; converted per batch
+    labels = conditional_labels(ds, cfg, data_dir) if cfg.model.num_classes else None
     n_steps = total_steps(len(data), cfg)
     per_epoch = steps_per_epoch(len(data), cfg)
 
@@ -606,10 +678,12 @@ def train(cfg: PipelineConfig, data_dir: str | os.PathLike, out_dir: str | os.Pa
 
     G_train = torch.compile(G) if tc.compile else G
     D_train = torch.compile(D) if tc.compile else D
-    batches = _Batches(data, cfg, dist_info)
+    batches = _Batches(data, cfg, dist_info, labels)
     z_fixed = fixed_noise(cfg)
     if dist_info.is_main:  # creates out_dir; an unwritable one is a StorageError naming it, before any step
         atomic_write_text(out_dir / "config.json", cfg.to_json())
+        if labels is not None:
+            atomic_write_text(out_dir / CLASSES_FILE, classes_json(ds.manifest, cfg))
     samples: list[Path] = []
     bar = _progress(n_steps, step, dist_info.is_main)
     t0, start_step, last = time.perf_counter(), step, {}
@@ -619,8 +693,13 @@ def train(cfg: PipelineConfig, data_dir: str | os.PathLike, out_dir: str | os.Pa
         torch.manual_seed(_step_seed(tc.seed, 4, step, dist_info.rank))
         for k in range(tc.n_critic):
             real = ctx.prepare(to_float(batches.get(epoch, in_epoch * tc.n_critic + k)))
-            m = d_step(G_train, D_train, opt_d, real, ctx.prepare(global_noise(cfg, step, k, dist_info)), ctx)
-        m.update(g_step(G_train, D_train, opt_g, ctx.prepare(global_noise(cfg, step, tc.n_critic, dist_info)), ctx))
+            cond = {} if labels is None else {
+                "y_real": batches.get_labels(epoch, in_epoch * tc.n_critic + k).to(dist_info.device),
+                "y_fake": global_labels(cfg, step, k, dist_info).to(dist_info.device)}
+            m = d_step(G_train, D_train, opt_d, real, ctx.prepare(global_noise(cfg, step, k, dist_info)), ctx, **cond)
+        cond = {} if labels is None else {"y": global_labels(cfg, step, tc.n_critic, dist_info).to(dist_info.device)}
+        m.update(g_step(G_train, D_train, opt_g, ctx.prepare(global_noise(cfg, step, tc.n_critic, dist_info)), ctx,
+                        **cond))
         update_ema(G_ema, G, tc.ema_decay, step)
         step += 1
         if not all(torch.isfinite(v) for v in m.values()):

@@ -16,6 +16,10 @@ def build_models(model_cfg, data_cfg) -> tuple[nn.Module, nn.Module]:
     if model_cfg.arch == "mlp":
         shape = (data_cfg.channels, data_cfg.resolution, data_cfg.resolution)
         return MLPGenerator(model_cfg.nz, shape), MLPDiscriminator(shape)
+    if model_cfg.arch == "dcgan" and getattr(model_cfg, "num_classes", 0):
+        from .conditional import build_conditional
+
+        return build_conditional(model_cfg, data_cfg)  # G(z, y), D(x, y)
     if model_cfg.arch == "dcgan":
         g = DCGANGenerator(model_cfg.nz, model_cfg.ngf, data_cfg.channels, data_cfg.resolution)
         d = DCGANDiscriminator(model_cfg.ndf, data_cfg.channels, data_cfg.resolution, norm=model_cfg.d_norm)
