@@ -100,7 +100,21 @@ def _relaunch_under_torchrun(cfg: PipelineConfig, args) -> int:
                "-m", "ganforge.cli", "train", "--config-json", str(config_path), "--data", args.data, "--out", args.out,
                *(["--resume"] if args.resume else []), *(["--mlflow"] if args.mlflow else []),
                *(["--allow-config-change"] if getattr(args, "allow_config_change", False) else [])]
-        return subprocess.call(cmd)
+        from . import threads
+
+        return subprocess.call(cmd, env=threads.env_for_ranks(cfg.train.nproc))
+
+
+COMPUTE_COMMANDS = ("train", "evaluate", "curve", "generate")
+
+
+def _configure_threads(args) -> None:
+    """The thread policy (``ganforge.threads``), decided once at entry for the commands that compute:
+    the free cores, shared by the ranks on this node (LOCAL_WORLD_SIZE under torchrun)."""
+    if args.command in COMPUTE_COMMANDS:
+        from . import threads
+
+        threads.configure(processes=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 def cmd_train(args) -> int:
@@ -328,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint, storage), 130 for Ctrl-C; any other exception is a bug and keeps its traceback."""
     args = build_parser().parse_args(argv)
     try:
+        _configure_threads(args)
         return args.func(args)
     except GanforgeError as e:
         # Library errors carry the problem and the fix; a traceback would bury them.

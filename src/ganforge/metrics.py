@@ -35,7 +35,7 @@ from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from
 from .config import EvalConfig
 from .fileio import atomic_write_bytes
 from .weights import EXTRACTOR_TORCHSCRIPT, InceptionChoice, resolve_inception
-from . import inception_runtime
+from . import inception_runtime, threads
 from .errors import GanforgeError
 from .progress import progress_enabled
 
@@ -303,6 +303,8 @@ def images_to_features(images: np.ndarray, batch_size: int = 50, choice: Optiona
     choice = choice or resolve_inception()
     device = device or default_device()
     workers = eval_workers() if workers is None else workers
+    if workers > 1 and device == "cpu":
+        workers = threads.cap_processes(workers)  # one thread each: never more workers than free cores
     if workers > 1 and device == "cpu" and len(images) >= 2 * workers:
         return _features_in_processes(images, batch_size, choice, workers, runtime)
     extractor = feature_extractor(choice, device, runtime)

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Callable, Optional
 
-from .. import fileio
+from .. import fileio, threads
 from ..config import PipelineConfig, build_config, overrides_from_json, parse_overrides
 
 
@@ -130,6 +130,7 @@ def train_step(config_json: str, data_dir: str, out_dir: str, run_id: str = "", 
     """
     cfg = PipelineConfig.from_json(config_json)
     world = cfg.train.nproc * cfg.train.nnodes
+    threads.configure()  # the thread policy, decided once at the task's entry (torchrun ranks: their share)
     if cfg.train.launcher != "local":
         from .cluster_train import launch_cluster_training
 
@@ -178,7 +179,7 @@ def _train_with_torchrun(cfg: PipelineConfig, data_dir: str, out_dir: str, run_i
     with tempfile.TemporaryDirectory() as tmp:
         config_path = Path(tmp) / "config.json"
         config_path.write_text(cfg.to_json())
-        env = dict(os.environ, GANFORGE_MLFLOW_RUN_ID=run_id)
+        env = dict(threads.env_for_ranks(cfg.train.nproc), GANFORGE_MLFLOW_RUN_ID=run_id)
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={cfg.train.nproc}",
                "-m", "ganforge.cli", "train", "--config-json", str(config_path), "--data", data_dir, "--out", out_dir,
                "--resume"]
@@ -199,6 +200,7 @@ def evaluate_step(config_json: str, checkpoint_dir: str, reference_dir: str, run
 
     from ..evaluate import evaluate_run
 
+    threads.configure()  # the thread policy: free cores for the Inception, workers capped at them
     cfg = PipelineConfig.from_json(config_json)
     with tempfile.TemporaryDirectory(prefix="ganforge-eval-") as tmp:
         metrics, rows = evaluate_run(checkpoint_dir, reference_dir, tmp, n=cfg.eval.n_samples)
