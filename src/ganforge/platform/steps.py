@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Callable, Optional
 
-from .. import fileio, threads
+from .. import fileio
 from ..config import PipelineConfig, build_config, overrides_from_json, parse_overrides
 
 
@@ -130,7 +130,6 @@ def train_step(config_json: str, data_dir: str, out_dir: str, run_id: str = "", 
     """
     cfg = PipelineConfig.from_json(config_json)
     world = cfg.train.nproc * cfg.train.nnodes
-    threads.configure()  # the thread policy, decided once at the task's entry (torchrun ranks: their share)
     if cfg.train.launcher != "local":
         from .cluster_train import launch_cluster_training
 
@@ -179,7 +178,7 @@ def _train_with_torchrun(cfg: PipelineConfig, data_dir: str, out_dir: str, run_i
     with tempfile.TemporaryDirectory() as tmp:
         config_path = Path(tmp) / "config.json"
         config_path.write_text(cfg.to_json())
-        env = dict(threads.env_for_ranks(cfg.train.nproc), GANFORGE_MLFLOW_RUN_ID=run_id)
+        env = dict(os.environ, GANFORGE_MLFLOW_RUN_ID=run_id)
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={cfg.train.nproc}",
                "-m", "ganforge.cli", "train", "--config-json", str(config_path), "--data", data_dir, "--out", out_dir,
                "--resume"]
@@ -190,8 +189,11 @@ def _train_with_torchrun(cfg: PipelineConfig, data_dir: str, out_dir: str, run_i
 
 @tracked("evaluate")
 def evaluate_step(config_json: str, checkpoint_dir: str, reference_dir: str, run_id: str = "",
-                  metrics_path: str = "") -> dict:
+                  metrics_path: str = "", train_dir: str = "") -> dict:
     """FID/KID of the final EMA generator, and the FID curve over the run's snapshots when it kept any.
+
+    Class-conditional presets also get per-class FID and, from ``train_dir`` (the training split),
+    the class accuracy of their samples with its ceiling (``ganforge.class_metrics``).
 
     The curve (``eval.curve_samples`` per point, same real reference) goes to MLflow as metric
     histories ``fid_nN``/``kid_nN`` at each snapshot's step and as ``fid_curve/fid_curve.{csv,png}``.
@@ -200,10 +202,10 @@ def evaluate_step(config_json: str, checkpoint_dir: str, reference_dir: str, run
 
     from ..evaluate import evaluate_run
 
-    threads.configure()  # the thread policy: free cores for the Inception, workers capped at them
     cfg = PipelineConfig.from_json(config_json)
     with tempfile.TemporaryDirectory(prefix="ganforge-eval-") as tmp:
-        metrics, rows = evaluate_run(checkpoint_dir, reference_dir, tmp, n=cfg.eval.n_samples)
+        metrics, rows = evaluate_run(checkpoint_dir, reference_dir, tmp, n=cfg.eval.n_samples,
+                                     train_dir=train_dir or None)
         if metrics_path:
             from .s3 import upload_file
 
@@ -267,7 +269,13 @@ def register_step(config_json: str, checkpoint_dir: str, metrics_json: str, run_
         metrics["reference_dataset_sha256"] = metrics.pop("dataset_sha256")
     tracking.configure()
     G, _ = load_generator(Path(checkpoint_dir) / "checkpoint.pt")
-    version = registry.register_generator(run_id, G, cfg, metrics, tags={"kfp_run_id": kfp_run})
+    class_names = None
+    if cfg.model.num_classes:
+        from ..train import read_class_names
+
+        class_names = read_class_names(checkpoint_dir, cfg)
+    version = registry.register_generator(run_id, G, cfg, metrics, tags={"kfp_run_id": kfp_run},
+                                          class_names=class_names)
     decision = registry.promote(cfg.model_name, version, margin=cfg.registry.promotion_margin)
     if plot_path:
         tracking.log_curves(run_id, plot_path)
