@@ -127,6 +127,7 @@ class GanforgeStep:
         self.G_train = torch.compile(self.G) if cfg.train.compile else self.G
         self.D_train = torch.compile(self.D) if cfg.train.compile else self.D
         self.step = 0
+        self.update_ema = update_ema
         self.G.train(), self.D.train()
 
     def real_batch(self) -> torch.Tensor:
@@ -140,7 +141,7 @@ class GanforgeStep:
                    ctx.prepare(global_noise(cfg, self.step, k, self.dist)), ctx)
         g_step(self.G_train, self.D_train, self.opt_g,
                ctx.prepare(global_noise(cfg, self.step, cfg.train.n_critic, self.dist)), ctx)
-        update_ema(self.G_ema, self.G, cfg.train.ema_decay, self.step)
+        self.update_ema(self.G_ema, self.G, cfg.train.ema_decay, self.step)
         self.step += 1
 
 
@@ -210,7 +211,37 @@ def measure_alternating(steps: dict[str, Callable[[], None]], images_per_step: i
     return Measured(rates, cpu)
 
 
-TRAIN_VARIANTS = ("ours", "naive", "ours_channels_last_flipped", "ours_bf16", "ours_pil_fed")
+@torch.no_grad()
+def update_ema_foreach(g_ema: nn.Module, g: nn.Module, decay: float, step: int) -> None:
+    """``update_ema`` as two multi-tensor kernels (torch._foreach_lerp_ and _foreach_copy_): a lever measured."""
+    d = min(decay, (1 + step) / (10 + step))
+    torch._foreach_lerp_(list(g_ema.parameters()), [p.detach() for p in g.parameters()], 1 - d)
+    torch._foreach_copy_(list(g_ema.buffers()), list(g.buffers()))
+
+
+def with_adam(step: "GanforgeStep", **kind) -> "GanforgeStep":
+    """The step with both optimisers rebuilt as Adam(**kind) (foreach=True / fused=True), same hyper-parameters."""
+    tc = step.cfg.train
+    step.opt_g = torch.optim.Adam(step.G.parameters(), lr=tc.lr_g, betas=(tc.beta1, tc.beta2), **kind)
+    step.opt_d = torch.optim.Adam(step.D.parameters(), lr=tc.lr_d, betas=(tc.beta1, tc.beta2), **kind)
+    return step
+
+
+def with_ema(step: "GanforgeStep", fn: Callable) -> "GanforgeStep":
+    step.update_ema = fn
+    return step
+
+
+def without_onednn(step: Callable[[], None]) -> Callable[[], None]:
+    """The step with oneDNN (mkldnn) convolutions switched off: ATen's own CPU kernels instead."""
+    def run() -> None:
+        with torch.backends.mkldnn.flags(enabled=False):
+            step()
+    return run
+
+
+TRAIN_VARIANTS = ("ours", "naive", "ours_channels_last_flipped", "ours_bf16", "ours_pil_fed", "ours_adam_foreach",
+                  "ours_adam_fused", "ours_ema_foreach", "ours_no_onednn")
 """Contestants of the in-process training session; each metric needs some of them."""
 
 
@@ -226,6 +257,10 @@ def build_train_contestants(cfg: PipelineConfig, data: torch.Tensor, pil_images:
             endless_uint8_batches(data, cfg)),
         "ours_bf16": lambda: GanforgeStep(with_overrides(cfg, train={"amp": "bf16"}), endless_uint8_batches(data, cfg)),
         "ours_pil_fed": lambda: GanforgeStep(cfg, endless_pil_batches(pil_images, res, b, seed)),
+        "ours_adam_foreach": lambda: with_adam(GanforgeStep(cfg, endless_uint8_batches(data, cfg)), foreach=True),
+        "ours_adam_fused": lambda: with_adam(GanforgeStep(cfg, endless_uint8_batches(data, cfg)), fused=True),
+        "ours_ema_foreach": lambda: with_ema(GanforgeStep(cfg, endless_uint8_batches(data, cfg)), update_ema_foreach),
+        "ours_no_onednn": lambda: without_onednn(GanforgeStep(cfg, endless_uint8_batches(data, cfg))),
     }
     return {v: makers[v]() for v in variants}
 
@@ -247,7 +282,16 @@ def train_metrics(measured: Measured, cfg: PipelineConfig) -> dict[str, float]:
         out["amp_bf16_effect"] = measured.ratio("ours_bf16", "ours")
     if {"ours", "ours_pil_fed"} <= have:
         out["uint8_in_memory_effect"] = measured.ratio("ours", "ours_pil_fed")
+    for variant, metric in LEVERS.items():
+        if {"ours", variant} <= have:
+            on, off = (variant, "ours") if metric != "onednn_effect" else ("ours", variant)
+            out[metric] = measured.ratio(on, off)
     return out
+
+
+LEVERS = {"ours_adam_foreach": "adam_foreach_effect", "ours_adam_fused": "adam_fused_effect",
+          "ours_ema_foreach": "ema_foreach_effect", "ours_no_onednn": "onednn_effect"}
+"""Contestant → its metric: the lever on / off (oneDNN: with / without, since it is on by default)."""
 
 
 def variants_for(metric_names: set[str]) -> tuple[str, ...]:
@@ -257,7 +301,106 @@ def variants_for(metric_names: set[str]) -> tuple[str, ...]:
     need |= {"ours_channels_last_flipped"} if "channels_last_effect" in metric_names else set()
     need |= {"ours_bf16"} if "amp_bf16_effect" in metric_names else set()
     need |= {"ours_pil_fed"} if "uint8_in_memory_effect" in metric_names else set()
+    need |= {v for v, m in LEVERS.items() if m in metric_names}
     return tuple(v for v in TRAIN_VARIANTS if v in need)
+
+
+FMA_UNITS = 2
+"""256-bit FMA pipes per core: two on every AVX2 core this runs on (Haswell and later, Zen 1–4)."""
+
+
+def fp32_peak(threads: int) -> dict:
+    """The fp32 peak of ``threads`` cores: cores × FMA units × lanes × 2 flops (multiply + add) × clock.
+
+    Lanes: 16 with AVX-512, else 8 (AVX2). Clock: /proc/cpuinfo's ``cpu MHz`` (the rated clock in a VM;
+    a turbo clock above it would lower the fraction).
+    """
+    mhz = max((float(line.split(":", 1)[1]) for line in Path("/proc/cpuinfo").read_text().splitlines()
+               if line.startswith("cpu MHz")), default=float("nan")) if Path("/proc/cpuinfo").exists() else float("nan")
+    lanes = 16 if torch.backends.cpu.get_cpu_capability() == "AVX512" else 8
+    gflops = threads * FMA_UNITS * lanes * 2 * mhz / 1000
+    return {"gflop_per_s": gflops, "how": f"{threads} core(s) × {FMA_UNITS} FMA units × {lanes} fp32 lanes × 2 flops × "
+                                          f"{mhz / 1000:.3f} GHz (/proc/cpuinfo) = {gflops:.1f} GFLOP/s"}
+
+
+def step_flops(step: Callable[[], None]) -> float:
+    """FLOPs of one step (forward and backward of G and D), counted by torch.utils.flop_counter (convolutions
+    and matrix products; BatchNorm, activations and the optimiser add well under 1 %)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return float(counter.get_total_flops())
+
+
+OP_GROUPS = ("conv-transpose forward (G)", "conv-transpose backward (G)", "conv forward (D)", "conv backward (D)",
+             "BatchNorm", "activations + loss", "optimiser (Adam)", "EMA", "other ops (data, noise, zeroing)",
+             "Python + autograd overhead")
+
+
+def profile_step(step: "GanforgeStep") -> dict:
+    """Seconds of one step by op group: every aten op timed as it runs (a TorchDispatchMode), the optimiser
+    and EMA by their calls; the rest of the wall time is Python and autograd bookkeeping."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    aten = torch.ops.aten
+    seconds = dict.fromkeys(OP_GROUPS, 0.0)
+    phase: list[Optional[str]] = [None]
+
+    def group_of(func, args) -> str:
+        if phase[0]:
+            return phase[0]
+        packet = func.overloadpacket
+        if packet is aten.convolution:
+            return "conv-transpose forward (G)" if args[6] else "conv forward (D)"
+        if packet is aten.convolution_backward:
+            return "conv-transpose backward (G)" if args[7] else "conv backward (D)"
+        name = packet.__name__
+        if "batch_norm" in name:
+            return "BatchNorm"
+        if any(k in name for k in ("relu", "threshold", "tanh", "sigmoid", "binary_cross_entropy", "softplus")):
+            return "activations + loss"
+        return "other ops (data, noise, zeroing)"
+
+    class Timer(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            t0 = time.perf_counter()
+            out = func(*args, **(kwargs or {}))
+            seconds[group_of(func, args)] += time.perf_counter() - t0
+            return out
+
+    def in_phase(name: str, fn: Callable) -> Callable:
+        def run(*a, **k):
+            phase[0] = name
+            try:
+                return fn(*a, **k)
+            finally:
+                phase[0] = None
+        return run
+
+    step.opt_g.step = in_phase("optimiser (Adam)", step.opt_g.step)
+    step.opt_d.step = in_phase("optimiser (Adam)", step.opt_d.step)
+    step.update_ema = in_phase("EMA", step.update_ema)
+    step()  # warm-up
+    for k in seconds:
+        seconds[k] = 0.0
+    t0 = time.perf_counter()
+    with Timer():
+        step()
+    wall = time.perf_counter() - t0
+    seconds["Python + autograd overhead"] = max(0.0, wall - sum(seconds.values()))
+    return {"wall_s": wall, "seconds": seconds}
+
+
+def format_profile(details: dict) -> str:
+    prof = details.get("profile")
+    if not prof:
+        return ""
+    lines = [f"train step profile (64² DCGAN, {details['threads']} thread(s), {prof['wall_s']:.2f} s/step, "
+             f"{details['gflop_per_step']:.0f} GFLOP/step; peak {details['peak']['how']}):"]
+    for name, sec in sorted(prof["seconds"].items(), key=lambda kv: -kv[1]):
+        lines.append(f"  {name:<36s} {sec * 1000:7.0f} ms  {100 * sec / prof['wall_s']:5.1f} %")
+    return "\n".join(lines)
 
 
 def bench_train(work_dir: Path, metric_names: set[str], *, warmup: int, steps_per_round: int, rounds: int,
@@ -271,7 +414,17 @@ def bench_train(work_dir: Path, metric_names: set[str], *, warmup: int, steps_pe
     contestants = build_train_contestants(cfg, data, pil_images, variants_for(metric_names))
     measured = measure_alternating(contestants, cfg.train.batch_size, warmup=warmup,
                                    steps_per_round=steps_per_round, rounds=rounds)
-    return {"values": train_metrics(measured, cfg), "img_per_s_per_round": measured.img_per_s,
+    values, extra = train_metrics(measured, cfg), {}
+    if "train_peak_fraction" in metric_names:
+        threads = torch.get_num_threads()
+        flops = step_flops(contestants["ours"])
+        peak = fp32_peak(threads)
+        achieved = flops * measured.median("ours") / cfg.train.batch_size / 1e9
+        values["train_peak_fraction"] = achieved / peak["gflop_per_s"]
+        values["train_gflop_per_s"] = achieved
+        extra = {"gflop_per_step": flops / 1e9, "peak": peak, "threads": threads,
+                 "profile": profile_step(GanforgeStep(cfg, endless_uint8_batches(data, cfg)))}
+    return {"values": values, **extra, "img_per_s_per_round": measured.img_per_s,
             "cpu_s_per_step_per_round": measured.cpu_s_per_step,
             "setting": {"config": "dcgan local, data 64² × 1 channel (Fashion-MNIST), ngf=ndf=64, nz=100, batch 64",
                         "channels_last_default": cfg.train.channels_last, "amp_default": cfg.train.amp,

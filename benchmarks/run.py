@@ -30,6 +30,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))  # sibling modules: bench_train, bench_metrics
 
 import bench_train  # noqa: E402
+from ganforge import threads  # noqa: E402
 from ganforge.config import build_config  # noqa: E402
 from ganforge.fileio import atomic_write_text  # noqa: E402
 
@@ -55,6 +56,17 @@ METRICS: dict[str, Metric] = {
     "amp_bf16_effect": Metric("ratio", None, "train", "our step with bf16 autocast / fp32"),
     "uint8_in_memory_effect": Metric("ratio", None, "train",
                                      "our step fed by in-memory uint8 / by per-item PIL conversion"),
+    "train_peak_fraction": Metric("ratio", None, "train",
+                                  "our step's fp32 FLOP/s / the CPU's fp32 FMA peak at the threads it ran on"),
+    "adam_foreach_effect": Metric("ratio", None, "train", "our step with Adam(foreach=True) / the for-loop Adam"),
+    "adam_fused_effect": Metric("ratio", None, "train", "our step with Adam(fused=True) / the for-loop Adam"),
+    "ema_foreach_effect": Metric("ratio", None, "train", "our step with the EMA as torch._foreach_lerp_ / per tensor"),
+    "onednn_effect": Metric("ratio", None, "train", "our step with oneDNN (mkldnn) convolutions / without"),
+    "threads_busy_over_idle": Metric("ratio", 0.667, "threads",
+                                     "default thread policy: img/s with a busy competitor / without (28² DCGAN)"),
+    "threads_default_vs_2_busy": Metric("ratio", None, "threads",
+                                        "with a busy competitor: default policy / 2 threads (torch's default)"),
+    "threads_default_vs_1_idle": Metric("ratio", None, "threads", "without the competitor: default policy / 1 thread"),
     "compile_effect": Metric("ratio", None, "compile",
                              "our step torch.compile / eager, after compile warm-up (32² small DCGAN)"),
     "ddp2_vs_1": Metric("ratio", 0.9, "ddp", "train() img/s with 2 gloo ranks / 1 rank, same global batch"),
@@ -66,7 +78,7 @@ METRICS: dict[str, Metric] = {
     "fid_eval_cached_speedup": Metric("ratio", 1.8, "fid",
                                       "FID evaluation time, real statistics computed / cached"),
 }
-GROUP_ORDER = ("train", "compile", "ddp", "inception", "fid")
+GROUP_ORDER = ("threads", "train", "compile", "ddp", "inception", "fid")
 RENAMED = {"inception_speedup": "inception_vs_naive"}
 """bench_metrics' key → the metric name reported here."""
 
@@ -79,6 +91,9 @@ class Effort:
     train_steps: int
     train_rounds: int
     train_images: int
+    threads_warmup: int
+    threads_steps: int
+    threads_rounds: int
     compile_warmup: int
     compile_steps: int
     compile_rounds: int
@@ -92,9 +107,11 @@ class Effort:
 
 # One step per round and many rounds: the finer the alternation, the better it cancels other jobs' load.
 FULL = Effort(train_warmup=2, train_steps=1, train_rounds=8, train_images=bench_train.BENCH_IMAGES,
+              threads_warmup=2, threads_steps=8, threads_rounds=6,
               compile_warmup=3, compile_steps=4, compile_rounds=8, compile_cap_s=420,
               ddp_warmup=4, ddp_steps=20, ddp_repeats=3, inception_n=200, fid_n=200)
 QUICK = Effort(train_warmup=1, train_steps=1, train_rounds=2, train_images=128,
+               threads_warmup=1, threads_steps=1, threads_rounds=2,
                compile_warmup=2, compile_steps=2, compile_rounds=2, compile_cap_s=240,
                ddp_warmup=2, ddp_steps=4, ddp_repeats=1, inception_n=20, fid_n=50)
 
@@ -122,6 +139,13 @@ def machine_info() -> dict:
 def run_train(work: Path, effort: Effort, wanted: set[str]) -> dict:
     return bench_train.bench_train(work, wanted, warmup=effort.train_warmup, steps_per_round=effort.train_steps,
                                    rounds=effort.train_rounds, limit=effort.train_images)
+
+
+def run_threads(work: Path, effort: Effort, wanted: set[str]) -> dict:
+    import bench_threads
+
+    return bench_threads.bench_threads(work, warmup=effort.threads_warmup, steps_per_round=effort.threads_steps,
+                                       rounds=effort.threads_rounds, limit=max(effort.train_images, 128))
 
 
 def run_compile(work: Path, effort: Effort, wanted: set[str]) -> dict:
@@ -212,7 +236,7 @@ def run_fid(work: Path, effort: Effort, wanted: set[str]) -> dict:
 
 
 GROUP_RUNNERS: dict[str, Callable[[Path, Effort, set[str]], dict]] = {
-    "train": run_train, "compile": run_compile, "ddp": run_ddp, "inception": run_inception, "fid": run_fid}
+    "threads": run_threads, "train": run_train, "compile": run_compile, "ddp": run_ddp, "inception": run_inception, "fid": run_fid}
 
 
 def status_of(value: float, target: Optional[float]) -> str:
@@ -252,6 +276,18 @@ def format_table(metrics: dict) -> str:
         rows.append((name, f"{e['value']:.3g} {e['unit']}", target, e["status"]))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def format_details(details: dict) -> str:
+    """Where the training step's time goes and the thread-policy cases, when those groups ran."""
+    parts = []
+    if "threads" in details:
+        import bench_threads
+
+        parts.append(bench_threads.format_threads(details["threads"]))
+    if details.get("train", {}).get("profile"):
+        parts.append(bench_train.format_profile(details["train"]))
+    return "\n".join(parts)
 
 
 def parse_only(text: Optional[str]) -> list[str]:
@@ -302,20 +338,25 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--work-dir", type=Path, default=Path("build/bench_work"),
                    help="prepared datasets and scratch runs (reused between runs)")
     p.add_argument("--threads", type=int, help="torch intra-op threads for the in-process and compile benchmarks "
-                   "(default: torch's, one per core); the DDP cases set their own")
+                   "(default: ganforge's thread policy, the free cores); the DDP and threads cases set their own")
     a = p.parse_args(argv)
     if a.threads is not None:
         if a.threads < 1:
             p.error(f"--threads {a.threads} must be >= 1")
         torch.set_num_threads(a.threads)
+        policy = f"{a.threads} thread(s) (--threads)"
+    else:  # what ganforge's entry points pick on this machine now (the threads group varies it itself)
+        policy = threads.configure(verbose=False).describe()
     a.work_dir.mkdir(parents=True, exist_ok=True)
     report = run_benchmarks(a.only, QUICK if a.quick else FULL, a.work_dir)
+    report["machine"]["thread_policy"] = policy
     atomic_write_text(a.out, json.dumps(report, indent=2) + "\n")
     m = report["machine"]
     print(f"machine: {m['cpu_count']} CPUs ({m['cpu_model']}), torch {m['torch_version']}, "
-          f"{m['torch_threads']} threads; load average {report['load_average']['before'][0]:.1f} → "
+          f"{m['torch_threads']} threads [{policy}]; load average {report['load_average']['before'][0]:.1f} → "
           f"{report['load_average']['after'][0]:.1f}; {report['seconds']:.0f} s{' (quick)' if report['quick'] else ''}")
     print(format_table(report["metrics"]))
+    print(format_details(report["details"]))
     for group, error in report["errors"].items():
         print(f"ERROR in {group}: {error}")
     print(f"report: {a.out}")

@@ -134,7 +134,7 @@ def test_resume_with_a_changed_learning_rate_needs_the_flag(fashion_train, tmp_p
     status, err = run_main(capsys, *changed)
     assert status == 2 and len(err) == 1 and "train.lr_d 0.0002 → 0.001" in err[0] and "--allow-config-change" in err[0]
     status, _ = run_main(capsys, *changed, "--allow-config-change")
-    from ganforge.train import read_checkpoint
+    from ganforge.checkpoint import read_checkpoint
 
     ckpt = read_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert status == 0 and ckpt["step"] == 4 and ckpt["opt_D"]["param_groups"][0]["lr"] == 0.001

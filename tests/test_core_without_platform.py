@@ -65,7 +65,7 @@ def test_core_imports_trains_and_reads_its_checkpoint_without_the_platform(tmp_p
 
         for name in {CORE_MODULES!r}:
             importlib.import_module(name)
-        from ganforge.train import CHECKPOINT_NAME, read_checkpoint
+        from ganforge.checkpoint import CHECKPOINT_NAME, read_checkpoint
         from ganforge.config import build_config
         from ganforge.data import prepare
         from ganforge.train import train

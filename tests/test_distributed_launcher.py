@@ -20,7 +20,8 @@ from kubernetes import client
 from ganforge.config import PRESETS, build_config
 from ganforge.platform.cluster_jobs import (CONFIG_ENV, ClusterSpecError, ClusterTrainingError, ClusterTrainSpec,
                                             job_name, job_phase, launch_and_watch, manifest, pytorchjob_manifest,
-                                            spec_from_config, torchrun_command, trainjob_manifest, train_command)
+                                            spec_from_config, trainjob_manifest, train_command)
+from ganforge.launch import torchrun_command
 from kube_standin import KubeStandin, Scenario
 
 SCHEMAS = Path(__file__).parent / "schemas"
@@ -378,14 +379,11 @@ def test_container_command_runs_torchrun_with_the_engine_env(engine, tmp_path):
 
 @pytest.mark.slow
 def test_local_torchrun_command_starts_the_ranks(tmp_path):
-    cmd = torchrun_command(2, args=["train", "--out", "a b"], module="kube_standin")
-    assert cmd[1:3] == ["-m", "torch.distributed.run"] and "c10d" in cmd
+    cmd = torchrun_command(2, ["train", "--out", "a b"], module="kube_standin")
+    assert cmd[1:3] == ["-m", "torch.distributed.run"] and "--standalone" in cmd
     ranks = _run_pod_command(cmd, {}, tmp_path)
     assert [(r["RANK"], r["WORLD_SIZE"]) for r in ranks] == [("0", "2"), ("1", "2")]
     assert ranks[1]["argv"] == ["train", "--out", "a b"]
-    with pytest.raises(ClusterSpecError, match="rdzv_endpoint"):
-        torchrun_command(2, nnodes=2, node_rank=1)
-    assert "--node-rank" in torchrun_command(1, nnodes=2, node_rank=1, rdzv_endpoint="node0:29400")
 
 
 def test_train_command_quotes_arguments():

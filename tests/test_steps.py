@@ -4,7 +4,8 @@ import pytest
 from conftest import cli_env
 from ganforge.config import build_config
 from ganforge.platform.steps import settle_config, train_step
-from ganforge.train import TrainingError, read_checkpoint
+from ganforge.checkpoint import read_checkpoint
+from ganforge.train import TrainingError
 
 
 def test_settle_config_treats_zero_and_empty_knobs_as_profile_defaults():

@@ -15,7 +15,8 @@ import torch
 
 from conftest import ROOT, cli_env
 from ganforge.config import build_config
-from ganforge.train import (CheckpointError, NonFiniteLossError, load_generator, read_checkpoint, train)
+from ganforge.checkpoint import CheckpointError, load_generator, read_checkpoint
+from ganforge.train import NonFiniteLossError, train
 
 
 def _free_port() -> int:

@@ -16,6 +16,7 @@ from typing import Optional
 from .config import PRESETS, PROFILES, ConfigError, PipelineConfig, build_config, parse_override
 from .errors import GanforgeError, require_platform
 from .fileio import atomic_write_text, is_s3
+from .launch import torchrun_command
 
 
 def _config_from_args(args) -> PipelineConfig:
@@ -96,11 +97,25 @@ def _relaunch_under_torchrun(cfg: PipelineConfig, args) -> int:
     with tempfile.TemporaryDirectory(prefix="ganforge-ranks-") as tmp:
         config_path = Path(tmp) / "config.json"
         config_path.write_text(cfg.to_json())
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={cfg.train.nproc}",
-               "-m", "ganforge.cli", "train", "--config-json", str(config_path), "--data", args.data, "--out", args.out,
-               *(["--resume"] if args.resume else []), *(["--mlflow"] if args.mlflow else []),
-               *(["--allow-config-change"] if getattr(args, "allow_config_change", False) else [])]
-        return subprocess.call(cmd)
+        cmd = torchrun_command(cfg.train.nproc, [
+            "train", "--config-json", str(config_path), "--data", args.data, "--out", args.out,
+            *(["--resume"] if args.resume else []), *(["--mlflow"] if args.mlflow else []),
+            *(["--allow-config-change"] if getattr(args, "allow_config_change", False) else [])])
+        from . import threads
+
+        return subprocess.call(cmd, env=threads.env_for_ranks(cfg.train.nproc))
+
+
+COMPUTE_COMMANDS = ("train", "evaluate", "curve", "generate")
+
+
+def _configure_threads(args) -> None:
+    """The thread policy (``ganforge.threads``), decided once at entry for the commands that compute:
+    the free cores, shared by the ranks on this node (LOCAL_WORLD_SIZE under torchrun)."""
+    if args.command in COMPUTE_COMMANDS:
+        from . import threads
+
+        threads.configure(processes=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 def cmd_train(args) -> int:
@@ -189,15 +204,14 @@ def cmd_evaluate(args) -> int:
         from .evaluate import evaluate_checkpoint
 
         metrics = evaluate_checkpoint(args.checkpoint, args.data, n=args.n, out=args.out, n_real=args.n_real,
-                                      ema=not args.raw_generator, train_dir=args.train_data)
+                                      ema=not args.raw_generator)
         print(json.dumps(metrics, indent=2, default=str))
         return 0
     from .curve import print_point
     from .evaluate import evaluate_run
 
     run = Path(args.run)
-    metrics, rows = evaluate_run(run, args.data, args.out or run, n=args.n, curve=args.curve,
-                                 train_dir=args.train_data)
+    metrics, rows = evaluate_run(run, args.data, args.out or run, n=args.n, curve=args.curve)
     for row in rows:
         print_point(row)
     if run_id := _recorded_mlflow_run(run):  # trained with --mlflow: the scores and the curve join its MLflow run
@@ -226,14 +240,16 @@ def cmd_curve(args) -> int:
 
 
 def cmd_registry(args) -> int:
-    registry, tracking = (require_platform(m, "ganforge promote") for m in ("registry", "tracking"))
+    registry = require_platform("registry", "ganforge registry")
+    tracking = require_platform("tracking", "ganforge registry")
     tracking.configure()
     print(registry.format_table(registry.show(args.name)))
     return 0
 
 
 def cmd_promote(args) -> int:
-    registry, tracking = (require_platform(m, "ganforge registry") for m in ("registry", "tracking"))
+    registry = require_platform("registry", "ganforge promote")
+    tracking = require_platform("tracking", "ganforge promote")
     tracking.configure()
     print(json.dumps(registry.promote_manual(args.name, args.version, force=args.force), indent=2, default=str))
     return 0
@@ -242,8 +258,7 @@ def cmd_promote(args) -> int:
 def cmd_generate(args) -> int:
     from .generate import generate_to_dir
 
-    written = generate_to_dir(args.model, args.out, n=args.n, seed=args.seed, interpolate=args.interpolate,
-                              class_=args.class_, per_class=args.per_class)
+    written = generate_to_dir(args.model, args.out, n=args.n, seed=args.seed, interpolate=args.interpolate)
     print(json.dumps({k: str(v) for k, v in written.items()}, indent=2))
     return 0
 
@@ -278,8 +293,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", help="a training run directory: score checkpoint.pt, add the FID curve over "
                                  "snapshots/, log both to the run's MLflow run if it was trained with --mlflow")
     p.add_argument("--data", required=True, help="reference dataset directory")
-    p.add_argument("--train-data", help="class-conditional models: the training split, for the class accuracy of "
-                   "the samples (a classifier trained on it once, cached)")
     p.add_argument("--n", type=int, help="samples (default: the config's eval.n_samples)")
     p.add_argument("--out", help="--checkpoint: write metrics.json here; --run: directory for metrics.json and "
                                  "fid_curve.{csv,png} (default: the run directory)")
@@ -323,10 +336,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--interpolate", type=int, default=0, metavar="K", help="also write K-step latent interpolations")
-    p.add_argument("--class", dest="class_", metavar="CLASS",
-                   help="class-conditional models: draw this class (a name such as sneaker, or an id)")
-    p.add_argument("--per-class", action="store_true",
-                   help="class-conditional models: -n samples of every class, one grid row per class")
     p.set_defaults(func=cmd_generate)
     return parser
 
@@ -336,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint, storage), 130 for Ctrl-C; any other exception is a bug and keeps its traceback."""
     args = build_parser().parse_args(argv)
     try:
+        _configure_threads(args)
         return args.func(args)
     except GanforgeError as e:
         # Library errors carry the problem and the fix; a traceback would bury them.

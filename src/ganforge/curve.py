@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
+from .checkpoint import CONFIG_NAME, list_snapshots, read_checkpoint
 from .config import PipelineConfig
 from .fileio import atomic_file, atomic_write_text
 from .errors import GanforgeError
@@ -74,7 +75,6 @@ def curve_point(snapshot: str | os.PathLike, reference_dir: str | os.PathLike, n
                 cache: str | os.PathLike) -> dict:
     """FID/KID of one snapshot's generator: n generated images vs n_real reference images."""
     from .evaluate import evaluate_checkpoint
-    from .train import read_checkpoint
 
     started = time.perf_counter()
     ckpt = read_checkpoint(snapshot)
@@ -96,10 +96,9 @@ def fid_curve(run_dir: str | os.PathLike, reference_dir: str | os.PathLike, *, n
     (snapshots after it are left for a later call, e.g. the final evaluation's).
     """
     from .paths import cache_dir as default_cache_dir
-    from .train import list_snapshots
 
     run_dir = Path(run_dir)
-    config_path = run_dir / "config.json"
+    config_path = run_dir / CONFIG_NAME
     if not config_path.is_file():
         raise CurveError(f"{run_dir} has no config.json: point --run at a training output directory "
                          "(the --out of `ganforge train`)")

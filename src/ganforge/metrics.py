@@ -35,7 +35,7 @@ from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from
 from .config import EvalConfig
 from .fileio import atomic_write_bytes
 from .weights import EXTRACTOR_TORCHSCRIPT, InceptionChoice, resolve_inception
-from . import inception_runtime
+from . import inception_runtime, threads
 from .errors import GanforgeError
 from .progress import progress_enabled
 
@@ -303,6 +303,8 @@ def images_to_features(images: np.ndarray, batch_size: int = 50, choice: Optiona
     choice = choice or resolve_inception()
     device = device or default_device()
     workers = eval_workers() if workers is None else workers
+    if workers > 1 and device == "cpu":
+        workers = threads.cap_processes(workers)  # one thread each: never more workers than free cores
     if workers > 1 and device == "cpu" and len(images) >= 2 * workers:
         return _features_in_processes(images, batch_size, choice, workers, runtime)
     extractor = feature_extractor(choice, device, runtime)
@@ -429,7 +431,7 @@ def check_same_image_shape(fake: np.ndarray, real_shape: tuple, dataset_dir: str
 
 def evaluate_images(fake: np.ndarray, real_dataset_dir: str | os.PathLike, eval_cfg: EvalConfig,
                     cache_dir: str | os.PathLike, choice: Optional[InceptionChoice] = None,
-                    prefix_n: Optional[int] = None, features_out: Optional[dict] = None) -> dict:
+                    prefix_n: Optional[int] = None) -> dict:
     """FID and KID of generated uint8 images against ``eval_cfg.n_samples`` real images of a prepared dataset.
 
     Real features are cached (see ``real_features``). When the dataset holds fewer real images
@@ -449,8 +451,6 @@ def evaluate_images(fake: np.ndarray, real_dataset_dir: str | os.PathLike, eval_
     fake_started = time.perf_counter()
     fake_features = images_to_features(fake, eval_cfg.batch_size, choice)
     fake_seconds = time.perf_counter() - fake_started
-    if features_out is not None:  # for scores computed from the same features (per-class FID)
-        features_out.update(fake=fake_features, real=real)
     fid = features_to_fid(fake_features, real)
     kid_mean, kid_std = features_to_kid(fake_features, real, eval_cfg.kid_subset_size, eval_cfg.kid_subsets)
     extra = {}

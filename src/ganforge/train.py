@@ -19,8 +19,6 @@ No MLflow or KFP here: metrics leave through the ``on_metrics`` callback (rank 0
 from __future__ import annotations
 
 import copy
-import hashlib
-import io
 import math
 import os
 import random
@@ -35,21 +33,17 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from . import __version__
 from .augment import diff_augment
 from .config import PipelineConfig
 from .data import load_dataset
 from .losses import d_loss, g_loss, gradient_penalty, r1_penalty
 from .models import build_models
-from .fileio import atomic_file, atomic_write_bytes, atomic_write_text
+from .fileio import atomic_file, atomic_write_text
 from .errors import GanforgeError
+from .checkpoint import (CHECKPOINT_NAME, CONFIG_NAME, SAMPLES_DIR, CheckpointError, epoch_number, load_state,
+                         read_checkpoint, require_training_state, write_checkpoint, write_snapshot)
 
-CHECKPOINT_NAME = "checkpoint.pt"
-SNAPSHOT_DIR = "snapshots"
 N_FIXED_SAMPLES = 64
-CHECKSUM_PREFIX = b"ganforge-sha256:"
-"""checkpoint.pt and snapshots are torch.save's zip with this + the hex sha256 of the zip as the zip comment."""
-TRAINING_STATE_KEYS = ("G", "G_ema", "D", "opt_G", "opt_D", "scaler_G", "scaler_D", "step", "rng", "config")
 RESUME_SAFE_FIELDS = frozenset({
     "profile", "train.epochs", "train.max_steps", "train.checkpoint_every", "train.log_every",
     "train.snapshot_every", "train.nproc", "train.nnodes", "train.launcher", "train.compile",
@@ -68,10 +62,6 @@ class TrainingError(GanforgeError, RuntimeError):
 
 
 class NonFiniteLossError(TrainingError):
-    pass
-
-
-class CheckpointError(TrainingError):
     pass
 
 
@@ -359,119 +349,16 @@ def _set_rng_state(s: dict) -> None:
     random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
 
 
-def checkpoint_bytes(state: dict) -> bytes:
-    """``torch.save(state)`` as bytes, with the sha256 of those bytes stored as the zip's comment.
-
-    The result is still a plain zip that ``torch.load`` reads; :func:`read_checkpoint` recomputes
-    the digest, so a byte changed on disk or in a copy is caught instead of resumed from.
-    """
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    data = buffer.getvalue()
-    # The zip ends with its end-of-central-directory record: 22 bytes, the last two the comment length (0).
-    if data[-22:-18] != b"PK\x05\x06" or data[-2:] != b"\0\0":
-        raise TrainingError("torch.save wrote a zip without a bare end record; cannot add the checksum "
-                            f"(torch {torch.__version__}) — report this as a ganforge bug")
-    comment = CHECKSUM_PREFIX + hashlib.sha256(data).hexdigest().encode()
-    return data[:-2] + len(comment).to_bytes(2, "little") + comment
-
-
-def verified_checkpoint_bytes(raw: bytes, path: Path) -> bytes:
-    """``raw`` after checking the sha256 its zip comment records; CheckpointError when they differ.
-
-    Files written before checkpoints carried a checksum (an empty zip comment) pass unchecked.
-    """
-    if raw[-22:-18] == b"PK\x05\x06" and raw[-2:] == b"\0\0":
-        return raw  # written before checkpoints carried a checksum
-    n = len(CHECKSUM_PREFIX) + 64
-    end = len(raw) - 22 - n  # where the end record starts when the comment is our checksum
-    fix = ("Fix: restore it from a copy (the run's s3:// prefix), or delete it and train again "
-           "(or resume from an earlier copy)")
-    if end < 0 or raw[end:end + 4] != b"PK\x05\x06" or not raw[-n:].startswith(CHECKSUM_PREFIX) \
-            or int.from_bytes(raw[end + 20:end + 22], "little") != n:
-        raise CheckpointError(f"checkpoint {path} is damaged or not a ganforge checkpoint: its end has no valid "
-                              f"checksum record (a truncated file or a changed byte). {fix}")
-    recorded = raw[-64:].decode("ascii", errors="replace")
-    actual = hashlib.sha256(raw[:end + 20] + b"\0\0").hexdigest()
-    if actual != recorded:
-        raise CheckpointError(f"checkpoint {path} is damaged: its contents hash to sha256 {actual[:16]}… but it "
-                              f"records {recorded[:16]}… (bytes changed after it was written: disk, copy or "
-                              f"transfer error). {fix}")
-    return raw
-
-
 def save_checkpoint(path: Path, *, G, D, G_ema, opt_g, opt_d, ctx: _Context, step: int, epoch: int,
                     cfg: PipelineConfig, train_seconds: float = 0.0) -> Path:
-    state = {
+    """The training state at ``step`` (``epoch`` = ``epoch_number(step, …)``) into ``path``."""
+    return write_checkpoint(path, {
         "train_seconds": float(train_seconds),
         "G": G.state_dict(), "G_ema": G_ema.state_dict(), "D": D.state_dict(),
         "opt_G": opt_g.state_dict(), "opt_D": opt_d.state_dict(),
         "scaler_G": ctx.scaler_g.state_dict(), "scaler_D": ctx.scaler_d.state_dict(),
-        "step": step, "epoch": epoch, "rng": _rng_state(),
-        "config": cfg.to_dict(), "ganforge_version": __version__,
-    }
-    # Serialised in memory, then written with Python's own I/O: a full disk is an ENOSPC naming
-    # the file (StorageError) instead of torch's "unexpected pos", and the old checkpoint stays.
-    atomic_write_bytes(path, checkpoint_bytes(state))
-    return path
-
-
-def snapshot_path(out_dir: Path, epoch: int) -> Path:
-    return Path(out_dir) / SNAPSHOT_DIR / f"epoch_{epoch:03d}.pt"
-
-
-def save_snapshot(out_dir: Path, *, G_ema, step: int, epoch: int, cfg: PipelineConfig) -> Path:
-    """The EMA generator alone at the end of an epoch (a few MB), readable by ``load_generator``."""
-    path = snapshot_path(out_dir, epoch)
-    atomic_write_bytes(path, checkpoint_bytes({"G_ema": G_ema.state_dict(), "step": step, "epoch": epoch,
-                                               "config": cfg.to_dict(), "ganforge_version": __version__}))
-    return path
-
-
-def list_snapshots(out_dir: str | os.PathLike) -> list[tuple[int, Path]]:
-    """(epoch, path) of the run's snapshots, by epoch."""
-    found = []
-    for p in (Path(out_dir) / SNAPSHOT_DIR).glob("epoch_*.pt"):
-        try:
-            found.append((int(p.stem.split("_", 1)[1]), p))
-        except ValueError:
-            continue
-    return sorted(found)
-
-
-def read_checkpoint(path: str | os.PathLike) -> dict:
-    """A checkpoint or snapshot, its sha256 checked first (CheckpointError naming the file when damaged)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist; train first (`ganforge train … --out {path.parent}`)")
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise CheckpointError(f"checkpoint {path} cannot be read ({e.strerror or e}); check its permissions") from e
-    raw = verified_checkpoint_bytes(raw, path)
-    try:
-        ckpt = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated or foreign file
-        raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}: {' '.join(str(e).split())[:300]}); "
-                              "it is not a ganforge checkpoint or is damaged — delete it and retrain") from e
-    if not isinstance(ckpt, dict) or "config" not in ckpt:
-        raise CheckpointError(f"{path} is not a ganforge checkpoint (no config in it); pass a checkpoint.pt or "
-                              "snapshots/epoch_NNN.pt written by `ganforge train`")
-    return ckpt
-
-
-def require_training_state(ckpt: dict, path: Path) -> None:
-    """CheckpointError unless ``ckpt`` holds everything ``--resume`` restores (a snapshot does not)."""
-    missing = [k for k in TRAINING_STATE_KEYS if k not in ckpt]
-    if not missing:
-        return
-    if "G_ema" in ckpt and "opt_G" not in ckpt:
-        raise CheckpointError(
-            f"{path} is a snapshot (the EMA generator of epoch {ckpt.get('epoch', '?')} only: no discriminator, "
-            "optimisers or RNG state), so training cannot resume from it. Fix: resume from the checkpoint.pt "
-            "that training wrote, or use the snapshot with `ganforge evaluate --checkpoint` / `ganforge generate`")
-    raise CheckpointError(f"{path} lacks {', '.join(missing)}, so training cannot resume from it; it is damaged or "
-                          "not a training checkpoint. Fix: delete it and train again, or resume from another copy")
+        "step": step, "epoch": epoch, "rng": _rng_state(), "config": cfg.to_dict(),
+    })
 
 
 def _flat_config(d: dict) -> dict:
@@ -507,7 +394,7 @@ def _restore(ckpt: dict, ckpt_path: Path, cfg: PipelineConfig, G, D, G_ema, opt_
             "resume with the config it was trained with (as in its config.json), train into a new --out, or pass "
             "--allow-config-change to go on with the new values from this step")
     for module, key in ((G, "G"), (D, "D"), (G_ema, "G_ema")):
-        _load_state(module, ckpt[key], key, ckpt_path)
+        load_state(module, ckpt[key], key, ckpt_path)
     opt_g.load_state_dict(ckpt["opt_G"])
     opt_d.load_state_dict(ckpt["opt_D"])
     # Adam's state_dict carries lr and betas: the config, not the checkpoint, decides them (equal unless
@@ -520,38 +407,6 @@ def _restore(ckpt: dict, ckpt_path: Path, cfg: PipelineConfig, G, D, G_ema, opt_
         if ckpt[key] or not scaler.is_enabled():  # an empty state comes from a disabled scaler (amp changed)
             scaler.load_state_dict(ckpt[key])
     _set_rng_state(ckpt["rng"])
-
-
-def _load_state(module, state: dict, what: str, path: Path) -> None:
-    own = module.state_dict()
-    mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-                  for k, v in state.items() if k in own and hasattr(v, "shape") and v.shape != own[k].shape]
-    missing = sorted(set(own) - set(state))
-    if mismatched or missing:
-        detail = "; ".join(mismatched[:3] + ([f"missing keys {missing[:3]}"] if missing else []))
-        raise CheckpointError(
-            f"checkpoint {path} does not fit this config ({what}: {detail}). It was written by a different "
-            "config: resume with the config it was trained with, or train into a fresh --out directory")
-    module.load_state_dict(state)
-
-
-def load_generator(path: str | os.PathLike, ema: bool = True, device: str = "cpu") -> tuple[nn.Module, PipelineConfig]:
-    """(generator in eval mode, its config) from a checkpoint; the EMA weights by default."""
-    return generator_from_checkpoint(read_checkpoint(path), path, ema, device)
-
-
-def generator_from_checkpoint(ckpt: dict, path: str | os.PathLike, ema: bool = True,
-                              device: str = "cpu") -> tuple[nn.Module, PipelineConfig]:
-    """As ``load_generator``, from a checkpoint already read (``read_checkpoint(path)``)."""
-    cfg = PipelineConfig.from_dict(ckpt["config"])
-    G, _ = build_models(cfg.model, cfg.data)
-    key = "G_ema" if ema else "G"
-    if key not in ckpt:
-        raise CheckpointError(f"{path} has no {key} (a snapshot holds only the EMA generator); "
-                              + ("drop --raw-generator, or pass the run's checkpoint.pt" if key == "G" else
-                                 "pass a checkpoint.pt or snapshot written by `ganforge train`"))
-    _load_state(G, ckpt[key], "generator", Path(path))
-    return G.to(device).eval(), cfg
 
 
 @torch.no_grad()
@@ -681,7 +536,7 @@ def train(cfg: PipelineConfig, data_dir: str | os.PathLike, out_dir: str | os.Pa
     batches = _Batches(data, cfg, dist_info, labels)
     z_fixed = fixed_noise(cfg)
     if dist_info.is_main:  # creates out_dir; an unwritable one is a StorageError naming it, before any step
-        atomic_write_text(out_dir / "config.json", cfg.to_json())
+        atomic_write_text(out_dir / CONFIG_NAME, cfg.to_json())
         if labels is not None:
             atomic_write_text(out_dir / CLASSES_FILE, classes_json(ds.manifest, cfg))
     samples: list[Path] = []
@@ -727,16 +582,16 @@ def train(cfg: PipelineConfig, data_dir: str | os.PathLike, out_dir: str | os.Pa
             if bar is not None:
                 bar.update(1)
             if epoch_done:
-                epoch_no = math.ceil(step / per_epoch)
-                png = write_samples(G_ema, z_fixed, out_dir / "samples", f"epoch_{epoch_no:03d}", cfg)
+                epoch_no = epoch_number(step, per_epoch)
+                png = write_samples(G_ema, z_fixed, out_dir / SAMPLES_DIR, f"epoch_{epoch_no:03d}", cfg)
                 samples.append(png)
                 if on_samples:
                     on_samples(step, png)
                 if tc.snapshot_every and (epoch_no % tc.snapshot_every == 0 or step == n_steps):
-                    save_snapshot(out_dir, G_ema=G_ema, step=step, epoch=epoch_no, cfg=cfg)
+                    write_snapshot(out_dir, G_ema=G_ema, step=step, epoch=epoch_no, cfg=cfg)
             if step % tc.checkpoint_every == 0 or step == n_steps:
                 save_checkpoint(ckpt_path, G=G, D=D, G_ema=G_ema, opt_g=opt_g, opt_d=opt_d, ctx=ctx,
-                                step=step, epoch=epoch, cfg=cfg,
+                                step=step, epoch=epoch_number(step, per_epoch), cfg=cfg,
                                 train_seconds=seconds_before + time.perf_counter() - t0)
                 if on_checkpoint:
                     on_checkpoint(step, ckpt_path)
@@ -746,7 +601,7 @@ def train(cfg: PipelineConfig, data_dir: str | os.PathLike, out_dir: str | os.Pa
         dist.barrier()
     seconds = time.perf_counter() - t0
     done = step - start_step
-    return TrainResult(step=step, epoch=math.ceil(step / per_epoch), seconds=seconds,
+    return TrainResult(step=step, epoch=epoch_number(step, per_epoch), seconds=seconds,
                        img_per_s=done * tc.batch_size * tc.n_critic / seconds if seconds > 0 and done else 0.0,
                        checkpoint=ckpt_path, samples=samples, last_metrics=last,
                        total_seconds=seconds_before + seconds,

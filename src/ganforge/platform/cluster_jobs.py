@@ -14,14 +14,12 @@ The run's config travels as plain JSON in ``GANFORGE_CONFIG_JSON`` (it holds no 
 written to a file in the pod before torchrun starts. Credentials come only from Kubernetes
 Secrets through ``secretKeyRef``: a manifest never holds a secret value.
 
-Local helpers (``torchrun_command``) build the same launcher command for one machine.
 """
 from __future__ import annotations
 
 import os
 import re
 import shlex
-import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -403,19 +401,27 @@ def pod_log_tails(core_api: Any, spec: ClusterTrainSpec, tail_lines: int = 50) -
 
 
 def kubernetes_apis() -> tuple[Any, Any]:
-    """(CustomObjectsApi, CoreV1Api) from the in-cluster service account, else ~/.kube/config."""
-    from kubernetes import client, config
+    """(CustomObjectsApi, CoreV1Api): in a pod its ServiceAccount, else the kubeconfig KUBECONFIG names now
+    (default ``~/.kube/config``) — the one Kubernetes client factory.
+
+    Outside a pod the client gets a configuration of its own: the kubernetes package reads KUBECONFIG
+    only once, when it is first imported, and its global configuration would ignore a later value.
+    """
+    from kubernetes import client, config  # the client library is large; only launching a job needs it
 
     try:
         config.load_incluster_config()
+        return client.CustomObjectsApi(), client.CoreV1Api()
     except config.ConfigException:
-        try:
-            config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))  # read now, not at import
-        except (config.ConfigException, FileNotFoundError, TypeError) as e:
-            raise ClusterTrainingError(
-                "no Kubernetes credentials: run inside a pod with a ServiceAccount allowed to create "
-                "trainjobs/pytorchjobs, or point KUBECONFIG at a cluster") from e
-    return client.CustomObjectsApi(), client.CoreV1Api()
+        pass
+    kubeconfig = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
+    try:
+        api_client = config.new_client_from_config(config_file=kubeconfig, persist_config=False)
+    except (config.ConfigException, FileNotFoundError, TypeError) as e:
+        raise ClusterTrainingError(
+            f"no Kubernetes credentials ({kubeconfig}: {e}): run inside a pod with a ServiceAccount allowed to "
+            "create trainjobs/pytorchjobs, or point KUBECONFIG at a cluster") from e
+    return client.CustomObjectsApi(api_client), client.CoreV1Api(api_client)
 
 
 def _delete(api: Any, spec: ClusterTrainSpec) -> None:
@@ -488,22 +494,3 @@ def launch_and_watch(spec: ClusterTrainSpec, api: Any = None, poll_s: float = 5,
     if not spec.keep_on_finish:
         _delete(api, spec)
     return {"name": spec.name, "engine": spec.engine, "phase": phase, "seconds": seconds}
-
-
-def torchrun_command(nproc: int, nnodes: int = 1, node_rank: int = 0, rdzv_endpoint: Optional[str] = None,
-                     args: Optional[list[str]] = None, module: str = "ganforge.cli",
-                     python: str = sys.executable, rdzv_id: str = "ganforge") -> list[str]:
-    """``python -m torch.distributed.run ... -m ganforge.cli ARGS`` for this machine.
-
-    One node: c10d rendezvous on 127.0.0.1 port 0 (a free port, so parallel runs do not collide).
-    Several nodes: ``rdzv_endpoint`` (``host:port`` of node 0) is required and the same on all nodes.
-    """
-    _require(nproc >= 1 and nnodes >= 1, f"nproc={nproc} and nnodes={nnodes} must be >= 1")
-    _require(0 <= node_rank < nnodes, f"node_rank={node_rank} must be in [0, nnodes={nnodes})")
-    if rdzv_endpoint is None:
-        _require(nnodes == 1, "several nodes need rdzv_endpoint='HOST:PORT' of node 0, the same on every node")
-        rdzv_endpoint = "127.0.0.1:0"
-    _require(bool(re.match(r"^[^\s:]+:\d+$", rdzv_endpoint)), f"rdzv_endpoint={rdzv_endpoint!r} must be HOST:PORT")
-    return [python, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--nnodes", str(nnodes),
-            "--node-rank", str(node_rank), "--rdzv-backend", "c10d", "--rdzv-endpoint", rdzv_endpoint,
-            "--rdzv-id", rdzv_id, "-m", module, *(args or [])]

@@ -32,16 +32,18 @@ import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import torch.distributed as dist
 
 from .. import fileio
 from . import s3
 from ..config import PipelineConfig
+from .cluster_jobs import ClusterSpecError, kubernetes_apis, launch_and_watch, spec_from_config
 from .gpu_nodes import gpu_node_selector, gpu_tolerations
 from ..paths import cache_dir
-from ..train import CHECKPOINT_NAME, MetricsFn, TrainResult, init_distributed, read_checkpoint, train
+from ..checkpoint import CHECKPOINT_NAME, SAMPLES_DIR, read_checkpoint
+from ..train import MetricsFn, TrainResult, init_distributed, train
 
 ARTIFACT_ROOT_ENV = "GANFORGE_ARTIFACT_ROOT"
 S3_SECRET = "ganforge-s3"
@@ -175,8 +177,6 @@ def train_staged(cfg: PipelineConfig, data: str, out: str, *, resume: bool = Fal
 
 def cluster_artifact_root() -> str:
     """GANFORGE_ARTIFACT_ROOT, which must be an ``s3://`` URI: the job's pods share nothing else."""
-    from .cluster_jobs import ClusterSpecError
-
     root = os.environ.get(ARTIFACT_ROOT_ENV, "").rstrip("/")
     if not fileio.is_s3(root):
         raise ClusterSpecError(
@@ -189,8 +189,6 @@ def cluster_artifact_root() -> str:
 
 def training_image() -> str:
     """GANFORGE_IMAGE: the image the job's nodes run (ganforge installed, torchrun on PATH)."""
-    from .cluster_jobs import ClusterSpecError
-
     image = os.environ.get("GANFORGE_IMAGE", "")
     if not image:
         raise ClusterSpecError("GANFORGE_IMAGE is not set: the cluster training job needs the ganforge image "
@@ -210,8 +208,6 @@ def pod_namespace() -> str:
 
 def gpus_per_node(cfg: PipelineConfig) -> int:
     """GANFORGE_GPUS_PER_NODE, else ``train.nproc`` GPUs for the ``full`` profile and none (CPU) otherwise."""
-    from .cluster_jobs import ClusterSpecError
-
     raw = os.environ.get("GANFORGE_GPUS_PER_NODE", "")
     if not raw:
         return cfg.train.nproc if cfg.profile == "full" else 0
@@ -257,8 +253,6 @@ def job_secret_refs() -> dict[str, tuple[str, str]]:
 
 def job_poll_seconds() -> float:
     """GANFORGE_JOB_POLL_S: seconds between status reads of the job (default 10)."""
-    from .cluster_jobs import ClusterSpecError
-
     raw = os.environ.get("GANFORGE_JOB_POLL_S", "10")
     try:
         seconds = float(raw)
@@ -269,23 +263,6 @@ def job_poll_seconds() -> float:
     return seconds
 
 
-def cluster_apis() -> tuple[Any, Any]:
-    """(CustomObjectsApi, CoreV1Api): in a pod its ServiceAccount, else the kubeconfig KUBECONFIG names now.
-
-    ``distributed.kubernetes_apis`` covers the in-cluster and default cases; an explicit
-    KUBECONFIG is read here because the kubernetes package reads that variable only once, when
-    it is first imported, and would ignore a later value.
-    """
-    from kubernetes import client, config
-
-    from .cluster_jobs import kubernetes_apis
-
-    if os.environ.get("KUBERNETES_SERVICE_HOST") or not os.environ.get("KUBECONFIG"):
-        return kubernetes_apis()
-    api_client = config.new_client_from_config(config_file=os.environ["KUBECONFIG"], persist_config=False)
-    return client.CustomObjectsApi(api_client), client.CoreV1Api(api_client)
-
-
 def launch_cluster_training(cfg: PipelineConfig, data_dir: str, out_dir: str, run_id: str) -> dict:
     """Run ``cfg``'s training as a TrainJob/PyTorchJob, then download its run directory into ``out_dir``.
 
@@ -294,8 +271,6 @@ def launch_cluster_training(cfg: PipelineConfig, data_dir: str, out_dir: str, ru
     Returns step, epoch, seconds (the job's wall time, pod start-up included), img_per_s over
     that time, samples and the job's name/engine/phase.
     """
-    from .cluster_jobs import launch_and_watch, spec_from_config
-
     run_prefix = fileio.join(cluster_artifact_root(), "runs", run_id or "no-run")
     image = training_image()
     data_uri = training_data_uri(data_dir, run_prefix, cfg.data.split)
@@ -314,12 +289,12 @@ def launch_cluster_training(cfg: PipelineConfig, data_dir: str, out_dir: str, ru
     print(f"launching {spec.engine} {spec.namespace}/{spec.name}: {spec.nnodes} node(s) x {spec.nproc_per_node} "
           f"rank(s), data {data_uri}, out {out_uri}", file=sys.stderr, flush=True)
     poll_s = job_poll_seconds()
-    api, core_api = cluster_apis()
+    api, core_api = kubernetes_apis()
     job = launch_and_watch(spec, api, poll_s=poll_s, core_api=core_api,
                            on_phase=lambda phase: print(f"{spec.name}: {phase}", file=sys.stderr, flush=True))
     s3.download_prefix(out_uri, out_dir)
     ckpt = read_checkpoint(Path(out_dir) / CHECKPOINT_NAME)
     step, seconds = int(ckpt["step"]), float(job["seconds"])
-    return {"step": step, "epoch": int(ckpt["epoch"]) + 1, "seconds": seconds,
+    return {"step": step, "epoch": int(ckpt["epoch"]), "seconds": seconds,
             "img_per_s": step * cfg.train.batch_size * cfg.train.n_critic / seconds if seconds > 0 else 0.0,
-            "samples": [str(p) for p in sorted((Path(out_dir) / "samples").glob("*.png"))], "job": job}
+            "samples": [str(p) for p in sorted((Path(out_dir) / SAMPLES_DIR).glob("*.png"))], "job": job}

@@ -14,7 +14,9 @@ import os
 from pathlib import Path
 from typing import Callable, Optional
 
-from .. import fileio
+from .. import fileio, threads
+from ..checkpoint import CHECKPOINT_NAME, CONFIG_NAME, SAMPLES_DIR, load_generator, read_checkpoint
+from ..launch import torchrun_command
 from ..config import PipelineConfig, build_config, overrides_from_json, parse_overrides
 
 
@@ -130,6 +132,7 @@ def train_step(config_json: str, data_dir: str, out_dir: str, run_id: str = "", 
     """
     cfg = PipelineConfig.from_json(config_json)
     world = cfg.train.nproc * cfg.train.nnodes
+    threads.configure()  # the thread policy, decided once at the task's entry (torchrun ranks: their share)
     if cfg.train.launcher != "local":
         from .cluster_train import launch_cluster_training
 
@@ -150,13 +153,13 @@ def train_step(config_json: str, data_dir: str, out_dir: str, run_id: str = "", 
             callback.flush()
         result = {"step": r.step, "epoch": r.epoch, "seconds": r.seconds, "img_per_s": r.img_per_s,
                   "samples": [str(p) for p in r.samples]}
-    samples = sorted((Path(out_dir) / "samples").glob("*.png"))
+    samples = sorted((Path(out_dir) / SAMPLES_DIR).glob("*.png"))
     result["mirror_uri"] = mirror(out_dir, run_id, "model")
     if run_id:
         from . import tracking
 
-        tracking.log_artifacts(run_id, str(Path(out_dir) / "samples"), "samples")
-        tracking.log_artifact(run_id, str(Path(out_dir) / "config.json"), "config")
+        tracking.log_artifacts(run_id, str(Path(out_dir) / SAMPLES_DIR), "samples")
+        tracking.log_artifact(run_id, str(Path(out_dir) / CONFIG_NAME), "config")
     if samples_path and samples:
         from .s3 import upload_file
 
@@ -167,10 +170,9 @@ def train_step(config_json: str, data_dir: str, out_dir: str, run_id: str = "", 
 def _train_with_torchrun(cfg: PipelineConfig, data_dir: str, out_dir: str, run_id: str) -> dict:
     """N ranks on this node through torchrun; rank 0 logs to MLflow through the CLI's environment."""
     import subprocess
-    import sys
     import tempfile
 
-    from ..train import TrainingError, read_checkpoint
+    from ..train import TrainingError
 
     if cfg.train.nnodes > 1:
         raise TrainingError(f"train.nnodes={cfg.train.nnodes} needs a cluster launcher: set train.launcher to "
@@ -178,22 +180,18 @@ def _train_with_torchrun(cfg: PipelineConfig, data_dir: str, out_dir: str, run_i
     with tempfile.TemporaryDirectory() as tmp:
         config_path = Path(tmp) / "config.json"
         config_path.write_text(cfg.to_json())
-        env = dict(os.environ, GANFORGE_MLFLOW_RUN_ID=run_id)
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={cfg.train.nproc}",
-               "-m", "ganforge.cli", "train", "--config-json", str(config_path), "--data", data_dir, "--out", out_dir,
-               "--resume"]
+        env = dict(threads.env_for_ranks(cfg.train.nproc), GANFORGE_MLFLOW_RUN_ID=run_id)
+        cmd = torchrun_command(cfg.train.nproc, ["train", "--config-json", str(config_path), "--data", data_dir,
+                                                 "--out", out_dir, "--resume"])
         subprocess.run(cmd, check=True, env=env)
-    ckpt = read_checkpoint(Path(out_dir) / "checkpoint.pt")
-    return {"step": int(ckpt["step"]), "epoch": int(ckpt["epoch"]) + 1}
+    ckpt = read_checkpoint(Path(out_dir) / CHECKPOINT_NAME)
+    return {"step": int(ckpt["step"]), "epoch": int(ckpt["epoch"])}
 
 
 @tracked("evaluate")
 def evaluate_step(config_json: str, checkpoint_dir: str, reference_dir: str, run_id: str = "",
-                  metrics_path: str = "", train_dir: str = "") -> dict:
+                  metrics_path: str = "") -> dict:
     """FID/KID of the final EMA generator, and the FID curve over the run's snapshots when it kept any.
-
-    Class-conditional presets also get per-class FID and, from ``train_dir`` (the training split),
-    the class accuracy of their samples with its ceiling (``ganforge.class_metrics``).
 
     The curve (``eval.curve_samples`` per point, same real reference) goes to MLflow as metric
     histories ``fid_nN``/``kid_nN`` at each snapshot's step and as ``fid_curve/fid_curve.{csv,png}``.
@@ -202,10 +200,10 @@ def evaluate_step(config_json: str, checkpoint_dir: str, reference_dir: str, run
 
     from ..evaluate import evaluate_run
 
+    threads.configure()  # the thread policy: free cores for the Inception, workers capped at them
     cfg = PipelineConfig.from_json(config_json)
     with tempfile.TemporaryDirectory(prefix="ganforge-eval-") as tmp:
-        metrics, rows = evaluate_run(checkpoint_dir, reference_dir, tmp, n=cfg.eval.n_samples,
-                                     train_dir=train_dir or None)
+        metrics, rows = evaluate_run(checkpoint_dir, reference_dir, tmp, n=cfg.eval.n_samples)
         if metrics_path:
             from .s3 import upload_file
 
@@ -260,7 +258,6 @@ def register_step(config_json: str, checkpoint_dir: str, metrics_json: str, run_
     """Log the EMA generator as an MLflow model, register it, apply the FID promotion rule and end
     the pipeline's MLflow run FINISHED."""
     from . import registry, tracking
-    from ..train import load_generator
 
     cfg = PipelineConfig.from_json(config_json)
     metrics = json.loads(metrics_json)
@@ -268,14 +265,8 @@ def register_step(config_json: str, checkpoint_dir: str, metrics_json: str, run_
     if "dataset_sha256" in metrics:
         metrics["reference_dataset_sha256"] = metrics.pop("dataset_sha256")
     tracking.configure()
-    G, _ = load_generator(Path(checkpoint_dir) / "checkpoint.pt")
-    class_names = None
-    if cfg.model.num_classes:
-        from ..train import read_class_names
-
-        class_names = read_class_names(checkpoint_dir, cfg)
-    version = registry.register_generator(run_id, G, cfg, metrics, tags={"kfp_run_id": kfp_run},
-                                          class_names=class_names)
+    G, _ = load_generator(Path(checkpoint_dir) / CHECKPOINT_NAME)
+    version = registry.register_generator(run_id, G, cfg, metrics, tags={"kfp_run_id": kfp_run})
     decision = registry.promote(cfg.model_name, version, margin=cfg.registry.promotion_margin)
     if plot_path:
         tracking.log_curves(run_id, plot_path)
