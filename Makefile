@@ -101,7 +101,8 @@ QUALITY_RUN ?= $(GANFORGE_HOME)/quality/$(PIPELINE)-$(QUALITY_PROFILE)
 quality: quality-data ## FID-10k vs the test split + FID curve, resumable: make quality PIPELINE=sngan [PROFILE=quality] [CURVE=0]
 	$(BIN)/ganforge train --preset $(PIPELINE) --profile $(QUALITY_PROFILE) --data $(QUALITY_DATA)/train \
 	  --out $(QUALITY_RUN) --resume --mlflow
-	$(BIN)/ganforge evaluate --run $(QUALITY_RUN) --data $(QUALITY_DATA)/test --n 10000 $(if $(filter 0,$(CURVE)),--no-curve)
+	$(BIN)/ganforge evaluate --run $(QUALITY_RUN) --data $(QUALITY_DATA)/test --n 10000 $(if $(filter 0,$(CURVE)),--no-curve) \
+	  --train-data $(QUALITY_DATA)/train
 
 quality-data: setup
 	@for split in train test; do [ -f $(QUALITY_DATA)/$$split/manifest.json ] || \

@@ -12,7 +12,7 @@ from typing import Callable, Optional
 
 from kfp import dsl
 
-from components import end_run, evaluate, prep_data, register, start_run, train
+from components import end_run, evaluate, evaluate_classes, prep_data, register, start_run, train
 from ganforge.config import PRESETS, build_config
 
 from .kube import ClusterSettings, apply_cluster_settings
@@ -45,8 +45,13 @@ def build_pipeline(name: str, profile: str = "local", cluster: Optional[ClusterS
                 reference = prep_data(config_json=config_json, split=cfg.data.reference_split, run_id=run_id)
                 reference.set_display_name(f"prep-{cfg.data.reference_split}")
             trained = train(config_json=config_json, run_id=run_id, dataset=prep_train.outputs["dataset"])
-            evaluated = evaluate(config_json=config_json, run_id=run_id, model=trained.outputs["model"],
-                                 reference=reference.outputs["dataset"])
+            if cfg.model.num_classes:  # class-conditional: its class accuracy needs the training split too
+                evaluated = evaluate_classes(config_json=config_json, run_id=run_id, model=trained.outputs["model"],
+                                             reference=reference.outputs["dataset"],
+                                             dataset=prep_train.outputs["dataset"]).set_display_name("evaluate")
+            else:
+                evaluated = evaluate(config_json=config_json, run_id=run_id, model=trained.outputs["model"],
+                                     reference=reference.outputs["dataset"])
             registered = register(config_json=config_json, run_id=run_id, metrics_json=evaluated.outputs["Output"],
                                   kfp_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, model=trained.outputs["model"])
         apply_cluster_settings({"start_run": run, "prep_train": prep_train, "prep_reference": reference,

@@ -204,14 +204,15 @@ def cmd_evaluate(args) -> int:
         from .evaluate import evaluate_checkpoint
 
         metrics = evaluate_checkpoint(args.checkpoint, args.data, n=args.n, out=args.out, n_real=args.n_real,
-                                      ema=not args.raw_generator)
+                                      ema=not args.raw_generator, train_dir=args.train_data)
         print(json.dumps(metrics, indent=2, default=str))
         return 0
     from .curve import print_point
     from .evaluate import evaluate_run
 
     run = Path(args.run)
-    metrics, rows = evaluate_run(run, args.data, args.out or run, n=args.n, curve=args.curve)
+    metrics, rows = evaluate_run(run, args.data, args.out or run, n=args.n, curve=args.curve,
+                                 train_dir=args.train_data)
     for row in rows:
         print_point(row)
     if run_id := _recorded_mlflow_run(run):  # trained with --mlflow: the scores and the curve join its MLflow run
@@ -258,7 +259,8 @@ def cmd_promote(args) -> int:
 def cmd_generate(args) -> int:
     from .generate import generate_to_dir
 
-    written = generate_to_dir(args.model, args.out, n=args.n, seed=args.seed, interpolate=args.interpolate)
+    written = generate_to_dir(args.model, args.out, n=args.n, seed=args.seed, interpolate=args.interpolate,
+                              class_=args.class_, per_class=args.per_class)
     print(json.dumps({k: str(v) for k, v in written.items()}, indent=2))
     return 0
 
@@ -293,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", help="a training run directory: score checkpoint.pt, add the FID curve over "
                                  "snapshots/, log both to the run's MLflow run if it was trained with --mlflow")
     p.add_argument("--data", required=True, help="reference dataset directory")
+    p.add_argument("--train-data", help="class-conditional models: the training split, for the class accuracy of "
+                   "the samples (a classifier trained on it once, cached)")
     p.add_argument("--n", type=int, help="samples (default: the config's eval.n_samples)")
     p.add_argument("--out", help="--checkpoint: write metrics.json here; --run: directory for metrics.json and "
                                  "fid_curve.{csv,png} (default: the run directory)")
@@ -336,6 +340,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--interpolate", type=int, default=0, metavar="K", help="also write K-step latent interpolations")
+    p.add_argument("--class", dest="class_", metavar="CLASS",
+                   help="class-conditional models: draw this class (a name such as sneaker, or an id)")
+    p.add_argument("--per-class", action="store_true",
+                   help="class-conditional models: -n samples of every class, one grid row per class")
     p.set_defaults(func=cmd_generate)
     return parser
 

@@ -39,20 +39,32 @@ def eval_latents(n: int, nz: int, seed: int = EVAL_SEED) -> torch.Tensor:
     return torch.cat(blocks)[:n] if blocks else torch.empty(0, nz)
 
 
+def eval_labels(n: int, cfg: PipelineConfig) -> Optional[torch.Tensor]:
+    """Class-conditional generators: the evaluation's class-balanced labels (i % K); None otherwise."""
+    if not cfg.model.num_classes:
+        return None
+    from .labels import balanced_labels
+
+    return torch.from_numpy(balanced_labels(n, cfg.model.num_classes))
+
+
 def sample_for_eval(G: torch.nn.Module, cfg: PipelineConfig, n: int, seed: int = EVAL_SEED) -> torch.Tensor:
-    return generate(G, eval_latents(n, cfg.model.nz, seed), batch_size=cfg.eval.batch_size * 4)
+    return generate(G, eval_latents(n, cfg.model.nz, seed), batch_size=cfg.eval.batch_size * 4,
+                    labels=eval_labels(n, cfg))
 
 
 def evaluate_checkpoint(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, n: Optional[int] = None,
                         cache: Optional[str | os.PathLike] = None, out: Optional[str | os.PathLike] = None,
                         prefix_n: Optional[int] = None, ckpt: Optional[dict] = None, n_real: Optional[int] = None,
-                        ema: bool = True) -> dict:
+                        ema: bool = True, train_dir: Optional[str | os.PathLike] = None) -> dict:
     """FID/KID (images) or the SC09 classifier scores (audio) of a checkpoint's generator; metrics.json if out.
 
     ``n`` generated samples against ``n_real`` real ones (images; default n, else the config's).
     ``prefix_n`` (images): also score the first prefix_n samples alone, as ``metrics["prefix"]``.
     ``ckpt``: the checkpoint's contents when the caller has read them already. ``ema=False``
     scores the raw generator instead (a full training checkpoint has both; a snapshot only the EMA).
+    Class-conditional generators are sampled class-balanced and also get per-class FID and, with
+    ``train_dir`` (the labelled training split), class accuracy (``ganforge.class_metrics``).
     """
     if ckpt is None:
         ckpt = read_checkpoint(checkpoint)
@@ -73,7 +85,13 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data_dir: str | os.PathLi
     else:
         from .metrics import evaluate_images, fake_to_uint8
 
-        metrics = evaluate_images(fake_to_uint8(fake), data_dir, cfg.eval, cache, prefix_n=prefix_n)
+        fake_u8, features = fake_to_uint8(fake), {}
+        metrics = evaluate_images(fake_u8, data_dir, cfg.eval, cache, prefix_n=prefix_n, features_out=features)
+        if cfg.model.num_classes:
+            from .class_metrics import class_scores
+
+            metrics.update(class_scores(fake_u8, eval_labels(n_fake, cfg).numpy(), features["fake"], features["real"],
+                                        data_dir, cfg.model.num_classes, cache, train_dir=train_dir))
     metrics = {"pipeline": cfg.name, "profile": cfg.profile, "checkpoint": str(checkpoint),
                "generator": "ema" if ema else "raw", **metrics}
     if out:
@@ -83,7 +101,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data_dir: str | os.PathLi
 
 def evaluate_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
                  n: Optional[int] = None, cache: Optional[str | os.PathLike] = None,
-                 curve: bool = True) -> tuple[dict, list[dict]]:
+                 curve: bool = True, train_dir: Optional[str | os.PathLike] = None) -> tuple[dict, list[dict]]:
     """The final evaluation of a training run, plus its FID curve when the run kept snapshots.
 
     Writes ``metrics.json`` and, with snapshots, ``fid_curve.csv`` and ``fid_curve.png`` to
@@ -103,7 +121,8 @@ def evaluate_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike, out_di
     snapshots = list_snapshots(run_dir) if cfg.data.kind == "image" else []
     curve_n = cfg.eval.curve_samples
     metrics = evaluate_checkpoint(ckpt_path, data_dir, n=n, cache=cache,
-                                  prefix_n=curve_n if snapshots and curve_n < n else None, ckpt=ckpt)
+                                  prefix_n=curve_n if snapshots and curve_n < n else None, ckpt=ckpt,
+                                  train_dir=train_dir)
     prefix = metrics.pop("prefix", None)
     metrics["step"] = int(ckpt["step"])
     rows: list[dict] = []

@@ -44,6 +44,8 @@ class LoadedModel:
     generator: nn.Module
     cfg: PipelineConfig
     provenance: dict
+    class_names: Optional[list[str]] = None
+    """Class-conditional models: the class names in label order (ids as text when the data named none)."""
 
 
 def parse_registry_uri(uri: str) -> tuple[str, Optional[str], Optional[int]]:
@@ -68,7 +70,13 @@ def load_registered(uri: str, device: str = "cpu") -> LoadedModel:
     # Verified against the sha256 recorded at registration, then loaded with pickle refused.
     generator = registry.load_version(version, device=device)
     provenance = {"model": uri, "name": version.name, "version": int(version.version), "run_id": version.run_id}
-    return LoadedModel(generator, cfg, provenance)
+    class_names = None
+    if cfg.model.num_classes:
+        from .labels import class_names_or_ids
+
+        class_names = class_names_or_ids(json.loads(version.tags.get(registry.CLASS_NAMES_TAG) or "null"),
+                                         cfg.model.num_classes)
+    return LoadedModel(generator, cfg, provenance, class_names)
 
 
 def checkpoint_file(model: str) -> Path:
@@ -88,7 +96,14 @@ def load_model(model: str, device: str = "cpu") -> LoadedModel:
         return load_registered(model, device)
     path = checkpoint_file(model)
     generator, cfg = load_generator(path, device=device)
-    return LoadedModel(generator, cfg, {"model": model, "name": None, "version": None, "run_id": None})
+    class_names = None
+    if cfg.model.num_classes:
+        from .train import read_class_names
+
+        # classes.json sits beside checkpoint.pt (a snapshot is one folder deeper, in snapshots/)
+        run_dir = path.parent.parent if path.parent.name == "snapshots" else path.parent
+        class_names = read_class_names(run_dir, cfg)
+    return LoadedModel(generator, cfg, {"model": model, "name": None, "version": None, "run_id": None}, class_names)
 
 
 def seeded_latents(count: int, nz: int, seed: int) -> torch.Tensor:
@@ -160,11 +175,12 @@ def grid_columns(n: int) -> int:
 
 
 def write_image_outputs(samples: torch.Tensor, interpolation: Optional[torch.Tensor], steps: int,
-                        out: Path) -> dict[str, Path]:
-    """grid.png, images/NNNNN.png and (with interpolations) interpolation.png under ``out``."""
+                        out: Path, ncol: Optional[int] = None) -> dict[str, Path]:
+    """grid.png (``ncol`` per row, default near-square), images/NNNNN.png and (with interpolations)
+    interpolation.png under ``out``."""
     images = to_uint8_images(samples)
     written = {"grid": out / "grid.png", "images": out / "images"}
-    written["grid"].write_bytes(png_bytes(tile_grid(images, grid_columns(len(images)))))
+    written["grid"].write_bytes(png_bytes(tile_grid(images, ncol or grid_columns(len(images)))))
     written["images"].mkdir()
     for i, image in enumerate(images):
         (written["images"] / f"{i:05d}.png").write_bytes(png_bytes(image))
@@ -223,29 +239,57 @@ def relative_files(root: Path) -> list[str]:
     return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
 
 
-def generation_manifest(loaded: LoadedModel, seed: int, n: int, interpolate: int, rows: int, files: list[str]) -> dict:
+def generation_manifest(loaded: LoadedModel, seed: int, n: int, interpolate: int, rows: int, files: list[str],
+                        classes: Optional[dict] = None) -> dict:
     cfg = loaded.cfg
     manifest = {**loaded.provenance, "pipeline": cfg.name, "profile": cfg.profile, "config_hash": cfg.config_hash(),
                 "seed": seed, "n": n, "interpolate": interpolate, "interpolation_rows": rows if interpolate else 0,
-                "nz": cfg.model.nz, "kind": cfg.data.kind}
+                "nz": cfg.model.nz, "kind": cfg.data.kind, **(classes or {})}
     if cfg.data.kind == "audio":
         manifest["sample_rate"] = cfg.data.sample_rate
     manifest["files"] = files
     return manifest
 
 
-def sample(generator: nn.Module, z: torch.Tensor, batch_size: int, cfg: PipelineConfig) -> torch.Tensor:
-    """G(z) in batches; a failure names the latent shape the config promised, the usual culprit."""
+def sample(generator: nn.Module, z: torch.Tensor, batch_size: int, cfg: PipelineConfig,
+           labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """G(z) (class-conditional: G(z, labels)) in batches; a failure names the latent shape the config
+    promised, the usual culprit."""
     try:
-        return generate(generator, z, batch_size=batch_size)
+        return generate(generator, z, batch_size=batch_size, labels=labels)
     except RuntimeError as e:
         raise GenerationError(f"the generator failed on latents of shape (B, {cfg.model.nz}) taken from its config "
                               f"({e}); if that is a shape mismatch, the model and its config.json disagree — "
                               "re-register or retrain it; if it is out of memory, lower batch_size") from e
 
 
+def class_plan(loaded: LoadedModel, choice: Optional[str], per_class: bool) -> tuple[Optional[int], dict]:
+    """The class a request asks for (``--class`` as a name or id) and the manifest's class entries.
+
+    An unconditional model refuses ``--class``/``--per-class``; an unknown class lists the choices."""
+    cfg = loaded.cfg
+    if not cfg.model.num_classes:
+        if choice is not None or per_class:
+            raise GenerationError(f"{loaded.provenance['model']} is unconditional ({cfg.name}); --class and "
+                                  "--per-class need a class-conditional model such as models:/cdcgan@champion")
+        return None, {}
+    if choice is not None and per_class:
+        raise GenerationError("--class and --per-class exclude each other: one class, or a row for every class")
+    from .labels import LabelError, class_id
+
+    names = loaded.class_names or [str(i) for i in range(cfg.model.num_classes)]
+    try:
+        chosen = None if choice is None else class_id(choice, names, cfg.model.num_classes)
+    except LabelError as e:
+        raise GenerationError(str(e)) from None
+    entries = {"class_names": names, "per_class": per_class,
+               "class": None if chosen is None else names[chosen], "class_id": chosen}
+    return chosen, entries
+
+
 def generate_to_dir(model: str, out_dir: str | os.PathLike, n: int = 64, seed: int = 0, interpolate: int = 0,
-                    batch_size: int = 256, device: str = "cpu") -> dict[str, Path]:
+                    batch_size: int = 256, device: str = "cpu", class_: Optional[str] = None,
+                    per_class: bool = False) -> dict[str, Path]:
     """Write ``n`` samples (and ``interpolate``-step slerp rows) from ``model`` into ``out_dir``.
 
     ``model`` is ``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` (tracking URI from
@@ -255,26 +299,44 @@ def generate_to_dir(model: str, out_dir: str | os.PathLike, n: int = 64, seed: i
     The samples' latents are the first ``n`` draws of a generator seeded with ``seed``; the
     interpolation endpoints are the first 2·rows draws, so row r runs from sample 2r to 2r+1.
     An existing ``out_dir`` is replaced only when everything was written. Returns name → path.
+
+    Class-conditional models: ``class_`` (a name such as ``sneaker`` or an id) draws every sample and
+    interpolation of that class; ``per_class`` draws the same ``n`` latents for every class, one grid
+    row per class (images/ row-major: class k, sample i is number k·n + i); with neither, sample i
+    is of class i % K. An interpolation row stays within one class (the chosen one, else row r's
+    class is r % K), so only the latent moves.
     """
     check_request(n, interpolate, batch_size)
     out_dir = Path(out_dir)
     check_out_dir(out_dir, model)
     loaded = load_model(model, device)
     cfg = loaded.cfg
+    chosen, class_entries = class_plan(loaded, class_, per_class)
     rows = interpolation_rows(n)
     latents = seeded_latents(max(n, 2 * rows), cfg.model.nz, seed)
-    samples = sample(loaded.generator, latents[:n], batch_size, cfg)
+    z, labels, ncol = latents[:n], None, None
+    if cfg.model.num_classes:
+        k = cfg.model.num_classes
+        if per_class:
+            z, labels, ncol = z.repeat(k, 1), torch.arange(k).repeat_interleave(n), n
+        else:
+            labels = torch.full((n,), chosen) if chosen is not None else torch.arange(n) % k
+    samples = sample(loaded.generator, z, batch_size, cfg, labels)
     interpolation = None
     if interpolate:
         path_latents = interpolation_latents(latents[:2 * rows], interpolate)
-        interpolation = sample(loaded.generator, path_latents, batch_size, cfg)
+        path_labels = None
+        if cfg.model.num_classes:
+            row_class = torch.full((rows,), chosen) if chosen is not None else torch.arange(rows) % cfg.model.num_classes
+            path_labels = row_class.repeat_interleave(interpolate)
+        interpolation = sample(loaded.generator, path_latents, batch_size, cfg, path_labels)
     with atomic_dir(out_dir) as tmp:
         # Files go straight into the temporary directory: its rename into place is the atomic step.
         if cfg.data.kind == "audio":
             written = write_audio_outputs(samples, interpolation, interpolate, tmp, cfg.data.sample_rate)
         else:
-            written = write_image_outputs(samples, interpolation, interpolate, tmp)
-        manifest = generation_manifest(loaded, seed, n, interpolate, rows, relative_files(tmp))
+            written = write_image_outputs(samples, interpolation, interpolate, tmp, ncol=ncol)
+        manifest = generation_manifest(loaded, seed, n, interpolate, rows, relative_files(tmp), class_entries)
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
     written["manifest"] = tmp / MANIFEST_NAME
     return {name: out_dir / path.relative_to(tmp) for name, path in written.items()}

@@ -431,7 +431,7 @@ def check_same_image_shape(fake: np.ndarray, real_shape: tuple, dataset_dir: str
 
 def evaluate_images(fake: np.ndarray, real_dataset_dir: str | os.PathLike, eval_cfg: EvalConfig,
                     cache_dir: str | os.PathLike, choice: Optional[InceptionChoice] = None,
-                    prefix_n: Optional[int] = None) -> dict:
+                    prefix_n: Optional[int] = None, features_out: Optional[dict] = None) -> dict:
     """FID and KID of generated uint8 images against ``eval_cfg.n_samples`` real images of a prepared dataset.
 
     Real features are cached (see ``real_features``). When the dataset holds fewer real images
@@ -451,6 +451,8 @@ def evaluate_images(fake: np.ndarray, real_dataset_dir: str | os.PathLike, eval_
     fake_started = time.perf_counter()
     fake_features = images_to_features(fake, eval_cfg.batch_size, choice)
     fake_seconds = time.perf_counter() - fake_started
+    if features_out is not None:  # for scores computed from the same features (per-class FID)
+        features_out.update(fake=fake_features, real=real)
     fid = features_to_fid(fake_features, real)
     kid_mean, kid_std = features_to_kid(fake_features, real, eval_cfg.kid_subset_size, eval_cfg.kid_subsets)
     extra = {}

@@ -70,6 +70,8 @@ ARTIFACT_SHA256_TAG = "ganforge.artifact_sha256"
 """Version tag: ``artifact_digest`` of the model's files, written when the version is created."""
 MARGIN_TAG = "ganforge.promotion_margin"
 """Version tag: the FID margin this version must beat the champion by (its own run's setting)."""
+CLASS_NAMES_TAG = "ganforge.class_names"
+"""Class-conditional versions: their class names (JSON list, label order), for ``generate --class``."""
 CLIENT_WRITTEN_FILES = frozenset({"registered_model_meta"})
 """Files MLflow's downloader writes into a model directory itself (name/version of the download)."""
 
@@ -93,11 +95,26 @@ def latent_example(nz: int, batch: int = 2, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((batch, nz)).astype(np.float32)
 
 
-def generator_output(generator: torch.nn.Module, z: np.ndarray) -> np.ndarray:
-    """Run the (CPU, eval-mode) generator on z; a clear error if it does not take (B, nz)."""
+def label_example(num_classes: int, batch: int = 2) -> np.ndarray:
+    """Class-conditional generators: the labels logged with the latent example, int64 (batch,)."""
+    return (np.arange(batch) % num_classes).astype(np.int64)
+
+
+def conditional_signature(z: np.ndarray, labels: np.ndarray, out: np.ndarray):
+    """The signature of a class-conditional program: inputs ``z`` (B, nz) float32 and ``labels`` (B,) int64."""
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    inputs = Schema([TensorSpec(np.dtype(np.float32), (-1, z.shape[1]), "z"),
+                     TensorSpec(np.dtype(np.int64), (-1,), "labels")])
+    return ModelSignature(inputs=inputs, outputs=infer_signature(z, out).outputs)
+
+
+def generator_output(generator: torch.nn.Module, z: np.ndarray, labels: Optional[np.ndarray] = None) -> np.ndarray:
+    """Run the (CPU, eval-mode) generator on z (and labels); a clear error if it does not take (B, nz)."""
     try:
         with torch.no_grad():
-            out = generator(torch.from_numpy(z))
+            out = generator(torch.from_numpy(z), *(() if labels is None else (torch.from_numpy(labels),)))
     except Exception as e:  # any shape/type failure inside the user's module
         raise RegistryError(f"the generator does not accept a latent batch of shape {z.shape} "
                             f"(cfg.model.nz={z.shape[1]}): {e}") from e
@@ -154,7 +171,7 @@ def version_tags(cfg: PipelineConfig, metrics: Mapping[str, object], tags: Mappi
 
 
 def register_generator(run_id: str, generator: torch.nn.Module, cfg: PipelineConfig,
-                       metrics: dict, tags: dict) -> int:
+                       metrics: dict, tags: dict, class_names: Optional[list[str]] = None) -> int:
     """Log the generator into the pipeline run and register it as a new version of
     ``cfg.model_name``; tag the version with its metrics and provenance. Returns the version.
 
@@ -167,18 +184,29 @@ def register_generator(run_id: str, generator: torch.nn.Module, cfg: PipelineCon
     LoggedModel (sortable: ``search_logged_models(order_by=metrics.fid)``). The version is
     created with all its tags at once, among them ``ganforge.artifact_sha256`` (the digest of
     the stored files) and ``ganforge.promotion_margin``.
+
+    A class-conditional generator (``cfg.model.num_classes``) is exported as a program of
+    ``(z, labels)``; ``class_names`` go into the MLflow model's metadata (``class_names``, label
+    order) and the version's ``ganforge.class_names`` tag, so a server maps names without ganforge.
     """
     c = tracking.client()
     scores = numeric_metrics(metrics)
     cpu_generator = copy.deepcopy(generator).cpu().eval()
     z = latent_example(cfg.model.nz)
-    signature = infer_signature(z, generator_output(cpu_generator, z))
+    if cfg.model.num_classes:
+        labels = label_example(cfg.model.num_classes)
+        example, metadata = (z, labels), {"class_names": list(class_names or []),
+                                          "num_classes": cfg.model.num_classes}
+        signature = conditional_signature(z, labels, generator_output(cpu_generator, z, labels))
+    else:
+        example, metadata = z, None
+        signature = infer_signature(z, generator_output(cpu_generator, z))
     # log_model puts its LoggedModel in the active experiment (else "Default", ./mlruns): use the run's.
     with tracking.run_experiment(run_id):
         try:
             info = mlflow.pytorch.log_model(
                 cpu_generator, name=GENERATOR_ARTIFACT, serialization_format=SERIALIZATION_FORMAT,
-                signature=signature, input_example=z, run_id=run_id,
+                signature=signature, input_example=example, run_id=run_id, metadata=metadata,
                 # Explicit requirements skip MLflow's slow inference (it re-loads the model in a subprocess).
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
             )
@@ -193,6 +221,8 @@ def register_generator(run_id: str, generator: torch.nn.Module, cfg: PipelineCon
     link_metrics(c, run_id, info.model_id, scores)
     version_tag_values = {**version_tags(cfg, metrics, tags, run.data.params),
                           ARTIFACT_SHA256_TAG: sha256, MARGIN_TAG: repr(float(cfg.registry.promotion_margin))}
+    if cfg.model.num_classes:
+        version_tag_values[CLASS_NAMES_TAG] = json.dumps(list(class_names or []))
     model_version = mlflow.register_model(info.model_uri, cfg.model_name, tags=version_tag_values)
     return int(model_version.version)
 
@@ -552,8 +582,8 @@ class ExportedGenerator(torch.nn.Module):
         self.graph = graph
         self.training = False
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.graph(z)
+    def forward(self, z: torch.Tensor, *labels: torch.Tensor) -> torch.Tensor:
+        return self.graph(z, *labels)  # a class-conditional program takes (z, labels)
 
     def train(self, mode: bool = True) -> "ExportedGenerator":
         if mode:

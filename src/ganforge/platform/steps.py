@@ -190,8 +190,11 @@ def _train_with_torchrun(cfg: PipelineConfig, data_dir: str, out_dir: str, run_i
 
 @tracked("evaluate")
 def evaluate_step(config_json: str, checkpoint_dir: str, reference_dir: str, run_id: str = "",
-                  metrics_path: str = "") -> dict:
+                  metrics_path: str = "", train_dir: str = "") -> dict:
     """FID/KID of the final EMA generator, and the FID curve over the run's snapshots when it kept any.
+
+    Class-conditional presets also get per-class FID and, from ``train_dir`` (the training split),
+    the class accuracy of their samples with its ceiling (``ganforge.class_metrics``).
 
     The curve (``eval.curve_samples`` per point, same real reference) goes to MLflow as metric
     histories ``fid_nN``/``kid_nN`` at each snapshot's step and as ``fid_curve/fid_curve.{csv,png}``.
@@ -203,7 +206,8 @@ def evaluate_step(config_json: str, checkpoint_dir: str, reference_dir: str, run
     threads.configure()  # the thread policy: free cores for the Inception, workers capped at them
     cfg = PipelineConfig.from_json(config_json)
     with tempfile.TemporaryDirectory(prefix="ganforge-eval-") as tmp:
-        metrics, rows = evaluate_run(checkpoint_dir, reference_dir, tmp, n=cfg.eval.n_samples)
+        metrics, rows = evaluate_run(checkpoint_dir, reference_dir, tmp, n=cfg.eval.n_samples,
+                                     train_dir=train_dir or None)
         if metrics_path:
             from .s3 import upload_file
 
@@ -266,7 +270,13 @@ def register_step(config_json: str, checkpoint_dir: str, metrics_json: str, run_
         metrics["reference_dataset_sha256"] = metrics.pop("dataset_sha256")
     tracking.configure()
     G, _ = load_generator(Path(checkpoint_dir) / CHECKPOINT_NAME)
-    version = registry.register_generator(run_id, G, cfg, metrics, tags={"kfp_run_id": kfp_run})
+    class_names = None
+    if cfg.model.num_classes:
+        from ..train import read_class_names
+
+        class_names = read_class_names(checkpoint_dir, cfg)
+    version = registry.register_generator(run_id, G, cfg, metrics, tags={"kfp_run_id": kfp_run},
+                                          class_names=class_names)
     decision = registry.promote(cfg.model_name, version, margin=cfg.registry.promotion_margin)
     if plot_path:
         tracking.log_curves(run_id, plot_path)
