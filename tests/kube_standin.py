@@ -339,7 +339,7 @@ class ExecutingKubeStandin(KubeStandin):
         for pod in self.jobs.pop(name, []):
             if pod.process is not None and pod.process.poll() is None:
                 os.killpg(pod.process.pid, signal.SIGKILL)
-                pod.process.wait()
+                pod.process.wait(timeout=60)
 
     def _deleted(self, name: str) -> None:
         self._stop(name)

@@ -160,7 +160,7 @@ def moto_s3_server(bucket: str = "ganforge-test", *, validate_credentials: bool 
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 process.kill()
-                process.wait()
+                process.wait(timeout=60)
             process.stdin.close()
             process.stdout.close()
 

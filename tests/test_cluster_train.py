@@ -188,7 +188,8 @@ def test_cli_on_s3_survives_sigkill_and_resumes_from_the_s3_checkpoint(s3, fashi
     base = tmp_path.name
     data_uri = storage.upload_dir(fashion_train, s3.uri(base, "data"))
     run = subprocess.run(_train_cmd(cfg_path, data_uri, s3.uri(base, "ref")),
-                         env=cli_env(GANFORGE_CACHE=str(tmp_path / "cache-ref")), capture_output=True, text=True)
+                         env=cli_env(GANFORGE_CACHE=str(tmp_path / "cache-ref")), capture_output=True, text=True,
+                         timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     assert json.loads(run.stdout.splitlines()[-1])["checkpoint"] == s3.uri(base, "ref", "checkpoint.pt")
 
@@ -209,14 +210,15 @@ def test_cli_on_s3_survives_sigkill_and_resumes_from_the_s3_checkpoint(s3, fashi
             and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    proc.wait(timeout=60)
     killed_at = _remote_checkpoint(s3, f"{base}/run", tmp_path, "killed")["step"]
     assert 0 < killed_at < 64, "the run finished before it was killed; the test proved nothing"
     assert not storage.exists(s3.uri(base, "run", storage.COMPLETE_MARKER))  # readers can tell it is unfinished
 
     # A replacement pod: a fresh local disk, S3 is all it has.
     resumed = subprocess.run(_train_cmd(cfg_path, data_uri, s3.uri(base, "run"), resume=True),
-                             env=cli_env(GANFORGE_CACHE=str(tmp_path / "cache-new")), capture_output=True, text=True)
+                             env=cli_env(GANFORGE_CACHE=str(tmp_path / "cache-new")), capture_output=True, text=True,
+                             timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resuming from {s3.uri(base, 'run', 'checkpoint.pt')} at step {killed_at}" in resumed.stderr
     assert "step 2/64" not in resumed.stderr  # it did not start over

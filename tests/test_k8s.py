@@ -10,14 +10,18 @@ from pathlib import Path
 
 import pytest
 
+from conftest import skip_or_fail_in_ci
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 import k8s_check  # noqa: E402
 
-pytestmark = pytest.mark.skipif(
-    not (shutil.which("kubectl") or shutil.which("kustomize")),
-    reason="needs kubectl (or kustomize) on PATH to render k8s/",
-)
+
+@pytest.fixture(autouse=True, scope="module")
+def _renderer_on_path() -> None:
+    if not (shutil.which("kubectl") or shutil.which("kustomize")):
+        skip_or_fail_in_ci("needs kubectl (or kustomize) on PATH to render k8s/")
+
 
 RUNNER_ROLE_RULES = {
     ("kubeflow.org", "pytorchjobs", None): {"create", "get", "list", "watch", "delete"},

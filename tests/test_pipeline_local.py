@@ -153,7 +153,7 @@ def test_champion_loads_in_a_fresh_process(local_run):
     code = ("import mlflow.pytorch, torch; m = mlflow.pytorch.load_model('models:/dcgan@champion'); "
             "print(tuple(m(torch.randn(5, 100)).shape))")
     out = subprocess.run([sys.executable, "-c", code], env=cli_env(MLFLOW_TRACKING_URI=summary["tracking_uri"]),
-                         capture_output=True, text=True, check=True)
+                         capture_output=True, text=True, check=True, timeout=300)
     assert out.stdout.strip().splitlines()[-1] == "(5, 1, 28, 28)"
 
 
@@ -161,10 +161,10 @@ def test_registry_show_and_manual_promote_cli(local_run):
     home, summary, _ = local_run
     env = cli_env(GANFORGE_HOME=str(home))
     shown = subprocess.run([sys.executable, "-m", "ganforge.cli", "registry", "show", "dcgan"], env=env,
-                           capture_output=True, text=True, check=True).stdout
+                           capture_output=True, text=True, check=True, timeout=300).stdout
     assert "champion" in shown and "1" in shown
     refused = subprocess.run([sys.executable, "-m", "ganforge.cli", "promote", "dcgan", "7"], env=env,
-                             capture_output=True, text=True)
+                             capture_output=True, text=True, timeout=300)
     assert refused.returncode != 0 and "7" in refused.stderr
 
 

@@ -169,32 +169,65 @@ def test_scores_are_metrics_of_the_logged_model(store):
     assert c.get_model_version(m.name, str(better)).tags["git_commit"] == commit
 
 
-def test_concurrent_promotions_end_on_the_best(store):
-    """Two runs finish at once, both beating the champion: whatever the interleaving, the
-    better one ends as champion. Repeated, from a reset champion each round."""
+@pytest.fixture
+def server_store(monkeypatch) -> str:
+    """A real `mlflow server`: no file lock exists there, so promotions meet only through the server."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", shared_mlflow_server())
+    uri = tracking.configure()
+    assert tracking.sqlite_path(mlflow.get_registry_uri()) is None  # promotion_lock is a no-op here
+    return uri
+
+
+@pytest.mark.slow  # a real `mlflow server` process (shared by the module)
+@pytest.mark.parametrize("paused", ["good", "better"])
+def test_two_promoters_interleaved_on_a_server_end_on_the_best(server_store, monkeypatch, paused):
+    """Two whole ``promote()`` calls against a real server, interleaved step by step, not by timing:
+    one promoter is held at its first champion write (it has announced and read the store), the
+    other runs to the end, then the held one writes what it read. Holding the worse one makes its
+    write stale (it puts the worse version over the better); its own re-read must repair it."""
     m = Model()
     base, better, good = m.register(fid=50.0), m.register(fid=30.0), m.register(fid=40.0)
-    for round_ in range(4):
-        registry.promote_manual(m.name, base)  # a human reset: earlier announcements stop counting
-        pair = (better, good) if round_ % 2 == 0 else (good, better)
-        barrier = threading.Barrier(len(pair))
-        results, errors = {}, []
+    registry.promote_manual(m.name, base)
+    held = {"good": good, "better": better}[paused]
+    other = better if held == good else good
+    real_make_champion = registry.make_champion
+    reached, release = threading.Event(), threading.Event()
+    writes: list[tuple[str, int]] = []  # (promoter, version it made champion), in order
 
-        def promote(version: int) -> None:
-            try:
-                barrier.wait()
-                results[version] = registry.promote(m.name, version, margin=0.0)
-            except Exception as e:  # reported by the assertion below
-                errors.append(e)
+    def make_champion(c, model_name, version):
+        name = threading.current_thread().name
+        if name == "held" and not reached.is_set():
+            reached.set()
+            assert release.wait(timeout=120), "never released"
+        writes.append((name, version))
+        real_make_champion(c, model_name, version)
 
-        threads = [threading.Thread(target=promote, args=(v,)) for v in pair]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=120)
-        assert not errors, errors
-        assert m.aliases()["champion"] == better, f"round {round_}: {results}"
-        assert results[better]["alias"] == "champion"
+    monkeypatch.setattr(registry, "make_champion", make_champion)
+    results, errors = {}, []
+
+    def promote(version: int) -> None:
+        try:
+            results[version] = registry.promote(m.name, version, margin=0.0)
+        except Exception as e:  # reported by the assertions below
+            errors.append(e)
+
+    held_thread = threading.Thread(target=promote, args=(held,), name="held", daemon=True)
+    held_thread.start()
+    assert reached.wait(timeout=120), errors  # announced, read the store, about to write
+    other_thread = threading.Thread(target=promote, args=(other,), name="other", daemon=True)
+    other_thread.start()
+    other_thread.join(timeout=120)
+    assert not other_thread.is_alive(), "the second promoter waited for the held one: serialised, not concurrent"
+    release.set()
+    held_thread.join(timeout=120)
+    assert not held_thread.is_alive() and not errors, errors
+
+    assert m.aliases()["champion"] == better
+    assert results[better]["alias"] == "champion" and results[good]["alias"] == "challenger"
+    if paused == "good":  # the other wrote better; the held one's stale write put good over it; it repaired that
+        assert writes == [("other", better), ("held", good), ("held", better)]
+    else:  # the other saw better's announcement and wrote better for it
+        assert writes == [("other", better), ("held", better)]
 
 
 def test_a_stale_champion_write_is_repaired(sqlite_store):

@@ -48,7 +48,7 @@ def run_on_a_terminal(argv: list[str], env: dict, cwd: Path, timeout: float) -> 
             _, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
-            _, err = proc.communicate()
+            _, err = proc.communicate(timeout=60)
             raise
         reader.join(timeout=30)
     finally:

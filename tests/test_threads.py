@@ -79,7 +79,7 @@ def test_the_probe_sees_a_busy_competitor():
         assert threads.busy_cores(0.5) >= 0.8
     finally:
         spin.kill()
-        spin.wait()
+        spin.wait(timeout=30)
 
 
 def test_torchrun_ranks_get_their_share_of_the_free_cores(monkeypatch):

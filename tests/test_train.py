@@ -60,13 +60,18 @@ def test_same_seed_same_weights_and_resume_continues(fashion_train, tmp_path):
 
 
 def test_non_finite_loss_stops_with_clear_error_and_keeps_last_checkpoint(fashion_train, tmp_path):
-    cfg = build_config("gan", "tiny", {"train": {"max_steps": 8, "checkpoint_every": 2, "lr_d": 1e30, "lr_g": 1e30}})
-    with pytest.raises(NonFiniteLossError, match="non-finite .* at step"):
-        train(cfg, fashion_train, tmp_path)
+    # 4 good steps (checkpoint at step 4), then resumed with learning rates that blow up on the first step:
+    # the step-4 checkpoint must survive, untouched and finite.
+    train(build_config("gan", "tiny", {"train": {"max_steps": 4, "checkpoint_every": 2}}), fashion_train, tmp_path)
     ckpt = tmp_path / "checkpoint.pt"
-    if ckpt.exists():  # whatever checkpoint exists was written before the blow-up and is finite
-        state = read_checkpoint(ckpt)
-        assert all(torch.isfinite(v).all() for v in state["G"].values())
+    good = ckpt.read_bytes()
+    blown = build_config("gan", "tiny", {"train": {"max_steps": 8, "checkpoint_every": 2, "lr_d": 1e30, "lr_g": 1e30}})
+    with pytest.raises(NonFiniteLossError, match=f"non-finite .* at step 5; .* kept at {ckpt}"):
+        train(blown, fashion_train, tmp_path, resume=True, allow_config_change=True)
+    assert ckpt.read_bytes() == good
+    state = read_checkpoint(ckpt)
+    assert state["step"] == 4
+    assert all(torch.isfinite(v).all() for v in state["G"].values())
 
 
 def test_resume_with_other_config_is_a_clear_error(fashion_train, tmp_path):
@@ -96,7 +101,7 @@ def _sigkill_then_resume(cfg, fashion_train: Path, tmp_path: Path) -> None:
     cfg_path.write_text(cfg.to_json())
     env = cli_env()
     subprocess.run(_train_cmd(cfg_path, fashion_train, tmp_path / "ref"), env=env, check=True,
-                   capture_output=True)
+                   capture_output=True, timeout=600)
     out = tmp_path / "killed"
     proc = subprocess.Popen(_train_cmd(cfg_path, fashion_train, out), env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
@@ -104,10 +109,11 @@ def _sigkill_then_resume(cfg, fashion_train: Path, tmp_path: Path) -> None:
     while not (out / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)  # the whole group: torchrun and its ranks
-    proc.wait()
+    proc.wait(timeout=60)
     killed_at = read_checkpoint(out / "checkpoint.pt")["step"]
     assert killed_at < cfg.train.max_steps, "the run finished before it was killed; the test proved nothing"
-    subprocess.run(_train_cmd(cfg_path, fashion_train, out, resume=True), env=env, check=True, capture_output=True)
+    subprocess.run(_train_cmd(cfg_path, fashion_train, out, resume=True), env=env, check=True, capture_output=True,
+                   timeout=600)
     ref, resumed = read_checkpoint(tmp_path / "ref" / "checkpoint.pt"), read_checkpoint(out / "checkpoint.pt")
     assert resumed["step"] == ref["step"] == cfg.train.max_steps
     for key in ("G", "G_ema", "D"):
@@ -130,7 +136,7 @@ def _torchrun_worker(cfg, data: Path, out: Path, report: Path, nproc: int) -> di
     cfg_path.write_text(cfg.to_json())
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                     str(ROOT / "tests" / "ddp_worker.py"), str(cfg_path), str(data), str(out), str(report)],
-                   env=cli_env(), check=True, capture_output=True)
+                   env=cli_env(), check=True, capture_output=True, timeout=600)
     return json.loads(report.read_text())
 
 
