@@ -34,6 +34,7 @@ import torch
 from .errors import GanforgeError
 from .paths import cache_dir
 from .fileio import atomic_dir
+from .weights import file_sha1, load_torchscript, torchscript_allowed
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +103,6 @@ def openvino_version(ov) -> str:
 
 @functools.lru_cache(maxsize=8)
 def _sha1(path: str, size: int, mtime_ns: int) -> str:
-    from .weights import file_sha1
-
     return file_sha1(Path(path))
 
 
@@ -139,8 +138,6 @@ def _remove_other_conversions(weights_path: Path, keep: Path) -> None:
 def convert_to_openvino(weights_path: Path, directory: Path, sha1: str) -> None:
     """TorchScript → OpenVINO IR (fp32 weights) into ``directory``, atomically."""
     ov = import_openvino()
-    from .metrics import load_torchscript, torchscript_allowed
-
     with torchscript_allowed():
         model = ov.convert_model(load_torchscript(weights_path),
                                  example_input=torch.zeros(1, 3, INCEPTION_SIZE, INCEPTION_SIZE))

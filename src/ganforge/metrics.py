@@ -19,7 +19,6 @@ import functools
 import io
 import os
 import time
-import warnings
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -34,7 +33,8 @@ from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from
 
 from .config import EvalConfig
 from .fileio import atomic_write_bytes
-from .weights import EXTRACTOR_TORCHSCRIPT, InceptionChoice, resolve_inception
+from .weights import (EXTRACTOR_TORCHSCRIPT, InceptionChoice, load_torchscript, resolve_inception,
+                      torchscript_allowed)
 from . import inception_runtime, threads
 from .errors import GanforgeError
 from .progress import progress_enabled
@@ -100,24 +100,11 @@ def fold_batchnorm_into_convs(frozen: torch.jit.ScriptModule) -> torch.jit.Scrip
     return frozen
 
 
-@contextlib.contextmanager
-def torchscript_allowed() -> Iterator[None]:
-    """Silence torch's TorchScript deprecation warnings: these weights exist only as TorchScript."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit")
-        yield
-
-
 def torchscript_to_inference_module(module: torch.jit.ScriptModule, fold_batchnorm: bool = True) -> torch.jit.ScriptModule:
     """Freeze the TorchScript (weights become constants) and optionally fold conv+BN."""
     with torchscript_allowed():
         frozen = torch.jit.freeze(module.eval())
     return fold_batchnorm_into_convs(frozen) if fold_batchnorm else frozen
-
-
-def load_torchscript(path: str | os.PathLike, device: str | torch.device = "cpu") -> torch.jit.ScriptModule:
-    with torchscript_allowed():
-        return torch.jit.load(str(path), map_location=device).eval()
 
 
 class InceptionTorchScriptExtractor(FeatureExtractorBase):

@@ -13,14 +13,17 @@ prints its path.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
 import sys
 import tempfile
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -142,6 +145,20 @@ def resolve_inception(fetch: bool = False) -> InceptionChoice:
     if compat is not None:
         return InceptionChoice(EXTRACTOR_TORCH_FIDELITY, compat)
     return InceptionChoice(EXTRACTOR_TORCHSCRIPT, inception_weights_path(fetch=fetch))
+
+
+@contextlib.contextmanager
+def torchscript_allowed() -> Iterator[None]:
+    """Silence torch's TorchScript deprecation warnings: these weights exist only as TorchScript."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit")
+        yield
+
+
+def load_torchscript(path: str | os.PathLike, device: str | torch.device = "cpu") -> torch.jit.ScriptModule:
+    """The Inception TorchScript at ``path``, in eval mode on ``device``."""
+    with torchscript_allowed():
+        return torch.jit.load(str(path), map_location=device).eval()
 
 
 def main() -> None:
