@@ -218,7 +218,8 @@ _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connectio
 
 
 def _make_proxy_handler(state: FlakyProxy, upstream: urllib.parse.SplitResult, fail_first: int,
-                        status: int, error_code: str) -> type[http.server.BaseHTTPRequestHandler]:
+                        status: int, error_code: str,
+                        fail_path: str | None = None) -> type[http.server.BaseHTTPRequestHandler]:
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -229,7 +230,7 @@ def _make_proxy_handler(state: FlakyProxy, upstream: urllib.parse.SplitResult, f
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             with state.lock:
                 state.requests += 1
-                fail = state.requests <= fail_first
+                fail = state.requests <= fail_first or (fail_path is not None and fail_path in self.path)
                 state.failures_served += fail
             if fail:
                 payload = (f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{error_code}</Code>"
@@ -265,14 +266,16 @@ def _make_proxy_handler(state: FlakyProxy, upstream: urllib.parse.SplitResult, f
 
 @contextlib.contextmanager
 def flaky_http_proxy(upstream_url: str, *, fail_first: int, status: int = 503,
-                     error_code: str = "ServiceUnavailable", port: int = 0) -> Iterator[FlakyProxy]:
-    """An HTTP proxy on 127.0.0.1 that answers the first ``fail_first`` requests with ``status``.
+                     error_code: str = "ServiceUnavailable", port: int = 0,
+                     fail_path: str | None = None) -> Iterator[FlakyProxy]:
+    """An HTTP proxy on 127.0.0.1 that answers the first ``fail_first`` requests with ``status``,
+    and every request whose path contains ``fail_path`` (an object whose upload always fails).
 
     Later requests are relayed to ``upstream_url``. It stops when the block exits.
     """
     upstream = urllib.parse.urlsplit(upstream_url)
     state = FlakyProxy(url="")
-    handler = _make_proxy_handler(state, upstream, fail_first, status, error_code)
+    handler = _make_proxy_handler(state, upstream, fail_first, status, error_code, fail_path)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
     state.url = f"http://127.0.0.1:{server.server_address[1]}"
     thread = threading.Thread(target=server.serve_forever, daemon=True)

@@ -216,6 +216,44 @@ def test_s3_directory_round_trip_with_marker(s3, tmp_path: Path) -> None:
     assert leftovers(tmp_path) == []
 
 
+def test_interrupted_upload_leaves_no_marker_old_or_new(s3, monkeypatch, tmp_path: Path) -> None:
+    """Re-uploading over a finished upload, interrupted at its second object (the S3 endpoint, through a
+    proxy, refuses that object's PUT): the old marker is already gone and the new one not yet there,
+    so no reader takes the half-written prefix for either upload; the rerun completes it."""
+    client = s3.client()
+    old, new = tmp_path / "old", tmp_path / "new"
+    for directory, contents in ((old, {"a.txt": "old a", "b.bin": "old b"}),
+                                (new, {"a.txt": "new a", "b.bin": "new b", "c.txt": "new c"})):
+        directory.mkdir()
+        for name, text in contents.items():
+            (directory / name).write_text(text)
+    storage.upload_dir(old, s3.uri("redo"))
+    assert storage.exists(s3.uri("redo", storage.COMPLETE_MARKER))
+
+    with flaky_http_proxy(s3.endpoint_url, fail_first=0, status=403, error_code="AccessDenied",
+                          fail_path="/redo/b.bin") as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        with pytest.raises(StorageError, match="AccessDenied"):
+            storage.upload_dir(new, s3.uri("redo"))
+        assert proxy.failures_served == 1  # refused once, not retried (not transient)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3.endpoint_url)
+
+    def body(key: str) -> bytes:
+        return client.get_object(Bucket=s3.bucket, Key=f"redo/{key}")["Body"].read()
+
+    assert body("a.txt") == b"new a" and body("b.bin") == b"old b"  # interrupted part-way
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket=s3.bucket, Prefix="redo/")["Contents"]}
+    assert keys == {"redo/a.txt", "redo/b.bin"}  # no marker: the old one was removed first, the new one comes last
+    with pytest.raises(StorageError, match="incomplete upload"):
+        storage.download_prefix(s3.uri("redo"), tmp_path / "reader")
+
+    storage.upload_dir(new, s3.uri("redo"))  # the rerun
+    marker = json.loads(body(storage.COMPLETE_MARKER))
+    assert [f["key"] for f in marker["files"]] == ["a.txt", "b.bin", "c.txt"]
+    out = storage.download_prefix(s3.uri("redo"), tmp_path / "reader")
+    assert {p.name: p.read_text() for p in out.iterdir()} == {"a.txt": "new a", "b.bin": "new b", "c.txt": "new c"}
+
+
 def test_download_prefix_refuses_upload_without_marker(s3, tmp_path: Path) -> None:
     client = s3.client()
     client.put_object(Bucket=s3.bucket, Key="partial/a.bin", Body=b"a")  # writer died before the marker
