@@ -106,3 +106,37 @@ def test_generate_refuses_an_unknown_class_and_class_on_an_unconditional_model(c
     train(build_config("dcgan", "tiny", {"train": {"max_steps": 1}}), fashion_train, plain)
     done = _generate("--model", str(plain / "checkpoint.pt"), "--class", "sneaker", "--out", str(tmp_path / "y"))
     assert done.returncode == 2 and "is unconditional" in done.stderr
+
+
+def test_evaluate_cli_scores_classes_with_the_training_split(
+    cdcgan_run, fashion_train, fashion_test, torchscript, tmp_path
+):
+    """`ganforge evaluate --train-data` (what make quality passes): per-class FID and the class accuracy
+    with its ceiling, for class-balanced samples."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ganforge.cli",
+            "evaluate",
+            "--checkpoint",
+            str(cdcgan_run / "checkpoint.pt"),
+            "--data",
+            str(fashion_test),
+            "--train-data",
+            str(fashion_train),
+            "--n",
+            "20",
+            "--out",
+            str(tmp_path / "m.json"),
+        ],
+        env=cli_env(GANFORGE_CACHE=str(tmp_path / "cache"), GANFORGE_INCEPTION_WEIGHTS=str(torchscript.path)),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["per_class_n"] == 2 and set(metrics["fid_per_class"]) == set(metrics["class_names"])
+    assert 0 <= metrics["class_accuracy"] <= 1 and metrics["classifier_test_count"] == 512
+    assert metrics["classifier_cached"] is False and (tmp_path / "cache" / "classifiers").is_dir()
