@@ -138,3 +138,11 @@ def test_resume_with_a_changed_learning_rate_needs_the_flag(fashion_train, tmp_p
 
     ckpt = read_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert status == 0 and ckpt["step"] == 4 and ckpt["opt_D"]["param_groups"][0]["lr"] == 0.001
+
+
+def test_workers_travel_as_an_argument_not_through_the_environment(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("GANFORGE_EVAL_WORKERS", raising=False)
+    for args in (["evaluate", "--checkpoint", str(tmp_path / "none.pt")], ["curve", "--run", str(tmp_path)]):
+        status, err = run_main(capsys, *args, "--data", str(tmp_path), "--workers", "3")
+        assert status == 2 and err[-1].startswith(f"ganforge {args[0]}: error:"), err  # a missing input
+        assert "GANFORGE_EVAL_WORKERS" not in os.environ

@@ -6,7 +6,7 @@ import torch
 
 from ganforge import cli, curve
 from ganforge.config import PRESETS, build_config
-from ganforge.evaluate import evaluate_run
+from ganforge.curve import evaluate_run
 from ganforge.checkpoint import list_snapshots, load_generator, read_checkpoint
 from ganforge.train import train
 

@@ -27,8 +27,8 @@ from scipy.signal import resample_poly
 
 import ganforge
 from ganforge.config import DataConfig
-from ganforge.data import DataError, class_histogram, download_s3_source, sha256_of_array, write_manifest
-from ganforge.fileio import atomic_dir
+from ganforge.manifest import DataError, class_histogram, sha256_of_array, write_manifest
+from ganforge.fileio import atomic_dir, fetch_s3_prefix
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 LABEL_PATTERN = re.compile(r"^(zero|one|two|three|four|five|six|seven|eight|nine|[0-9])(?![a-z0-9])")
@@ -82,7 +82,7 @@ def prepare_audio(cfg: DataConfig, out_dir: str | os.PathLike, split: Optional[s
         recorded_split, extra = split, {"synthesis": synthesis_description(seed)}
     elif source.startswith("s3://"):
         with tempfile.TemporaryDirectory(prefix="ganforge-s3-") as local:
-            download_s3_source(source, local)
+            fetch_s3_prefix(source, local)
             clips, labels, recorded_split = read_wav_folder(Path(local), cfg, split, shown_as=source)
         extra = {}
     else:

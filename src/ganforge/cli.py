@@ -185,15 +185,7 @@ def _cli_mlflow_run(cfg: PipelineConfig, out: Path, resume: bool) -> str:
     return run_id
 
 
-def _set_eval_workers(args) -> None:
-    if getattr(args, "workers", None):
-        from .metrics import EVAL_WORKERS_ENV
-
-        os.environ[EVAL_WORKERS_ENV] = str(args.workers)
-
-
 def cmd_evaluate(args) -> int:
-    _set_eval_workers(args)
     if bool(args.checkpoint) == bool(args.run):
         raise ConfigError("give either --checkpoint FILE (one generator) or --run DIR (a training run: final "
                           "evaluation plus the FID curve over its snapshots)")
@@ -204,15 +196,14 @@ def cmd_evaluate(args) -> int:
         from .evaluate import evaluate_checkpoint
 
         metrics = evaluate_checkpoint(args.checkpoint, args.data, n=args.n, out=args.out, n_real=args.n_real,
-                                      ema=not args.raw_generator, train_dir=args.train_data)
+                                      ema=not args.raw_generator, train_dir=args.train_data, workers=args.workers)
         print(json.dumps(metrics, indent=2, default=str))
         return 0
-    from .curve import print_point
-    from .evaluate import evaluate_run
+    from .curve import evaluate_run, print_point
 
     run = Path(args.run)
     metrics, rows = evaluate_run(run, args.data, args.out or run, n=args.n, curve=args.curve,
-                                 train_dir=args.train_data)
+                                 train_dir=args.train_data, workers=args.workers)
     for row in rows:
         print_point(row)
     if run_id := _recorded_mlflow_run(run):  # trained with --mlflow: the scores and the curve join its MLflow run
@@ -224,12 +215,11 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_curve(args) -> int:
-    _set_eval_workers(args)
     from .curve import CURVE_CSV, CURVE_PNG, fid_curve, plot_curve, print_point
 
     run = Path(args.run)
     rows = fid_curve(run, args.data, n=args.n, n_real=args.n_real, follow=args.follow, train_data_dir=args.train_data,
-                     max_epoch=args.max_epoch, on_point=print_point)
+                     max_epoch=args.max_epoch, on_point=print_point, workers=args.workers)
     plot_curve(rows, run / CURVE_PNG)
     out = {"csv": str(run / CURVE_CSV), "png": str(run / CURVE_PNG), "points": len(rows)}
     if (run_id := _recorded_mlflow_run(run)) and rows:  # trained with --mlflow: the curve joins its MLflow run

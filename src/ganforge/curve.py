@@ -11,21 +11,29 @@ The curve is a CSV beside the run (rewritten atomically after each point), so an
 evaluation resumes at the next missing epoch, and ``follow`` can trail a run still training
 on another core. The point for the run's last epoch can be taken from the final evaluation's
 samples (the first ``curve_samples`` of its draw are the curve's draw), at no extra cost.
+``evaluate_run`` is a run's whole evaluation: its final model (``evaluate.evaluate_checkpoint``)
+and this curve.
 """
 from __future__ import annotations
 
 import csv
 import io
+import json
+import math
 import os
 import sys
 import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from .checkpoint import CONFIG_NAME, list_snapshots, read_checkpoint
+from .checkpoint import CHECKPOINT_NAME, CONFIG_NAME, list_snapshots, read_checkpoint
 from .config import PipelineConfig
 from .fileio import atomic_file, atomic_write_text
 from .errors import GanforgeError
+from .data import load_dataset
+from .evaluate import evaluate_checkpoint
+from .paths import cache_dir as default_cache_dir
+from .train import steps_per_epoch, total_steps
 
 CURVE_CSV = "fid_curve.csv"
 CURVE_PNG = "fid_curve.png"
@@ -62,23 +70,16 @@ def write_curve(path: str | os.PathLike, rows: list[dict]) -> Path:
 
 def _final_epoch(run_dir: Path, data_dir: str | os.PathLike, cfg: PipelineConfig) -> int:
     """The epoch the run ends at (its last snapshot), from its config and the dataset's size."""
-    import math
-
-    from .data import load_dataset
-    from .train import steps_per_epoch, total_steps
-
     n = len(load_dataset(data_dir).images)
     return math.ceil(total_steps(n, cfg) / steps_per_epoch(n, cfg))
 
 
 def curve_point(snapshot: str | os.PathLike, reference_dir: str | os.PathLike, n: int, n_real: int,
-                cache: str | os.PathLike) -> dict:
+                cache: str | os.PathLike, workers: Optional[int] = None) -> dict:
     """FID/KID of one snapshot's generator: n generated images vs n_real reference images."""
-    from .evaluate import evaluate_checkpoint
-
     started = time.perf_counter()
     ckpt = read_checkpoint(snapshot)
-    m = evaluate_checkpoint(snapshot, reference_dir, n=n, n_real=n_real, cache=cache, ckpt=ckpt)
+    m = evaluate_checkpoint(snapshot, reference_dir, n=n, n_real=n_real, cache=cache, ckpt=ckpt, workers=workers)
     return {"epoch": int(ckpt["epoch"]), "step": int(ckpt["step"]), "n": n, "n_real": m["n_real"], "fid": m["fid"],
             "kid_mean": m["kid_mean"], "kid_std": m["kid_std"], "seconds": time.perf_counter() - started}
 
@@ -87,7 +88,8 @@ def fid_curve(run_dir: str | os.PathLike, reference_dir: str | os.PathLike, *, n
               n_real: Optional[int] = None, cache: Optional[str | os.PathLike] = None,
               out: Optional[str | os.PathLike] = None, known: Optional[list[dict]] = None, follow: bool = False,
               train_data_dir: Optional[str | os.PathLike] = None, poll_s: float = 30.0,
-              max_epoch: Optional[int] = None, on_point: Optional[Callable[[dict], None]] = None) -> list[dict]:
+              max_epoch: Optional[int] = None, on_point: Optional[Callable[[dict], None]] = None,
+              workers: Optional[int] = None) -> list[dict]:
     """Evaluate every snapshot of run_dir not yet in the curve CSV; return all rows by epoch.
 
     ``known``: points already measured elsewhere (the final evaluation's) to add without
@@ -95,8 +97,6 @@ def fid_curve(run_dir: str | os.PathLike, reference_dir: str | os.PathLike, *, n
     one (needs ``train_data_dir`` to know when that is), or until ``max_epoch`` when given
     (snapshots after it are left for a later call, e.g. the final evaluation's).
     """
-    from .paths import cache_dir as default_cache_dir
-
     run_dir = Path(run_dir)
     config_path = run_dir / CONFIG_NAME
     if not config_path.is_file():
@@ -123,7 +123,7 @@ def fid_curve(run_dir: str | os.PathLike, reference_dir: str | os.PathLike, *, n
         for epoch, path in list_snapshots(run_dir):
             if epoch in rows or (max_epoch is not None and epoch > max_epoch):
                 continue
-            rows[epoch] = curve_point(path, reference_dir, n, n_real, cache)
+            rows[epoch] = curve_point(path, reference_dir, n, n_real, cache, workers)
             write_curve(out, list(rows.values()))
             if on_point:
                 on_point(rows[epoch])
@@ -133,6 +133,51 @@ def fid_curve(run_dir: str | os.PathLike, reference_dir: str | os.PathLike, *, n
     if rows:
         write_curve(out, list(rows.values()))
     return sorted(rows.values(), key=lambda r: r["epoch"])
+
+
+def evaluate_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
+                 n: Optional[int] = None, cache: Optional[str | os.PathLike] = None,
+                 curve: bool = True, train_dir: Optional[str | os.PathLike] = None,
+                 workers: Optional[int] = None) -> tuple[dict, list[dict]]:
+    """The final evaluation of a training run, plus its FID curve when the run kept snapshots.
+
+    Writes ``metrics.json`` and, with snapshots, ``fid_curve.csv`` and ``fid_curve.png`` to
+    out_dir. The curve's point for the last snapshot, when it is the final checkpoint, comes from
+    the first ``eval.curve_samples`` of the final evaluation's samples (the same latent draw).
+    ``curve=False`` scores no earlier snapshot (each costs an FID-``curve_samples``): the curve
+    keeps the points already in its CSV plus the free one from the final evaluation, and a later
+    ``ganforge curve --run`` fills in the rest. ``workers``: CPU processes for the Inception features
+    (default: GANFORGE_EVAL_WORKERS). Returns (metrics, curve rows).
+    """
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    ckpt_path = run_dir / CHECKPOINT_NAME
+    ckpt = read_checkpoint(ckpt_path)
+    cfg = PipelineConfig.from_dict(ckpt["config"])
+    n = n or cfg.eval.n_samples
+    snapshots = list_snapshots(run_dir) if cfg.data.kind == "image" else []
+    curve_n = cfg.eval.curve_samples
+    metrics = evaluate_checkpoint(ckpt_path, data_dir, n=n, cache=cache,
+                                  prefix_n=curve_n if snapshots and curve_n < n else None, ckpt=ckpt,
+                                  train_dir=train_dir, workers=workers)
+    prefix = metrics.pop("prefix", None)
+    metrics["step"] = int(ckpt["step"])
+    rows: list[dict] = []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if snapshots:
+        last_epoch, last_path = snapshots[-1]
+        known = []
+        if prefix and int(read_checkpoint(last_path)["step"]) == metrics["step"]:
+            known = [{"epoch": last_epoch, "step": metrics["step"], "n": prefix["n"], "n_real": metrics["n_real"],
+                      "fid": prefix["fid"], "kid_mean": prefix["kid_mean"], "kid_std": prefix["kid_std"],
+                      "seconds": 0.0}]
+        # max_epoch=0 (snapshots are numbered from epoch 1): keep the known points, score none
+        rows = fid_curve(run_dir, data_dir, n=curve_n, n_real=n, cache=cache, out=out_dir / CURVE_CSV, known=known,
+                         max_epoch=None if curve else 0, workers=workers)
+        plot_curve(rows, out_dir / CURVE_PNG, final={"epoch": last_epoch, "n": metrics["n"], "fid": metrics["fid"]},
+                   title=f"{cfg.name} ({cfg.profile}): FID over training")
+        metrics["curve_points"] = len(rows)
+    atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True, default=str))
+    return metrics, rows
 
 
 def plot_curve(rows: list[dict], out_png: str | os.PathLike, final: Optional[dict] = None,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime
 import gzip
-import hashlib
 import json
 import math
 import os
@@ -26,8 +25,8 @@ import numpy as np
 
 import ganforge
 from ganforge.config import DEFAULT_IDX_DIR, DataConfig
-from ganforge.fileio import StorageError, atomic_dir, check_output_dir
-from ganforge.errors import GanforgeError, require_platform
+from ganforge.fileio import StorageError, atomic_dir, check_output_dir, fetch_s3_prefix
+from ganforge.manifest import DataError, class_histogram, sha256_of_array, write_manifest
 
 IDX_IMAGES_MAGIC = 0x00000803
 """IDX header: unsigned bytes, 3 dimensions (count, rows, cols)."""
@@ -49,10 +48,6 @@ ACCEPTED_SOURCES = (
 )
 
 
-class DataError(GanforgeError, ValueError):
-    """Bad input data or a bad dataset directory; the message names the file, the problem and the fix."""
-
-
 @dataclass(frozen=True)
 class RawDataset:
     """Examples at their target shape, before they are written: N×C×H×W uint8, optional labels."""
@@ -70,11 +65,6 @@ class LoadedDataset:
     labels: Optional[np.ndarray]
     manifest: dict
     path: Path
-
-
-def sha256_of_array(a: np.ndarray) -> str:
-    """Hex sha256 of the array's C-contiguous bytes (what ``manifest.json`` records)."""
-    return hashlib.sha256(np.ascontiguousarray(a).reshape(-1).view(np.uint8)).hexdigest()
 
 
 def prepare(cfg: DataConfig, out_dir: str | os.PathLike, split: Optional[str] = None) -> dict:
@@ -134,17 +124,11 @@ def read_source(cfg: DataConfig, split: str) -> tuple[RawDataset, str]:
     return read_local_dir(path, cfg, split, shown_as=source)
 
 
-def download_s3_source(source: str, local: str | Path) -> None:
-    """Copy the objects under an ``s3://`` data source into ``local`` (S3 is the platform layer's)."""
-    s3 = require_platform("s3", f"the data source {source}")
-    s3.download_prefix(source, local, require_marker=False)
-
-
 def read_s3_prefix(source: str, cfg: DataConfig, split: str) -> tuple[RawDataset, str]:
     """Download a completed prefix into a temporary directory, then read it like a local one."""
     with tempfile.TemporaryDirectory(prefix="ganforge-s3-") as local:
         try:
-            download_s3_source(source, local)
+            fetch_s3_prefix(source, local)
         except StorageError as e:
             raise DataError(
                 f"could not fetch data source {source}: {e}. An s3:// source must be uploaded with "
@@ -446,14 +430,6 @@ def read_image_folder(folder: Path, files: list[Path], cfg: DataConfig) -> RawDa
     return RawDataset(images, labels, classes)
 
 
-def class_histogram(labels: Optional[np.ndarray]) -> Optional[dict[str, int]]:
-    """``{"0": count, ...}`` over the labels present (JSON keys are strings), or None without labels."""
-    if labels is None:
-        return None
-    values, counts = np.unique(labels, return_counts=True)
-    return {str(int(v)): int(c) for v, c in zip(values, counts)}
-
-
 def label_summary(labels: Optional[np.ndarray], class_names: Optional[list[str]]) -> dict:
     """Manifest entries of a labelled dataset: ``num_classes``, ``class_counts`` (per class name, every
     named class listed) and ``labels_sha256``; nothing for an unlabelled one."""
@@ -490,10 +466,6 @@ def write_dataset_files(directory: Path, raw: RawDataset, manifest: dict) -> Non
     if raw.labels is not None:
         np.save(directory / "labels.npy", raw.labels)
     write_manifest(directory, manifest)
-
-
-def write_manifest(directory: Path, manifest: dict) -> None:
-    (directory / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
 def load_dataset(path: str | os.PathLike) -> LoadedDataset:

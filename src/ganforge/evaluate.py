@@ -11,7 +11,7 @@ import torch
 from .config import PipelineConfig, with_overrides
 from .paths import cache_dir as default_cache_dir
 from .fileio import atomic_write_text
-from .checkpoint import CHECKPOINT_NAME, generator_from_checkpoint, list_snapshots, read_checkpoint
+from .checkpoint import generator_from_checkpoint, read_checkpoint
 from .train import generate
 from .errors import GanforgeError
 
@@ -56,7 +56,8 @@ def sample_for_eval(G: torch.nn.Module, cfg: PipelineConfig, n: int, seed: int =
 def evaluate_checkpoint(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, n: Optional[int] = None,
                         cache: Optional[str | os.PathLike] = None, out: Optional[str | os.PathLike] = None,
                         prefix_n: Optional[int] = None, ckpt: Optional[dict] = None, n_real: Optional[int] = None,
-                        ema: bool = True, train_dir: Optional[str | os.PathLike] = None) -> dict:
+                        ema: bool = True, train_dir: Optional[str | os.PathLike] = None,
+                        workers: Optional[int] = None) -> dict:
     """FID/KID (images) or the SC09 classifier scores (audio) of a checkpoint's generator; metrics.json if out.
 
     ``n`` generated samples against ``n_real`` real ones (images; default n, else the config's).
@@ -65,6 +66,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data_dir: str | os.PathLi
     scores the raw generator instead (a full training checkpoint has both; a snapshot only the EMA).
     Class-conditional generators are sampled class-balanced and also get per-class FID and, with
     ``train_dir`` (the labelled training split), class accuracy (``ganforge.class_metrics``).
+    ``workers``: CPU processes for the Inception features (default: GANFORGE_EVAL_WORKERS).
     """
     if ckpt is None:
         ckpt = read_checkpoint(checkpoint)
@@ -86,7 +88,8 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data_dir: str | os.PathLi
         from .metrics import evaluate_images, fake_to_uint8
 
         fake_u8, features = fake_to_uint8(fake), {}
-        metrics = evaluate_images(fake_u8, data_dir, cfg.eval, cache, prefix_n=prefix_n, features_out=features)
+        metrics = evaluate_images(fake_u8, data_dir, cfg.eval, cache, prefix_n=prefix_n, features_out=features,
+                                   workers=workers)
         if cfg.model.num_classes:
             from .class_metrics import class_scores
 
@@ -97,48 +100,3 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data_dir: str | os.PathLi
     if out:
         atomic_write_text(out, json.dumps(metrics, indent=2, sort_keys=True, default=str))
     return metrics
-
-
-def evaluate_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
-                 n: Optional[int] = None, cache: Optional[str | os.PathLike] = None,
-                 curve: bool = True, train_dir: Optional[str | os.PathLike] = None) -> tuple[dict, list[dict]]:
-    """The final evaluation of a training run, plus its FID curve when the run kept snapshots.
-
-    Writes ``metrics.json`` and, with snapshots, ``fid_curve.csv`` and ``fid_curve.png`` to
-    out_dir. The curve's point for the last snapshot, when it is the final checkpoint, comes from
-    the first ``eval.curve_samples`` of the final evaluation's samples (the same latent draw).
-    ``curve=False`` scores no earlier snapshot (each costs an FID-``curve_samples``): the curve
-    keeps the points already in its CSV plus the free one from the final evaluation, and a later
-    ``ganforge curve --run`` fills in the rest. Returns (metrics, curve rows).
-    """
-    from .curve import CURVE_CSV, CURVE_PNG, fid_curve, plot_curve
-
-    run_dir, out_dir = Path(run_dir), Path(out_dir)
-    ckpt_path = run_dir / CHECKPOINT_NAME
-    ckpt = read_checkpoint(ckpt_path)
-    cfg = PipelineConfig.from_dict(ckpt["config"])
-    n = n or cfg.eval.n_samples
-    snapshots = list_snapshots(run_dir) if cfg.data.kind == "image" else []
-    curve_n = cfg.eval.curve_samples
-    metrics = evaluate_checkpoint(ckpt_path, data_dir, n=n, cache=cache,
-                                  prefix_n=curve_n if snapshots and curve_n < n else None, ckpt=ckpt,
-                                  train_dir=train_dir)
-    prefix = metrics.pop("prefix", None)
-    metrics["step"] = int(ckpt["step"])
-    rows: list[dict] = []
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if snapshots:
-        last_epoch, last_path = snapshots[-1]
-        known = []
-        if prefix and int(read_checkpoint(last_path)["step"]) == metrics["step"]:
-            known = [{"epoch": last_epoch, "step": metrics["step"], "n": prefix["n"], "n_real": metrics["n_real"],
-                      "fid": prefix["fid"], "kid_mean": prefix["kid_mean"], "kid_std": prefix["kid_std"],
-                      "seconds": 0.0}]
-        # max_epoch=0 (snapshots are numbered from epoch 1): keep the known points, score none
-        rows = fid_curve(run_dir, data_dir, n=curve_n, n_real=n, cache=cache, out=out_dir / CURVE_CSV, known=known,
-                         max_epoch=None if curve else 0)
-        plot_curve(rows, out_dir / CURVE_PNG, final={"epoch": last_epoch, "n": metrics["n"], "fid": metrics["fid"]},
-                   title=f"{cfg.name} ({cfg.profile}): FID over training")
-        metrics["curve_points"] = len(rows)
-    atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True, default=str))
-    return metrics, rows

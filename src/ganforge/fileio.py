@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from .errors import GanforgeError, OutputPathError
+from .errors import GanforgeError, OutputPathError, require_platform
 
 
 class StorageError(GanforgeError, RuntimeError):
@@ -225,3 +225,10 @@ def join(uri: str | os.PathLike, *parts: str) -> str:
         pieces = [s.rstrip("/")] + [p.strip("/") for p in parts if p.strip("/")]
         return "/".join(pieces)
     return os.path.join(s, *parts)
+
+
+def fetch_s3_prefix(uri: str, local: str | os.PathLike) -> None:
+    """Copy the objects under an ``s3://`` prefix into ``local`` — the core's one way to read S3 (a data
+    source), through the platform layer (``ganforge.platform.s3``, boto3)."""
+    s3 = require_platform("s3", f"the data source {uri}")
+    s3.download_prefix(uri, local, require_marker=False)

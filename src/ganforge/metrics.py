@@ -32,6 +32,7 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
 
 from .config import EvalConfig
+from .data import load_dataset
 from .fileio import atomic_write_bytes
 from .weights import (EXTRACTOR_TORCHSCRIPT, InceptionChoice, load_torchscript, resolve_inception,
                       torchscript_allowed)
@@ -385,13 +386,12 @@ def write_cached_features(path: Path, features: np.ndarray, dataset_sha256: str,
 
 
 def real_features(dataset_dir: str | os.PathLike, n: int, cache_dir: str | os.PathLike, batch_size: int = 50,
-                  choice: Optional[InceptionChoice] = None, seed: int = REAL_SELECTION_SEED) -> tuple[np.ndarray, bool]:
+                  choice: Optional[InceptionChoice] = None, seed: int = REAL_SELECTION_SEED,
+                  workers: Optional[int] = None) -> tuple[np.ndarray, bool]:
     """Features of min(n, count) real images of a prepared dataset, cached by sha256 + extractor + N + seed.
 
     Returns (features float64, whether they came from the cache).
     """
-    from .data import load_dataset
-
     dataset = load_dataset(dataset_dir)
     sha = dataset.manifest["sha256"]
     choice = choice or resolve_inception()
@@ -400,7 +400,7 @@ def real_features(dataset_dir: str | os.PathLike, n: int, cache_dir: str | os.Pa
     cached = read_cached_features(path, sha)
     if cached is not None:
         return cached, True
-    features = images_to_features(np.asarray(dataset.images[indices]), batch_size, choice)
+    features = images_to_features(np.asarray(dataset.images[indices]), batch_size, choice, workers=workers)
     write_cached_features(path, features, sha, indices)
     return features, False
 
@@ -418,25 +418,26 @@ def check_same_image_shape(fake: np.ndarray, real_shape: tuple, dataset_dir: str
 
 def evaluate_images(fake: np.ndarray, real_dataset_dir: str | os.PathLike, eval_cfg: EvalConfig,
                     cache_dir: str | os.PathLike, choice: Optional[InceptionChoice] = None,
-                    prefix_n: Optional[int] = None, features_out: Optional[dict] = None) -> dict:
+                    prefix_n: Optional[int] = None, features_out: Optional[dict] = None,
+                    workers: Optional[int] = None) -> dict:
     """FID and KID of generated uint8 images against ``eval_cfg.n_samples`` real images of a prepared dataset.
 
     Real features are cached (see ``real_features``). When the dataset holds fewer real images
     than asked for, all are used and ``n_real`` says how many. ``prefix_n`` adds
     ``"prefix": {"n", "fid", "kid_mean", "kid_std"}`` for the first prefix_n generated images
-    alone (the FID curve's point for this generator, without extracting features again).
+    alone (the FID curve's point for this generator, without extracting features again). ``workers``: CPU
+    processes for the Inception features (default: GANFORGE_EVAL_WORKERS, see ``images_to_features``).
     """
-    from .data import load_dataset
-
     started = time.perf_counter()
     check_uint8_images(fake, "generated images")
     manifest = load_dataset(real_dataset_dir).manifest
     check_same_image_shape(fake, tuple(manifest["shape"]), real_dataset_dir)
     choice = choice or resolve_inception()
-    real, cached = real_features(real_dataset_dir, eval_cfg.n_samples, cache_dir, eval_cfg.batch_size, choice)
+    real, cached = real_features(real_dataset_dir, eval_cfg.n_samples, cache_dir, eval_cfg.batch_size, choice,
+                                 workers=workers)
     real_seconds = time.perf_counter() - started
     fake_started = time.perf_counter()
-    fake_features = images_to_features(fake, eval_cfg.batch_size, choice)
+    fake_features = images_to_features(fake, eval_cfg.batch_size, choice, workers=workers)
     fake_seconds = time.perf_counter() - fake_started
     if features_out is not None:  # for scores computed from the same features (per-class FID)
         features_out.update(fake=fake_features, real=real)

@@ -201,7 +201,7 @@ def evaluate_step(config_json: str, checkpoint_dir: str, reference_dir: str, run
     """
     import tempfile
 
-    from ..evaluate import evaluate_run
+    from ..curve import evaluate_run
 
     threads.configure()  # the thread policy: free cores for the Inception, workers capped at them
     cfg = PipelineConfig.from_json(config_json)
