@@ -29,6 +29,9 @@ def test_train_with_nproc_runs_two_ranks(fashion_train, tmp_path):
     assert "ambiguous option" not in done.stderr
     # torchrun started two workers: ranks 0 and 1 of a world of 2 ...
     assert "global_ranks=[0, 1]" in done.stderr and "global_world_sizes=[2, 2]" in done.stderr, done.stderr[-3000:]
+    # ... and each of them trained every step (each rank prints its own line when training ends)
+    ranks = sorted(line for line in done.stderr.splitlines() if " of 2: trained steps " in line)
+    assert ranks == ["rank 0 of 2: trained steps 1-8", "rank 1 of 2: trained steps 1-8"], done.stderr[-3000:]
     # ... and the run's result is printed once (rank 0), from a 2-rank config.
     (result,) = [json.loads(l) for l in done.stdout.splitlines() if l.startswith("{")]
     assert result["step"] == 8 and Path(tmp_path, result["checkpoint"]).is_file()

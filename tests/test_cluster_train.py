@@ -138,6 +138,8 @@ def test_train_step_runs_a_two_node_pytorchjob_and_uploads_the_data_itself(clust
     assert len(logs) == 2, logs.keys()
     master = next(text for name, text in logs.items() if "master" in name)
     assert "step 4/4" in master  # rank 0 (on the master node) logs; both nodes exited 0
+    worker = next(text for name, text in logs.items() if "master" not in name)
+    assert "rank 0 of 2: trained steps 1-4" in master and "rank 1 of 2: trained steps 1-4" in worker, logs
     ckpt = read_checkpoint(tmp_path / "model" / "checkpoint.pt")
     assert ckpt["step"] == 4 and ckpt["config"]["train"]["nnodes"] == 2
 

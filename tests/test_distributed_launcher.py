@@ -194,9 +194,23 @@ def test_trainjob_manifest_shape():
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-def test_manifests_reference_secrets_and_never_hold_their_values(engine):
-    m = manifest(_spec(engine))
+def test_manifests_reference_secrets_and_never_hold_their_values(engine, monkeypatch):
+    """The launching step holds the keys in its environment (from the Secrets); the job it builds from that
+    environment (cluster_train.job_environment / job_secret_refs, as launch_cluster_training does) refers
+    to them and never carries their values."""
+    from ganforge.platform import cluster_train
+
+    secrets = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", *cluster_train.MLFLOW_SECRET_KEYS)
+    for name in cluster_train.FORWARDED_ENV:
+        monkeypatch.setenv(name, f"forwarded-{name}")
+    for name in secrets:
+        monkeypatch.setenv(name, f"{SECRET_VALUE}-{name}")
+    m = manifest(_spec(engine, env={**cluster_train.job_environment("run-1"), "AWS_ENDPOINT_URL": "http://minio.ml:9000"},
+                       env_from_secrets={**cluster_train.job_secret_refs(),
+                                         "AWS_ACCESS_KEY_ID": ("ganforge-s3", "access-key"),
+                                         "AWS_SECRET_ACCESS_KEY": ("ganforge-s3", "secret-key")}))
     text = json.dumps(m)
+    assert "forwarded-MLFLOW_TRACKING_URI" in text  # the environment did reach the manifest
     assert SECRET_VALUE not in text
     env = (m["spec"]["trainer"]["env"] if engine == "trainjob"
            else m["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["env"])

@@ -7,6 +7,7 @@ output mirrored to that S3 as well. Both use the tiny profile.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,16 @@ from mlflow_server import mlflow_server
 from s3_server import moto_s3_server, s3_environment
 
 pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+# Every credential-looking variable the code names (test_credential_variables_of_the_code_have_sentinels
+# keeps this list complete); compiled with these set, the pipeline YAML must hold none of their values.
+COMPILE_SENTINELS = {name: f"sentinel-{name.lower().replace('_', '-')}-7f3a" for name in (
+    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "KF_PIPELINES_TOKEN",
+    "KF_PIPELINES_SA_TOKEN_PATH", "PGPASSWORD")}
+CREDENTIAL_NAME = re.compile(r"""["']([A-Z][A-Z0-9_]*(?:TOKEN|SECRET|PASSWORD|PASSWD|USERNAME|ACCESS_KEY|KEY_ID"""
+                             r"""|API_KEY|CREDENTIAL)[A-Z0-9_]*)["']""")
 
 
 def _run_pipeline(home: Path, name: str = "dcgan", **params) -> dict:
@@ -220,14 +231,13 @@ def test_every_pipeline_compiles_and_loads_back(tmp_path, monkeypatch):
     from ganforge.config import PRESETS
     from pipelines.compile import compile_pipeline
 
-    sentinels = {"AWS_SECRET_ACCESS_KEY": "sentinel-secret-7f3a", "AWS_ACCESS_KEY_ID": "sentinel-key-7f3a",
-                 "MLFLOW_TRACKING_PASSWORD": "sentinel-pass-7f3a"}
-    for k, v in sentinels.items():
+    for k, v in COMPILE_SENTINELS.items():
         monkeypatch.setenv(k, v)
     for name in PRESETS:
         path = compile_pipeline(name, tmp_path / f"{name}.yaml")
         text = path.read_text()
-        assert not any(v in text for v in sentinels.values()), name
+        leaked = [k for k, v in COMPILE_SENTINELS.items() if v in text]
+        assert not leaked, (name, leaked)
         loaded = components.load_component_from_file(str(path))
         assert loaded.name == f"ganforge-{name}"
         docs = list(yaml.safe_load_all(text))
@@ -246,3 +256,20 @@ def test_every_pipeline_compiles_and_loads_back(tmp_path, monkeypatch):
         assert train_exec["emptyDirMounts"][0]["mountPath"] == "/dev/shm"
         resources = docs[0]["deploymentSpec"]["executors"]["exec-train"]["container"]["resources"]
         assert resources["accelerator"]["resourceCount"] in ("1", 1)
+
+
+def credential_variables_of_the_code() -> dict[str, list[str]]:
+    """Credential-looking names (…TOKEN, …SECRET…, …PASSWORD, …USERNAME, …ACCESS_KEY…, …KEY_ID, …CREDENTIAL…)
+    quoted anywhere in src/, pipelines/ and components/: what the code reads, forwards or refers to."""
+    found: dict[str, list[str]] = {}
+    for path in sorted(p for d in ("src", "pipelines", "components") for p in (ROOT / d).rglob("*.py")):
+        for name in CREDENTIAL_NAME.findall(path.read_text()):
+            found.setdefault(name, []).append(str(path.relative_to(ROOT)))
+    return found
+
+
+def test_credential_variables_of_the_code_have_sentinels():
+    found = credential_variables_of_the_code()
+    assert {"AWS_SECRET_ACCESS_KEY", "MLFLOW_TRACKING_PASSWORD", "KF_PIPELINES_TOKEN"} <= set(found)  # the scan works
+    missing = {name: files for name, files in found.items() if name not in COMPILE_SENTINELS}
+    assert not missing, f"credential variables the code names, without a sentinel in COMPILE_SENTINELS: {missing}"

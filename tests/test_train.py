@@ -134,10 +134,12 @@ def _torchrun_worker(cfg, data: Path, out: Path, report: Path, nproc: int) -> di
     cfg_path = out.parent / f"{out.name}.json"
     cfg_path.parent.mkdir(parents=True, exist_ok=True)
     cfg_path.write_text(cfg.to_json())
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-                    str(ROOT / "tests" / "ddp_worker.py"), str(cfg_path), str(data), str(out), str(report)],
-                   env=cli_env(), check=True, capture_output=True, timeout=600)
-    return json.loads(report.read_text())
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+                           str(ROOT / "tests" / "ddp_worker.py"), str(cfg_path), str(data), str(out), str(report)],
+                          env=cli_env(), check=True, capture_output=True, text=True, timeout=600)
+    # each rank's own line when it finished training (the report is rank 0's)
+    return {**json.loads(report.read_text()),
+            "ranks": sorted(line for line in done.stderr.splitlines() if ": trained steps " in line)}
 
 
 def test_two_gloo_ranks_stay_identical_and_match_single_rank_curve(fashion_train, tmp_path):
@@ -151,6 +153,8 @@ def test_two_gloo_ranks_stay_identical_and_match_single_rank_curve(fashion_train
     two_cfg = build_config("gan", "tiny", {"train": {**base["train"], "nproc": 2}})
     two = _torchrun_worker(two_cfg, fashion_train, tmp_path / "two", tmp_path / "two.json", 2)
     assert two["world_size"] == 2 and two["max_rank_param_diff"] == 0.0
+    assert two["ranks"] == ["rank 0 of 2: trained steps 1-8", "rank 1 of 2: trained steps 1-8"]
+    assert one["ranks"] == []  # a world of 1 prints none
     assert [s for s, *_ in one["curve"]] == [s for s, *_ in two["curve"]] == list(range(1, 9))
     for (_, d1, g1), (_, d2, g2) in zip(one["curve"], two["curve"]):
         assert abs(d1 - d2) < 1e-3 and abs(g1 - g2) < 1e-3
@@ -170,6 +174,8 @@ def test_two_torchrun_nodes_on_localhost(fashion_train, tmp_path):
              for rank in (0, 1)]
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
+    for rank, output in enumerate(outputs):  # each node's rank trained all 4 steps
+        assert f"rank {rank} of 2: trained steps 1-4" in output.splitlines(), output[-3000:]
     assert read_checkpoint(tmp_path / "node0" / "checkpoint.pt")["step"] == 4
     assert not (tmp_path / "node1" / "checkpoint.pt").exists(), "only global rank 0 writes checkpoints"
 

@@ -599,6 +599,9 @@ def train(cfg: PipelineConfig, data_dir: str | os.PathLike, out_dir: str | os.Pa
         bar.close()
     if dist_info.world_size > 1:
         dist.barrier()
+        # One line per rank (the step lines are rank 0's): a run can show that every rank trained.
+        print(f"rank {dist_info.rank} of {dist_info.world_size}: trained steps {start_step + 1}-{step}",
+              file=sys.stderr, flush=True)
     seconds = time.perf_counter() - t0
     done = step - start_step
     return TrainResult(step=step, epoch=epoch_number(step, per_epoch), seconds=seconds,
