@@ -162,8 +162,8 @@ class TaskConsole:
         except OSError:
             return ""
         text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text)  # kfp.local colours task names and statuses
-        shown = [l for l in re.split(r"[\r\n]", text) if l.strip()][-lines:]
-        return "".join(f"    | {l}\n" for l in shown)
+        shown = [ln for ln in re.split(r"[\r\n]", text) if ln.strip()][-lines:]
+        return "".join(f"    | {ln}\n" for ln in shown)
 
 
 def run_dir(home: Path, pipeline: str) -> Path:

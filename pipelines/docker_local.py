@@ -192,7 +192,7 @@ def ensure_wheelhouse(cache: Path) -> Path:
            "-r", str(CONSTRAINTS), *WHEELHOUSE_EXTRAS]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
     if proc.returncode != 0:
-        errors = [l for l in (proc.stderr or proc.stdout).splitlines() if "is ignored" not in l]
+        errors = [ln for ln in (proc.stderr or proc.stdout).splitlines() if "is ignored" not in ln]
         raise ImageError(f"wheelhouse: pip wheel -r {CONSTRAINTS.relative_to(ROOT)} failed: "
                          f"{' '.join(errors)[-800:]}")
     tmp = stamp.with_suffix(".tmp")
@@ -294,7 +294,7 @@ def build_target(target: str, tag: str, build_args: dict[str, str], log_path: Pa
             code = -1
     if code != 0:
         text = log_path.read_text(errors="replace")
-        last = [l for l in text.splitlines() if l.strip()][-1:] or [""]
+        last = [ln for ln in text.splitlines() if ln.strip()][-1:] or [""]
         why = "timed out" if code == -1 else f"exit {code}"
         raise ImageError(f"image {tag} (target {target}): build failed in stage `{failed_stage(text)}` ({why}): "
                          f"{last[0].strip()[-300:]} — full log: {log_path}")

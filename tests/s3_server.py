@@ -110,9 +110,9 @@ def _wait_until_answering(url: str, timeout_s: float) -> None:
                 return
         except urllib.error.HTTPError:
             return  # any HTTP answer means it serves
-        except OSError:
+        except OSError as e:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"moto server at {url} did not answer within {timeout_s}s")
+                raise RuntimeError(f"moto server at {url} did not answer within {timeout_s}s") from e
             time.sleep(0.05)
 
 

@@ -33,6 +33,6 @@ def test_train_with_nproc_runs_two_ranks(fashion_train, tmp_path):
     ranks = sorted(line for line in done.stderr.splitlines() if " of 2: trained steps " in line)
     assert ranks == ["rank 0 of 2: trained steps 1-8", "rank 1 of 2: trained steps 1-8"], done.stderr[-3000:]
     # ... and the run's result is printed once (rank 0), from a 2-rank config.
-    (result,) = [json.loads(l) for l in done.stdout.splitlines() if l.startswith("{")]
+    (result,) = [json.loads(ln) for ln in done.stdout.splitlines() if ln.startswith("{")]
     assert result["step"] == 8 and Path(tmp_path, result["checkpoint"]).is_file()
     assert json.loads((tmp_path / "R" / "config.json").read_text())["train"]["nproc"] == 2

@@ -345,7 +345,9 @@ def test_name_clash_gives_a_clear_error():
 
 
 def test_job_phase_reads_both_engines_conditions():
-    t = lambda *c: {"conditions": [{"type": x, "status": s} for x, s in c]}
+    def t(*c):
+        return {"conditions": [{"type": x, "status": s} for x, s in c]}
+
     assert job_phase("pytorchjob", None) == "Pending"
     assert job_phase("pytorchjob", t(("Created", "False"), ("Running", "True"))) == "Running"
     assert job_phase("pytorchjob", t(("Running", "False"), ("Succeeded", "True"))) == "Succeeded"

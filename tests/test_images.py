@@ -49,7 +49,7 @@ def dockerfile_instructions(text: str) -> list[tuple[str, str]]:
             continue
         logical.append(current.strip())
         current = ""
-    return [(l.split(None, 1)[0].upper(), l.split(None, 1)[1] if " " in l else "") for l in logical]
+    return [(ln.split(None, 1)[0].upper(), ln.split(None, 1)[1] if " " in ln else "") for ln in logical]
 
 
 def parse_dockerfile(text: str) -> tuple[dict[str, str], list[Stage]]:
@@ -90,7 +90,7 @@ def pyproject_pins() -> dict[str, str]:
 
 def constraints() -> dict[str, str]:
     lines = (REPO_ROOT / "images" / "constraints.txt").read_text().splitlines()
-    return {canonicalize_name(n): v for n, v in (l.split("==") for l in lines if l and not l.startswith("#"))}
+    return {canonicalize_name(n): v for n, v in (ln.split("==") for ln in lines if ln and not ln.startswith("#"))}
 
 
 def test_hadolint_passes():
@@ -186,8 +186,8 @@ def test_dockerfile_pins_equal_pyproject_and_constraints(dockerfile):
     # The basic-auth app's extra (mlflow[auth]) at the versions the real-server auth test ran with.
     assert mlflow_args["FLASK_WTF_VERSION"] == version("Flask-WTF")
     assert mlflow_args["WTFORMS_VERSION"] == version("WTForms")
-    for name, version in pins.items():
-        assert frozen.get(name) == version, f"constraints.txt has {name}=={frozen.get(name)}, pyproject {version}"
+    for name, pinned in pins.items():
+        assert frozen.get(name) == pinned, f"constraints.txt has {name}=={frozen.get(name)}, pyproject {pinned}"
     unpinned = {canonicalize_name(r.name) for r in freeze_constraints.project_requirements(REPO_ROOT / "pyproject.toml")}
     assert unpinned <= set(frozen), f"constraints.txt lacks {sorted(unpinned - set(frozen))}"
 
@@ -216,7 +216,7 @@ def test_images_install_the_core_and_the_platform_extra(dockerfile):
 
 def dockerignore_patterns() -> list[str]:
     lines = (REPO_ROOT / ".dockerignore").read_text().splitlines()
-    return [l.strip() for l in lines if l.strip() and not l.startswith("#")]
+    return [ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")]
 
 
 def pattern_regex(pattern: str) -> re.Pattern:

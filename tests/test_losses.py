@@ -29,10 +29,14 @@ def test_hinge_and_wgan_losses():
 def test_gradient_penalty_known_case():
     # D(x) = w·x has gradient w everywhere: penalty = (‖w‖ - 1)².
     w = torch.tensor([3.0, 4.0])
-    critic = lambda x: (x.flatten(1) * w).sum(1)
+    def critic(x):
+        return (x.flatten(1) * w).sum(1)
+
+    def unit(x):
+        return (x.flatten(1) * (w / 5)).sum(1)
+
     real, fake = torch.randn(5, 2), torch.randn(5, 2)
     assert math.isclose(gradient_penalty(critic, real, fake).item(), (5 - 1) ** 2, rel_tol=1e-6)
-    unit = lambda x: (x.flatten(1) * (w / 5)).sum(1)
     assert gradient_penalty(unit, real, fake).item() < 1e-10
 
 

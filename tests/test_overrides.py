@@ -91,7 +91,7 @@ def test_make_passes_set_to_run_submit_and_schedule():
     for target, extra in (("run", []), ("submit", []), ("schedule", ["CRON=0 0 3 * * 0"])):
         done = subprocess.run(["make", "-n", target, "PIPELINE=dcgan", "SET=train.epochs=2 eval.n_samples=200",
                                *extra], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
-        (line,) = [l for l in done.stdout.splitlines() if f"-m pipelines {target} dcgan" in l]
+        (line,) = [ln for ln in done.stdout.splitlines() if f"-m pipelines {target} dcgan" in ln]
         assert line.endswith("--set train.epochs=2 --set eval.n_samples=200"), line
 
 

@@ -378,5 +378,5 @@ def test_make_passes_force_image_to_submit_and_schedule():
         for force, expected in (([], False), (["FORCE_IMAGE=1"], True)):
             done = subprocess.run(["make", "-n", target, "PIPELINE=dcgan", *extra, *force], cwd=Path(__file__).parents[1],
                                   capture_output=True, text=True, timeout=60, check=True)
-            (line,) = [l for l in done.stdout.splitlines() if f"-m pipelines {target} dcgan" in l]
+            (line,) = [ln for ln in done.stdout.splitlines() if f"-m pipelines {target} dcgan" in ln]
             assert ("--force-image" in line.split()) == expected, line

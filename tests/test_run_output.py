@@ -77,15 +77,15 @@ def final_lines(screen: str) -> list[str]:
 def test_one_line_per_task_with_times_status_duration_and_log(terminal_run):
     home, screen, err = terminal_run
     lines = final_lines(screen)
-    tasks = [FINAL.fullmatch(l) for l in lines if FINAL.fullmatch(l)]
+    tasks = [FINAL.fullmatch(ln) for ln in lines if FINAL.fullmatch(ln)]
     names = [m.group(3) for m in tasks]
     assert sorted(names) == sorted(TASKS), "\n".join(lines)  # each task once (the two preps in either order)
     assert names[0] == "start-run" and names[-1] == "end-run"
     assert names.index("prep-train") < names.index("train") < names.index("evaluate") < names.index("register")
     assert all(m.group(4) == "SUCCESS" for m in tasks)
     summary = lines.index("== ganforge run finished ==")
-    assert all(l == "" for l in lines[len(tasks):summary]), "nothing but the task lines before the summary"
-    (logs,) = [l.split(": ", 1)[1] for l in lines[summary:] if l.strip().startswith("logs:")]
+    assert all(ln == "" for ln in lines[len(tasks):summary]), "nothing but the task lines before the summary"
+    (logs,) = [ln.split(": ", 1)[1] for ln in lines[summary:] if ln.strip().startswith("logs:")]
     assert Path(logs).parent == home / "logs" / "runs"
     for m in tasks:
         assert Path(m.group(6)) == Path(logs) / f"{m.group(3)}.log"
@@ -176,7 +176,7 @@ def test_failed_task_line_log_tail_and_error_off_a_terminal(tmp_path):
     assert finals["prep-test"].group(4) == "FAILURE" and finals["end-run"].group(4) == "SUCCESS"
     assert "evaluate" not in finals and "register" not in finals  # train does not need prep-test
     tail = done.stdout.split(finals["prep-test"].group(0) + "\n", 1)[1].splitlines()
-    assert tail[0].startswith("    | ") and any("t10k-images-idx3-ubyte" in l for l in tail if l.startswith("    | "))
+    assert tail[0].startswith("    | ") and any("t10k-images-idx3-ubyte" in ln for ln in tail if ln.startswith("    | "))
     (error,) = done.stderr.strip().splitlines()
     logs = Path(finals["prep-test"].group(6)).parent
     assert error.startswith("error: ") and error.endswith(f"Task logs: {logs}"), error

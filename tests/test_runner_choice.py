@@ -35,7 +35,7 @@ def test_no_daemon_and_not_root_is_one_line(tmp_path):
     proc = subprocess.run([*prefix, sys.executable, "-m", "pipelines", "images-local"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 2, proc.stderr
-    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "no Docker daemon answers and this is not root" in lines[0], proc.stderr
 
 

@@ -182,8 +182,8 @@ def cluster_artifact_root() -> str:
         raise ClusterSpecError(
             f"train.launcher trainjob/pytorchjob needs {ARTIFACT_ROOT_ENV} to be an s3:// URI (got {root!r}): the "
             "job's pods reach the data and write checkpoints only through S3. On a cluster the ConfigMap "
-            f"ganforge-env sets it (k8s/base/cluster-settings.yaml); locally export {ARTIFACT_ROOT_ENV}=s3://BUCKET/PREFIX "
-            "or use train.launcher=local")
+            "ganforge-env sets it (k8s/base/cluster-settings.yaml); locally export "
+            f"{ARTIFACT_ROOT_ENV}=s3://BUCKET/PREFIX or use train.launcher=local")
     return root
 
 

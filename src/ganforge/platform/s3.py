@@ -327,9 +327,9 @@ def _retrying(target: _Target, action: Callable[[], T], policy: RetryPolicy | No
                 last = cause.kwargs.get("last", cause) if isinstance(cause, BudgetSpent) else cause
                 raise EndpointTimeoutError(
                     f"S3 {target.operation} {target.uri} failed: endpoint {target.connection.endpoint} did not answer "
-                    f"within the {budget:g} s budget ({TIMEOUT_ENV}; attempt {attempt}, last error: {last}). Fix: check "
-                    "that the endpoint is up and answering (AWS_ENDPOINT_URL / MLFLOW_S3_ENDPOINT_URL), or raise "
-                    f"{TIMEOUT_ENV}") from e
+                    f"within the {budget:g} s budget ({TIMEOUT_ENV}; attempt {attempt}, last error: {last}). "
+                    "Fix: check that the endpoint is up and answering (AWS_ENDPOINT_URL / MLFLOW_S3_ENDPOINT_URL), "
+                    f"or raise {TIMEOUT_ENV}") from e
             if not is_transient(e):
                 raise _explain(e, target) from e
             if attempt == policy.attempts:
