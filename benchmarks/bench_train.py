@@ -21,9 +21,9 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -33,8 +33,17 @@ from torch.utils.data import DataLoader, Dataset
 from ganforge.config import DEFAULT_IDX_DIR, DataConfig, PipelineConfig, build_config, with_overrides
 from ganforge.data import DataError, load_dataset, prepare, read_idx_dir
 from ganforge.models import build_models
-from ganforge.train import (DistInfo, _Context, build_training_state, d_step, epoch_permutation, g_step,
-                            global_noise, to_float, update_ema)
+from ganforge.train import (
+    DistInfo,
+    _Context,
+    build_training_state,
+    d_step,
+    epoch_permutation,
+    g_step,
+    global_noise,
+    to_float,
+    update_ema,
+)
 
 BENCH_IMAGES = 2048
 """Fashion-MNIST training images held in memory (32 batches of 64: no epoch boundary inside a round)."""
@@ -219,7 +228,7 @@ def update_ema_foreach(g_ema: nn.Module, g: nn.Module, decay: float, step: int) 
     torch._foreach_copy_(list(g_ema.buffers()), list(g.buffers()))
 
 
-def with_adam(step: "GanforgeStep", **kind) -> "GanforgeStep":
+def with_adam(step: GanforgeStep, **kind) -> GanforgeStep:
     """The step with both optimisers rebuilt as Adam(**kind) (foreach=True / fused=True), same hyper-parameters."""
     tc = step.cfg.train
     step.opt_g = torch.optim.Adam(step.G.parameters(), lr=tc.lr_g, betas=(tc.beta1, tc.beta2), **kind)
@@ -227,7 +236,7 @@ def with_adam(step: "GanforgeStep", **kind) -> "GanforgeStep":
     return step
 
 
-def with_ema(step: "GanforgeStep", fn: Callable) -> "GanforgeStep":
+def with_ema(step: GanforgeStep, fn: Callable) -> GanforgeStep:
     step.update_ema = fn
     return step
 
@@ -338,14 +347,14 @@ OP_GROUPS = ("conv-transpose forward (G)", "conv-transpose backward (G)", "conv 
              "Python + autograd overhead")
 
 
-def profile_step(step: "GanforgeStep") -> dict:
+def profile_step(step: GanforgeStep) -> dict:
     """Seconds of one step by op group: every aten op timed as it runs (a TorchDispatchMode), the optimiser
     and EMA by their calls; the rest of the wall time is Python and autograd bookkeeping."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     aten = torch.ops.aten
     seconds = dict.fromkeys(OP_GROUPS, 0.0)
-    phase: list[Optional[str]] = [None]
+    phase: list[str | None] = [None]
 
     def group_of(func, args) -> str:
         if phase[0]:
@@ -453,7 +462,7 @@ def bench_compile(work_dir: Path, *, warmup: int, steps_per_round: int, rounds: 
                         "warmup_steps": warmup, "steps_per_round": steps_per_round, "rounds": rounds}}
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """``compile`` subcommand: run bench_compile and print its result as one JSON line on stdout."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("what", choices=["compile"])

@@ -20,9 +20,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
 
 import torch
 
@@ -30,6 +30,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))  # sibling modules: bench_train, bench_metrics
 
 import bench_train  # noqa: E402
+
 from ganforge import threads  # noqa: E402
 from ganforge.config import build_config  # noqa: E402
 from ganforge.fileio import atomic_write_text  # noqa: E402
@@ -42,7 +43,7 @@ class Metric:
     """One reported number: its unit, its target (value must be >= target) and the benchmark that measures it."""
 
     unit: str
-    target: Optional[float]
+    target: float | None
     group: str
     what: str
 
@@ -173,7 +174,7 @@ def ddp_config_json(nproc: int, effort: Effort) -> str:
 
 
 def torchrun_img_per_s(nproc: int, data_dir: Path, scratch: Path, effort: Effort,
-                       threads: Optional[int] = None) -> dict:
+                       threads: int | None = None) -> dict:
     """One torchrun launch of ddp_worker_bench.py on nproc ranks; returns rank 0's report.
 
     threads=None leaves torch's default (every core for 1 rank; ``train()`` splits the cores for N ranks).
@@ -239,7 +240,7 @@ GROUP_RUNNERS: dict[str, Callable[[Path, Effort, set[str]], dict]] = {
     "threads": run_threads, "train": run_train, "compile": run_compile, "ddp": run_ddp, "inception": run_inception, "fid": run_fid}
 
 
-def status_of(value: float, target: Optional[float]) -> str:
+def status_of(value: float, target: float | None) -> str:
     """PASS/MISS against a ``>=`` target; REPORT for numbers that have no target."""
     if target is None:
         return "REPORT"
@@ -290,7 +291,7 @@ def format_details(details: dict) -> str:
     return "\n".join(parts)
 
 
-def parse_only(text: Optional[str]) -> list[str]:
+def parse_only(text: str | None) -> list[str]:
     """--only NAME,NAME… → metric names in report order; argparse error naming the valid ones."""
     if not text:
         return list(METRICS)
@@ -329,7 +330,7 @@ def run_benchmarks(names: list[str], effort: Effort, work: Path) -> dict:
     return report
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path("build/bench.json"), help="JSON report (written atomically)")
     p.add_argument("--quick", action="store_true", help="few steps and images: checks the machinery, not the speed")

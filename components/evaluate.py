@@ -10,8 +10,8 @@ def evaluate(config_json: str, run_id: str, model: Input[Model], reference: Inpu
     """FID/KID (images) or classifier IS/FD (audio) of the EMA generator; returns metrics as JSON."""
     import json
 
-    from ganforge.platform.task_runtime import record_task
     from ganforge.platform.steps import evaluate_step
+    from ganforge.platform.task_runtime import record_task
 
     record_task(run_id, "evaluate")
     result = evaluate_step(config_json, model.path, reference.path, run_id)

@@ -7,8 +7,8 @@ from .image import IMAGE
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def prep_data(config_json: str, split: str, run_id: str, dataset: Output[Dataset]) -> str:
     """Prepare one split as a validated uint8/int16 array + manifest; returns its sha256."""
-    from ganforge.platform.task_runtime import record_task
     from ganforge.platform.steps import prep_step
+    from ganforge.platform.task_runtime import record_task
 
     record_task(run_id, f"prep_data-{split}")
     manifest = prep_step(config_json, split, dataset.path, run_id)

@@ -14,8 +14,8 @@ def register(config_json: str, run_id: str, metrics_json: str, kfp_run: str, mod
     import tempfile
     from collections import namedtuple
 
-    from ganforge.platform.task_runtime import record_task
     from ganforge.platform.steps import register_step
+    from ganforge.platform.task_runtime import record_task
 
     record_task(run_id, "register")
     out = register_step(config_json, model.path, metrics_json, run_id, kfp_run=kfp_run,

@@ -13,8 +13,8 @@ def start_run(pipeline: str, profile: str, epochs: int, source: str, nproc: int,
     group.field=value strings) and open its MLflow run."""
     from collections import namedtuple
 
-    from ganforge.platform.task_runtime import record_task
     from ganforge.platform.steps import start_run_step
+    from ganforge.platform.task_runtime import record_task
 
     knobs = {"train": {"epochs": epochs, "nproc": nproc, "nnodes": nnodes, "launcher": launcher}, "data": {"source": source},
              "eval": {"n_samples": fid_samples}, "registry": {"promotion_margin": promotion_margin}}

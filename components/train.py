@@ -8,8 +8,8 @@ from .image import IMAGE
 def train(config_json: str, run_id: str, dataset: Input[Dataset], model: Output[Model],
           samples: Output[dsl.Artifact]) -> int:
     """Train the GAN (resuming from the model directory on a retry); returns the final step."""
-    from ganforge.platform.task_runtime import record_task
     from ganforge.platform.steps import train_step
+    from ganforge.platform.task_runtime import record_task
 
     record_task(run_id, "train")
     result = train_step(config_json, dataset.path, model.path, run_id, samples_path=samples.path)

@@ -23,8 +23,9 @@ import shutil
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Optional, TextIO
+from typing import TextIO
 
 # A tqdm bar: "... 35%|███ | 70/200 [00:42<01:18, 1.60step/s]" (the [elapsed<remaining] part).
 _BAR = re.compile(r"\d+/\d+ \[\d[\d:]*<[\d:?]+")
@@ -50,7 +51,7 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "task"
 
 
-def last_progress(text: str) -> Optional[str]:
+def last_progress(text: str) -> str | None:
     """The newest tqdm bar in ``text`` (segments split on CR and LF), stripped; None if there is none."""
     for segment in reversed(re.split(r"[\r\n]", text)):
         if _BAR.search(segment):
@@ -175,11 +176,11 @@ def run_dir(home: Path, pipeline: str) -> Path:
 
 
 @contextlib.contextmanager
-def task_logs(log_dir: Path, out: Optional[TextIO] = None) -> Iterator[TaskConsole]:
+def task_logs(log_dir: Path, out: TextIO | None = None) -> Iterator[TaskConsole]:
     """Run a kfp.local pipeline inside this block: task output to ``log_dir``, one line per task to ``out``
     (default: this process's stdout as it was when the block began)."""
-    from kfp.local.orchestrator import task_executor
     from kfp.local import status as kfp_status
+    from kfp.local.orchestrator import task_executor
 
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):

@@ -8,7 +8,7 @@ config decides the shape at compile time (e.g. whether a separate reference spli
 and the cluster settings of the training task; the per-run knobs stay pipeline parameters.
 """
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from kfp import dsl
 
@@ -20,7 +20,7 @@ from .kube import ClusterSettings, apply_cluster_settings
 PIPELINES = tuple(PRESETS)
 
 
-def build_pipeline(name: str, profile: str = "local", cluster: Optional[ClusterSettings] = None) -> Callable:
+def build_pipeline(name: str, profile: str = "local", cluster: ClusterSettings | None = None) -> Callable:
     """The KFP pipeline for preset ``name``; ``profile`` is its default profile parameter."""
     cfg = build_config(name, profile)  # validates name/profile now, not at run time
     cluster = cluster or ClusterSettings.from_config(cfg)

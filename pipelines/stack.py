@@ -36,7 +36,6 @@ import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
 
 from ganforge import paths
 from ganforge.errors import GanforgeError
@@ -71,7 +70,7 @@ class Stack:
         return {"MLFLOW_TRACKING_URI": self.tracking_uri}
 
 
-def stack_dir(home: Optional[Path] = None) -> Path:
+def stack_dir(home: Path | None = None) -> Path:
     return (home or paths.home()) / "stack"
 
 
@@ -95,7 +94,7 @@ def answers(url: str) -> bool:
         return False
 
 
-def wait_until(check, what: str, log: Optional[Path] = None, timeout_s: float = STARTUP_TIMEOUT_S) -> None:
+def wait_until(check, what: str, log: Path | None = None, timeout_s: float = STARTUP_TIMEOUT_S) -> None:
     deadline = time.monotonic() + timeout_s
     while not check():
         if time.monotonic() > deadline:
@@ -218,7 +217,7 @@ def start_mlflow(home: Path, pg_port: int, password: str, s3_endpoint: str, logs
     return uri, name
 
 
-def read(home: Optional[Path] = None) -> Optional[Stack]:
+def read(home: Path | None = None) -> Stack | None:
     path = stack_dir(home) / "stack.json"
     try:
         return Stack(**json.loads(path.read_text()))
@@ -230,7 +229,7 @@ def healthy(stack: Stack) -> bool:
     return is_our_s3(stack.s3_pid) and answers(stack.tracking_uri + "/health")
 
 
-def up(home: Optional[Path] = None, log=print) -> Stack:
+def up(home: Path | None = None, log=print) -> Stack:
     """The running local stack of GANFORGE_HOME, started when none answers (idempotent)."""
     home = (home or paths.home()).resolve()
     current = read(home)
@@ -270,7 +269,7 @@ def up(home: Optional[Path] = None, log=print) -> Stack:
     return stack
 
 
-def down(home: Optional[Path] = None, log=print) -> bool:
+def down(home: Path | None = None, log=print) -> bool:
     """Stop the stack and discard its state; False when there was none."""
     home = (home or paths.home()).resolve()
     stack = read(home)
@@ -288,6 +287,6 @@ def down(home: Optional[Path] = None, log=print) -> bool:
     return True
 
 
-def running(home: Optional[Path] = None) -> Optional[Stack]:
+def running(home: Path | None = None) -> Stack | None:
     stack = read(home)
     return stack if stack is not None and healthy(stack) else None

@@ -82,7 +82,7 @@ class KFPStandin:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
 
-    def __enter__(self) -> "KFPStandin":
+    def __enter__(self) -> KFPStandin:
         self._thread.start()
         return self
 

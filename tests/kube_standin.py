@@ -29,9 +29,8 @@ import subprocess
 import sys
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Optional
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 _TS = "2026-01-01T00:00:00Z"
@@ -116,7 +115,7 @@ class KubeStandin:
     def host(self) -> str:
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
-    def __enter__(self) -> "KubeStandin":
+    def __enter__(self) -> KubeStandin:
         self._thread.start()
         return self
 
@@ -227,7 +226,7 @@ class KubeStandin:
 class _Pod:
     name: str
     log: Path
-    process: Optional[subprocess.Popen] = None
+    process: subprocess.Popen | None = None
     start_error: str = ""
     """Why the container never started (e.g. a missing Secret key), as the kubelet reports it."""
 
@@ -280,8 +279,8 @@ class ExecutingKubeStandin(KubeStandin):
     here share one /tmp. The pod environment does not inherit the test process's.
     """
 
-    def __init__(self, workdir: str | Path, secrets: Optional[dict[str, dict[str, str]]] = None,
-                 base_env: Optional[dict[str, str]] = None):
+    def __init__(self, workdir: str | Path, secrets: dict[str, dict[str, str]] | None = None,
+                 base_env: dict[str, str] | None = None):
         super().__init__(Scenario(phases=["Created"]))
         self.workdir = Path(workdir)
         self.secrets = secrets or {}

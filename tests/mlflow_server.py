@@ -23,8 +23,8 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Iterator, Mapping, Optional
 
 STARTUP_TIMEOUT_S = 120.0
 
@@ -62,8 +62,8 @@ def stop(process: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
-def mlflow_server(workdir: str | os.PathLike, artifacts_destination: Optional[str] = None,
-                  env: Optional[Mapping[str, str]] = None) -> Iterator[str]:
+def mlflow_server(workdir: str | os.PathLike, artifacts_destination: str | None = None,
+                  env: Mapping[str, str] | None = None) -> Iterator[str]:
     """Start ``mlflow server`` with state under ``workdir``; yield its http URI; stop it.
 
     ``artifacts_destination`` defaults to ``workdir/artifacts`` (served by the server, so

@@ -24,10 +24,11 @@ import pytest
 import torch
 
 from conftest import cli_env
-from ganforge.platform import s3 as storage, steps
-from ganforge.config import build_config
-from ganforge.platform.cluster_jobs import ClusterSpecError, ClusterTrainingError
 from ganforge.checkpoint import load_generator, read_checkpoint
+from ganforge.config import build_config
+from ganforge.platform import s3 as storage
+from ganforge.platform import steps
+from ganforge.platform.cluster_jobs import ClusterSpecError, ClusterTrainingError
 from kube_standin import ExecutingKubeStandin
 from s3_server import s3_fixtures
 

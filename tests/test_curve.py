@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from ganforge import cli, curve
+from ganforge.checkpoint import list_snapshots, load_generator, read_checkpoint
 from ganforge.config import PRESETS, build_config
 from ganforge.curve import evaluate_run
-from ganforge.checkpoint import list_snapshots, load_generator, read_checkpoint
 from ganforge.train import train
 
 EVAL = {"n_samples": 12, "curve_samples": 6, "kid_subset_size": 6, "kid_subsets": 5}

@@ -18,10 +18,21 @@ import yaml
 from kubernetes import client
 
 from ganforge.config import PRESETS, build_config
-from ganforge.platform.cluster_jobs import (CONFIG_ENV, ClusterSpecError, ClusterTrainingError, ClusterTrainSpec,
-                                            job_name, job_phase, launch_and_watch, manifest, pytorchjob_manifest,
-                                            spec_from_config, trainjob_manifest, train_command)
 from ganforge.launch import torchrun_command
+from ganforge.platform.cluster_jobs import (
+    CONFIG_ENV,
+    ClusterSpecError,
+    ClusterTrainingError,
+    ClusterTrainSpec,
+    job_name,
+    job_phase,
+    launch_and_watch,
+    manifest,
+    pytorchjob_manifest,
+    spec_from_config,
+    train_command,
+    trainjob_manifest,
+)
 from kube_standin import KubeStandin, Scenario
 
 SCHEMAS = Path(__file__).parent / "schemas"

@@ -17,11 +17,11 @@ from PIL import Image
 
 from conftest import ROOT, cli_env
 from ganforge import cli
-from ganforge.platform import registry, tracking
 from ganforge.config import build_config
 from ganforge.errors import OutputPathError
 from ganforge.generate import GenerationError, generate_to_dir, interpolation_latents, png_bytes, slerp, tile_grid
 from ganforge.models import build_models
+from ganforge.platform import registry, tracking
 from ganforge.train import train
 
 N, STEPS = 10, 5

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -18,7 +17,6 @@ import pytest
 
 from ganforge import inception_runtime, metrics
 from ganforge.data import load_dataset
-from ganforge.weights import EXTRACTOR_TORCHSCRIPT, InceptionChoice
 
 ROOT = Path(__file__).resolve().parents[1]
 N_PER_SIDE = 16

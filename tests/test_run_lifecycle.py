@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ganforge.platform import registry, steps, tracking
 from ganforge.config import build_config
+from ganforge.platform import registry, steps, tracking
 
 
 @pytest.fixture

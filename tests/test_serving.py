@@ -22,10 +22,10 @@ import torch
 from mlflow import MlflowClient
 
 from conftest import ROOT, cli_env
-from ganforge.platform import registry, tracking
 from ganforge.config import build_config
 from ganforge.generate import generate_to_dir
 from ganforge.models import build_models
+from ganforge.platform import registry, tracking
 
 SITE_PACKAGES = Path(torch.__file__).resolve().parents[1]
 SAMPLE_INPUTS_RECORD = "data/sample_inputs/model.pt"

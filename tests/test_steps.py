@@ -2,9 +2,9 @@
 import pytest
 
 from conftest import cli_env
+from ganforge.checkpoint import read_checkpoint
 from ganforge.config import build_config
 from ganforge.platform.steps import settle_config, train_step
-from ganforge.checkpoint import read_checkpoint
 from ganforge.train import TrainingError
 
 

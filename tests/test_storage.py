@@ -16,8 +16,8 @@ import pytest
 from boto3.s3.transfer import TransferConfig
 
 from ganforge import fileio
-from ganforge.platform import s3 as storage
 from ganforge.fileio import StorageError
+from ganforge.platform import s3 as storage
 from s3_server import S3Server, flaky_http_proxy, s3_environment, s3_fixtures
 
 moto_server, s3 = s3_fixtures(scope="module")
@@ -526,7 +526,7 @@ class _SilentServer:
                 continue
             self.accepted.append(conn)  # kept open, never answered
 
-    def __enter__(self) -> "_SilentServer":
+    def __enter__(self) -> _SilentServer:
         self.thread.start()
         return self
 

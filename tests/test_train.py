@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from conftest import ROOT, cli_env
-from ganforge.config import build_config
 from ganforge.checkpoint import CheckpointError, load_generator, read_checkpoint
+from ganforge.config import build_config
 from ganforge.train import NonFiniteLossError, train
 
 

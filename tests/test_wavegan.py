@@ -6,8 +6,13 @@ import torch
 from torch import nn
 
 from ganforge.config import build_config
-from ganforge.models.wavegan import (PhaseShuffle, WaveGANDiscriminator, WaveGANGenerator, build_wavegan,
-                                     shift_with_reflection)
+from ganforge.models.wavegan import (
+    PhaseShuffle,
+    WaveGANDiscriminator,
+    WaveGANGenerator,
+    build_wavegan,
+    shift_with_reflection,
+)
 
 torch.set_num_threads(1)
 LENGTH = 16384

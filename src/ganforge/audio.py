@@ -19,7 +19,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from math import gcd
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 from scipy.io import wavfile
@@ -27,8 +26,8 @@ from scipy.signal import resample_poly
 
 import ganforge
 from ganforge.config import DataConfig
-from ganforge.manifest import DataError, class_histogram, sha256_of_array, write_manifest
 from ganforge.fileio import atomic_dir, fetch_s3_prefix
+from ganforge.manifest import DataError, class_histogram, sha256_of_array, write_manifest
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 LABEL_PATTERN = re.compile(r"^(zero|one|two|three|four|five|six|seven|eight|nine|[0-9])(?![a-z0-9])")
@@ -68,7 +67,7 @@ class Speaker:
         return f"{self.voice}{self.variant}/s{self.speed}/p{self.pitch}"
 
 
-def prepare_audio(cfg: DataConfig, out_dir: str | os.PathLike, split: Optional[str] = None, seed: int = 0) -> dict:
+def prepare_audio(cfg: DataConfig, out_dir: str | os.PathLike, split: str | None = None, seed: int = 0) -> dict:
     """Prepare ``cfg.source`` (a WAV folder, ``s3://`` prefix of WAVs or ``espeak:sc09``) into ``out_dir``.
 
     Returns the manifest. ``split`` defaults to ``cfg.split``; a WAV folder that has a ``train/`` or
@@ -98,7 +97,7 @@ def prepare_audio(cfg: DataConfig, out_dir: str | os.PathLike, split: Optional[s
     return manifest
 
 
-def build_audio_manifest(source: str, split: str, clips: np.ndarray, labels: Optional[np.ndarray],
+def build_audio_manifest(source: str, split: str, clips: np.ndarray, labels: np.ndarray | None,
                          sample_rate: int) -> dict:
     """The manifest of an audio dataset: the image manifest's keys plus ``sample_rate``."""
     return {
@@ -118,7 +117,7 @@ def build_audio_manifest(source: str, split: str, clips: np.ndarray, labels: Opt
 
 
 def read_wav_folder(folder: Path, cfg: DataConfig, split: str, shown_as: str
-                    ) -> tuple[np.ndarray, Optional[np.ndarray], str]:
+                    ) -> tuple[np.ndarray, np.ndarray | None, str]:
     """All ``*.wav`` under ``folder`` (recursively, sorted, first ``cfg.limit``) → clips, labels, split."""
     if not folder.is_dir():
         problem = "is a file, not a directory" if folder.exists() else "does not exist"
@@ -138,7 +137,7 @@ def read_wav_folder(folder: Path, cfg: DataConfig, split: str, shown_as: str
     return clips, label_array, recorded_split
 
 
-def label_from_path(path: Path, root: Path) -> Optional[int]:
+def label_from_path(path: Path, root: Path) -> int | None:
     """Digit 0-9 from the file name ("seven_01.wav", "7_a.wav"), else from the parent folder ("seven/")."""
     names = [path.stem]
     if path.parent != root:

@@ -23,8 +23,8 @@ from torch import nn
 
 from ganforge.config import EvalConfig
 from ganforge.data import DataError, load_dataset, verify_sha256
-from ganforge.metrics import features_to_statistics, statistics_to_fid
 from ganforge.fileio import atomic_file, atomic_write_bytes
+from ganforge.metrics import features_to_statistics, statistics_to_fid
 
 N_FFT = 512
 HOP = 256

@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional
 
 from .config import PRESETS, PROFILES, ConfigError, PipelineConfig, build_config, parse_override
 from .errors import GanforgeError, require_platform
@@ -167,7 +166,7 @@ def cmd_train(args) -> int:
 MLFLOW_RUN_FILE = "mlflow_run_id"
 
 
-def _recorded_mlflow_run(run: Path) -> Optional[str]:
+def _recorded_mlflow_run(run: Path) -> str | None:
     """The MLflow run id a ``train --mlflow`` run directory recorded, or None."""
     id_file = run / MLFLOW_RUN_FILE
     return id_file.read_text().strip() if id_file.is_file() else None

@@ -23,15 +23,15 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 from .checkpoint import CHECKPOINT_NAME, CONFIG_NAME, list_snapshots, read_checkpoint
 from .config import PipelineConfig
-from .fileio import atomic_file, atomic_write_text
-from .errors import GanforgeError
 from .data import load_dataset
+from .errors import GanforgeError
 from .evaluate import evaluate_checkpoint
+from .fileio import atomic_file, atomic_write_text
 from .paths import cache_dir as default_cache_dir
 from .train import steps_per_epoch, total_steps
 
@@ -75,7 +75,7 @@ def _final_epoch(run_dir: Path, data_dir: str | os.PathLike, cfg: PipelineConfig
 
 
 def curve_point(snapshot: str | os.PathLike, reference_dir: str | os.PathLike, n: int, n_real: int,
-                cache: str | os.PathLike, workers: Optional[int] = None) -> dict:
+                cache: str | os.PathLike, workers: int | None = None) -> dict:
     """FID/KID of one snapshot's generator: n generated images vs n_real reference images."""
     started = time.perf_counter()
     ckpt = read_checkpoint(snapshot)
@@ -84,12 +84,12 @@ def curve_point(snapshot: str | os.PathLike, reference_dir: str | os.PathLike, n
             "kid_mean": m["kid_mean"], "kid_std": m["kid_std"], "seconds": time.perf_counter() - started}
 
 
-def fid_curve(run_dir: str | os.PathLike, reference_dir: str | os.PathLike, *, n: Optional[int] = None,
-              n_real: Optional[int] = None, cache: Optional[str | os.PathLike] = None,
-              out: Optional[str | os.PathLike] = None, known: Optional[list[dict]] = None, follow: bool = False,
-              train_data_dir: Optional[str | os.PathLike] = None, poll_s: float = 30.0,
-              max_epoch: Optional[int] = None, on_point: Optional[Callable[[dict], None]] = None,
-              workers: Optional[int] = None) -> list[dict]:
+def fid_curve(run_dir: str | os.PathLike, reference_dir: str | os.PathLike, *, n: int | None = None,
+              n_real: int | None = None, cache: str | os.PathLike | None = None,
+              out: str | os.PathLike | None = None, known: list[dict] | None = None, follow: bool = False,
+              train_data_dir: str | os.PathLike | None = None, poll_s: float = 30.0,
+              max_epoch: int | None = None, on_point: Callable[[dict], None] | None = None,
+              workers: int | None = None) -> list[dict]:
     """Evaluate every snapshot of run_dir not yet in the curve CSV; return all rows by epoch.
 
     ``known``: points already measured elsewhere (the final evaluation's) to add without
@@ -136,9 +136,9 @@ def fid_curve(run_dir: str | os.PathLike, reference_dir: str | os.PathLike, *, n
 
 
 def evaluate_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
-                 n: Optional[int] = None, cache: Optional[str | os.PathLike] = None,
-                 curve: bool = True, train_dir: Optional[str | os.PathLike] = None,
-                 workers: Optional[int] = None) -> tuple[dict, list[dict]]:
+                 n: int | None = None, cache: str | os.PathLike | None = None,
+                 curve: bool = True, train_dir: str | os.PathLike | None = None,
+                 workers: int | None = None) -> tuple[dict, list[dict]]:
     """The final evaluation of a training run, plus its FID curve when the run kept snapshots.
 
     Writes ``metrics.json`` and, with snapshots, ``fid_curve.csv`` and ``fid_curve.png`` to
@@ -180,7 +180,7 @@ def evaluate_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike, out_di
     return metrics, rows
 
 
-def plot_curve(rows: list[dict], out_png: str | os.PathLike, final: Optional[dict] = None,
+def plot_curve(rows: list[dict], out_png: str | os.PathLike, final: dict | None = None,
                title: str = "") -> Path:
     """FID-n (left axis) and KID (right axis) against epoch; the final FID as a labelled marker."""
     import matplotlib

@@ -16,10 +16,10 @@ import os
 import socket
 import tempfile
 import zlib
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
 
 import numpy as np
 
@@ -53,8 +53,8 @@ class RawDataset:
     """Examples at their target shape, before they are written: N×C×H×W uint8, optional labels."""
 
     images: np.ndarray
-    labels: Optional[np.ndarray]
-    class_names: Optional[list[str]]
+    labels: np.ndarray | None
+    class_names: list[str] | None
 
 
 @dataclass(frozen=True)
@@ -62,12 +62,12 @@ class LoadedDataset:
     """A prepared dataset directory: images memory-mapped, labels (or None), its manifest."""
 
     images: np.ndarray
-    labels: Optional[np.ndarray]
+    labels: np.ndarray | None
     manifest: dict
     path: Path
 
 
-def prepare(cfg: DataConfig, out_dir: str | os.PathLike, split: Optional[str] = None) -> dict:
+def prepare(cfg: DataConfig, out_dir: str | os.PathLike, split: str | None = None) -> dict:
     """Prepare ``cfg.source`` into the dataset directory ``out_dir`` and return its manifest.
 
     ``split`` ("train" or "test") defaults to ``cfg.split``; image folders without ``train/`` and
@@ -387,7 +387,7 @@ def to_mode(img, mode: str):
     return img.convert(mode)
 
 
-def check_channels(first_color: Optional[Path], first_gray: Optional[Path], channels: int, folder: Path) -> None:
+def check_channels(first_color: Path | None, first_gray: Path | None, channels: int, folder: Path) -> None:
     """Colour into channels=1 is an error; a mix of gray and colour into channels=3 is an error."""
     if first_color and channels == 1:
         raise DataError(f"{folder} has RGB images (e.g. {first_color}) but data.channels=1; set data.channels=3")
@@ -396,7 +396,7 @@ def check_channels(first_color: Optional[Path], first_gray: Optional[Path], chan
                         f"(e.g. {first_color}); convert them all to RGB (or all to grayscale with data.channels=1)")
 
 
-def class_folders(folder: Path, files: list[Path]) -> Optional[list[str]]:
+def class_folders(folder: Path, files: list[Path]) -> list[str] | None:
     """Sorted names of top-level subfolders holding images, when there are at least two; else None."""
     tops = sorted({f.relative_to(folder).parts[0] for f in files if len(f.relative_to(folder).parts) > 1})
     if len(tops) < 2:
@@ -430,7 +430,7 @@ def read_image_folder(folder: Path, files: list[Path], cfg: DataConfig) -> RawDa
     return RawDataset(images, labels, classes)
 
 
-def label_summary(labels: Optional[np.ndarray], class_names: Optional[list[str]]) -> dict:
+def label_summary(labels: np.ndarray | None, class_names: list[str] | None) -> dict:
     """Manifest entries of a labelled dataset: ``num_classes``, ``class_counts`` (per class name, every
     named class listed) and ``labels_sha256``; nothing for an unlabelled one."""
     if labels is None:

@@ -4,16 +4,15 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Optional
 
 import torch
 
-from .config import PipelineConfig, with_overrides
-from .paths import cache_dir as default_cache_dir
-from .fileio import atomic_write_text
 from .checkpoint import generator_from_checkpoint, read_checkpoint
-from .train import generate
+from .config import PipelineConfig, with_overrides
 from .errors import GanforgeError
+from .fileio import atomic_write_text
+from .paths import cache_dir as default_cache_dir
+from .train import generate
 
 
 class EvaluationError(GanforgeError, ValueError):
@@ -39,7 +38,7 @@ def eval_latents(n: int, nz: int, seed: int = EVAL_SEED) -> torch.Tensor:
     return torch.cat(blocks)[:n] if blocks else torch.empty(0, nz)
 
 
-def eval_labels(n: int, cfg: PipelineConfig) -> Optional[torch.Tensor]:
+def eval_labels(n: int, cfg: PipelineConfig) -> torch.Tensor | None:
     """Class-conditional generators: the evaluation's class-balanced labels (i % K); None otherwise."""
     if not cfg.model.num_classes:
         return None
@@ -53,11 +52,11 @@ def sample_for_eval(G: torch.nn.Module, cfg: PipelineConfig, n: int, seed: int =
                     labels=eval_labels(n, cfg))
 
 
-def evaluate_checkpoint(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, n: Optional[int] = None,
-                        cache: Optional[str | os.PathLike] = None, out: Optional[str | os.PathLike] = None,
-                        prefix_n: Optional[int] = None, ckpt: Optional[dict] = None, n_real: Optional[int] = None,
-                        ema: bool = True, train_dir: Optional[str | os.PathLike] = None,
-                        workers: Optional[int] = None) -> dict:
+def evaluate_checkpoint(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, n: int | None = None,
+                        cache: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
+                        prefix_n: int | None = None, ckpt: dict | None = None, n_real: int | None = None,
+                        ema: bool = True, train_dir: str | os.PathLike | None = None,
+                        workers: int | None = None) -> dict:
     """FID/KID (images) or the SC09 classifier scores (audio) of a checkpoint's generator; metrics.json if out.
 
     ``n`` generated samples against ``n_real`` real ones (images; default n, else the config's).

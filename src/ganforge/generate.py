@@ -17,16 +17,15 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import torch
 import torch.nn as nn
 
-from .config import PipelineConfig
-from .fileio import atomic_dir, check_output_dir
 from .checkpoint import CHECKPOINT_NAME, load_generator
-from .train import generate
+from .config import PipelineConfig
 from .errors import GanforgeError, require_platform
+from .fileio import atomic_dir, check_output_dir
+from .train import generate
 
 MANIFEST_NAME = "generation.json"
 REGISTRY_SCHEME = "models:/"
@@ -44,11 +43,11 @@ class LoadedModel:
     generator: nn.Module
     cfg: PipelineConfig
     provenance: dict
-    class_names: Optional[list[str]] = None
+    class_names: list[str] | None = None
     """Class-conditional models: the class names in label order (ids as text when the data named none)."""
 
 
-def parse_registry_uri(uri: str) -> tuple[str, Optional[str], Optional[int]]:
+def parse_registry_uri(uri: str) -> tuple[str, str | None, int | None]:
     """``models:/NAME@ALIAS`` → (NAME, ALIAS, None); ``models:/NAME/VERSION`` → (NAME, None, VERSION)."""
     body = uri[len(REGISTRY_SCHEME):]
     name, at, alias = body.partition("@")
@@ -174,8 +173,8 @@ def grid_columns(n: int) -> int:
     return math.ceil(math.sqrt(n))
 
 
-def write_image_outputs(samples: torch.Tensor, interpolation: Optional[torch.Tensor], steps: int,
-                        out: Path, ncol: Optional[int] = None) -> dict[str, Path]:
+def write_image_outputs(samples: torch.Tensor, interpolation: torch.Tensor | None, steps: int,
+                        out: Path, ncol: int | None = None) -> dict[str, Path]:
     """grid.png (``ncol`` per row, default near-square), images/NNNNN.png and (with interpolations)
     interpolation.png under ``out``."""
     images = to_uint8_images(samples)
@@ -190,7 +189,7 @@ def write_image_outputs(samples: torch.Tensor, interpolation: Optional[torch.Ten
     return written
 
 
-def write_audio_outputs(samples: torch.Tensor, interpolation: Optional[torch.Tensor], steps: int,
+def write_audio_outputs(samples: torch.Tensor, interpolation: torch.Tensor | None, steps: int,
                         out: Path, sample_rate: int) -> dict[str, Path]:
     """wavs/sample_NNNN.wav (16-bit PCM), spectrograms.png and (with interpolations)
     interpolation/sample_NNNN.wav (row-major: row r, step k is number r·steps + k) and interpolation.png."""
@@ -240,7 +239,7 @@ def relative_files(root: Path) -> list[str]:
 
 
 def generation_manifest(loaded: LoadedModel, seed: int, n: int, interpolate: int, rows: int, files: list[str],
-                        classes: Optional[dict] = None) -> dict:
+                        classes: dict | None = None) -> dict:
     cfg = loaded.cfg
     manifest = {**loaded.provenance, "pipeline": cfg.name, "profile": cfg.profile, "config_hash": cfg.config_hash(),
                 "seed": seed, "n": n, "interpolate": interpolate, "interpolation_rows": rows if interpolate else 0,
@@ -252,7 +251,7 @@ def generation_manifest(loaded: LoadedModel, seed: int, n: int, interpolate: int
 
 
 def sample(generator: nn.Module, z: torch.Tensor, batch_size: int, cfg: PipelineConfig,
-           labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+           labels: torch.Tensor | None = None) -> torch.Tensor:
     """G(z) (class-conditional: G(z, labels)) in batches; a failure names the latent shape the config
     promised, the usual culprit."""
     try:
@@ -263,7 +262,7 @@ def sample(generator: nn.Module, z: torch.Tensor, batch_size: int, cfg: Pipeline
                               "re-register or retrain it; if it is out of memory, lower batch_size") from e
 
 
-def class_plan(loaded: LoadedModel, choice: Optional[str], per_class: bool) -> tuple[Optional[int], dict]:
+def class_plan(loaded: LoadedModel, choice: str | None, per_class: bool) -> tuple[int | None, dict]:
     """The class a request asks for (``--class`` as a name or id) and the manifest's class entries.
 
     An unconditional model refuses ``--class``/``--per-class``; an unknown class lists the choices."""
@@ -288,7 +287,7 @@ def class_plan(loaded: LoadedModel, choice: Optional[str], per_class: bool) -> t
 
 
 def generate_to_dir(model: str, out_dir: str | os.PathLike, n: int = 64, seed: int = 0, interpolate: int = 0,
-                    batch_size: int = 256, device: str = "cpu", class_: Optional[str] = None,
+                    batch_size: int = 256, device: str = "cpu", class_: str | None = None,
                     per_class: bool = False) -> dict[str, Path]:
     """Write ``n`` samples (and ``interpolate``-step slerp rows) from ``model`` into ``out_dir``.
 

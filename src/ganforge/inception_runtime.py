@@ -22,18 +22,17 @@ import functools
 import json
 import logging
 import os
-import sys
 import re
 import shutil
+import sys
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
 
 from .errors import GanforgeError
-from .paths import cache_dir
 from .fileio import atomic_dir
+from .paths import cache_dir
 from .weights import file_sha1, load_torchscript, torchscript_allowed
 
 log = logging.getLogger(__name__)
@@ -51,7 +50,7 @@ class InceptionRuntimeError(GanforgeError, RuntimeError):
     """The requested Inception runtime cannot be used; the message says why and what to do."""
 
 
-def requested_runtime(runtime: Optional[str] = None) -> str:
+def requested_runtime(runtime: str | None = None) -> str:
     """``runtime`` or ``$GANFORGE_INCEPTION_RUNTIME`` (default ``auto``), checked."""
     value = (runtime or os.environ.get(RUNTIME_ENV, "") or "auto").strip().lower()
     if value not in RUNTIMES:
@@ -215,7 +214,7 @@ class OpenVINOInception:
 _warned_fallback = False
 
 
-def fast_inception(weights_path: Path, runtime: str, threads: int) -> Optional[OpenVINOInception]:
+def fast_inception(weights_path: Path, runtime: str, threads: int) -> OpenVINOInception | None:
     """The OpenVINO path for ``runtime`` ``auto``/``openvino``; None means: use the TorchScript.
 
     ``auto`` falls back to TorchScript with one log line per process when OpenVINO is missing

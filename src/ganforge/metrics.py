@@ -19,8 +19,8 @@ import functools
 import io
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Optional
 
 import numpy as np
 import torch
@@ -31,14 +31,13 @@ from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, k
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
 
+from . import inception_runtime, threads
 from .config import EvalConfig
 from .data import load_dataset
-from .fileio import atomic_write_bytes
-from .weights import (EXTRACTOR_TORCHSCRIPT, InceptionChoice, load_torchscript, resolve_inception,
-                      torchscript_allowed)
-from . import inception_runtime, threads
 from .errors import GanforgeError
+from .fileio import atomic_write_bytes
 from .progress import progress_enabled
+from .weights import EXTRACTOR_TORCHSCRIPT, InceptionChoice, load_torchscript, resolve_inception, torchscript_allowed
 
 FEATURE_LAYER = "2048"
 FEATURE_DIM = 2048
@@ -119,8 +118,8 @@ class InceptionTorchScriptExtractor(FeatureExtractorBase):
     before freezing.
     """
 
-    def __init__(self, name: str, features_list: list[str], feature_extractor_weights_path: Optional[str] = None,
-                 fold_batchnorm: bool = True, runtime: Optional[str] = None, **kwargs) -> None:
+    def __init__(self, name: str, features_list: list[str], feature_extractor_weights_path: str | None = None,
+                 fold_batchnorm: bool = True, runtime: str | None = None, **kwargs) -> None:
         super().__init__(name, features_list)
         if feature_extractor_weights_path is None:
             raise MetricsError(f"{name} needs feature_extractor_weights_path: pass ganforge.weights.inception_weights_path()")
@@ -129,7 +128,7 @@ class InceptionTorchScriptExtractor(FeatureExtractorBase):
         self.fold_batchnorm = fold_batchnorm
         self.runtime = inception_runtime.requested_runtime(runtime)
         self._inference_nets: dict[str, torch.jit.ScriptModule] = {}
-        self._fast_nets: dict[str, Optional[inception_runtime.OpenVINOInception]] = {}
+        self._fast_nets: dict[str, inception_runtime.OpenVINOInception | None] = {}
 
     @staticmethod
     def get_provided_features_list() -> tuple[str, ...]:
@@ -155,7 +154,7 @@ class InceptionTorchScriptExtractor(FeatureExtractorBase):
             self._inference_nets[key] = torchscript_to_inference_module(self.net, self.fold_batchnorm)
         return self._inference_nets[key]
 
-    def fast_net(self, device: torch.device) -> Optional[inception_runtime.OpenVINOInception]:
+    def fast_net(self, device: torch.device) -> inception_runtime.OpenVINOInception | None:
         """The OpenVINO network for CPU input (built once), or None: use the TorchScript."""
         if device.type != "cpu":
             return None
@@ -197,7 +196,7 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def feature_extractor(choice: InceptionChoice, device: str, runtime: Optional[str] = None) -> FeatureExtractorBase:
+def feature_extractor(choice: InceptionChoice, device: str, runtime: str | None = None) -> FeatureExtractorBase:
     """The torch-fidelity extractor for ``choice``, built once per process (loading takes seconds).
 
     ``runtime`` (default ``$GANFORGE_INCEPTION_RUNTIME``): ``auto``, ``openvino`` or
@@ -208,7 +207,7 @@ def feature_extractor(choice: InceptionChoice, device: str, runtime: Optional[st
 
 
 @functools.lru_cache(maxsize=8)
-def _feature_extractor(choice: InceptionChoice, device: str, runtime: Optional[str]) -> FeatureExtractorBase:
+def _feature_extractor(choice: InceptionChoice, device: str, runtime: str | None) -> FeatureExtractorBase:
     extra = {"runtime": runtime} if runtime is not None else {}
     return create_feature_extractor(choice.extractor, [FEATURE_LAYER], cuda=device == "cuda", verbose=False,
                                     feature_extractor_weights_path=str(choice.path), **extra)
@@ -256,12 +255,12 @@ def _init_feature_worker() -> None:
 
 
 def _features_of_slice(images: np.ndarray, batch_size: int, choice: InceptionChoice,
-                       runtime: Optional[str] = None) -> np.ndarray:
+                       runtime: str | None = None) -> np.ndarray:
     return images_to_features(images, batch_size, choice, "cpu", workers=1, runtime=runtime)
 
 
 def _features_in_processes(images: np.ndarray, batch_size: int, choice: InceptionChoice, workers: int,
-                           runtime: Optional[str] = None) -> np.ndarray:
+                           runtime: str | None = None) -> np.ndarray:
     """Contiguous slices in ``workers`` single-threaded processes, results in order.
 
     On a small CPU this beats one process with as many threads (2 cores: 8.5 vs 6.0 img/s, see
@@ -279,9 +278,9 @@ def _features_in_processes(images: np.ndarray, batch_size: int, choice: Inceptio
     return np.concatenate(parts)
 
 
-def images_to_features(images: np.ndarray, batch_size: int = 50, choice: Optional[InceptionChoice] = None,
-                       device: Optional[str] = None, workers: Optional[int] = None,
-                       runtime: Optional[str] = None) -> np.ndarray:
+def images_to_features(images: np.ndarray, batch_size: int = 50, choice: InceptionChoice | None = None,
+                       device: str | None = None, workers: int | None = None,
+                       runtime: str | None = None) -> np.ndarray:
     """uint8 N×C×H×W → Inception pool features, float64 N×2048 (torch-fidelity's batched extraction).
 
     ``workers`` > 1 (default: GANFORGE_EVAL_WORKERS) splits the work over that many CPU processes,
@@ -368,7 +367,7 @@ def real_features_cache_path(cache_dir: str | os.PathLike, dataset_sha256: str, 
     return Path(cache_dir) / "real-features" / f"{dataset_sha256[:16]}-{extractor}-n{n}-seed{seed}.npz"
 
 
-def read_cached_features(path: Path, dataset_sha256: str) -> Optional[np.ndarray]:
+def read_cached_features(path: Path, dataset_sha256: str) -> np.ndarray | None:
     """Features from a cache file, or None when it is absent or was written for another dataset."""
     if not path.is_file():
         return None
@@ -386,8 +385,8 @@ def write_cached_features(path: Path, features: np.ndarray, dataset_sha256: str,
 
 
 def real_features(dataset_dir: str | os.PathLike, n: int, cache_dir: str | os.PathLike, batch_size: int = 50,
-                  choice: Optional[InceptionChoice] = None, seed: int = REAL_SELECTION_SEED,
-                  workers: Optional[int] = None) -> tuple[np.ndarray, bool]:
+                  choice: InceptionChoice | None = None, seed: int = REAL_SELECTION_SEED,
+                  workers: int | None = None) -> tuple[np.ndarray, bool]:
     """Features of min(n, count) real images of a prepared dataset, cached by sha256 + extractor + N + seed.
 
     Returns (features float64, whether they came from the cache).
@@ -417,9 +416,9 @@ def check_same_image_shape(fake: np.ndarray, real_shape: tuple, dataset_dir: str
 
 
 def evaluate_images(fake: np.ndarray, real_dataset_dir: str | os.PathLike, eval_cfg: EvalConfig,
-                    cache_dir: str | os.PathLike, choice: Optional[InceptionChoice] = None,
-                    prefix_n: Optional[int] = None, features_out: Optional[dict] = None,
-                    workers: Optional[int] = None) -> dict:
+                    cache_dir: str | os.PathLike, choice: InceptionChoice | None = None,
+                    prefix_n: int | None = None, features_out: dict | None = None,
+                    workers: int | None = None) -> dict:
     """FID and KID of generated uint8 images against ``eval_cfg.n_samples`` real images of a prepared dataset.
 
     Real features are cached (see ``real_features``). When the dataset holds fewer real images

@@ -24,9 +24,9 @@ import os
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -34,14 +34,24 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from .augment import diff_augment
+from .checkpoint import (
+    CHECKPOINT_NAME,
+    CONFIG_NAME,
+    SAMPLES_DIR,
+    CheckpointError,
+    epoch_number,
+    load_state,
+    read_checkpoint,
+    require_training_state,
+    write_checkpoint,
+    write_snapshot,
+)
 from .config import PipelineConfig
 from .data import load_dataset
+from .errors import GanforgeError
+from .fileio import atomic_file, atomic_write_text
 from .losses import d_loss, g_loss, gradient_penalty, r1_penalty
 from .models import build_models
-from .fileio import atomic_file, atomic_write_text
-from .errors import GanforgeError
-from .checkpoint import (CHECKPOINT_NAME, CONFIG_NAME, SAMPLES_DIR, CheckpointError, epoch_number, load_state,
-                         read_checkpoint, require_training_state, write_checkpoint, write_snapshot)
 
 N_FIXED_SAMPLES = 64
 RESUME_SAFE_FIELDS = frozenset({
@@ -156,7 +166,7 @@ class _Batches:
     ``labels`` (class-conditional runs): ``get_labels`` gives the labels of the same examples."""
 
     def __init__(self, data: torch.Tensor, cfg: PipelineConfig, dist_info: DistInfo,
-                 labels: Optional[torch.Tensor] = None):
+                 labels: torch.Tensor | None = None):
         self.data, self.cfg, self.dist, self.labels = data, cfg, dist_info, labels
         self.local = cfg.train.batch_size // dist_info.world_size
         self._epoch, self._perm = -1, None
@@ -191,7 +201,7 @@ def global_labels(cfg: PipelineConfig, step: int, k: int, dist_info: DistInfo) -
     return y[dist_info.rank * local:(dist_info.rank + 1) * local]
 
 
-def fixed_labels(cfg: PipelineConfig, n: int = N_FIXED_SAMPLES) -> Optional[torch.Tensor]:
+def fixed_labels(cfg: PipelineConfig, n: int = N_FIXED_SAMPLES) -> torch.Tensor | None:
     """Labels of the fixed sample grid: classes 0, 1, …, K-1 in turn; None for an unconditional run."""
     return torch.arange(n) % cfg.model.num_classes if cfg.model.num_classes else None
 
@@ -262,7 +272,7 @@ class _Context:
 
 
 def d_step(G: nn.Module, D: nn.Module, opt_d: torch.optim.Optimizer, real: torch.Tensor, z: torch.Tensor,
-           ctx: _Context, y_real: Optional[torch.Tensor] = None, y_fake: Optional[torch.Tensor] = None) -> dict:
+           ctx: _Context, y_real: torch.Tensor | None = None, y_fake: torch.Tensor | None = None) -> dict:
     """One discriminator/critic update on a real batch and G(z) (class-conditional: D(real, y_real) and
     D(G(z, y_fake), y_fake))."""
     tc = ctx.cfg.train
@@ -295,7 +305,7 @@ def d_step(G: nn.Module, D: nn.Module, opt_d: torch.optim.Optimizer, real: torch
 
 
 def g_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, z: torch.Tensor, ctx: _Context,
-           y: Optional[torch.Tensor] = None) -> dict:
+           y: torch.Tensor | None = None) -> dict:
     """One generator update; D's gradients are computed but discarded (zeroed before its next step)."""
     c = () if y is None else (y,)
     opt_g.zero_grad(set_to_none=True)
@@ -381,7 +391,7 @@ def resume_config_changes(saved: dict, cfg: PipelineConfig) -> list[tuple[str, o
             and not k.startswith(("eval.", "registry."))]
 
 
-def _restore(ckpt: dict, ckpt_path: Path, cfg: PipelineConfig, G, D, G_ema, opt_g, opt_d, ctx: "_Context",
+def _restore(ckpt: dict, ckpt_path: Path, cfg: PipelineConfig, G, D, G_ema, opt_g, opt_d, ctx: _Context,
              allow_config_change: bool) -> None:
     """Load a training checkpoint into the freshly built state; the config decides the optimiser settings."""
     require_training_state(ckpt, ckpt_path)
@@ -410,7 +420,7 @@ def _restore(ckpt: dict, ckpt_path: Path, cfg: PipelineConfig, G, D, G_ema, opt_
 
 
 @torch.no_grad()
-def generate(G: nn.Module, z: torch.Tensor, batch_size: int = 256, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+def generate(G: nn.Module, z: torch.Tensor, batch_size: int = 256, labels: torch.Tensor | None = None) -> torch.Tensor:
     """G(z) (class-conditional: G(z, labels)) in batches, on CPU float, in eval mode."""
     G.eval()
     device = next(G.parameters()).device
@@ -485,9 +495,9 @@ def read_class_names(run_dir: str | os.PathLike, cfg: PipelineConfig) -> list[st
 
 
 def train(cfg: PipelineConfig, data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, resume: bool = False,
-          on_metrics: Optional[MetricsFn] = None, on_samples: Optional[SamplesFn] = None,
-          on_checkpoint: Optional[Callable[[int, Path], None]] = None,
-          dist_info: Optional[DistInfo] = None, allow_config_change: bool = False) -> TrainResult:
+          on_metrics: MetricsFn | None = None, on_samples: SamplesFn | None = None,
+          on_checkpoint: Callable[[int, Path], None] | None = None,
+          dist_info: DistInfo | None = None, allow_config_change: bool = False) -> TrainResult:
     """Train cfg's GAN on the prepared dataset at data_dir, writing checkpoint.pt and samples/ to out_dir.
 
     ``on_checkpoint(step, path)`` runs on rank 0 right after each checkpoint is written (e.g. to

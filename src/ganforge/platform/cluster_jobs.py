@@ -22,8 +22,9 @@ import re
 import shlex
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any
 
 from ganforge.config import PipelineConfig
 from ganforge.errors import GanforgeError
@@ -185,7 +186,7 @@ def _check_toleration(i: int, t: dict) -> None:
              f"tolerations[{i}]: operator 'Exists' takes no value")
 
 
-def job_name(pipeline_name: str, short_id: Optional[str] = None) -> str:
+def job_name(pipeline_name: str, short_id: str | None = None) -> str:
     """``dcgan`` → ``dcgan-3f9a1c``: a DNS-1035 label, unique per launch, ≤ 63 chars."""
     base = re.sub(r"[^a-z0-9-]+", "-", pipeline_name.lower()).strip("-") or "ganforge"
     if not base[0].isalpha():
@@ -209,7 +210,7 @@ def train_command(engine: str, cli_args: list[str], module: str = "ganforge.cli"
 
 def spec_from_config(cfg: PipelineConfig, *, image: str, namespace: str, data_uri: str, out_uri: str,
                      engine: str = "trainjob", gpus_per_node: int = 1, nnodes: int = 1,
-                     name: Optional[str] = None, module: str = "ganforge.cli", **overrides: Any) -> ClusterTrainSpec:
+                     name: str | None = None, module: str = "ganforge.cli", **overrides: Any) -> ClusterTrainSpec:
     """Build the launch spec for ``cfg``: ``torchrun -m ganforge.cli train`` on ``nnodes`` × ``gpus_per_node``.
 
     ``data_uri``/``out_uri`` are ``s3://`` URIs or paths under a ``pvc_mounts`` mount. The run
@@ -352,7 +353,7 @@ def manifest(spec: ClusterTrainSpec) -> dict:
     return trainjob_manifest(spec) if spec.engine == "trainjob" else pytorchjob_manifest(spec)
 
 
-def job_phase(engine: str, status: Optional[dict]) -> str:
+def job_phase(engine: str, status: dict | None) -> str:
     """``Pending`` / ``Created`` / ``Running`` / ``Restarting`` / ``Suspended`` / ``Succeeded`` / ``Failed``.
 
     PyTorchJob reports Created → Running → Succeeded|Failed conditions; TrainJob reports only
@@ -375,7 +376,7 @@ def job_phase(engine: str, status: Optional[dict]) -> str:
     return conditions[-1]["type"] if conditions else "Pending"
 
 
-def failure_message(status: Optional[dict]) -> str:
+def failure_message(status: dict | None) -> str:
     """``reason: message`` of the Failed condition, if any."""
     for c in (status or {}).get("conditions") or []:
         if c.get("type") == "Failed" and c.get("status") == "True":
@@ -439,7 +440,7 @@ def _delete(api: Any, spec: ClusterTrainSpec) -> None:
 
 
 def launch_and_watch(spec: ClusterTrainSpec, api: Any = None, poll_s: float = 5, *, core_api: Any = None,
-                     log_tail_lines: int = 50, on_phase: Optional[Callable[[str], None]] = None,
+                     log_tail_lines: int = 50, on_phase: Callable[[str], None] | None = None,
                      clock: Callable[[], float] = time.monotonic,
                      sleep: Callable[[float], None] = time.sleep) -> dict:
     """Create the job, poll its status until it finishes, clean up; return name, engine, phase, seconds.
