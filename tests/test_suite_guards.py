@@ -55,6 +55,12 @@ def test_every_subprocess_wait_in_the_tests_has_a_timeout():
     assert not missing, "subprocess waits without a timeout (a hung child would hang the suite):\n" + "\n".join(missing)
 
 
+def test_every_test_runs_under_a_timeout(request):
+    """pytest-timeout is active with the suite's default (pyproject.toml), so a hang fails that test."""
+    assert request.config.pluginmanager.hasplugin("timeout"), "pytest-timeout is not installed/active"
+    assert 300 <= float(request.config.getini("timeout")) <= 1800, request.config.getini("timeout")
+
+
 def test_the_timeout_scan_finds_each_kind_of_unbounded_wait(tmp_path):
     sample = tmp_path / "sample.py"
     sample.write_text("import subprocess\n"
