@@ -9,13 +9,12 @@ import torch
 from PIL import Image
 
 from ganforge.audio import all_speakers, prepare_audio, sc09_plan, speaker_split
+from ganforge.audio_io import spectrogram_grid_png, write_wavs
 from ganforge.audio_metrics import (
     audio_inception_score,
     cached_classifier,
     classifier_accuracy,
     evaluate_audio,
-    spectrogram_grid_png,
-    write_wavs,
 )
 from ganforge.config import DataConfig, EvalConfig
 from ganforge.data import DataError, load_dataset, sha256_of_array

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from .audio_io import spectrogram_grid_png, write_wavs
 from .checkpoint import CHECKPOINT_NAME, load_generator
 from .config import PipelineConfig
 from .errors import GanforgeError, require_platform
@@ -193,8 +194,6 @@ def write_audio_outputs(samples: torch.Tensor, interpolation: torch.Tensor | Non
                         out: Path, sample_rate: int) -> dict[str, Path]:
     """wavs/sample_NNNN.wav (16-bit PCM), spectrograms.png and (with interpolations)
     interpolation/sample_NNNN.wav (row-major: row r, step k is number r·steps + k) and interpolation.png."""
-    from .audio_metrics import spectrogram_grid_png, write_wavs
-
     clips = samples.numpy()
     written = {"wavs": out / "wavs", "spectrograms": out / "spectrograms.png"}
     write_wavs(clips, written["wavs"], sample_rate)

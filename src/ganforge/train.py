@@ -33,6 +33,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from .audio_io import spectrogram_grid_png, write_wavs
 from .augment import diff_augment
 from .checkpoint import (
     CHECKPOINT_NAME,
@@ -436,8 +437,6 @@ def write_samples(G_ema: nn.Module, z: torch.Tensor, out_dir: Path, tag: str, cf
     out_dir.mkdir(parents=True, exist_ok=True)
     png = out_dir / f"{tag}.png"
     if cfg.data.kind == "audio":
-        from .audio_metrics import spectrogram_grid_png, write_wavs
-
         write_wavs(x[:8].numpy(), out_dir / tag, cfg.data.sample_rate)
         spectrogram_grid_png(x[:16].numpy(), png, nrow=4)
     else:
