@@ -24,7 +24,7 @@ from conftest import ROOT, cli_env
 from ganforge.labels import FASHION_MNIST_CLASSES
 from test_serving import ISOLATED_PRELUDE, SITE_PACKAGES, isolated_python, serving_env
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # the DAG's subprocess timeout is 1200 s
 
 
 def readme_section() -> str:

@@ -14,6 +14,9 @@ from conftest import ROOT, cli_env
 from ganforge.config import ConfigError, build_config, overrides_from_json, parse_override
 from ganforge.platform.steps import settle_config
 
+# `make run` of the whole DAG (subprocess timeout 1200 s) runs inside a test: above the suite's default timeout.
+pytestmark = pytest.mark.timeout(1800)
+
 
 @pytest.mark.parametrize("text, value", [
     ("train.channels_last=true", True), ("train.channels_last=FALSE", False), ("train.channels_last=1", True),

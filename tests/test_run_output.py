@@ -17,6 +17,8 @@ import pytest
 
 from conftest import cli_env
 
+# `make run` of the whole DAG (subprocess timeouts up to 1500 s) runs inside tests: above the suite's default.
+pytestmark = pytest.mark.timeout(1800)
 ROOT = Path(__file__).parents[1]
 TASKS = ["start-run", "prep-test", "prep-train", "train", "evaluate", "register", "end-run"]
 FINAL = re.compile(r"(\d\d:\d\d:\d\d) → (\d\d:\d\d:\d\d)  (\S+) +(\S+) +(\d+s|\d+m\d\ds|\d+h\d\dm\d\ds)  log: (\S+)")
