@@ -7,8 +7,10 @@ import os
 import sys
 
 from ganforge.config import PRESETS, PROFILES
+from ganforge.errors import GanforgeError
 
 from .overrides import add_set_argument, overrides_parameter
+from .remote import main_schedule, main_submit, main_unschedule
 
 
 def main_run(argv: list[str]) -> int:
@@ -91,19 +93,14 @@ def main_stack(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"run": main_run, "compile": main_compile, "images-local": main_images_local, "stack": main_stack}
-    try:
-        from .remote import main_schedule, main_submit, main_unschedule
-
-        commands.update(submit=main_submit, schedule=main_schedule, unschedule=main_unschedule)
-    except ImportError:
-        pass
+    commands = {"run": main_run, "compile": main_compile, "images-local": main_images_local, "stack": main_stack,
+                "submit": main_submit, "schedule": main_schedule, "unschedule": main_unschedule}
     if not argv or argv[0] not in commands:
         print(f"usage: python -m pipelines {{{','.join(commands)}}} …", file=sys.stderr)
         return 2
     try:
         return commands[argv[0]](argv[1:])
-    except (ValueError, RuntimeError) as e:
+    except GanforgeError as e:  # a problem the message explains; anything else is a bug and keeps its traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -34,6 +34,7 @@ from typing import Iterator, Optional
 
 from ganforge import paths
 from ganforge.errors import GanforgeError
+from ganforge.platform.settings import git_commit
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "images" / "Dockerfile"
@@ -254,14 +255,6 @@ def source_digest(root: Path = ROOT, target: str = "cpu") -> str:
     return h.hexdigest()
 
 
-def git_commit(root: Path = ROOT) -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() if out.returncode == 0 else "unknown"
-
-
 STEP_RE = re.compile(r"^Step \d+/\d+ : FROM \S+(?: AS (\S+))?", re.I)
 
 
@@ -313,7 +306,7 @@ def build_images(targets: tuple[str, ...] = ("cpu", "mlflow-server"), log=print)
     start = time.monotonic()
     house = ensure_wheelhouse(cache)
     report["wheelhouse_seconds"] = round(time.monotonic() - start, 1)
-    commit = git_commit()
+    commit = git_commit(source=ROOT)
     images = {}
     with serve_directory(house) as url:
         for target in targets:

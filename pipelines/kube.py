@@ -16,8 +16,6 @@ from components.image import IMAGE
 from ganforge.platform import gpu_nodes
 from ganforge.config import PipelineConfig
 
-GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
-
 
 @dataclass(frozen=True)
 class ClusterSettings:
@@ -26,7 +24,7 @@ class ClusterSettings:
     accelerator_type: str = "nvidia.com/gpu"
     node_selector: dict = field(default_factory=dict)
     """Extra nodeSelector of GPU pods, e.g. {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}."""
-    tolerations: tuple = (GPU_TOLERATION,)
+    tolerations: tuple = (gpu_nodes.GPU_TOLERATION,)
     train_cpu: str = "4"
     train_memory: str = "16Gi"
     step_cpu: str = "1"
@@ -47,7 +45,7 @@ class ClusterSettings:
     def from_config(cls, cfg: PipelineConfig) -> "ClusterSettings":
         """GPU node selector and tolerations from GANFORGE_GPU_NODE_SELECTOR / GANFORGE_GPU_TOLERATIONS
         (``ganforge.platform.gpu_nodes``), read once here."""
-        return cls(gpus_per_node=cfg.train.nproc if cfg.profile == "full" else 0,
+        return cls(gpus_per_node=gpu_nodes.gpus_per_node(cfg),
                    node_selector=gpu_nodes.gpu_node_selector(), tolerations=tuple(gpu_nodes.gpu_tolerations()))
 
 

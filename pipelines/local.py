@@ -20,6 +20,8 @@ from pathlib import Path
 from kfp import local
 
 from ganforge import paths
+from ganforge.config import ConfigError
+from ganforge.errors import GanforgeError
 from ganforge.platform import tracking
 from ganforge.progress import progress_enabled
 
@@ -34,9 +36,13 @@ CONTAINER_ENV_PASSTHROUGH = ("OMP_NUM_THREADS", "GANFORGE_EVAL_WORKERS", "GANFOR
                              "GANFORGE_S3_BACKOFF_S", "GANFORGE_S3_TIMEOUT_S", "GANFORGE_DEBUG", "GANFORGE_PROGRESS")
 
 
+class PipelineRunError(GanforgeError, RuntimeError):
+    """A local pipeline run failed in one of its tasks; the message names the task and its logs."""
+
+
 def check_runner(runner: str) -> str:
     if runner not in RUNNERS:
-        raise ValueError(f"unknown runner {runner!r}: choose one of {', '.join(RUNNERS)} (e.g. RUNNER=docker)")
+        raise ConfigError(f"unknown runner {runner!r}: choose one of {', '.join(RUNNERS)} (e.g. RUNNER=docker)")
     return runner
 
 
@@ -57,7 +63,7 @@ def docker_runner(home: Path, sources: list[str], tracking_uri: str):
     from components.image import IMAGE
 
     if IMAGE != docker_local.CPU_IMAGE:
-        raise ValueError(f"the DAG's components were built for image {IMAGE}; the docker runner needs "
+        raise ConfigError(f"the DAG's components were built for image {IMAGE}; the docker runner needs "
                          f"GANFORGE_IMAGE={docker_local.CPU_IMAGE} set before the pipeline is imported "
                          "(`make run RUNNER=docker` and `python -m pipelines run --runner docker` do it)")
     docker_local.check_fresh(docker_local.CPU_IMAGE)
@@ -112,7 +118,7 @@ def _run_local(name: str, profile: str, runner: str, home: Path, params: dict) -
             pipeline = build_pipeline(name, profile)
             task = pipeline(profile=profile, **{k: v for k, v in params.items() if v is not None})
     except RuntimeError as e:
-        raise RuntimeError(f"{e} Task logs: {log_dir}") from None
+        raise PipelineRunError(f"{e} Task logs: {log_dir}") from None
     version = int(task.output)
     sets = json.loads(params["overrides"]) if params.get("overrides") else []
     return {**summarize(name, profile, version, sets), "logs": str(log_dir)}

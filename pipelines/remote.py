@@ -11,7 +11,6 @@ import contextlib
 import datetime as dt
 import json
 import os
-import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -25,6 +24,8 @@ import urllib3
 import yaml
 
 from ganforge.config import PRESETS, PROFILES
+from ganforge.errors import GanforgeError
+from ganforge.platform.settings import git_commit
 
 from .overrides import PARAMETER as OVERRIDES
 from .overrides import add_set_argument, overrides_parameter
@@ -34,7 +35,7 @@ PORT_FORWARD = "kubectl -n kubeflow port-forward svc/ml-pipeline-ui 8080:80"
 HEALTHZ_PATH = "/apis/v2beta1/healthz"
 
 
-class SubmitError(RuntimeError):
+class SubmitError(GanforgeError, RuntimeError):
     """A KFP submission or schedule failed for a reason the user can fix; the message says how."""
 
 
@@ -63,16 +64,10 @@ def resolve_token(token: str | None = None) -> str | None:
     return None
 
 
-def git_commit() -> str:
-    """Short sha of the checkout this code runs from ($GANFORGE_GIT_SHA wins; "nogit" outside git)."""
-    if os.environ.get("GANFORGE_GIT_SHA"):
-        return os.environ["GANFORGE_GIT_SHA"]
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
-                             capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return "nogit"
-    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "nogit"
+def run_revision() -> str:
+    """The revision in a KFP run name: ``settings.git_commit``, short; "nogit" when unknown."""
+    sha = git_commit()
+    return "nogit" if sha == "unknown" else sha[:7]
 
 
 def experiment_name(pipeline: str) -> str:
@@ -275,7 +270,7 @@ def submit(package_path: str | Path, pipeline: str, params: dict[str, Any], *, h
     client = make_client(host, token, namespace)
     with kfp_errors(host):
         result = client.create_run_from_pipeline_package(
-            str(package_path), arguments=dict(params), run_name=run_name(pipeline, git_commit()),
+            str(package_path), arguments=dict(params), run_name=run_name(pipeline, run_revision()),
             experiment_name=experiment, namespace=namespace, service_account=service_account())
     ui = os.environ.get("KF_PIPELINES_UI_ENDPOINT", host).rstrip("/")
     return {"run_id": result.run_id, "run_url": f"{ui}/#/runs/details/{result.run_id}", "experiment": experiment}

@@ -303,8 +303,9 @@ def training_job_manifests() -> dict[str, dict]:
     """The TrainJob and PyTorchJob the train step would create (2 nodes, GPUs, as remote_train sets them)."""
     from ganforge.config import build_config
     from ganforge.platform.cluster_jobs import manifest, spec_from_config
-    from ganforge.platform.cluster_train import GPU_TOLERATION, MLFLOW_SECRET, MLFLOW_SECRET_KEYS, S3_SECRET, \
-        S3_SECRET_KEYS, TRAINING_SERVICE_ACCOUNT
+    from ganforge.platform.cluster_train import MLFLOW_SECRET, MLFLOW_SECRET_KEYS, S3_SECRET, S3_SECRET_KEYS, \
+        TRAINING_SERVICE_ACCOUNT
+    from ganforge.platform.gpu_nodes import GPU_TOLERATION
 
     cfg = build_config("dcgan", "tiny", {})
     secrets = {**{k: (S3_SECRET, k) for k in S3_SECRET_KEYS}, **{k: (MLFLOW_SECRET, k) for k in MLFLOW_SECRET_KEYS}}

@@ -20,6 +20,7 @@ from mlflow import MlflowClient
 from ganforge.platform import registry, tracking
 from ganforge.config import build_config
 from ganforge.platform.registry import Candidate
+from ganforge.platform.settings import git_commit
 from mlflow_server import shared_mlflow_server
 
 NZ = 4
@@ -27,7 +28,7 @@ NZ = 4
 LOAD_CHAMPION = textwrap.dedent("""
     import json, sys, torch
     from ganforge.platform import registry
-    G = registry.load_generator(sys.argv[1])
+    G = registry.load_registered_generator(sys.argv[1])
     with torch.no_grad():
         out = G(torch.linspace(-1, 1, 3 * {nz}).reshape(3, {nz}))
     print(json.dumps({{"type": type(G).__name__, "shape": list(out.shape), "values": out.flatten().tolist()}}))
@@ -162,7 +163,7 @@ def test_scores_are_metrics_of_the_logged_model(store):
                                              order_by=[{"field_name": "metrics.fid", "ascending": ascending}])
         assert [x.model_id for x in ranked if x.model_id in model_ids] == (model_ids if ascending else model_ids[::-1])
 
-    commit = tracking.git_commit()
+    commit = git_commit()
     run_tags = c.get_run(m.run_id).data.tags
     assert run_tags["mlflow.source.git.commit"] == commit == run_tags["ganforge.git_commit"]
     assert c.get_logged_model(model_ids[0]).tags["mlflow.source.git.commit"] == commit
@@ -363,4 +364,4 @@ def test_champion_loads_in_a_fresh_process(store):
     assert torch.allclose(torch.tensor(loaded["values"]), expected.flatten(), atol=1e-6)
 
     with pytest.raises(registry.RegistryError, match="has no alias 'production'"):
-        registry.load_generator(f"models:/{m.name}@production")
+        registry.load_registered_generator(f"models:/{m.name}@production")

@@ -380,3 +380,21 @@ def test_make_passes_force_image_to_submit_and_schedule():
                                   capture_output=True, text=True, timeout=60, check=True)
             (line,) = [ln for ln in done.stdout.splitlines() if f"-m pipelines {target} dcgan" in ln]
             assert ("--force-image" in line.split()) == expected, line
+
+
+def test_pipelines_entry_lists_submit_and_turns_only_ganforge_errors_into_one_line(capsys, monkeypatch):
+    from pipelines import __main__ as entry
+
+    assert entry.main([]) == 2
+    usage = capsys.readouterr().err
+    assert all(command in usage for command in ("run", "submit", "schedule", "unschedule")), usage
+    assert entry.main(["run", "dcgan", "--runner", "bogus"]) == 2  # ConfigError: one line, exit 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: unknown runner 'bogus': choose one of subprocess, docker (e.g. RUNNER=docker)"]
+
+    def bug(argv):
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(entry, "main_compile", bug)
+    with pytest.raises(ValueError, match="a bug"):  # not a GanforgeError: the traceback stays
+        entry.main(["compile", "dcgan"])

@@ -247,10 +247,10 @@ def test_a_version_without_a_recorded_sha256_is_not_loaded(champions, store, tmp
     c.delete_model_version_tag(name, str(version), registry.ARTIFACT_SHA256_TAG)
     try:
         with pytest.raises(registry.RegistryError, match=r"has no ganforge.artifact_sha256 tag.*re-register"):
-            registry.load_generator(f"models:/{name}/{version}")
+            registry.load_registered_generator(f"models:/{name}/{version}")
     finally:
         c.set_model_version_tag(name, str(version), registry.ARTIFACT_SHA256_TAG, recorded)
-    assert registry.load_generator(f"models:/{name}/{version}")(torch.zeros(2, 100)).shape == (2, 1, 28, 28)
+    assert registry.load_registered_generator(f"models:/{name}/{version}")(torch.zeros(2, 100)).shape == (2, 1, 28, 28)
 
 
 def test_registered_artifact_is_pt2_with_the_latent_signature(champions, store):
@@ -274,7 +274,7 @@ def test_a_registered_generator_moves_to_another_device(champions, store):
     """ganforge's non-CPU branch (torch.export's move_to_device_pass on the verified archive),
     run on the meta device because this machine has no GPU."""
     for preset, champion in champions.items():
-        generator = registry.load_generator(f"models:/{champion['name']}/{champion['version']}", map_location="meta")
+        generator = registry.load_registered_generator(f"models:/{champion['name']}/{champion['version']}", map_location="meta")
         assert {p.device.type for p in generator.parameters()} == {"meta"}, preset
         out = generator(torch.zeros(3, 100, device="meta"))
         assert out.device.type == "meta" and tuple(out.shape) == (

@@ -98,10 +98,9 @@ def test_plot_curves_without_quality_metrics_still_writes_png(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["curves.png"]  # no temporary left behind
 
 
-def test_pipeline_run_records_steps_from_separate_processes(store, tmp_path, monkeypatch):
-    monkeypatch.setenv(tracking.KFP_RUN_ID_ENV, "kfp-run-123")
+def test_pipeline_run_records_steps_from_separate_processes(store, tmp_path):
     cfg = build_config("dcgan", "tiny", {"train": {"max_steps": None}})
-    run_id = tracking.start_pipeline_run(cfg, tags={"ganforge.trigger": "test"})
+    run_id = tracking.start_pipeline_run(cfg, tags={"ganforge.trigger": "test", "kfp_run_id": "kfp-run-123"})
 
     sample = tmp_path / "sample.txt"
     sample.write_text("a sample")
@@ -141,12 +140,9 @@ def test_pipeline_run_records_steps_from_separate_processes(store, tmp_path, mon
         a.path for d in ("samples", "grids", "plots") for a in c.list_artifacts(run_id, d)}
     assert {"config.json", "samples/sample.txt", "grids/step_000010.txt", "plots/curves.png"} <= artifacts
 
-    summary = tracking.get_run_summary(run_id)
-    assert summary["experiment"] == "dcgan" and summary["metrics"]["fid"] == 41.5
-    assert summary["status"] == "RUNNING"
+    assert c.get_run(run_id).info.status == "RUNNING" and c.get_run(run_id).data.metrics["fid"] == 41.5
     tracking.finish_pipeline_run(run_id)
-    assert tracking.get_run_summary(run_id)["status"] == "FINISHED"
-    assert "fid = 41.5" in tracking.format_run_summary(summary)
+    assert c.get_run(run_id).info.status == "FINISHED"
 
 
 def test_metrics_callback_buffers_until_the_interval_or_flush(store):
@@ -160,8 +156,3 @@ def test_metrics_callback_buffers_until_the_interval_or_flush(store):
     eager = tracking.MlflowMetricsCallback(run_id, flush_interval_s=0)
     eager(20, {"loss_d": 0.25})
     assert tracking.metric_histories(run_id)["loss_d"][-1] == (20, 0.25)
-
-
-def test_unknown_run_summary_names_the_run(store):
-    with pytest.raises(tracking.TrackingError, match="no-such-run"):
-        tracking.get_run_summary("no-such-run")

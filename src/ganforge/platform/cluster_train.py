@@ -40,12 +40,12 @@ from .. import fileio
 from . import s3
 from ..config import PipelineConfig
 from .cluster_jobs import ClusterSpecError, kubernetes_apis, launch_and_watch, spec_from_config
-from .gpu_nodes import gpu_node_selector, gpu_tolerations
+from .gpu_nodes import gpus_per_node
+from .settings import ARTIFACT_ROOT_ENV, MLFLOW_RUN_ID_ENV, Settings
 from ..paths import cache_dir
 from ..checkpoint import CHECKPOINT_NAME, SAMPLES_DIR, read_checkpoint
 from ..train import MetricsFn, TrainResult, init_distributed, train
 
-ARTIFACT_ROOT_ENV = "GANFORGE_ARTIFACT_ROOT"
 S3_SECRET = "ganforge-s3"
 S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 # Rank 0 logs metrics into the pipeline's MLflow run; with MLflow's basic-auth (k8s/base) it needs
@@ -59,8 +59,6 @@ TRAINING_SERVICE_ACCOUNT = "ganforge-training"
 # gets them from the ganforge-env ConfigMap on the cluster).
 FORWARDED_ENV = ("AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL", "AWS_DEFAULT_REGION", "MLFLOW_TRACKING_URI",
                  "GANFORGE_S3_ATTEMPTS", "GANFORGE_S3_BACKOFF_S", "GANFORGE_S3_TIMEOUT_S")
-SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 
 
 def staging_dir(uri: str, kind: str) -> Path:
@@ -175,9 +173,9 @@ def train_staged(cfg: PipelineConfig, data: str, out: str, *, resume: bool = Fal
     return result
 
 
-def cluster_artifact_root() -> str:
+def cluster_artifact_root(settings: Settings) -> str:
     """GANFORGE_ARTIFACT_ROOT, which must be an ``s3://`` URI: the job's pods share nothing else."""
-    root = os.environ.get(ARTIFACT_ROOT_ENV, "").rstrip("/")
+    root = settings.artifact_root
     if not fileio.is_s3(root):
         raise ClusterSpecError(
             f"train.launcher trainjob/pytorchjob needs {ARTIFACT_ROOT_ENV} to be an s3:// URI (got {root!r}): the "
@@ -187,33 +185,13 @@ def cluster_artifact_root() -> str:
     return root
 
 
-def training_image() -> str:
+def training_image(settings: Settings) -> str:
     """GANFORGE_IMAGE: the image the job's nodes run (ganforge installed, torchrun on PATH)."""
-    image = os.environ.get("GANFORGE_IMAGE", "")
-    if not image:
+    if not settings.image:
         raise ClusterSpecError("GANFORGE_IMAGE is not set: the cluster training job needs the ganforge image "
                                "reference (e.g. registry/ganforge-gpu:0.1.0); set it in the ConfigMap ganforge-env "
                                "or the step's environment")
-    return image
-
-
-def pod_namespace() -> str:
-    """GANFORGE_NAMESPACE if set, else the namespace of the pod this runs in, else ``ganforge``."""
-    if os.environ.get("GANFORGE_NAMESPACE"):
-        return os.environ["GANFORGE_NAMESPACE"]
-    if SERVICE_ACCOUNT_NAMESPACE.is_file():
-        return SERVICE_ACCOUNT_NAMESPACE.read_text().strip()
-    return "ganforge"
-
-
-def gpus_per_node(cfg: PipelineConfig) -> int:
-    """GANFORGE_GPUS_PER_NODE, else ``train.nproc`` GPUs for the ``full`` profile and none (CPU) otherwise."""
-    raw = os.environ.get("GANFORGE_GPUS_PER_NODE", "")
-    if not raw:
-        return cfg.train.nproc if cfg.profile == "full" else 0
-    if not raw.isdigit():
-        raise ClusterSpecError(f"GANFORGE_GPUS_PER_NODE={raw!r} must be a whole number >= 0 (0 trains on CPU)")
-    return int(raw)
+    return settings.image
 
 
 def _local_sha256(data_dir: str) -> str:
@@ -239,7 +217,7 @@ def job_environment(run_id: str) -> dict[str, str]:
     """Plain env of the job's containers: FORWARDED_ENV as set here, plus the MLflow run id."""
     env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
     if run_id:
-        env["GANFORGE_MLFLOW_RUN_ID"] = run_id
+        env[MLFLOW_RUN_ID_ENV] = run_id
     return env
 
 
@@ -251,19 +229,8 @@ def job_secret_refs() -> dict[str, tuple[str, str]]:
     return refs
 
 
-def job_poll_seconds() -> float:
-    """GANFORGE_JOB_POLL_S: seconds between status reads of the job (default 10)."""
-    raw = os.environ.get("GANFORGE_JOB_POLL_S", "10")
-    try:
-        seconds = float(raw)
-    except ValueError:
-        seconds = -1.0
-    if not seconds > 0:
-        raise ClusterSpecError(f"GANFORGE_JOB_POLL_S={raw!r} must be a positive number of seconds")
-    return seconds
-
-
-def launch_cluster_training(cfg: PipelineConfig, data_dir: str, out_dir: str, run_id: str) -> dict:
+def launch_cluster_training(cfg: PipelineConfig, data_dir: str, out_dir: str, run_id: str,
+                            settings: Settings) -> dict:
     """Run ``cfg``'s training as a TrainJob/PyTorchJob, then download its run directory into ``out_dir``.
 
     The job's output prefix is ARTIFACT_ROOT/runs/RUN_ID/train-job, stable per run, so a retried
@@ -271,26 +238,26 @@ def launch_cluster_training(cfg: PipelineConfig, data_dir: str, out_dir: str, ru
     Returns step, epoch, seconds (the job's wall time, pod start-up included), img_per_s over
     that time, samples and the job's name/engine/phase.
     """
-    run_prefix = fileio.join(cluster_artifact_root(), "runs", run_id or "no-run")
-    image = training_image()
+    run_prefix = fileio.join(cluster_artifact_root(settings), "runs", run_id or "no-run")
+    image = training_image(settings)
     data_uri = training_data_uri(data_dir, run_prefix, cfg.data.split)
     out_uri = fileio.join(run_prefix, "train-job")
-    gpus = gpus_per_node(cfg)
+    gpus = gpus_per_node(cfg, settings.gpus_per_node)
     spec = spec_from_config(
-        cfg, image=image, namespace=pod_namespace(), data_uri=data_uri, out_uri=out_uri,
+        cfg, image=image, namespace=settings.namespace, data_uri=data_uri, out_uri=out_uri,
         engine=cfg.train.launcher, gpus_per_node=gpus, nnodes=cfg.train.nnodes,
         env=job_environment(run_id), env_from_secrets=job_secret_refs(),
         # GPU placement from GANFORGE_GPU_NODE_SELECTOR / GANFORGE_GPU_TOLERATIONS (the compiled task sets both).
-        tolerations=gpu_tolerations() if gpus else [], node_selector=gpu_node_selector() if gpus else {},
+        tolerations=list(settings.gpu_tolerations) if gpus else [],
+        node_selector=dict(settings.gpu_node_selector) if gpus else {},
         service_account=TRAINING_SERVICE_ACCOUNT,
         # Named after the MLflow run: a retried step that finds its job still running gets a clear
         # 409 instead of starting a second job on the same S3 prefix.
         name=f"{cfg.name}-{run_id[:12]}" if run_id else None)
     print(f"launching {spec.engine} {spec.namespace}/{spec.name}: {spec.nnodes} node(s) x {spec.nproc_per_node} "
           f"rank(s), data {data_uri}, out {out_uri}", file=sys.stderr, flush=True)
-    poll_s = job_poll_seconds()
     api, core_api = kubernetes_apis()
-    job = launch_and_watch(spec, api, poll_s=poll_s, core_api=core_api,
+    job = launch_and_watch(spec, api, poll_s=settings.job_poll_s, core_api=core_api,
                            on_phase=lambda phase: print(f"{spec.name}: {phase}", file=sys.stderr, flush=True))
     s3.download_prefix(out_uri, out_dir)
     ckpt = read_checkpoint(Path(out_dir) / CHECKPOINT_NAME)

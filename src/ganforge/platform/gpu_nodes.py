@@ -19,11 +19,13 @@ import os
 import re
 from typing import Mapping, Optional
 
-from ..config import ConfigError
+from ..config import ConfigError, PipelineConfig
 
 NODE_SELECTOR_ENV = "GANFORGE_GPU_NODE_SELECTOR"
 TOLERATIONS_ENV = "GANFORGE_GPU_TOLERATIONS"
 DEFAULT_TOLERATIONS = "nvidia.com/gpu:NoSchedule"
+GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+"""The toleration ``DEFAULT_TOLERATIONS`` parses to: GPU nodes' usual taint."""
 EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 
 _NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
@@ -88,3 +90,12 @@ def gpu_tolerations(env: Optional[Mapping[str, str]] = None) -> list[dict]:
     """The GPU tolerations of this environment (GANFORGE_GPU_TOLERATIONS; unset: nvidia.com/gpu:NoSchedule)."""
     env = os.environ if env is None else env
     return parse_tolerations(env.get(TOLERATIONS_ENV, DEFAULT_TOLERATIONS))
+
+
+def gpus_per_node(cfg: PipelineConfig, override: Optional[int] = None) -> int:
+    """GPUs per node of a training pod: ``override`` (GANFORGE_GPUS_PER_NODE) when given, else ``train.nproc``
+    for the ``full`` profile and none (CPU) otherwise — the one GPU rule, for the KFP train task and the
+    TrainJob/PyTorchJob pods alike."""
+    if override is not None:
+        return override
+    return cfg.train.nproc if cfg.profile == "full" else 0

@@ -43,6 +43,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
 from ganforge.platform import tracking
+from ganforge.platform.settings import git_commit
 from ganforge.config import PipelineConfig
 from ganforge.generate import parse_registry_uri
 from ganforge.errors import GanforgeError
@@ -156,15 +157,12 @@ def version_tags(cfg: PipelineConfig, metrics: Mapping[str, object], tags: Mappi
     """Tags of a registered version: evaluation outputs and provenance; explicit non-empty
     ``tags`` win over what is derived here."""
     out = {
-        "git_commit": tracking.git_commit(),
+        "git_commit": git_commit(),
         "config_hash": cfg.config_hash(),
         "pipeline": cfg.name,
         "profile": cfg.profile,
         "dataset_sha256": dataset_sha256(run_params),
     }
-    kfp_run_id = os.environ.get(tracking.KFP_RUN_ID_ENV, "").strip()
-    if kfp_run_id:
-        out["kfp_run_id"] = kfp_run_id
     out.update({k: tag_value(v) for k, v in metrics.items()})
     out.update({k: tag_value(v) for k, v in tags.items() if tag_value(v)})
     return out
@@ -216,7 +214,7 @@ def register_generator(run_id: str, generator: torch.nn.Module, cfg: PipelineCon
     with tempfile.TemporaryDirectory(prefix="ganforge-model-") as tmp:
         sha256 = artifact_digest(quiet_download(info.model_uri, tmp))
     run = c.get_run(run_id)
-    git = tracking.git_commit()
+    git = git_commit()
     c.set_logged_model_tags(info.model_id, {tracking.MLFLOW_GIT_COMMIT_TAG: git, ARTIFACT_SHA256_TAG: sha256})
     link_metrics(c, run_id, info.model_id, scores)
     version_tag_values = {**version_tags(cfg, metrics, tags, run.data.params),
@@ -666,7 +664,7 @@ def load_version(version, device: str = "cpu") -> torch.nn.Module:
 
 def resolve(uri: str):
     """The ``ModelVersion`` of ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``, with errors that list
-    what exists (the one place a registry URI is resolved: generate and load_generator use it)."""
+    what exists (the one place a registry URI is resolved: generate and load_registered_generator use it)."""
     name, alias, version = parse_registry_uri(uri)
     c = tracking.client()  # make sure the URIs are configured
     if version is not None:
@@ -700,6 +698,7 @@ def registered_config(run_id: str, uri: str, config_hash: Optional[str]) -> Pipe
     return cfg
 
 
-def load_generator(uri: str, map_location: str = "cpu") -> torch.nn.Module:
-    """Load a registered generator (``models:/dcgan@champion``, ``models:/dcgan/3``) for sampling."""
+def load_registered_generator(uri: str, map_location: str = "cpu") -> torch.nn.Module:
+    """Load a registered generator (``models:/dcgan@champion``, ``models:/dcgan/3``) for sampling; a
+    checkpoint.pt is ``ganforge.checkpoint.load_generator``'s (which also returns its config)."""
     return load_version(resolve(uri), device=map_location)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import functools
 import inspect
 import json
-import os
+import subprocess
+import tempfile
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -18,25 +19,23 @@ from .. import fileio, threads
 from ..checkpoint import CHECKPOINT_NAME, CONFIG_NAME, SAMPLES_DIR, load_generator, read_checkpoint
 from ..launch import torchrun_command
 from ..config import PipelineConfig, build_config, overrides_from_json, parse_overrides
+from ..data import prepare
+from ..curve import evaluate_run
+from ..train import TrainingError, train
+from . import registry, s3, tracking
+from .cluster_train import launch_cluster_training
+from .settings import MLFLOW_RUN_ID_ENV, Settings
 
 
-def artifact_root() -> str:
-    """GANFORGE_ARTIFACT_ROOT (e.g. ``s3://ganforge-artifacts``): where step outputs are mirrored, or ""."""
-    return os.environ.get("GANFORGE_ARTIFACT_ROOT", "").rstrip("/")
-
-
-def mirror(local_dir: str | Path, run_id: str, name: str) -> str:
+def mirror(local_dir: str | Path, run_id: str, name: str, settings: Settings) -> str:
     """Copy a step's output directory to ARTIFACT_ROOT/runs/RUN_ID/NAME (complete-marker last); "" if unset.
 
     On a cluster KFP already stores task outputs under its S3 pipeline root; the mirror gives
     every run one stable, browsable place keyed by its MLflow run id, locally too.
     """
-    root = artifact_root()
-    if not root:
+    if not settings.artifact_root:
         return ""
-    from . import s3
-
-    return s3.upload_dir(str(local_dir), fileio.join(root, "runs", run_id or "no-run", name))
+    return s3.upload_dir(str(local_dir), fileio.join(settings.artifact_root, "runs", run_id or "no-run", name))
 
 
 def settle_config(pipeline: str, profile: str, knobs: Optional[dict] = None, overrides: str = "") -> PipelineConfig:
@@ -59,8 +58,6 @@ START_STEP = "start-run"
 def start_run_step(pipeline: str, profile: str, knobs: Optional[dict] = None, kfp_run: str = "",
                    overrides: str = "") -> dict:
     """Settle the config and open the pipeline's MLflow run. Returns config_json and run_id."""
-    from . import tracking
-
     cfg = settle_config(pipeline, profile, knobs, overrides)
     tracking.configure()
     tags = {tracking.STEP_TAG_PREFIX + START_STEP: "running", **({"kfp_run_id": kfp_run} if kfp_run else {})}
@@ -83,8 +80,6 @@ def tracked(step: str | Callable[[dict], str]) -> Callable:
             run_id = bound.arguments.get("run_id") or ""
             if not run_id:
                 return fn(*args, **kwargs)
-            from . import tracking
-
             tracking.configure()
             with tracking.tracked_step(run_id, step(bound.arguments) if callable(step) else step):
                 return fn(*args, **kwargs)
@@ -96,8 +91,6 @@ def end_run_step(pipeline: str, kfp_run: str, kfp_state: str) -> dict:
     """The pipeline's exit task: end the MLflow run that KFP run ``kfp_run`` opened, from KFP's final
     state (FINISHED, or FAILED with ``ganforge.failed_step``). Returns run_id, status and the model
     version the run registered (0 if none, or no run: start-run failed before opening one)."""
-    from . import tracking
-
     tracking.configure()
     run_id = tracking.find_pipeline_run(pipeline, kfp_run)
     if run_id is None:
@@ -109,14 +102,10 @@ def end_run_step(pipeline: str, kfp_run: str, kfp_state: str) -> dict:
 
 @tracked(lambda a: f"prep-{a['split']}")
 def prep_step(config_json: str, split: str, out_dir: str, run_id: str = "") -> dict:
-    from ..data import prepare
-
     cfg = PipelineConfig.from_json(config_json)
     manifest = prepare(cfg.data, out_dir, split=split)
-    manifest["mirror_uri"] = mirror(out_dir, run_id, f"dataset-{split}")
+    manifest["mirror_uri"] = mirror(out_dir, run_id, f"dataset-{split}", Settings.from_env())
     if run_id:
-        from . import tracking
-
         tracking.configure()
         tracking.log_params(run_id, {f"dataset.{split}.sha256": manifest["sha256"],
                                      f"dataset.{split}.count": manifest["count"]})
@@ -130,22 +119,16 @@ def train_step(config_json: str, data_dir: str, out_dir: str, run_id: str = "", 
     ``train.launcher`` local: in this process, or torchrun ranks on this node; trainjob/pytorchjob:
     a cluster job through S3 (``remote_train.launch_cluster_training``), downloaded into out_dir.
     """
-    cfg = PipelineConfig.from_json(config_json)
+    cfg, settings = PipelineConfig.from_json(config_json), Settings.from_env()
     world = cfg.train.nproc * cfg.train.nnodes
     threads.configure()  # the thread policy, decided once at the task's entry (torchrun ranks: their share)
     if cfg.train.launcher != "local":
-        from .cluster_train import launch_cluster_training
-
-        result = launch_cluster_training(cfg, data_dir, out_dir, run_id)
+        result = launch_cluster_training(cfg, data_dir, out_dir, run_id, settings)
     elif world > 1:
         result = _train_with_torchrun(cfg, data_dir, out_dir, run_id)
     else:
-        from ..train import train
-
         callback = None
         if run_id:
-            from . import tracking
-
             tracking.configure()
             callback = tracking.MlflowMetricsCallback(run_id)
         r = train(cfg, data_dir, out_dir, resume=True, on_metrics=callback)
@@ -154,33 +137,24 @@ def train_step(config_json: str, data_dir: str, out_dir: str, run_id: str = "", 
         result = {"step": r.step, "epoch": r.epoch, "seconds": r.seconds, "img_per_s": r.img_per_s,
                   "samples": [str(p) for p in r.samples]}
     samples = sorted((Path(out_dir) / SAMPLES_DIR).glob("*.png"))
-    result["mirror_uri"] = mirror(out_dir, run_id, "model")
+    result["mirror_uri"] = mirror(out_dir, run_id, "model", settings)
     if run_id:
-        from . import tracking
-
         tracking.log_artifacts(run_id, str(Path(out_dir) / SAMPLES_DIR), "samples")
         tracking.log_artifact(run_id, str(Path(out_dir) / CONFIG_NAME), "config")
     if samples_path and samples:
-        from .s3 import upload_file
-
-        upload_file(samples[-1], samples_path)  # a local atomic copy
+        s3.upload_file(samples[-1], samples_path)  # a local atomic copy
     return result
 
 
 def _train_with_torchrun(cfg: PipelineConfig, data_dir: str, out_dir: str, run_id: str) -> dict:
     """N ranks on this node through torchrun; rank 0 logs to MLflow through the CLI's environment."""
-    import subprocess
-    import tempfile
-
-    from ..train import TrainingError
-
     if cfg.train.nnodes > 1:
         raise TrainingError(f"train.nnodes={cfg.train.nnodes} needs a cluster launcher: set train.launcher to "
                             "trainjob or pytorchjob (pipeline parameter launcher), or use nproc ranks on one node")
     with tempfile.TemporaryDirectory() as tmp:
         config_path = Path(tmp) / "config.json"
         config_path.write_text(cfg.to_json())
-        env = dict(threads.env_for_ranks(cfg.train.nproc), GANFORGE_MLFLOW_RUN_ID=run_id)
+        env = {**threads.env_for_ranks(cfg.train.nproc), MLFLOW_RUN_ID_ENV: run_id}
         cmd = torchrun_command(cfg.train.nproc, ["train", "--config-json", str(config_path), "--data", data_dir,
                                                  "--out", out_dir, "--resume"])
         subprocess.run(cmd, check=True, env=env)
@@ -190,7 +164,7 @@ def _train_with_torchrun(cfg: PipelineConfig, data_dir: str, out_dir: str, run_i
 
 @tracked("evaluate")
 def evaluate_step(config_json: str, checkpoint_dir: str, reference_dir: str, run_id: str = "",
-                  metrics_path: str = "", train_dir: str = "") -> dict:
+                  train_dir: str = "") -> dict:
     """FID/KID of the final EMA generator, and the FID curve over the run's snapshots when it kept any.
 
     Class-conditional presets also get per-class FID and, from ``train_dir`` (the training split),
@@ -199,23 +173,13 @@ def evaluate_step(config_json: str, checkpoint_dir: str, reference_dir: str, run
     The curve (``eval.curve_samples`` per point, same real reference) goes to MLflow as metric
     histories ``fid_nN``/``kid_nN`` at each snapshot's step and as ``fid_curve/fid_curve.{csv,png}``.
     """
-    import tempfile
-
-    from ..curve import evaluate_run
-
     threads.configure()  # the thread policy: free cores for the Inception, workers capped at them
-    cfg = PipelineConfig.from_json(config_json)
+    cfg, settings = PipelineConfig.from_json(config_json), Settings.from_env()
     with tempfile.TemporaryDirectory(prefix="ganforge-eval-") as tmp:
         metrics, rows = evaluate_run(checkpoint_dir, reference_dir, tmp, n=cfg.eval.n_samples,
                                      train_dir=train_dir or None)
-        if metrics_path:
-            from .s3 import upload_file
-
-            upload_file(Path(tmp) / "metrics.json", metrics_path)
-        if artifact_root():
-            from . import s3
-
-            run_prefix = fileio.join(artifact_root(), "runs", run_id or "no-run")
+        if settings.artifact_root:
+            run_prefix = fileio.join(settings.artifact_root, "runs", run_id or "no-run")
             s3.upload_file(Path(tmp) / "metrics.json", fileio.join(run_prefix, "metrics.json"))
             for name in ("fid_curve.csv", "fid_curve.png") if rows else ():
                 s3.upload_file(Path(tmp) / name, fileio.join(run_prefix, "fid_curve", name))
@@ -227,8 +191,6 @@ def evaluate_step(config_json: str, checkpoint_dir: str, reference_dir: str, run
 def log_evaluation(run_id: str, metrics: dict, rows: list[dict], eval_dir: str | Path) -> None:
     """Scores at the generator step they were measured (same axis as the losses); the curve as
     metric histories and as ``fid_curve/`` artifacts."""
-    from . import tracking
-
     tracking.configure()
     tracking.log_metrics(run_id, {k: float(v) for k, v in metrics.items()
                                   if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"},
@@ -243,8 +205,6 @@ def log_curve(run_id: str, rows: list[dict], curve_dir: str | Path) -> None:
     Re-logging a point MLflow already has adds a duplicate entry at the same step, so only points
     not yet in the history are logged.
     """
-    from . import tracking
-
     tracking.configure()
     c = tracking.client()
     for r in rows:
@@ -261,8 +221,6 @@ def register_step(config_json: str, checkpoint_dir: str, metrics_json: str, run_
                   kfp_run: str = "", plot_path: Optional[str] = None) -> dict:
     """Log the EMA generator as an MLflow model, register it, apply the FID promotion rule and end
     the pipeline's MLflow run FINISHED."""
-    from . import registry, tracking
-
     cfg = PipelineConfig.from_json(config_json)
     metrics = json.loads(metrics_json)
     # The evaluation's dataset is the FID reference; the version's dataset_sha256 is the training data's.

@@ -10,6 +10,9 @@ import os
 import socket
 from pathlib import Path
 
+from . import tracking
+from .settings import Settings
+
 TAG_PREFIX = "ganforge.task"
 
 
@@ -38,15 +41,13 @@ def describe() -> dict[str, str]:
     """Facts about this process's runtime, all strings (MLflow tag values)."""
     return {"hostname": socket.gethostname(), "uid": str(os.getuid()), "gid": str(os.getgid()),
             "cgroup": cgroup(), "container": container_kind(),
-            "image_revision": os.environ.get("GANFORGE_GIT_SHA", "")}
+            "image_revision": Settings.from_env().git_sha}
 
 
 def record_task(run_id: str, task: str) -> dict[str, str]:
     """Tag the pipeline's MLflow run with where ``task`` ran; returns the facts. No-op without a run id."""
     facts = describe()
     if run_id:
-        from . import tracking
-
         tracking.configure()
         client = tracking.client()
         for key, value in facts.items():

@@ -16,7 +16,6 @@ import contextlib
 import json
 import math
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,10 +31,8 @@ from ganforge import paths
 from ganforge.config import PipelineConfig
 from ganforge.fileio import atomic_file, atomic_write_text
 from ganforge.errors import GanforgeError
+from ganforge.platform.settings import git_commit
 
-GIT_SHA_ENV = "GANFORGE_GIT_SHA"
-KFP_RUN_ID_ENV = "KFP_RUN_ID"
-"""Environment variable the KFP components set from ``dsl.PIPELINE_JOB_ID_PLACEHOLDER``."""
 
 CONFIG_HASH_TAG = "ganforge.config_hash"
 GIT_COMMIT_TAG = "ganforge.git_commit"
@@ -102,23 +99,6 @@ def client() -> MlflowClient:
     return MlflowClient()
 
 
-def git_commit() -> str:
-    """The commit of the ganforge source tree, else ``$GANFORGE_GIT_SHA``, else ``unknown``.
-
-    The source tree, not the working directory: a run records the code it ran. In the
-    image ganforge is installed without .git, so the build passes the sha in the env.
-    """
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=5, check=True)
-        sha = out.stdout.strip()
-        if sha:
-            return sha
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return os.environ.get(GIT_SHA_ENV, "").strip() or "unknown"
-
-
 def param_value(value: object) -> str:
     """An MLflow param value: a string of at most 6000 characters (None becomes "None")."""
     text = value if isinstance(value, str) else json.dumps(value) if isinstance(value, (list, dict)) else str(value)
@@ -163,16 +143,14 @@ def namespaced(key: str) -> str:
 
 def run_tags(cfg: PipelineConfig, tags: Optional[Mapping[str, str]]) -> dict[str, str]:
     """The tags every pipeline run carries; explicit non-empty ``tags`` win over the defaults."""
+    commit = git_commit()
     out = {
         CONFIG_HASH_TAG: cfg.config_hash(),
-        GIT_COMMIT_TAG: git_commit(),
-        MLFLOW_GIT_COMMIT_TAG: git_commit(),
+        GIT_COMMIT_TAG: commit,
+        MLFLOW_GIT_COMMIT_TAG: commit,
         PIPELINE_TAG: cfg.name,
         PROFILE_TAG: cfg.profile,
     }
-    kfp_run_id = os.environ.get(KFP_RUN_ID_ENV, "").strip()
-    if kfp_run_id:
-        out[KFP_RUN_ID_TAG] = kfp_run_id
     out.update({namespaced(k): str(v) for k, v in (tags or {}).items() if str(v)})
     return out
 
@@ -427,34 +405,3 @@ def log_curves(run_id: str, out_png: str) -> Path:
     return png
 
 
-def get_run_summary(run_id: str) -> dict:
-    """What a person wants at the end of a local run: where it is, its metrics, its models."""
-    c = client()
-    try:
-        run = c.get_run(run_id)
-    except MlflowException as e:
-        raise TrackingError(f"MLflow run {run_id!r} not found at {mlflow.get_tracking_uri()}: {e}") from None
-    experiment = c.get_experiment(run.info.experiment_id)
-    versions = c.search_model_versions(f"run_id = '{run_id}'")
-    return {
-        "run_id": run_id,
-        "run_name": run.info.run_name,
-        "experiment": experiment.name,
-        "status": run.info.status,
-        "tracking_uri": mlflow.get_tracking_uri(),
-        "artifact_uri": run.info.artifact_uri,
-        "metrics": dict(sorted(run.data.metrics.items())),
-        "tags": {k: v for k, v in sorted(run.data.tags.items()) if k.startswith("ganforge.")},
-        "model_versions": [{"name": v.name, "version": int(v.version)} for v in versions],
-    }
-
-
-def format_run_summary(summary: Mapping) -> str:
-    """``get_run_summary`` as a few readable lines."""
-    lines = [f"MLflow run {summary['run_id']} ({summary['run_name']}) in experiment {summary['experiment']!r}: "
-             f"{summary['status']}",
-             f"  tracking: {summary['tracking_uri']}",
-             f"  artifacts: {summary['artifact_uri']}"]
-    lines += [f"  {k} = {v:.4g}" for k, v in summary["metrics"].items() if math.isfinite(v)]
-    lines += [f"  registered: models:/{m['name']}/{m['version']}" for m in summary["model_versions"]]
-    return "\n".join(lines)
