@@ -236,17 +236,35 @@ class PipelineConfig:
         return json.dumps(self.to_dict(), sort_keys=True, indent=2)
 
     def config_hash(self) -> str:
-        """Short hash of everything that determines the model (not the run's bookkeeping).
+        """Short hash of what determines the trained model: every field but the run's bookkeeping
+        (``BOOKKEEPING_FIELDS``: the profile's name, logging/checkpoint/snapshot cadences, launcher,
+        torch.compile, and every ``eval.*`` and ``registry.*`` field), so runs that train the same
+        model share it and ``--set train.log_every=…`` leaves it alone.
 
         Fields added after the first registered versions (``ADDED_FIELDS``) count only when they differ
-        from their default, so a version's ``config_hash`` tag still matches its run's config.json.
+        from their default. Versions registered before the bookkeeping was left out carry
+        ``legacy_config_hash`` (``registry.registered_config`` accepts either).
         """
+        d = self._hashed_dict()
+        for key in BOOKKEEPING_FIELDS:  # "group.field", or a whole group / top-level key
+            group, _, name = key.partition(".")
+            if name:
+                d[group].pop(name, None)
+            else:
+                d.pop(group, None)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+    def legacy_config_hash(self) -> str:
+        """``config_hash`` as it was before it left out the bookkeeping: a hash of every field."""
+        return hashlib.sha256(json.dumps(self._hashed_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+    def _hashed_dict(self) -> dict:
         d = self.to_dict()
         for key, default in ADDED_FIELDS.items():
             group, name = key.split(".")
             if d[group].get(name) == default:
                 del d[group][name]
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+        return d
 
     def flat(self) -> dict:
         """``{"train.lr_g": 0.0002, ...}``: MLflow params."""
@@ -276,6 +294,12 @@ class PipelineConfig:
         return cls.from_dict(json.loads(s))
 
 
+BOOKKEEPING_FIELDS = frozenset({
+    "profile", "train.log_every", "train.checkpoint_every", "train.snapshot_every", "train.launcher",
+    "train.compile", "data.reference_split", "eval", "registry",
+})
+"""What ``config_hash`` leaves out: how a run is logged, saved, launched, evaluated and promoted, not
+what it trains (``eval``/``registry``: the whole group)."""
 ADDED_FIELDS: dict[str, Any] = {"model.num_classes": 0}
 """Fields added to the config later, with the default that leaves ``config_hash`` as it was before them."""
 

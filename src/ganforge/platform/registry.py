@@ -691,7 +691,7 @@ def registered_config(run_id: str, uri: str, config_hash: Optional[str]) -> Pipe
                             "register versions from runs started with tracking.start_pipeline_run, or generate "
                             "from the checkpoint.pt instead") from None
     cfg = PipelineConfig.from_json(text)
-    if config_hash and cfg.config_hash() != config_hash:
+    if config_hash and config_hash not in (cfg.config_hash(), cfg.legacy_config_hash()):
         raise RegistryError(f"{uri}: the version is tagged config_hash={config_hash} but its run's "
                             f"{tracking.CONFIG_ARTIFACT} hashes to {cfg.config_hash()}; the version was registered "
                             "with a config other than its run's — re-register it from the run that trained it")
