@@ -2,6 +2,10 @@
 
 The pipeline-level commands (run, compile, submit, schedule) live in ``pipelines/`` of the
 repository (``python -m pipelines …`` or the Makefile), since they need the checkout.
+
+Each command imports the library modules it uses when it runs, so ``ganforge --help`` and argument
+errors answer without loading torch; the platform layer comes in through ``errors.require_platform``
+(one line naming ``pip install 'ganforge[platform]'`` when it is not installed).
 """
 from __future__ import annotations
 

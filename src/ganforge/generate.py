@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from .audio_io import spectrogram_grid_png, write_wavs
-from .checkpoint import CHECKPOINT_NAME, load_generator
+from .checkpoint import CHECKPOINT_NAME, SNAPSHOT_DIR, load_generator
 from .config import PipelineConfig
 from .errors import GanforgeError, require_platform
 from .fileio import atomic_dir, check_output_dir
@@ -101,7 +101,7 @@ def load_model(model: str, device: str = "cpu") -> LoadedModel:
         from .train import read_class_names
 
         # classes.json sits beside checkpoint.pt (a snapshot is one folder deeper, in snapshots/)
-        run_dir = path.parent.parent if path.parent.name == "snapshots" else path.parent
+        run_dir = path.parent.parent if path.parent.name == SNAPSHOT_DIR else path.parent
         class_names = read_class_names(run_dir, cfg)
     return LoadedModel(generator, cfg, {"model": model, "name": None, "version": None, "run_id": None}, class_names)
 
