@@ -29,8 +29,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Optional
 
 from ganforge import paths
 from ganforge.errors import GanforgeError
@@ -72,7 +72,7 @@ def docker(*args: str, timeout: float = DOCKER_TIMEOUT_S, check: bool = True) ->
     return proc
 
 
-def daemon_version() -> Optional[str]:
+def daemon_version() -> str | None:
     """The Docker daemon's version, or None when none answers."""
     if shutil.which("docker") is None:
         return None
@@ -115,7 +115,7 @@ def ensure_daemon(log_dir: Path, wait_s: float = 60.0) -> str:
     raise ImageError(f"dockerd did not come up (log {log_path}): {tail.strip().splitlines()[-1] if tail else ''}")
 
 
-def image_labels(image: str) -> Optional[dict]:
+def image_labels(image: str) -> dict | None:
     """The image's labels, or None when no such image exists."""
     proc = docker("image", "inspect", "--format", "{{json .Config.Labels}}", image, check=False)
     if proc.returncode != 0:

@@ -12,9 +12,8 @@ from dataclasses import dataclass, field
 from kfp import kubernetes
 
 from components.image import IMAGE
-
-from ganforge.platform import gpu_nodes
 from ganforge.config import PipelineConfig
+from ganforge.platform import gpu_nodes
 
 
 @dataclass(frozen=True)
@@ -42,7 +41,7 @@ class ClusterSettings:
     """Retries of the training task; each resumes from the last checkpoint in its model artifact."""
 
     @classmethod
-    def from_config(cls, cfg: PipelineConfig) -> "ClusterSettings":
+    def from_config(cls, cfg: PipelineConfig) -> ClusterSettings:
         """GPU node selector and tolerations from GANFORGE_GPU_NODE_SELECTOR / GANFORGE_GPU_TOLERATIONS
         (``ganforge.platform.gpu_nodes``), read once here."""
         return cls(gpus_per_node=gpu_nodes.gpus_per_node(cfg),

@@ -15,8 +15,9 @@ import sys
 import urllib.error
 import urllib.request
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import kfp
 import kfp_server_api

@@ -39,9 +39,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import kubernetes_validate
 import yaml
@@ -303,8 +303,13 @@ def training_job_manifests() -> dict[str, dict]:
     """The TrainJob and PyTorchJob the train step would create (2 nodes, GPUs, as remote_train sets them)."""
     from ganforge.config import build_config
     from ganforge.platform.cluster_jobs import manifest, spec_from_config
-    from ganforge.platform.cluster_train import MLFLOW_SECRET, MLFLOW_SECRET_KEYS, S3_SECRET, S3_SECRET_KEYS, \
-        TRAINING_SERVICE_ACCOUNT
+    from ganforge.platform.cluster_train import (
+        MLFLOW_SECRET,
+        MLFLOW_SECRET_KEYS,
+        S3_SECRET,
+        S3_SECRET_KEYS,
+        TRAINING_SERVICE_ACCOUNT,
+    )
     from ganforge.platform.gpu_nodes import GPU_TOLERATION
 
     cfg = build_config("dcgan", "tiny", {})
@@ -669,7 +674,7 @@ def task_security_problems(executors: dict[str, dict]) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 # Admission: evaluate the ValidatingAdmissionPolicy's CEL with cel-python.
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cel_program(expression: str):
     import celpy
 
@@ -810,7 +815,7 @@ class Endpoint:
     ip: str = ""
 
     @staticmethod
-    def pod(labels: dict, namespace: str = NAMESPACE) -> "Endpoint":
+    def pod(labels: dict, namespace: str = NAMESPACE) -> Endpoint:
         return Endpoint(tuple(sorted(labels.items())), namespace)
 
 
@@ -977,7 +982,7 @@ class Runtime:
     executors: dict
 
     @staticmethod
-    def build() -> "Runtime":
+    def build() -> Runtime:
         return Runtime(training_job_manifests(), compiled_task_settings())
 
 

@@ -17,8 +17,8 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from ganforge.platform import registry, tracking
 from ganforge.config import build_config
+from ganforge.platform import registry, tracking
 from ganforge.platform.registry import Candidate
 from ganforge.platform.settings import git_commit
 from mlflow_server import shared_mlflow_server

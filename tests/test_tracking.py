@@ -12,8 +12,8 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from ganforge.platform import tracking
 from ganforge.config import build_config
+from ganforge.platform import tracking
 from mlflow_server import shared_mlflow_server
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ganforge.audio_io import clips_to_float
 from ganforge.config import EvalConfig
 from ganforge.data import DataError, load_dataset, verify_sha256
-from ganforge.audio_io import clips_to_float
 from ganforge.fileio import atomic_file
 from ganforge.metrics import features_to_statistics, statistics_to_fid
 

@@ -14,7 +14,7 @@ import json
 import math
 import typing
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Optional
+from typing import Any
 
 from .errors import GanforgeError
 
@@ -51,7 +51,7 @@ class DataConfig:
     channels: int = 1
     audio_length: int = 16384
     sample_rate: int = 16000
-    limit: Optional[int] = None
+    limit: int | None = None
     """Keep at most this many examples (the first ones, deterministic); None keeps all."""
 
     def __post_init__(self) -> None:
@@ -105,7 +105,7 @@ class TrainConfig:
     batch_size: int = 64
     """Global batch: split evenly across ranks (each rank takes batch_size // world_size)."""
     epochs: int = 5
-    max_steps: Optional[int] = None
+    max_steps: int | None = None
     """Stop after this many generator steps (overrides epochs when smaller)."""
     lr_g: float = 2e-4
     lr_d: float = 2e-4
@@ -275,7 +275,7 @@ class PipelineConfig:
         return out
 
     @classmethod
-    def from_dict(cls, d: dict) -> "PipelineConfig":
+    def from_dict(cls, d: dict) -> PipelineConfig:
         groups = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig,
                   "eval": EvalConfig, "registry": RegistryConfig}
         unknown = set(d) - set(groups) - {"name", "profile"}
@@ -290,7 +290,7 @@ class PipelineConfig:
         return cls(**kwargs)
 
     @classmethod
-    def from_json(cls, s: str) -> "PipelineConfig":
+    def from_json(cls, s: str) -> PipelineConfig:
         return cls.from_dict(json.loads(s))
 
 
@@ -484,7 +484,7 @@ def overrides_from_json(text: str) -> list[str]:
     return value
 
 
-def build_config(name: str, profile: str = "local", overrides: Optional[dict | list] = None) -> PipelineConfig:
+def build_config(name: str, profile: str = "local", overrides: dict | list | None = None) -> PipelineConfig:
     """Settle the run's config: preset, then profile, then per-preset profile tweaks, then overrides.
 
     ``overrides`` is ``{"train": {"epochs": 3}}`` or a list of ``"train.epochs=3"`` strings.

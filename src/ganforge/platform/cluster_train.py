@@ -32,19 +32,18 @@ import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import torch.distributed as dist
 
 from .. import fileio
-from . import s3
+from ..checkpoint import CHECKPOINT_NAME, SAMPLES_DIR, read_checkpoint
 from ..config import PipelineConfig
+from ..paths import cache_dir
+from ..train import MetricsFn, TrainResult, init_distributed, train
+from . import s3
 from .cluster_jobs import ClusterSpecError, kubernetes_apis, launch_and_watch, spec_from_config
 from .gpu_nodes import gpus_per_node
 from .settings import ARTIFACT_ROOT_ENV, MLFLOW_RUN_ID_ENV, Settings
-from ..paths import cache_dir
-from ..checkpoint import CHECKPOINT_NAME, SAMPLES_DIR, read_checkpoint
-from ..train import MetricsFn, TrainResult, init_distributed, train
 
 S3_SECRET = "ganforge-s3"
 S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
@@ -75,7 +74,7 @@ def _relative_key(object_uri: str, prefix_uri: str) -> str:
     return object_uri[len(prefix_uri.rstrip("/")) + 1:]
 
 
-def pull_run(out_uri: str, local_dir: Path) -> Optional[int]:
+def pull_run(out_uri: str, local_dir: Path) -> int | None:
     """Copy every object under ``out_uri`` (but the completion marker) into ``local_dir``.
 
     Returns the step of the fetched checkpoint.pt, or None when OUT holds no checkpoint yet.
@@ -144,7 +143,7 @@ def _reset_dir(path: Path) -> None:
 
 
 def train_staged(cfg: PipelineConfig, data: str, out: str, *, resume: bool = False,
-                 on_metrics: Optional[MetricsFn] = None, allow_config_change: bool = False) -> TrainResult:
+                 on_metrics: MetricsFn | None = None, allow_config_change: bool = False) -> TrainResult:
     """``train.train`` where ``data`` and/or ``out`` may be ``s3://`` URIs (see the module docstring).
 
     Every rank of every node calls it (under torchrun). The returned result's paths are the

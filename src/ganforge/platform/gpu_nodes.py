@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Mapping, Optional
+from collections.abc import Mapping
 
 from ..config import ConfigError, PipelineConfig
 
@@ -80,19 +80,19 @@ def format_tolerations(tolerations) -> str:
                                                                              else "") for t in tolerations)
 
 
-def gpu_node_selector(env: Optional[Mapping[str, str]] = None) -> dict[str, str]:
+def gpu_node_selector(env: Mapping[str, str] | None = None) -> dict[str, str]:
     """The GPU node selector of this environment (GANFORGE_GPU_NODE_SELECTOR; unset: none)."""
     env = os.environ if env is None else env
     return parse_node_selector(env.get(NODE_SELECTOR_ENV, ""))
 
 
-def gpu_tolerations(env: Optional[Mapping[str, str]] = None) -> list[dict]:
+def gpu_tolerations(env: Mapping[str, str] | None = None) -> list[dict]:
     """The GPU tolerations of this environment (GANFORGE_GPU_TOLERATIONS; unset: nvidia.com/gpu:NoSchedule)."""
     env = os.environ if env is None else env
     return parse_tolerations(env.get(TOLERATIONS_ENV, DEFAULT_TOLERATIONS))
 
 
-def gpus_per_node(cfg: PipelineConfig, override: Optional[int] = None) -> int:
+def gpus_per_node(cfg: PipelineConfig, override: int | None = None) -> int:
     """GPUs per node of a training pod: ``override`` (GANFORGE_GPUS_PER_NODE) when given, else ``train.nproc``
     for the ``full`` profile and none (CPU) otherwise — the one GPU rule, for the KFP train task and the
     TrainJob/PyTorchJob pods alike."""

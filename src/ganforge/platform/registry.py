@@ -29,10 +29,10 @@ import os
 import random
 import tempfile
 import time
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Optional
 
 import mlflow
 import numpy as np
@@ -42,11 +42,11 @@ from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
+from ganforge.config import PipelineConfig
+from ganforge.errors import GanforgeError
+from ganforge.generate import parse_registry_uri
 from ganforge.platform import tracking
 from ganforge.platform.settings import git_commit
-from ganforge.config import PipelineConfig
-from ganforge.generate import parse_registry_uri
-from ganforge.errors import GanforgeError
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -87,7 +87,7 @@ class Candidate:
     ``margin``: how much lower than the champion's its fid must be (its ``MARGIN_TAG``)."""
 
     version: int
-    fid: Optional[float]
+    fid: float | None
     margin: float = 0.0
 
 
@@ -111,7 +111,7 @@ def conditional_signature(z: np.ndarray, labels: np.ndarray, out: np.ndarray):
     return ModelSignature(inputs=inputs, outputs=infer_signature(z, out).outputs)
 
 
-def generator_output(generator: torch.nn.Module, z: np.ndarray, labels: Optional[np.ndarray] = None) -> np.ndarray:
+def generator_output(generator: torch.nn.Module, z: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
     """Run the (CPU, eval-mode) generator on z (and labels); a clear error if it does not take (B, nz)."""
     try:
         with torch.no_grad():
@@ -124,7 +124,7 @@ def generator_output(generator: torch.nn.Module, z: np.ndarray, labels: Optional
     return out.numpy()
 
 
-def parse_score(value: Optional[str]) -> Optional[float]:
+def parse_score(value: str | None) -> float | None:
     """A score tag (fid, kid_mean, ...) as a float; None when absent or not a finite number."""
     try:
         score = float(value) if value is not None else None
@@ -169,7 +169,7 @@ def version_tags(cfg: PipelineConfig, metrics: Mapping[str, object], tags: Mappi
 
 
 def register_generator(run_id: str, generator: torch.nn.Module, cfg: PipelineConfig,
-                       metrics: dict, tags: dict, class_names: Optional[list[str]] = None) -> int:
+                       metrics: dict, tags: dict, class_names: list[str] | None = None) -> int:
     """Log the generator into the pipeline run and register it as a new version of
     ``cfg.model_name``; tag the version with its metrics and provenance. Returns the version.
 
@@ -243,7 +243,7 @@ def link_metrics(c: MlflowClient, run_id: str, model_id: str, scores: Mapping[st
     c.log_batch(run_id, metrics=entities, synchronous=True)
 
 
-def logged_model_id(version) -> Optional[str]:
+def logged_model_id(version) -> str | None:
     """The LoggedModel behind a ``ModelVersion``: MLflow's OSS stores keep it only as the
     version's source, ``models:/<model_id>``."""
     if getattr(version, "model_id", None):
@@ -316,7 +316,7 @@ class RegistryState:
     def candidate(self, version: int) -> Candidate:
         return candidate_from_tags(version, self.version_tags.get(version, {}))
 
-    def champion(self) -> Optional[Candidate]:
+    def champion(self) -> Candidate | None:
         version = self.aliases.get(CHAMPION)
         return None if version is None else self.candidate(version)
 
@@ -349,7 +349,7 @@ def candidate(c: MlflowClient, model_name: str, version: int) -> Candidate:
     return candidate_from_tags(version, model_version(c, model_name, version).tags)
 
 
-def beats(rival: Candidate, champion: Optional[Candidate]) -> bool:
+def beats(rival: Candidate, champion: Candidate | None) -> bool:
     """The promotion rule for one version: it takes over if there is no champion, the champion
     was never evaluated, or its fid < champion fid - *its own* margin."""
     if champion is None or champion.fid is None:
@@ -357,7 +357,7 @@ def beats(rival: Candidate, champion: Optional[Candidate]) -> bool:
     return rival.fid is not None and rival.fid < champion.fid - rival.margin
 
 
-def choose_champion(champion: Optional[Candidate], rivals: Iterable[Candidate]) -> Optional[Candidate]:
+def choose_champion(champion: Candidate | None, rivals: Iterable[Candidate]) -> Candidate | None:
     """The rule over a set: of the rivals that beat the champion (``beats``, each with its own
     margin), the best (lowest fid, then lowest version) takes over; none: the champion stays.
 
@@ -392,7 +392,7 @@ def promotion_lock(model_name: str) -> Iterator[None]:
         lock.release()
 
 
-def converge_champion(c: MlflowClient, model_name: str, me: Candidate) -> Optional[Candidate]:
+def converge_champion(c: MlflowClient, model_name: str, me: Candidate) -> Candidate | None:
     """Move ``champion`` until a fresh read finds it where the rule says; return it.
 
     Each round re-reads the champion and the in-flight candidates, applies
@@ -431,7 +431,7 @@ def make_champion(c: MlflowClient, model_name: str, version: int) -> None:
     c.set_registered_model_alias(model_name, CHAMPION, str(version))
 
 
-def announce(c: MlflowClient, model_name: str, version: int, margin: Optional[float]) -> Candidate:
+def announce(c: MlflowClient, model_name: str, version: int, margin: float | None) -> Candidate:
     """Step 1 of ``promote``: record the version's margin (when given), then announce it as a
     candidate. The margin is written first, so whoever sees the announcement sees the margin."""
     me = candidate(c, model_name, version)
@@ -448,7 +448,7 @@ def announce(c: MlflowClient, model_name: str, version: int, margin: Optional[fl
     return me
 
 
-def promote(model_name: str, version: int, margin: Optional[float] = None) -> dict:
+def promote(model_name: str, version: int, margin: float | None = None) -> dict:
     """Apply the FID gate: ``champion`` moves to ``version`` only if there is no champion or
     its fid < champion fid - margin; otherwise ``version`` becomes ``challenger``.
 
@@ -583,7 +583,7 @@ class ExportedGenerator(torch.nn.Module):
     def forward(self, z: torch.Tensor, *labels: torch.Tensor) -> torch.Tensor:
         return self.graph(z, *labels)  # a class-conditional program takes (z, labels)
 
-    def train(self, mode: bool = True) -> "ExportedGenerator":
+    def train(self, mode: bool = True) -> ExportedGenerator:
         if mode:
             raise RegistryError("a registered generator is an exported inference graph and cannot train; "
                                 "resume training from its checkpoint.pt instead")
@@ -677,7 +677,7 @@ def resolve(uri: str):
     return c.get_model_version_by_alias(name, alias)
 
 
-def registered_config(run_id: str, uri: str, config_hash: Optional[str]) -> PipelineConfig:
+def registered_config(run_id: str, uri: str, config_hash: str | None) -> PipelineConfig:
     """The config a registered version was trained with, from its run's ``config.json``.
 
     The version's ``config_hash`` tag (when present) must match, so weights are never paired

@@ -12,15 +12,15 @@ import inspect
 import json
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 from .. import fileio, threads
 from ..checkpoint import CHECKPOINT_NAME, CONFIG_NAME, SAMPLES_DIR, load_generator, read_checkpoint
-from ..launch import torchrun_command
 from ..config import PipelineConfig, build_config, overrides_from_json, parse_overrides
-from ..data import prepare
 from ..curve import evaluate_run
+from ..data import prepare
+from ..launch import torchrun_command
 from ..train import TrainingError, train
 from . import registry, s3, tracking
 from .cluster_train import launch_cluster_training
@@ -38,7 +38,7 @@ def mirror(local_dir: str | Path, run_id: str, name: str, settings: Settings) ->
     return s3.upload_dir(str(local_dir), fileio.join(settings.artifact_root, "runs", run_id or "no-run", name))
 
 
-def settle_config(pipeline: str, profile: str, knobs: Optional[dict] = None, overrides: str = "") -> PipelineConfig:
+def settle_config(pipeline: str, profile: str, knobs: dict | None = None, overrides: str = "") -> PipelineConfig:
     """The run's config from the pipeline's parameters: preset + profile + the per-run knobs, then
     ``overrides`` (the ``overrides`` parameter: a JSON list of ``group.field=value`` strings, the
     ``--set`` syntax; they win over the knobs).
@@ -55,7 +55,7 @@ def settle_config(pipeline: str, profile: str, knobs: Optional[dict] = None, ove
 START_STEP = "start-run"
 
 
-def start_run_step(pipeline: str, profile: str, knobs: Optional[dict] = None, kfp_run: str = "",
+def start_run_step(pipeline: str, profile: str, knobs: dict | None = None, kfp_run: str = "",
                    overrides: str = "") -> dict:
     """Settle the config and open the pipeline's MLflow run. Returns config_json and run_id."""
     cfg = settle_config(pipeline, profile, knobs, overrides)
@@ -218,7 +218,7 @@ def log_curve(run_id: str, rows: list[dict], curve_dir: str | Path) -> None:
 
 @tracked("register")
 def register_step(config_json: str, checkpoint_dir: str, metrics_json: str, run_id: str,
-                  kfp_run: str = "", plot_path: Optional[str] = None) -> dict:
+                  kfp_run: str = "", plot_path: str | None = None) -> dict:
     """Log the EMA generator as an MLflow model, register it, apply the FID promotion rule and end
     the pipeline's MLflow run FINISHED."""
     cfg = PipelineConfig.from_json(config_json)

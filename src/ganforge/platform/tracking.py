@@ -19,8 +19,8 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Iterator, Mapping, Optional
 
 import mlflow
 from mlflow import MlflowClient
@@ -29,10 +29,9 @@ from mlflow.exceptions import MlflowException
 
 from ganforge import paths
 from ganforge.config import PipelineConfig
-from ganforge.fileio import atomic_file, atomic_write_text
 from ganforge.errors import GanforgeError
+from ganforge.fileio import atomic_file, atomic_write_text
 from ganforge.platform.settings import git_commit
-
 
 CONFIG_HASH_TAG = "ganforge.config_hash"
 GIT_COMMIT_TAG = "ganforge.git_commit"
@@ -75,7 +74,7 @@ def is_local_store(tracking_uri: str) -> bool:
     return not tracking_uri.startswith(("http://", "https://", "databricks"))
 
 
-def sqlite_path(tracking_uri: str) -> Optional[Path]:
+def sqlite_path(tracking_uri: str) -> Path | None:
     """The database file of a ``sqlite:///`` URI, or None for any other store."""
     prefix = "sqlite:///"
     return Path(tracking_uri[len(prefix):]) if tracking_uri.startswith(prefix) else None
@@ -109,7 +108,7 @@ def chunks(items: list, size: int) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
-def experiment_artifact_location(experiment_name: str, tracking_uri: str) -> Optional[str]:
+def experiment_artifact_location(experiment_name: str, tracking_uri: str) -> str | None:
     """Local store: ``mlartifacts/<name>`` beside the sqlite file (``$GANFORGE_HOME`` by default).
 
     A server: None, so the server's own artifact root (proxied, e.g. S3) applies.
@@ -121,7 +120,7 @@ def experiment_artifact_location(experiment_name: str, tracking_uri: str) -> Opt
     return (root / "mlartifacts" / experiment_name).as_uri()
 
 
-def get_or_create_experiment(name: str, artifact_location: Optional[str]) -> str:
+def get_or_create_experiment(name: str, artifact_location: str | None) -> str:
     """Experiment id by name, creating it; tolerant of another step creating it concurrently."""
     c = client()
     found = c.get_experiment_by_name(name)
@@ -141,7 +140,7 @@ def namespaced(key: str) -> str:
     return key if "." in key else f"ganforge.{key}"
 
 
-def run_tags(cfg: PipelineConfig, tags: Optional[Mapping[str, str]]) -> dict[str, str]:
+def run_tags(cfg: PipelineConfig, tags: Mapping[str, str] | None) -> dict[str, str]:
     """The tags every pipeline run carries; explicit non-empty ``tags`` win over the defaults."""
     commit = git_commit()
     out = {
@@ -218,7 +217,7 @@ def tracked_step(run_id: str, step: str) -> Iterator[None]:
     c.set_tag(run_id, STEP_TAG_PREFIX + step, "done")
 
 
-def find_pipeline_run(experiment_name: str, kfp_run: str) -> Optional[str]:
+def find_pipeline_run(experiment_name: str, kfp_run: str) -> str | None:
     """The MLflow run that KFP run ``kfp_run`` opened in ``experiment_name`` (tag ganforge.kfp_run_id), or None."""
     c = client()
     experiment = c.get_experiment_by_name(experiment_name)
