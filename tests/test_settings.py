@@ -70,7 +70,8 @@ def test_the_gpu_rule_has_one_home():
 
 
 def test_git_commit_an_explicit_sha_wins_then_git_then_unknown(tmp_path):
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=30).stdout.strip()
+    git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    head = git.stdout.strip()
     assert git_commit(Settings(git_sha="abc1234")) == "abc1234"
     assert git_commit(Settings(), source=ROOT) == head and len(head) == 40
     assert git_commit(Settings(), source=tmp_path) == "unknown"  # not a git checkout

@@ -10,6 +10,7 @@ The module-specific classes (``DataError``, ``ConfigError``, ``StorageError``,
 ``CheckpointError``, …) derive from it and, for compatibility with callers that caught the
 old built-in bases, also from ``ValueError`` or ``RuntimeError``.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -45,5 +46,7 @@ def require_platform(module: str, needed_for: str):
     except ModuleNotFoundError as e:
         if (e.name or "").split(".")[0] not in PLATFORM_PACKAGES:
             raise
-        raise PlatformMissingError(f"{needed_for} needs the platform layer, and its package {e.name!r} is not "
-                                   "installed. Fix: pip install 'ganforge[platform]'") from None
+        raise PlatformMissingError(
+            f"{needed_for} needs the platform layer, and its package {e.name!r} is not "
+            "installed. Fix: pip install 'ganforge[platform]'"
+        ) from None

@@ -4,6 +4,7 @@ Local writes go to a temporary sibling and are renamed into place, so a reader n
 half-written file and an interrupted writer leaves the old file (or nothing) behind. The ML
 core writes every output through this module; S3 lives in ``ganforge.platform.s3``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -27,7 +28,7 @@ def local_path(uri: str | os.PathLike) -> Path:
     """The local ``Path`` of a plain path or ``file://`` URI; StorageError for any other scheme."""
     s = os.fspath(uri)
     if s.startswith("file://"):
-        s = s[len("file://"):]
+        s = s[len("file://") :]
     if "://" in s:
         raise StorageError(f"{s!r} is not a local path")
     return Path(s)
@@ -45,12 +46,15 @@ def _write_failure(p: Path, e: OSError) -> StorageError:
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         fix = f"free space on the file system holding {p.parent} (df -h {p.parent}), or choose another output path"
     elif e.errno == errno.EFBIG:
-        fix = "the file is larger than the file system or this process's file-size limit (ulimit -f) allows: " \
-              "raise the limit or choose another output path"
+        fix = (
+            "the file is larger than the file system or this process's file-size limit (ulimit -f) allows: "
+            "raise the limit or choose another output path"
+        )
     else:
         fix = f"choose an output path you can write to, or fix the permissions of {p.parent}"
-    return StorageError(f"cannot write {p}: {cause}; nothing was written there (a previous version is kept). "
-                        f"Fix: {fix}")
+    return StorageError(
+        f"cannot write {p}: {cause}; nothing was written there (a previous version is kept). Fix: {fix}"
+    )
 
 
 def _writable_parent(p: Path) -> None:
@@ -59,8 +63,10 @@ def _writable_parent(p: Path) -> None:
         p.parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         blocker = next((a for a in [p.parent, *p.parent.parents] if a.exists() and not a.is_dir()), p.parent)
-        raise StorageError(f"cannot write {p}: {blocker} is a file, not a directory. Fix: choose an output path "
-                           "whose parent folders are directories (or move that file away)") from None
+        raise StorageError(
+            f"cannot write {p}: {blocker} is a file, not a directory. Fix: choose an output path "
+            "whose parent folders are directories (or move that file away)"
+        ) from None
     except OSError as e:
         raise _write_failure(p, e) from None
 
@@ -145,8 +151,10 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path
     if p.exists() and not overwrite:
         raise StorageError(f"{p} already exists; remove it or choose another output directory")
     if p.is_symlink() or (p.exists() and not p.is_dir()):
-        raise OutputPathError(f"{p} is a file{' link' if p.is_symlink() else ''}, not a directory, and would be "
-                              "replaced by one. Fix: choose another output path (or move the file away yourself)")
+        raise OutputPathError(
+            f"{p} is a file{' link' if p.is_symlink() else ''}, not a directory, and would be "
+            "replaced by one. Fix: choose another output path (or move the file away yourself)"
+        )
     tmp = Path(_temporary_sibling(p, tempfile.mkdtemp))
     try:
         yield tmp
@@ -168,8 +176,14 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def check_output_dir(path: str | os.PathLike, *, command: str, manifest: str,
-                     owned_files: Callable[[dict], Iterable[str]], protect: Iterable[str | os.PathLike] = ()) -> Path:
+def check_output_dir(
+    path: str | os.PathLike,
+    *,
+    command: str,
+    manifest: str,
+    owned_files: Callable[[dict], Iterable[str]],
+    protect: Iterable[str | os.PathLike] = (),
+) -> Path:
     """Refuse an output directory whose replacement would delete something ganforge did not write.
 
     ``command`` writes a whole directory at ``path`` (``atomic_dir``), replacing what is there.
@@ -187,11 +201,13 @@ def check_output_dir(path: str | os.PathLike, *, command: str, manifest: str,
             what = "is" if src == where else "is a folder holding"
             raise OutputPathError(
                 f"--out {p} {what} the input {src}, and {command} replaces its --out whole (the input would be "
-                f"deleted). Fix: choose a separate output directory, e.g. --out {src.parent / (src.name + '-out')}")
+                f"deleted). Fix: choose a separate output directory, e.g. --out {src.parent / (src.name + '-out')}"
+            )
     if p.is_symlink() or (p.exists() and not p.is_dir()):
         raise OutputPathError(
             f"--out {p} is a file{' link' if p.is_symlink() else ''}; {command} writes a directory there and will not "
-            "delete it. Fix: choose another --out (or move the file away yourself)")
+            "delete it. Fix: choose another --out (or move the file away yourself)"
+        )
     if not p.exists() or not any(p.iterdir()):
         return p
     recorded = p / manifest
@@ -204,13 +220,16 @@ def check_output_dir(path: str | os.PathLike, *, command: str, manifest: str,
         raise OutputPathError(
             f"--out {p} is a non-empty folder that is not an earlier {command} output (no valid {manifest}); "
             f"{command} replaces its --out whole and deletes nothing it did not write. Fix: choose a new or empty "
-            "directory, or remove that folder yourself")
-    foreign = sorted(r for r in (q.relative_to(p).as_posix() for q in p.rglob("*") if not q.is_dir()) if r not in allowed)
+            "directory, or remove that folder yourself"
+        )
+    written = (q.relative_to(p).as_posix() for q in p.rglob("*") if not q.is_dir())
+    foreign = sorted(r for r in written if r not in allowed)
     if foreign:
         raise OutputPathError(
             f"--out {p} holds {p / foreign[0]}{f' (and {len(foreign) - 1} more)' if len(foreign) > 1 else ''}, which "
             f"the earlier {command} output there did not write; {command} replaces its --out whole and deletes nothing "
-            "it did not write. Fix: move it out, or choose another --out")
+            "it did not write. Fix: move it out, or choose another --out"
+        )
     return p
 
 
