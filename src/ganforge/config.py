@@ -12,6 +12,7 @@ import difflib
 import hashlib
 import json
 import math
+import types
 import typing
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
@@ -419,7 +420,7 @@ def parse_value(key: str, raw: str, annotation: Any) -> Any:
     """``raw`` as a value of the field's type: bool accepts true/false/1/0 (any case), floats must be
     finite, ``Optional`` fields take none/null; anything else is a ConfigError naming the field."""
     text = raw.strip()
-    if typing.get_origin(annotation) is typing.Union:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):  # Optional[X] and X | None
         if text.lower() in _NONE:
             return None
         annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
