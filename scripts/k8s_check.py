@@ -300,7 +300,7 @@ def kfp_launcher_problems(objects: list[dict]) -> list[str]:
 # ganforge.platform.cluster_jobs and the Kubernetes settings of the pipeline tasks (pipelines/kube.py).
 
 def training_job_manifests() -> dict[str, dict]:
-    """The TrainJob and PyTorchJob the train step would create (2 nodes, GPUs, as remote_train sets them)."""
+    """The TrainJob and PyTorchJob the train step would create (2 nodes, GPUs, as cluster_train sets them)."""
     from ganforge.config import build_config
     from ganforge.platform.cluster_jobs import manifest, spec_from_config
     from ganforge.platform.cluster_train import (

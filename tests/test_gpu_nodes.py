@@ -58,7 +58,7 @@ def test_custom_selector_and_tolerations_reach_the_task_and_its_cluster_jobs(tmp
         {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
         {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoExecute"}]
     # The training task carries the same settings as environment variables, so the TrainJob/PyTorchJob
-    # it launches (remote_train reads them with gpu_nodes) places its pods the same way.
+    # it launches (cluster_train gets them from platform.settings) places its pods the same way.
     task_env = container_env(ir, "exec-train")
     assert gpu_nodes.gpu_node_selector(task_env) == train["nodeSelector"]["labels"]
     assert gpu_nodes.gpu_tolerations(task_env) == train["tolerations"]

@@ -117,7 +117,7 @@ def train_step(config_json: str, data_dir: str, out_dir: str, run_id: str = "", 
     """Train (resuming from the last checkpoint, so a retried task continues where it died).
 
     ``train.launcher`` local: in this process, or torchrun ranks on this node; trainjob/pytorchjob:
-    a cluster job through S3 (``remote_train.launch_cluster_training``), downloaded into out_dir.
+    a cluster job through S3 (``cluster_train.launch_cluster_training``), downloaded into out_dir.
     """
     cfg, settings = PipelineConfig.from_json(config_json), Settings.from_env()
     world = cfg.train.nproc * cfg.train.nnodes
