@@ -32,7 +32,7 @@ from .factory import build_pipeline
 RUNNERS = ("subprocess", "docker")
 IMAGE_UID = 1000  # the images' non-root user (images/Dockerfile)
 # What a task container gets from this environment: nothing else (no credentials, no host paths).
-CONTAINER_ENV_PASSTHROUGH = ("OMP_NUM_THREADS", "GANFORGE_EVAL_WORKERS", "GANFORGE_S3_ATTEMPTS",
+CONTAINER_ENV_PASSTHROUGH = ("OMP_NUM_THREADS", "GANFORGE_THREADS", "GANFORGE_EVAL_WORKERS", "GANFORGE_S3_ATTEMPTS",
                              "GANFORGE_S3_BACKOFF_S", "GANFORGE_S3_TIMEOUT_S", "GANFORGE_DEBUG", "GANFORGE_PROGRESS")
 
 
