@@ -237,7 +237,8 @@ def run_fid(work: Path, effort: Effort, wanted: set[str]) -> dict:
 
 
 GROUP_RUNNERS: dict[str, Callable[[Path, Effort, set[str]], dict]] = {
-    "threads": run_threads, "train": run_train, "compile": run_compile, "ddp": run_ddp, "inception": run_inception, "fid": run_fid}
+    "threads": run_threads, "train": run_train, "compile": run_compile, "ddp": run_ddp, "inception": run_inception,
+    "fid": run_fid}
 
 
 def status_of(value: float, target: float | None) -> str:
