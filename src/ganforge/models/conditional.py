@@ -3,7 +3,7 @@
 Generator: the DCGAN generator with every BatchNorm replaced by a class-conditional one
 (de Vries et al. 2017; Miyato & Koyama 2018 use it in their G): normalise without an affine
 transform, then scale and shift by a per-class γ_y, β_y (embeddings initialised to the
-DCGAN BatchNorm init, γ ~ N(1, 0.02), β = 0).
+DCGAN BatchNorm init, γ ~ N(1, 0.02), β = 0); the label also enters as a one-hot beside z.
 
 Discriminator: the DCGAN discriminator's body φ(x) (C×s×s features), its unconditional
 head ψ (the DCGAN's last convolution: one logit) plus the projection term of Miyato &
@@ -38,14 +38,21 @@ class ConditionalBatchNorm2d(nn.Module):
 
 
 class ConditionalDCGANGenerator(nn.Module):
-    """The DCGAN generator (same widths and kernels) with class-conditional BatchNorm: G(z, y)."""
+    """The DCGAN generator (same widths and kernels) with class-conditional BatchNorm, and the label also
+    as a one-hot beside z at the input (the classic cDCGAN input): G(z, y).
+
+    The one-hot input is there because class-conditional BatchNorm alone, whose per-class γ, β start
+    equal, learned the label slowly: class accuracy of its samples 19 % at step 1,200 (32-wide nets,
+    60k Fashion-MNIST images), against 75 % with the one-hot beside z at the same step (README)."""
 
     def __init__(self, nz: int, ngf: int, channels: int, resolution: int, num_classes: int):
         super().__init__()
         self.nz, self.num_classes = nz, num_classes
         n_up = _levels(resolution)
         widths = [ngf * 2**i for i in reversed(range(n_up))]
-        self.convs = nn.ModuleList([nn.ConvTranspose2d(nz, widths[0], _START[resolution], 1, 0, bias=False)])
+        self.convs = nn.ModuleList(
+            [nn.ConvTranspose2d(nz + num_classes, widths[0], _START[resolution], 1, 0, bias=False)]
+        )
         self.norms = nn.ModuleList([ConditionalBatchNorm2d(widths[0], num_classes)])
         for c_in, c_out in zip(widths, widths[1:]):
             self.convs.append(nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False))
@@ -56,7 +63,8 @@ class ConditionalDCGANGenerator(nn.Module):
                 nn.init.normal_(m.weight, 0.0, 0.02)
 
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        h = z.view(z.shape[0], -1, 1, 1)
+        one_hot = (y[:, None] == torch.arange(self.num_classes, device=y.device)).to(z.dtype)
+        h = torch.cat([z.view(z.shape[0], -1), one_hot], dim=1).view(z.shape[0], -1, 1, 1)
         for conv, norm in zip(self.convs, self.norms):
             h = torch.relu(norm(conv(h), y))
         return torch.tanh(self.to_image(h))
