@@ -325,7 +325,8 @@ def generate_to_dir(model: str, out_dir: str | os.PathLike, n: int = 64, seed: i
         path_latents = interpolation_latents(latents[:2 * rows], interpolate)
         path_labels = None
         if cfg.model.num_classes:
-            row_class = torch.full((rows,), chosen) if chosen is not None else torch.arange(rows) % cfg.model.num_classes
+            k = cfg.model.num_classes
+            row_class = torch.full((rows,), chosen) if chosen is not None else torch.arange(rows) % k
             path_labels = row_class.repeat_interleave(interpolate)
         interpolation = sample(loaded.generator, path_latents, batch_size, cfg, path_labels)
     with atomic_dir(out_dir) as tmp:
