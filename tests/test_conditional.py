@@ -170,3 +170,26 @@ def test_conditional_training_resumes_bit_identically(fashion_train, cdcgan_run,
 def test_class_count_mismatch_names_the_setting(fashion_train, tmp_path):
     with pytest.raises(TrainingError, match=r"has 10 classes but model.num_classes=3; set model.num_classes=10"):
         train(build_config("cdcgan", "tiny", {"model": {"num_classes": 3}}), fashion_train, tmp_path)
+
+
+def test_two_gloo_ranks_train_the_conditional_models_identically(fashion_train, tmp_path):
+    """cdcgan trains on 2 torchrun ranks (gloo) and both end with identical G, D and EMA weights (the
+    class embeddings' gradients are averaged like the rest; the per-rank label slices are checked in
+    test_real_labels_travel_with_their_images_and_fake_labels_depend_on_seed_and_step)."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT, cli_env
+
+    cfg = build_config("cdcgan", "tiny", {"train": {"nproc": 2, "max_steps": 4}})
+    (tmp_path / "cfg.json").write_text(cfg.to_json())
+    subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+         str(ROOT / "tests" / "ddp_worker.py"), str(tmp_path / "cfg.json"), str(fashion_train), str(tmp_path / "out"),
+         str(tmp_path / "report.json")],
+        env=cli_env(), check=True, capture_output=True, timeout=600,
+    )  # fmt: skip
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["world_size"] == 2 and report["max_rank_param_diff"] == 0.0
+    assert [s for s, *_ in report["curve"]] == [2, 4]
+    assert read_checkpoint(tmp_path / "out" / "checkpoint.pt")["G"]["norms.0.gamma.weight"].shape == (10, 16)
