@@ -192,8 +192,6 @@ def test_dockerfile_pins_equal_pyproject_and_constraints(dockerfile):
     assert unpinned <= set(frozen), f"constraints.txt lacks {sorted(unpinned - set(frozen))}"
 
 
-def test_constraints_have_no_local_version_labels():
-    assert not [v for v in constraints().values() if "+" in v], "a +cu130/+cpu label would break the other image"
 def test_images_install_the_core_and_the_platform_extra(dockerfile):
     """The images run the pipeline tasks, so they need the platform extra too, not only the core."""
     _, stages = dockerfile
@@ -207,6 +205,8 @@ def test_images_install_the_core_and_the_platform_extra(dockerfile):
     assert {"torch", "boto3", "mlflow", "kfp", "kubernetes"} <= {canonicalize_name(Requirement(w).name) for w in written}
 
 
+def test_constraints_have_no_local_version_labels():
+    assert not [v for v in constraints().values() if "+" in v], "a +cu130/+cpu label would break the other image"
     assert freeze_constraints.public_version("2.14.1+cu130") == "2.14.1"
     assert freeze_constraints.constraints_text({"b": "2", "a": "1"}).splitlines()[1:] == ["a==1", "b==2"]
     cuda_extra = Requirement('nvidia-cufft==12.0.0.61; extra == "cufft"')
