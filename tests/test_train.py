@@ -219,6 +219,25 @@ def test_resume_accepts_schedule_and_cadence_changes_without_the_flag(fashion_tr
     assert train(longer, fashion_train, tmp_path, resume=True).step == 6
 
 
+def test_resume_at_another_thread_count_says_so(fashion_train, tmp_path, capsys):
+    """The thread policy follows the load, so a resume may run at another count than its checkpoint was
+    written at; the checkpoint records it and the resume names both and how to pin it."""
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        train(_tiny(), fashion_train, tmp_path)
+        assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["threads"] == 1
+        capsys.readouterr()
+        train(_tiny(max_steps=6), fashion_train, tmp_path, resume=True)  # same count: nothing said
+        assert "thread" not in capsys.readouterr().err
+        torch.set_num_threads(2)
+        train(_tiny(max_steps=8), fashion_train, tmp_path, resume=True)
+        err = capsys.readouterr().err
+        assert "at 2 thread(s); it was written at 1" in err and "GANFORGE_THREADS=1" in err, err
+    finally:
+        torch.set_num_threads(before)
+
+
 # --- checkpoints: checksum, snapshots, full disks (issue 13, finding 9) ---
 
 def test_flipped_byte_in_a_checkpoint_is_caught(fashion_train, tmp_path, capsys):

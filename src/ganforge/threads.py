@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import GanforgeError
+from .progress import progress_enabled
 
 THREADS_ENV = "GANFORGE_THREADS"
 PROBE_SECONDS = 0.3
@@ -165,11 +166,14 @@ def apply(plan: ThreadPlan) -> ThreadPlan:
 
 
 def configure(processes: int = 1, *, verbose: bool = True) -> ThreadPlan:
-    """Decide and apply the plan once per process (later calls return it); one line on stderr when probed."""
+    """Decide and apply the plan once per process (later calls return it); one line on stderr when the probe
+    lowered the count and progress is shown (GANFORGE_PROGRESS, else a terminal)."""
     if _applied is not None:
         return _applied
     plan = apply(plan_from_environment(processes))
-    if verbose and plan.busy is not None and plan.threads < plan.cores:
+    # Said where progress is shown (a terminal, a pipeline task's log), not in front of a one-line error
+    # of a scripted call.
+    if verbose and plan.busy is not None and plan.threads < plan.cores and progress_enabled():
         print(f"ganforge: using {plan.describe()}; set {THREADS_ENV}=N to choose", file=sys.stderr, flush=True)
     return plan
 

@@ -365,11 +365,25 @@ def save_checkpoint(path: Path, *, G, D, G_ema, opt_g, opt_d, ctx: _Context, ste
     """The training state at ``step`` (``epoch`` = ``epoch_number(step, …)``) into ``path``."""
     return write_checkpoint(path, {
         "train_seconds": float(train_seconds),
+        "threads": torch.get_num_threads(),  # a resume matches bit for bit only at the same count (see _resume_threads)
         "G": G.state_dict(), "G_ema": G_ema.state_dict(), "D": D.state_dict(),
         "opt_G": opt_g.state_dict(), "opt_D": opt_d.state_dict(),
         "scaler_G": ctx.scaler_g.state_dict(), "scaler_D": ctx.scaler_d.state_dict(),
         "step": step, "epoch": epoch, "rng": _rng_state(), "config": cfg.to_dict(),
     })
+
+
+def _note_thread_change(ckpt: dict, ckpt_path: Path) -> None:
+    """Say so when a resume runs at another intra-op thread count than the checkpoint was written at.
+
+    The thread policy (ganforge.threads) follows the machine's load, and a step's reductions are split
+    by thread, so the resumed run differs from an uninterrupted one in the last float bits (~1e-6,
+    measured) — statistically the same training, not the same bits. Pinning the count restores that."""
+    saved, now = ckpt.get("threads"), torch.get_num_threads()
+    if saved is not None and int(saved) != now:
+        print(f"note: resuming {ckpt_path} at {now} thread(s); it was written at {saved}. Training continues, but "
+              f"matches an uninterrupted run bit for bit only at equal threads: set GANFORGE_THREADS={saved} to pin it",
+              file=sys.stderr)
 
 
 def _flat_config(d: dict) -> dict:
@@ -536,6 +550,8 @@ def train(cfg: PipelineConfig, data_dir: str | os.PathLike, out_dir: str | os.Pa
         _restore(ckpt, ckpt_path, cfg, G, D, G_ema, opt_g, opt_d, ctx, allow_config_change)
         step = int(ckpt["step"])
         seconds_before = float(ckpt.get("train_seconds", 0.0))
+        if dist_info.is_main:
+            _note_thread_change(ckpt, ckpt_path)
     elif dist_info.is_main and ckpt_path.exists():
         print(f"note: {ckpt_path} exists and --resume was not given; training from scratch and overwriting it",
               file=sys.stderr)
