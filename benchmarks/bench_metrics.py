@@ -11,6 +11,7 @@ channels_last) and the naive TorchScript call run in alternating batches, the or
 every batch, so that load from other processes hits all alike; ratios are medians of per-batch
 ratios.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,12 +68,12 @@ def bench_inception(n: int = 100) -> dict:
     seconds: dict[str, list[float]] = {name: [] for name in contenders}
     outputs: dict[str, list[torch.Tensor]] = {name: [] for name in contenders}
     for i, start in enumerate(range(0, n, BATCH_SIZE)):
-        batch = images[start:start + BATCH_SIZE]
-        for name in (list(contenders) if i % 2 == 0 else reversed(contenders)):
+        batch = images[start : start + BATCH_SIZE]
+        for name in list(contenders) if i % 2 == 0 else reversed(contenders):
             (out,), dt = timed(contenders[name], batch)
             seconds[name].append(dt / len(batch))  # per image
             outputs[name].append(out)
-    sizes = [len(images[start:start + BATCH_SIZE]) for start in range(0, n, BATCH_SIZE)]
+    sizes = [len(images[start : start + BATCH_SIZE]) for start in range(0, n, BATCH_SIZE)]
     rate = {name: n / sum(s * size for s, size in zip(v, sizes)) for name, v in seconds.items()}
 
     def ratio(a: str, b: str) -> float:

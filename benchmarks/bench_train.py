@@ -14,6 +14,7 @@ Sigmoid + BCELoss, contiguous NCHW, fp32.
 Run as a script (``python benchmarks/bench_train.py compile …``) it measures the torch.compile
 effect in a child process, so the caller can cap compile time with a timeout.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,16 +52,28 @@ BENCH_IMAGES = 2048
 
 def dcgan64_config() -> PipelineConfig:
     """pytorch/examples' DCGAN setting (64², batch 64, nz 100, ngf = ndf = 64) on 1-channel Fashion-MNIST."""
-    return build_config("dcgan", "local", {"data": {"resolution": 64, "limit": BENCH_IMAGES},
-                                           "model": {"ngf": 64, "ndf": 64},
-                                           "train": {"batch_size": 64}})
+    return build_config(
+        "dcgan",
+        "local",
+        {
+            "data": {"resolution": 64, "limit": BENCH_IMAGES},
+            "model": {"ngf": 64, "ndf": 64},
+            "train": {"batch_size": 64},
+        },
+    )
 
 
 def dcgan32_small_config() -> PipelineConfig:
     """A 32² DCGAN with ngf = ndf = 16, for the compile measurement (compiling the 64² model is slow on 2 cores)."""
-    return build_config("dcgan", "local", {"data": {"resolution": 32, "limit": BENCH_IMAGES},
-                                           "model": {"ngf": 16, "ndf": 16},
-                                           "train": {"batch_size": 64}})
+    return build_config(
+        "dcgan",
+        "local",
+        {
+            "data": {"resolution": 32, "limit": BENCH_IMAGES},
+            "model": {"ngf": 16, "ndf": 16},
+            "train": {"batch_size": 64},
+        },
+    )
 
 
 def prepared_dataset(cfg: DataConfig, work_dir: Path) -> Path:
@@ -96,8 +109,9 @@ class PILImageDataset(Dataset):
         from torchvision import transforms
 
         self.images = images
-        self.transform = transforms.Compose([
-            transforms.Resize(resolution), transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))])
+        self.transform = transforms.Compose(
+            [transforms.Resize(resolution), transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))]
+        )
 
     def __len__(self) -> int:
         return len(self.images)
@@ -108,8 +122,14 @@ class PILImageDataset(Dataset):
 
 def endless_pil_batches(images: list, resolution: int, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
     """Shuffled float batches from a DataLoader(num_workers=0) over PILImageDataset, epoch after epoch."""
-    loader = DataLoader(PILImageDataset(images, resolution), batch_size=batch_size, shuffle=True, drop_last=True,
-                        num_workers=0, generator=torch.Generator().manual_seed(seed))
+    loader = DataLoader(
+        PILImageDataset(images, resolution),
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=0,
+        generator=torch.Generator().manual_seed(seed),
+    )
     while True:
         yield from loader
 
@@ -121,7 +141,7 @@ def endless_uint8_batches(data: torch.Tensor, cfg: PipelineConfig) -> Iterator[t
     while True:
         perm = epoch_permutation(len(data), cfg.train.seed, epoch)
         for start in range(0, len(data) - b + 1, b):
-            yield data[perm[start:start + b]]
+            yield data[perm[start : start + b]]
         epoch += 1
 
 
@@ -146,10 +166,21 @@ class GanforgeStep:
     def __call__(self) -> None:
         cfg, ctx = self.cfg, self.ctx
         for k in range(cfg.train.n_critic):
-            d_step(self.G_train, self.D_train, self.opt_d, self.real_batch(),
-                   ctx.prepare(global_noise(cfg, self.step, k, self.dist)), ctx)
-        g_step(self.G_train, self.D_train, self.opt_g,
-               ctx.prepare(global_noise(cfg, self.step, cfg.train.n_critic, self.dist)), ctx)
+            d_step(
+                self.G_train,
+                self.D_train,
+                self.opt_d,
+                self.real_batch(),
+                ctx.prepare(global_noise(cfg, self.step, k, self.dist)),
+                ctx,
+            )
+        g_step(
+            self.G_train,
+            self.D_train,
+            self.opt_g,
+            ctx.prepare(global_noise(cfg, self.step, cfg.train.n_critic, self.dist)),
+            ctx,
+        )
         self.update_ema(self.G_ema, self.G, cfg.train.ema_decay, self.step)
         self.step += 1
 
@@ -201,8 +232,9 @@ class Measured:
         return statistics.median(x / y for x, y in zip(self.img_per_s[a], self.img_per_s[b]))
 
 
-def measure_alternating(steps: dict[str, Callable[[], None]], images_per_step: int, *, warmup: int,
-                        steps_per_round: int, rounds: int) -> Measured:
+def measure_alternating(
+    steps: dict[str, Callable[[], None]], images_per_step: int, *, warmup: int, steps_per_round: int, rounds: int
+) -> Measured:
     """Warm every contestant up, then time ``steps_per_round`` steps of each per round, order reversed each round."""
     for step in steps.values():
         for _ in range(warmup):
@@ -243,27 +275,39 @@ def with_ema(step: GanforgeStep, fn: Callable) -> GanforgeStep:
 
 def without_onednn(step: Callable[[], None]) -> Callable[[], None]:
     """The step with oneDNN (mkldnn) convolutions switched off: ATen's own CPU kernels instead."""
+
     def run() -> None:
         with torch.backends.mkldnn.flags(enabled=False):
             step()
+
     return run
 
 
-TRAIN_VARIANTS = ("ours", "naive", "ours_channels_last_flipped", "ours_bf16", "ours_pil_fed", "ours_adam_foreach",
-                  "ours_adam_fused", "ours_ema_foreach", "ours_no_onednn")
+TRAIN_VARIANTS = (
+    "ours",
+    "naive",
+    "ours_channels_last_flipped",
+    "ours_bf16",
+    "ours_pil_fed",
+    "ours_adam_foreach",
+    "ours_adam_fused",
+    "ours_ema_foreach",
+    "ours_no_onednn",
+)
 """Contestants of the in-process training session; each metric needs some of them."""
 
 
-def build_train_contestants(cfg: PipelineConfig, data: torch.Tensor, pil_images: list,
-                            variants: tuple[str, ...]) -> dict[str, Callable[[], None]]:
+def build_train_contestants(
+    cfg: PipelineConfig, data: torch.Tensor, pil_images: list, variants: tuple[str, ...]
+) -> dict[str, Callable[[], None]]:
     """The requested contestants, all on the same config except the one switch each varies."""
     res, b, seed = cfg.data.resolution, cfg.train.batch_size, cfg.train.seed
     makers = {
         "ours": lambda: GanforgeStep(cfg, endless_uint8_batches(data, cfg)),
         "naive": lambda: NaiveStep(cfg, endless_pil_batches(pil_images, res, b, seed)),
         "ours_channels_last_flipped": lambda: GanforgeStep(
-            with_overrides(cfg, train={"channels_last": not cfg.train.channels_last}),
-            endless_uint8_batches(data, cfg)),
+            with_overrides(cfg, train={"channels_last": not cfg.train.channels_last}), endless_uint8_batches(data, cfg)
+        ),
         "ours_bf16": lambda: GanforgeStep(with_overrides(cfg, train={"amp": "bf16"}), endless_uint8_batches(data, cfg)),
         "ours_pil_fed": lambda: GanforgeStep(cfg, endless_pil_batches(pil_images, res, b, seed)),
         "ours_adam_foreach": lambda: with_adam(GanforgeStep(cfg, endless_uint8_batches(data, cfg)), foreach=True),
@@ -298,8 +342,12 @@ def train_metrics(measured: Measured, cfg: PipelineConfig) -> dict[str, float]:
     return out
 
 
-LEVERS = {"ours_adam_foreach": "adam_foreach_effect", "ours_adam_fused": "adam_fused_effect",
-          "ours_ema_foreach": "ema_foreach_effect", "ours_no_onednn": "onednn_effect"}
+LEVERS = {
+    "ours_adam_foreach": "adam_foreach_effect",
+    "ours_adam_fused": "adam_fused_effect",
+    "ours_ema_foreach": "ema_foreach_effect",
+    "ours_no_onednn": "onednn_effect",
+}
 """Contestant → its metric: the lever on / off (oneDNN: with / without, since it is on by default)."""
 
 
@@ -324,12 +372,25 @@ def fp32_peak(threads: int) -> dict:
     Lanes: 16 with AVX-512, else 8 (AVX2). Clock: /proc/cpuinfo's ``cpu MHz`` (the rated clock in a VM;
     a turbo clock above it would lower the fraction).
     """
-    mhz = max((float(line.split(":", 1)[1]) for line in Path("/proc/cpuinfo").read_text().splitlines()
-               if line.startswith("cpu MHz")), default=float("nan")) if Path("/proc/cpuinfo").exists() else float("nan")
+    mhz = (
+        max(
+            (
+                float(line.split(":", 1)[1])
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("cpu MHz")
+            ),
+            default=float("nan"),
+        )
+        if Path("/proc/cpuinfo").exists()
+        else float("nan")
+    )
     lanes = 16 if torch.backends.cpu.get_cpu_capability() == "AVX512" else 8
     gflops = threads * FMA_UNITS * lanes * 2 * mhz / 1000
-    return {"gflop_per_s": gflops, "how": f"{threads} core(s) × {FMA_UNITS} FMA units × {lanes} fp32 lanes × 2 flops × "
-                                          f"{mhz / 1000:.3f} GHz (/proc/cpuinfo) = {gflops:.1f} GFLOP/s"}
+    return {
+        "gflop_per_s": gflops,
+        "how": f"{threads} core(s) × {FMA_UNITS} FMA units × {lanes} fp32 lanes × 2 flops × "
+        f"{mhz / 1000:.3f} GHz (/proc/cpuinfo) = {gflops:.1f} GFLOP/s",
+    }
 
 
 def step_flops(step: Callable[[], None]) -> float:
@@ -342,9 +403,18 @@ def step_flops(step: Callable[[], None]) -> float:
     return float(counter.get_total_flops())
 
 
-OP_GROUPS = ("conv-transpose forward (G)", "conv-transpose backward (G)", "conv forward (D)", "conv backward (D)",
-             "BatchNorm", "activations + loss", "optimiser (Adam)", "EMA", "other ops (data, noise, zeroing)",
-             "Python + autograd overhead")
+OP_GROUPS = (
+    "conv-transpose forward (G)",
+    "conv-transpose backward (G)",
+    "conv forward (D)",
+    "conv backward (D)",
+    "BatchNorm",
+    "activations + loss",
+    "optimiser (Adam)",
+    "EMA",
+    "other ops (data, noise, zeroing)",
+    "Python + autograd overhead",
+)
 
 
 def profile_step(step: GanforgeStep) -> dict:
@@ -385,6 +455,7 @@ def profile_step(step: GanforgeStep) -> dict:
                 return fn(*a, **k)
             finally:
                 phase[0] = None
+
         return run
 
     step.opt_g.step = in_phase("optimiser (Adam)", step.opt_g.step)
@@ -405,15 +476,18 @@ def format_profile(details: dict) -> str:
     prof = details.get("profile")
     if not prof:
         return ""
-    lines = [f"train step profile (64² DCGAN, {details['threads']} thread(s), {prof['wall_s']:.2f} s/step, "
-             f"{details['gflop_per_step']:.0f} GFLOP/step; peak {details['peak']['how']}):"]
+    lines = [
+        f"train step profile (64² DCGAN, {details['threads']} thread(s), {prof['wall_s']:.2f} s/step, "
+        f"{details['gflop_per_step']:.0f} GFLOP/step; peak {details['peak']['how']}):"
+    ]
     for name, sec in sorted(prof["seconds"].items(), key=lambda kv: -kv[1]):
         lines.append(f"  {name:<36s} {sec * 1000:7.0f} ms  {100 * sec / prof['wall_s']:5.1f} %")
     return "\n".join(lines)
 
 
-def bench_train(work_dir: Path, metric_names: set[str], *, warmup: int, steps_per_round: int, rounds: int,
-                limit: int = BENCH_IMAGES) -> dict:
+def bench_train(
+    work_dir: Path, metric_names: set[str], *, warmup: int, steps_per_round: int, rounds: int, limit: int = BENCH_IMAGES
+) -> dict:
     """Measure the requested training metrics on the 64² DCGAN; returns values and the raw per-round img/s."""
     cfg = dcgan64_config()
     cfg = with_overrides(cfg, data={"limit": limit})
@@ -421,8 +495,9 @@ def bench_train(work_dir: Path, metric_names: set[str], *, warmup: int, steps_pe
     data = in_memory_uint8(prepared_dataset(cfg.data, work_dir))
     pil_images = pil_source_images(limit)
     contestants = build_train_contestants(cfg, data, pil_images, variants_for(metric_names))
-    measured = measure_alternating(contestants, cfg.train.batch_size, warmup=warmup,
-                                   steps_per_round=steps_per_round, rounds=rounds)
+    measured = measure_alternating(
+        contestants, cfg.train.batch_size, warmup=warmup, steps_per_round=steps_per_round, rounds=rounds
+    )
     values, extra = train_metrics(measured, cfg), {}
     if "train_peak_fraction" in metric_names:
         threads = torch.get_num_threads()
@@ -431,14 +506,27 @@ def bench_train(work_dir: Path, metric_names: set[str], *, warmup: int, steps_pe
         achieved = flops * measured.median("ours") / cfg.train.batch_size / 1e9
         values["train_peak_fraction"] = achieved / peak["gflop_per_s"]
         values["train_gflop_per_s"] = achieved
-        extra = {"gflop_per_step": flops / 1e9, "peak": peak, "threads": threads,
-                 "profile": profile_step(GanforgeStep(cfg, endless_uint8_batches(data, cfg)))}
-    return {"values": values, **extra, "img_per_s_per_round": measured.img_per_s,
-            "cpu_s_per_step_per_round": measured.cpu_s_per_step,
-            "setting": {"config": "dcgan local, data 64² × 1 channel (Fashion-MNIST), ngf=ndf=64, nz=100, batch 64",
-                        "channels_last_default": cfg.train.channels_last, "amp_default": cfg.train.amp,
-                        "images_in_memory": limit, "warmup_steps": warmup, "steps_per_round": steps_per_round,
-                        "rounds": rounds}}
+        extra = {
+            "gflop_per_step": flops / 1e9,
+            "peak": peak,
+            "threads": threads,
+            "profile": profile_step(GanforgeStep(cfg, endless_uint8_batches(data, cfg))),
+        }
+    return {
+        "values": values,
+        **extra,
+        "img_per_s_per_round": measured.img_per_s,
+        "cpu_s_per_step_per_round": measured.cpu_s_per_step,
+        "setting": {
+            "config": "dcgan local, data 64² × 1 channel (Fashion-MNIST), ngf=ndf=64, nz=100, batch 64",
+            "channels_last_default": cfg.train.channels_last,
+            "amp_default": cfg.train.amp,
+            "images_in_memory": limit,
+            "warmup_steps": warmup,
+            "steps_per_round": steps_per_round,
+            "rounds": rounds,
+        },
+    }
 
 
 def bench_compile(work_dir: Path, *, warmup: int, steps_per_round: int, rounds: int) -> dict:
@@ -452,14 +540,21 @@ def bench_compile(work_dir: Path, *, warmup: int, steps_per_round: int, rounds: 
         compiled()
     compile_seconds = time.perf_counter() - t0
     contestants = {"compiled": compiled, "eager": GanforgeStep(cfg, endless_uint8_batches(data, cfg))}
-    measured = measure_alternating(contestants, cfg.train.batch_size, warmup=1,
-                                   steps_per_round=steps_per_round, rounds=rounds)
-    return {"values": {"compile_effect": measured.ratio("compiled", "eager"),
-                       "compile_warmup_s": compile_seconds},
-            "img_per_s_per_round": measured.img_per_s, "cpu_s_per_step_per_round": measured.cpu_s_per_step,
-            "setting": {"config": "dcgan local, data 32² × 1 channel, ngf=ndf=16, batch 64 (small, so compile "
-                                  "warm-up and timed rounds fit the benchmark's time budget on 2 cores)",
-                        "warmup_steps": warmup, "steps_per_round": steps_per_round, "rounds": rounds}}
+    measured = measure_alternating(
+        contestants, cfg.train.batch_size, warmup=1, steps_per_round=steps_per_round, rounds=rounds
+    )
+    return {
+        "values": {"compile_effect": measured.ratio("compiled", "eager"), "compile_warmup_s": compile_seconds},
+        "img_per_s_per_round": measured.img_per_s,
+        "cpu_s_per_step_per_round": measured.cpu_s_per_step,
+        "setting": {
+            "config": "dcgan local, data 32² × 1 channel, ngf=ndf=16, batch 64 (small, so compile "
+            "warm-up and timed rounds fit the benchmark's time budget on 2 cores)",
+            "warmup_steps": warmup,
+            "steps_per_round": steps_per_round,
+            "rounds": rounds,
+        },
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

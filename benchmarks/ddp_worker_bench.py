@@ -5,6 +5,7 @@ so process start, model building and the first steps are not counted, nor the fi
 grid and checkpoint (written after the last log). Usage:
 ``torchrun --standalone --nproc-per-node=N ddp_worker_bench.py CONFIG_JSON DATA_DIR OUT_DIR REPORT_JSON``
 """
+
 from __future__ import annotations
 
 import json
@@ -24,14 +25,23 @@ def main(config_json: str, data_dir: str, out_dir: str, report: str) -> None:
     cfg = PipelineConfig.from_json(open(config_json).read())
     info = init_distributed()
     logged: list[tuple[int, float]] = []
-    train(cfg, data_dir, out_dir, on_metrics=lambda step, _m: logged.append((step, time.perf_counter())),
-          dist_info=info)
+    train(
+        cfg, data_dir, out_dir, on_metrics=lambda step, _m: logged.append((step, time.perf_counter())), dist_info=info
+    )
     if info.is_main:
         (first_step, t_first), (last_step, t_last) = logged[0], logged[-1]
         img_per_s = (last_step - first_step) * cfg.train.batch_size * cfg.train.n_critic / (t_last - t_first)
-        atomic_write_text(report, json.dumps({"world_size": info.world_size, "img_per_s": img_per_s,
-                                              "timed_steps": last_step - first_step,
-                                              "threads_per_rank": torch.get_num_threads()}))
+        atomic_write_text(
+            report,
+            json.dumps(
+                {
+                    "world_size": info.world_size,
+                    "img_per_s": img_per_s,
+                    "timed_steps": last_step - first_step,
+                    "threads_per_rank": torch.get_num_threads(),
+                }
+            ),
+        )
     if dist.is_initialized():
         dist.destroy_process_group()
 

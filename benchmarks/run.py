@@ -6,6 +6,7 @@ Both sides of every ratio are measured in the same run, alternated, after a warm
 ratio survives a busy machine better than either absolute number. A MISS is a finding, not a
 failure: the command exits non-zero only when a benchmark could not be measured.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,35 +50,43 @@ class Metric:
 
 
 METRICS: dict[str, Metric] = {
-    "train_img_per_s": Metric("img/s", None, "train",
-                              "DCGAN 64² (ngf=ndf=64, batch 64) through ganforge's training step"),
-    "train_vs_naive": Metric("ratio", 1.5, "train",
-                             "ours / pytorch-examples-style loop (per-item PIL transforms, Sigmoid+BCELoss, NCHW)"),
+    "train_img_per_s": Metric(
+        "img/s", None, "train", "DCGAN 64² (ngf=ndf=64, batch 64) through ganforge's training step"
+    ),
+    "train_vs_naive": Metric(
+        "ratio", 1.5, "train", "ours / pytorch-examples-style loop (per-item PIL transforms, Sigmoid+BCELoss, NCHW)"
+    ),
     "channels_last_effect": Metric("ratio", None, "train", "our step with / without channels_last"),
     "amp_bf16_effect": Metric("ratio", None, "train", "our step with bf16 autocast / fp32"),
-    "uint8_in_memory_effect": Metric("ratio", None, "train",
-                                     "our step fed by in-memory uint8 / by per-item PIL conversion"),
-    "train_peak_fraction": Metric("ratio", None, "train",
-                                  "our step's fp32 FLOP/s / the CPU's fp32 FMA peak at the threads it ran on"),
+    "uint8_in_memory_effect": Metric(
+        "ratio", None, "train", "our step fed by in-memory uint8 / by per-item PIL conversion"
+    ),
+    "train_peak_fraction": Metric(
+        "ratio", None, "train", "our step's fp32 FLOP/s / the CPU's fp32 FMA peak at the threads it ran on"
+    ),
     "adam_foreach_effect": Metric("ratio", None, "train", "our step with Adam(foreach=True) / the for-loop Adam"),
     "adam_fused_effect": Metric("ratio", None, "train", "our step with Adam(fused=True) / the for-loop Adam"),
     "ema_foreach_effect": Metric("ratio", None, "train", "our step with the EMA as torch._foreach_lerp_ / per tensor"),
     "onednn_effect": Metric("ratio", None, "train", "our step with oneDNN (mkldnn) convolutions / without"),
-    "threads_busy_over_idle": Metric("ratio", 0.667, "threads",
-                                     "default thread policy: img/s with a busy competitor / without (28² DCGAN)"),
-    "threads_default_vs_2_busy": Metric("ratio", None, "threads",
-                                        "with a busy competitor: default policy / 2 threads (torch's default)"),
+    "threads_busy_over_idle": Metric(
+        "ratio", 0.667, "threads", "default thread policy: img/s with a busy competitor / without (28² DCGAN)"
+    ),
+    "threads_default_vs_2_busy": Metric(
+        "ratio", None, "threads", "with a busy competitor: default policy / 2 threads (torch's default)"
+    ),
     "threads_default_vs_1_idle": Metric("ratio", None, "threads", "without the competitor: default policy / 1 thread"),
-    "compile_effect": Metric("ratio", None, "compile",
-                             "our step torch.compile / eager, after compile warm-up (32² small DCGAN)"),
+    "compile_effect": Metric(
+        "ratio", None, "compile", "our step torch.compile / eager, after compile warm-up (32² small DCGAN)"
+    ),
     "ddp2_vs_1": Metric("ratio", 0.9, "ddp", "train() img/s with 2 gloo ranks / 1 rank, same global batch"),
-    "inception_img_per_s": Metric("img/s", 20.0, "inception",
-                                  "FID Inception features, default extractor (OpenVINO fp32 when installed)"),
-    "inception_fast_vs_torchscript": Metric("ratio", None, "inception",
-                                            "default extractor / optimised TorchScript reference, same batches"),
+    "inception_img_per_s": Metric(
+        "img/s", 20.0, "inception", "FID Inception features, default extractor (OpenVINO fp32 when installed)"
+    ),
+    "inception_fast_vs_torchscript": Metric(
+        "ratio", None, "inception", "default extractor / optimised TorchScript reference, same batches"
+    ),
     "inception_vs_naive": Metric("ratio", None, "inception", "default extractor / naive TorchScript call"),
-    "fid_eval_cached_speedup": Metric("ratio", 1.8, "fid",
-                                      "FID evaluation time, real statistics computed / cached"),
+    "fid_eval_cached_speedup": Metric("ratio", 1.8, "fid", "FID evaluation time, real statistics computed / cached"),
 }
 GROUP_ORDER = ("threads", "train", "compile", "ddp", "inception", "fid")
 RENAMED = {"inception_speedup": "inception_vs_naive"}
@@ -107,21 +116,58 @@ class Effort:
 
 
 # One step per round and many rounds: the finer the alternation, the better it cancels other jobs' load.
-FULL = Effort(train_warmup=2, train_steps=1, train_rounds=8, train_images=bench_train.BENCH_IMAGES,
-              threads_warmup=2, threads_steps=8, threads_rounds=6,
-              compile_warmup=3, compile_steps=4, compile_rounds=8, compile_cap_s=420,
-              ddp_warmup=4, ddp_steps=20, ddp_repeats=3, inception_n=200, fid_n=200)
-QUICK = Effort(train_warmup=1, train_steps=1, train_rounds=2, train_images=128,
-               threads_warmup=1, threads_steps=1, threads_rounds=2,
-               compile_warmup=2, compile_steps=2, compile_rounds=2, compile_cap_s=240,
-               ddp_warmup=2, ddp_steps=4, ddp_repeats=1, inception_n=20, fid_n=50)
+FULL = Effort(
+    train_warmup=2,
+    train_steps=1,
+    train_rounds=8,
+    train_images=bench_train.BENCH_IMAGES,
+    threads_warmup=2,
+    threads_steps=8,
+    threads_rounds=6,
+    compile_warmup=3,
+    compile_steps=4,
+    compile_rounds=8,
+    compile_cap_s=420,
+    ddp_warmup=4,
+    ddp_steps=20,
+    ddp_repeats=3,
+    inception_n=200,
+    fid_n=200,
+)
+QUICK = Effort(
+    train_warmup=1,
+    train_steps=1,
+    train_rounds=2,
+    train_images=128,
+    threads_warmup=1,
+    threads_steps=1,
+    threads_rounds=2,
+    compile_warmup=2,
+    compile_steps=2,
+    compile_rounds=2,
+    compile_cap_s=240,
+    ddp_warmup=2,
+    ddp_steps=4,
+    ddp_repeats=1,
+    inception_n=20,
+    fid_n=50,
+)
 
 
 def machine_info() -> dict:
     """What the numbers were measured on."""
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() \
+    model = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            platform.processor(),
+        )
+        if Path("/proc/cpuinfo").exists()
         else platform.processor()
+    )
     return {
         "cpu_count": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
@@ -138,28 +184,51 @@ def machine_info() -> dict:
 
 
 def run_train(work: Path, effort: Effort, wanted: set[str]) -> dict:
-    return bench_train.bench_train(work, wanted, warmup=effort.train_warmup, steps_per_round=effort.train_steps,
-                                   rounds=effort.train_rounds, limit=effort.train_images)
+    return bench_train.bench_train(
+        work,
+        wanted,
+        warmup=effort.train_warmup,
+        steps_per_round=effort.train_steps,
+        rounds=effort.train_rounds,
+        limit=effort.train_images,
+    )
 
 
 def run_threads(work: Path, effort: Effort, wanted: set[str]) -> dict:
     import bench_threads
 
-    return bench_threads.bench_threads(work, warmup=effort.threads_warmup, steps_per_round=effort.threads_steps,
-                                       rounds=effort.threads_rounds, limit=max(effort.train_images, 128))
+    return bench_threads.bench_threads(
+        work,
+        warmup=effort.threads_warmup,
+        steps_per_round=effort.threads_steps,
+        rounds=effort.threads_rounds,
+        limit=max(effort.train_images, 128),
+    )
 
 
 def run_compile(work: Path, effort: Effort, wanted: set[str]) -> dict:
     """bench_train's compile benchmark in a child process, killed after compile_cap_s."""
-    cmd = [sys.executable, str(BENCH_DIR / "bench_train.py"), "compile", "--work-dir", str(work),
-           "--warmup", str(effort.compile_warmup), "--steps", str(effort.compile_steps),
-           "--rounds", str(effort.compile_rounds)]
+    cmd = [
+        sys.executable,
+        str(BENCH_DIR / "bench_train.py"),
+        "compile",
+        "--work-dir",
+        str(work),
+        "--warmup",
+        str(effort.compile_warmup),
+        "--steps",
+        str(effort.compile_steps),
+        "--rounds",
+        str(effort.compile_rounds),
+    ]
     env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))  # the thread count this run measures at
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=effort.compile_cap_s)
     except subprocess.TimeoutExpired:
-        raise RuntimeError(f"torch.compile benchmark exceeded its {effort.compile_cap_s} s cap "
-                           "(compilation is slow on a busy 2-core machine); rerun when the machine is quieter") from None
+        raise RuntimeError(
+            f"torch.compile benchmark exceeded its {effort.compile_cap_s} s cap "
+            "(compilation is slow on a busy 2-core machine); rerun when the machine is quieter"
+        ) from None
     if done.returncode != 0:
         raise RuntimeError(f"compile benchmark failed (exit {done.returncode}): {done.stderr.strip()[-1500:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -167,14 +236,23 @@ def run_compile(work: Path, effort: Effort, wanted: set[str]) -> dict:
 
 def ddp_config_json(nproc: int, effort: Effort) -> str:
     """The local DCGAN profile (28², ngf=ndf=32, global batch 64) for warm-up + timed steps on nproc ranks."""
-    cfg = build_config("dcgan", "local", {"data": {"limit": bench_train.BENCH_IMAGES},
-                                          "train": {"nproc": nproc, "max_steps": effort.ddp_warmup + effort.ddp_steps,
-                                                    "log_every": effort.ddp_warmup, "checkpoint_every": 10_000}})
+    cfg = build_config(
+        "dcgan",
+        "local",
+        {
+            "data": {"limit": bench_train.BENCH_IMAGES},
+            "train": {
+                "nproc": nproc,
+                "max_steps": effort.ddp_warmup + effort.ddp_steps,
+                "log_every": effort.ddp_warmup,
+                "checkpoint_every": 10_000,
+            },
+        },
+    )
     return cfg.to_json()
 
 
-def torchrun_img_per_s(nproc: int, data_dir: Path, scratch: Path, effort: Effort,
-                       threads: int | None = None) -> dict:
+def torchrun_img_per_s(nproc: int, data_dir: Path, scratch: Path, effort: Effort, threads: int | None = None) -> dict:
     """One torchrun launch of ddp_worker_bench.py on nproc ranks; returns rank 0's report.
 
     threads=None leaves torch's default (every core for 1 rank; ``train()`` splits the cores for N ranks).
@@ -186,12 +264,23 @@ def torchrun_img_per_s(nproc: int, data_dir: Path, scratch: Path, effort: Effort
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           str(BENCH_DIR / "ddp_worker_bench.py"), str(config), str(data_dir), str(run_dir / "out"), str(report)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        str(BENCH_DIR / "ddp_worker_bench.py"),
+        str(config),
+        str(data_dir),
+        str(run_dir / "out"),
+        str(report),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     if done.returncode != 0 or not report.exists():
-        raise RuntimeError(f"torchrun with {nproc} rank(s) failed (exit {done.returncode}): "
-                           f"{done.stderr.strip()[-1500:]}")
+        raise RuntimeError(
+            f"torchrun with {nproc} rank(s) failed (exit {done.returncode}): {done.stderr.strip()[-1500:]}"
+        )
     result = json.loads(report.read_text())
     shutil.rmtree(run_dir, ignore_errors=True)  # its checkpoint and samples are not needed
     return result
@@ -215,12 +304,17 @@ def run_ddp(work: Path, effort: Effort, wanted: set[str]) -> dict:
             rates[case].append(result["img_per_s"])
             threads[case] = result["threads_per_rank"]
     ratio = statistics.median(two / one for one, two in zip(rates["1_rank"], rates["2_ranks"]))
-    return {"values": {"ddp2_vs_1": ratio, **{f"ddp_{case}_img_per_s": statistics.median(v)
-                                             for case, v in rates.items()}},
-            "img_per_s_per_run": rates, "threads_per_rank": threads,
-            "setting": {"config": "dcgan local profile: 28² × 1 channel, ngf=ndf=32, global batch 64, gloo",
-                        "warmup_steps": effort.ddp_warmup, "timed_steps": effort.ddp_steps,
-                        "repeats": effort.ddp_repeats}}
+    return {
+        "values": {"ddp2_vs_1": ratio, **{f"ddp_{case}_img_per_s": statistics.median(v) for case, v in rates.items()}},
+        "img_per_s_per_run": rates,
+        "threads_per_rank": threads,
+        "setting": {
+            "config": "dcgan local profile: 28² × 1 channel, ngf=ndf=32, global batch 64, gloo",
+            "warmup_steps": effort.ddp_warmup,
+            "timed_steps": effort.ddp_steps,
+            "repeats": effort.ddp_repeats,
+        },
+    }
 
 
 def run_inception(work: Path, effort: Effort, wanted: set[str]) -> dict:
@@ -237,8 +331,13 @@ def run_fid(work: Path, effort: Effort, wanted: set[str]) -> dict:
 
 
 GROUP_RUNNERS: dict[str, Callable[[Path, Effort, set[str]], dict]] = {
-    "threads": run_threads, "train": run_train, "compile": run_compile, "ddp": run_ddp, "inception": run_inception,
-    "fid": run_fid}
+    "threads": run_threads,
+    "train": run_train,
+    "compile": run_compile,
+    "ddp": run_ddp,
+    "inception": run_inception,
+    "fid": run_fid,
+}
 
 
 def status_of(value: float, target: float | None) -> str:
@@ -250,8 +349,14 @@ def status_of(value: float, target: float | None) -> str:
 
 def metric_entry(name: str, value: float) -> dict:
     m = METRICS[name]
-    return {"value": value, "unit": m.unit, "target": None if m.target is None else {"op": ">=", "value": m.target},
-            "status": status_of(value, m.target), "group": m.group, "what": m.what}
+    return {
+        "value": value,
+        "unit": m.unit,
+        "target": None if m.target is None else {"op": ">=", "value": m.target},
+        "status": status_of(value, m.target),
+        "group": m.group,
+        "what": m.what,
+    }
 
 
 def collect(group: str, raw: dict, wanted: set[str]) -> tuple[dict, dict]:
@@ -307,10 +412,16 @@ def run_benchmarks(names: list[str], effort: Effort, work: Path) -> dict:
     """Measure every group the requested metrics need; one failing group is recorded and the rest still run."""
     wanted = set(names)
     started = time.time()
-    report: dict = {"schema_version": SCHEMA_VERSION,
-                    "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                    "quick": effort is QUICK, "machine": machine_info(),
-                    "load_average": {"before": list(os.getloadavg())}, "metrics": {}, "details": {}, "errors": {}}
+    report: dict = {
+        "schema_version": SCHEMA_VERSION,
+        "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "quick": effort is QUICK,
+        "machine": machine_info(),
+        "load_average": {"before": list(os.getloadavg())},
+        "metrics": {},
+        "details": {},
+        "errors": {},
+    }
     for group in GROUP_ORDER:
         if not any(METRICS[n].group == group for n in wanted):
             continue
@@ -323,8 +434,11 @@ def run_benchmarks(names: list[str], effort: Effort, work: Path) -> dict:
             report["errors"][group] = f"{type(e).__name__}: {e}"
             continue
         report["metrics"].update(metrics)
-        report["details"][group] = {**{k: v for k, v in raw.items() if k != "values"}, "other_values": extra,
-                                    "seconds": round(time.perf_counter() - t0, 1)}
+        report["details"][group] = {
+            **{k: v for k, v in raw.items() if k != "values"},
+            "other_values": extra,
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
     report["metrics"] = {n: report["metrics"][n] for n in METRICS if n in report["metrics"]}
     report["load_average"]["after"] = list(os.getloadavg())
     report["seconds"] = round(time.time() - started, 1)
@@ -335,12 +449,25 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path("build/bench.json"), help="JSON report (written atomically)")
     p.add_argument("--quick", action="store_true", help="few steps and images: checks the machinery, not the speed")
-    p.add_argument("--only", type=parse_only, default=list(METRICS), metavar="NAME,…",
-                   help=f"measure only these metrics: {', '.join(METRICS)}")
-    p.add_argument("--work-dir", type=Path, default=Path("build/bench_work"),
-                   help="prepared datasets and scratch runs (reused between runs)")
-    p.add_argument("--threads", type=int, help="torch intra-op threads for the in-process and compile benchmarks "
-                   "(default: ganforge's thread policy, the free cores); the DDP and threads cases set their own")
+    p.add_argument(
+        "--only",
+        type=parse_only,
+        default=list(METRICS),
+        metavar="NAME,…",
+        help=f"measure only these metrics: {', '.join(METRICS)}",
+    )
+    p.add_argument(
+        "--work-dir",
+        type=Path,
+        default=Path("build/bench_work"),
+        help="prepared datasets and scratch runs (reused between runs)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="torch intra-op threads for the in-process and compile benchmarks "
+        "(default: ganforge's thread policy, the free cores); the DDP and threads cases set their own",
+    )
     a = p.parse_args(argv)
     if a.threads is not None:
         if a.threads < 1:
@@ -354,9 +481,11 @@ def main(argv: list[str] | None = None) -> int:
     report["machine"]["thread_policy"] = policy
     atomic_write_text(a.out, json.dumps(report, indent=2) + "\n")
     m = report["machine"]
-    print(f"machine: {m['cpu_count']} CPUs ({m['cpu_model']}), torch {m['torch_version']}, "
-          f"{m['torch_threads']} threads [{policy}]; load average {report['load_average']['before'][0]:.1f} → "
-          f"{report['load_average']['after'][0]:.1f}; {report['seconds']:.0f} s{' (quick)' if report['quick'] else ''}")
+    print(
+        f"machine: {m['cpu_count']} CPUs ({m['cpu_model']}), torch {m['torch_version']}, "
+        f"{m['torch_threads']} threads [{policy}]; load average {report['load_average']['before'][0]:.1f} → "
+        f"{report['load_average']['after'][0]:.1f}; {report['seconds']:.0f} s{' (quick)' if report['quick'] else ''}"
+    )
     print(format_table(report["metrics"]))
     print(format_details(report["details"]))
     for group, error in report["errors"].items():

@@ -1,4 +1,5 @@
 """KFP lightweight components: each reads its inputs, calls one ganforge step, writes outputs."""
+
 from .end_run import end_run
 from .evaluate import evaluate
 from .evaluate_classes import evaluate_classes

@@ -5,8 +5,9 @@ from .image import IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def evaluate(config_json: str, run_id: str, model: Input[Model], reference: Input[Dataset],
-             metrics: Output[Metrics]) -> str:
+def evaluate(
+    config_json: str, run_id: str, model: Input[Model], reference: Input[Dataset], metrics: Output[Metrics]
+) -> str:
     """FID/KID (images) or classifier IS/FD (audio) of the EMA generator; returns metrics as JSON."""
     import json
 

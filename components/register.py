@@ -7,8 +7,9 @@ from .image import IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def register(config_json: str, run_id: str, metrics_json: str, kfp_run: str, model: Input[Model]
-             ) -> NamedTuple("Registered", model_name=str, version=int, alias=str):
+def register(config_json: str, run_id: str, metrics_json: str, kfp_run: str, model: Input[Model]) -> NamedTuple(
+    "Registered", model_name=str, version=int, alias=str
+):
     """Register the EMA generator in MLflow and apply the FID-gated champion/challenger rule."""
     import os
     import tempfile
@@ -18,6 +19,12 @@ def register(config_json: str, run_id: str, metrics_json: str, kfp_run: str, mod
     from ganforge.platform.task_runtime import record_task
 
     record_task(run_id, "register")
-    out = register_step(config_json, model.path, metrics_json, run_id, kfp_run=kfp_run,
-                        plot_path=os.path.join(tempfile.mkdtemp(), "curves.png"))
+    out = register_step(
+        config_json,
+        model.path,
+        metrics_json,
+        run_id,
+        kfp_run=kfp_run,
+        plot_path=os.path.join(tempfile.mkdtemp(), "curves.png"),
+    )
     return namedtuple("Registered", ["model_name", "version", "alias"])(out["model_name"], out["version"], out["alias"])

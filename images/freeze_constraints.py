@@ -6,6 +6,7 @@ Regenerate after changing pins in pyproject.toml (and installing them):
 
     .venv/bin/python images/freeze_constraints.py
 """
+
 from __future__ import annotations
 
 import sys
@@ -60,8 +61,9 @@ def installed_closure(roots: list[Requirement]) -> dict[str, str]:
         try:
             dist = metadata.distribution(req.name)
         except metadata.PackageNotFoundError as exc:
-            raise SystemExit(f"{req.name} is not installed in this environment; "
-                             f"install the project first (pip install -e .)") from exc
+            raise SystemExit(
+                f"{req.name} is not installed in this environment; install the project first (pip install -e .)"
+            ) from exc
         found[name] = public_version(dist.version)
         pending.extend((Requirement(r), extras) for r in dist.requires or [])
     return found

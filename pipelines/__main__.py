@@ -1,4 +1,5 @@
 """``python -m pipelines run|compile|submit|schedule …`` — what the Makefile calls."""
+
 from __future__ import annotations
 
 import argparse
@@ -22,9 +23,12 @@ def main_run(argv: list[str]) -> int:
     p.add_argument("--nproc", type=int, help="training ranks on this machine (torchrun)")
     p.add_argument("--fid-samples", type=int)
     p.add_argument("--promotion-margin", type=float)
-    p.add_argument("--runner", default="subprocess",
-                   help="subprocess (tasks in this venv) or docker (each task in a localhost/ganforge-cpu:dev "
-                        "container, tracking in the local MLflow + PostgreSQL + S3 stack)")
+    p.add_argument(
+        "--runner",
+        default="subprocess",
+        help="subprocess (tasks in this venv) or docker (each task in a localhost/ganforge-cpu:dev "
+        "container, tracking in the local MLflow + PostgreSQL + S3 stack)",
+    )
     add_set_argument(p)
     a = p.parse_args(argv)
     overrides = overrides_parameter(a.pipeline, a.profile, a.set)
@@ -37,8 +41,17 @@ def main_run(argv: list[str]) -> int:
 
     check_runner(a.runner)
 
-    summary = run_local(a.pipeline, a.profile, runner=a.runner, epochs=a.epochs, source=a.source, nproc=a.nproc,
-                        fid_samples=a.fid_samples, promotion_margin=a.promotion_margin, overrides=overrides)
+    summary = run_local(
+        a.pipeline,
+        a.profile,
+        runner=a.runner,
+        epochs=a.epochs,
+        source=a.source,
+        nproc=a.nproc,
+        fid_samples=a.fid_samples,
+        promotion_margin=a.promotion_margin,
+        overrides=overrides,
+    )
     print_summary(summary)
     return 0
 
@@ -57,8 +70,10 @@ def main_compile(argv: list[str]) -> int:
 
 
 def main_images_local(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m pipelines images-local",
-                                description="build the cpu and mlflow-server images on a local Debian base")
+    p = argparse.ArgumentParser(
+        prog="python -m pipelines images-local",
+        description="build the cpu and mlflow-server images on a local Debian base",
+    )
     p.add_argument("--target", action="append", dest="targets", help="cpu or mlflow-server (default: both)")
     a = p.parse_args(argv)
     from .docker_local import build_images
@@ -69,8 +84,10 @@ def main_images_local(argv: list[str]) -> int:
 
 
 def main_stack(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m pipelines stack",
-                                description="the local MLflow server image + PostgreSQL + S3 stack of GANFORGE_HOME")
+    p = argparse.ArgumentParser(
+        prog="python -m pipelines stack",
+        description="the local MLflow server image + PostgreSQL + S3 stack of GANFORGE_HOME",
+    )
     p.add_argument("action", choices=["up", "down", "status", "env"])
     a = p.parse_args(argv)
     from . import stack
@@ -93,8 +110,15 @@ def main_stack(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"run": main_run, "compile": main_compile, "images-local": main_images_local, "stack": main_stack,
-                "submit": main_submit, "schedule": main_schedule, "unschedule": main_unschedule}
+    commands = {
+        "run": main_run,
+        "compile": main_compile,
+        "images-local": main_images_local,
+        "stack": main_stack,
+        "submit": main_submit,
+        "schedule": main_schedule,
+        "unschedule": main_unschedule,
+    }
     if not argv or argv[0] not in commands:
         print(f"usage: python -m pipelines {{{','.join(commands)}}} …", file=sys.stderr)
         return 2

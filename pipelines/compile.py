@@ -1,4 +1,5 @@
 """Compile a named pipeline to KFP IR YAML (what a cluster runs)."""
+
 from __future__ import annotations
 
 from pathlib import Path

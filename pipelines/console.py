@@ -12,6 +12,7 @@ task's latest progress bar (tqdm, e.g. ``train: 35%|███ | 70/200 [00:42<01
 torch-fidelity's "Processing samples" during feature extraction), read back from its log: the
 ETA of training and of evaluation. Off a terminal only the final lines are printed.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -73,8 +74,13 @@ class _Redirect:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         saved_fds = (os.dup(1), os.dup(2))
         saved_objects = (sys.stdout, sys.stderr)
-        stream = io.TextIOWrapper(os.fdopen(os.dup(fd), "wb", buffering=0), encoding="utf-8", errors="replace",
-                                  line_buffering=True, write_through=True)
+        stream = io.TextIOWrapper(
+            os.fdopen(os.dup(fd), "wb", buffering=0),
+            encoding="utf-8",
+            errors="replace",
+            line_buffering=True,
+            write_through=True,
+        )
         try:
             os.dup2(fd, 1)
             os.dup2(fd, 2)
@@ -109,8 +115,10 @@ class TaskConsole:
     def _line(self, task: dict, now: float) -> str:
         end = _clock(task["end"]) if task.get("end") else "        "
         status = task.get("status", "running")
-        text = (f"{_clock(task['start'])} → {end}  {task['name']:<12} {status:<8} "
-                f"{_duration((task.get('end') or now) - task['start']):>8}")
+        text = (
+            f"{_clock(task['start'])} → {end}  {task['name']:<12} {status:<8} "
+            f"{_duration((task.get('end') or now) - task['start']):>8}"
+        )
         if task.get("end"):
             return f"{text}  log: {task['log']}"
         return f"{text}  {task['progress']}" if task.get("progress") else text
@@ -126,7 +134,7 @@ class TaskConsole:
                 tail = (tail + chunk.decode("utf-8", "replace"))[-4096:]
             task["progress"] = last_progress(tail) or task.get("progress")
             width = shutil.get_terminal_size((120, 24)).columns
-            self._write("\r\033[K" + self._line(task, time.time())[:max(width - 1, 20)])
+            self._write("\r\033[K" + self._line(task, time.time())[: max(width - 1, 20)])
 
     @contextlib.contextmanager
     def task(self, name: str, redirect: _Redirect) -> Iterator[dict]:
@@ -188,8 +196,13 @@ def task_logs(log_dir: Path, out: TextIO | None = None) -> Iterator[TaskConsole]
     own_out = False
     if out is None:
         try:  # a copy of fd 1 as it is now: fd 1 itself is redirected inside the block
-            out = io.TextIOWrapper(os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=0), encoding="utf-8",
-                                   errors="replace", line_buffering=True, write_through=True)
+            out = io.TextIOWrapper(
+                os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=0),
+                encoding="utf-8",
+                errors="replace",
+                line_buffering=True,
+                write_through=True,
+            )
             own_out = True
         except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
             out = sys.stdout  # an in-memory stream (e.g. under a test's capture): it is not redirected

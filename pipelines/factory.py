@@ -26,17 +26,35 @@ def build_pipeline(name: str, profile: str = "local", cluster: ClusterSettings |
     cluster = cluster or ClusterSettings.from_config(cfg)
 
     @dsl.pipeline(name=f"ganforge-{name}", description=f"ganforge {name}: prep → train → FID → MLflow registry")
-    def pipeline(profile: str = cfg.profile, epochs: int = 0, source: str = "", nproc: int = 0, nnodes: int = 0,
-                 launcher: str = "", fid_samples: int = 0, promotion_margin: float = 0.0, overrides: str = "") -> int:
+    def pipeline(
+        profile: str = cfg.profile,
+        epochs: int = 0,
+        source: str = "",
+        nproc: int = 0,
+        nnodes: int = 0,
+        launcher: str = "",
+        fid_samples: int = 0,
+        promotion_margin: float = 0.0,
+        overrides: str = "",
+    ) -> int:
         # The exit task runs after the body whatever happens in it, and ends the MLflow run FINISHED or
         # FAILED (naming the failed step). KFP lets it take no task outputs: it finds the run by this
         # KFP run's name, which start_run tags it with.
         ended = end_run(pipeline=name, kfp_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER).set_display_name("end-run")
         with dsl.ExitHandler(ended, name="run"):
-            run = start_run(pipeline=name, profile=profile, epochs=epochs, source=source, nproc=nproc, nnodes=nnodes,
-                            launcher=launcher, fid_samples=fid_samples, promotion_margin=promotion_margin,
-                            kfp_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, overrides=overrides
-                            ).set_display_name("start-run")
+            run = start_run(
+                pipeline=name,
+                profile=profile,
+                epochs=epochs,
+                source=source,
+                nproc=nproc,
+                nnodes=nnodes,
+                launcher=launcher,
+                fid_samples=fid_samples,
+                promotion_margin=promotion_margin,
+                kfp_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+                overrides=overrides,
+            ).set_display_name("start-run")
             config_json, run_id = run.outputs["config_json"], run.outputs["run_id"]
             prep_train = prep_data(config_json=config_json, split=cfg.data.split, run_id=run_id)
             prep_train.set_display_name(f"prep-{cfg.data.split}")
@@ -46,17 +64,39 @@ def build_pipeline(name: str, profile: str = "local", cluster: ClusterSettings |
                 reference.set_display_name(f"prep-{cfg.data.reference_split}")
             trained = train(config_json=config_json, run_id=run_id, dataset=prep_train.outputs["dataset"])
             if cfg.model.num_classes:  # class-conditional: its class accuracy needs the training split too
-                evaluated = evaluate_classes(config_json=config_json, run_id=run_id, model=trained.outputs["model"],
-                                             reference=reference.outputs["dataset"],
-                                             dataset=prep_train.outputs["dataset"]).set_display_name("evaluate")
+                evaluated = evaluate_classes(
+                    config_json=config_json,
+                    run_id=run_id,
+                    model=trained.outputs["model"],
+                    reference=reference.outputs["dataset"],
+                    dataset=prep_train.outputs["dataset"],
+                ).set_display_name("evaluate")
             else:
-                evaluated = evaluate(config_json=config_json, run_id=run_id, model=trained.outputs["model"],
-                                     reference=reference.outputs["dataset"])
-            registered = register(config_json=config_json, run_id=run_id, metrics_json=evaluated.outputs["Output"],
-                                  kfp_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, model=trained.outputs["model"])
-        apply_cluster_settings({"start_run": run, "prep_train": prep_train, "prep_reference": reference,
-                                "train": trained, "evaluate": evaluated, "register": registered,
-                                "end_run": ended}, cluster)
+                evaluated = evaluate(
+                    config_json=config_json,
+                    run_id=run_id,
+                    model=trained.outputs["model"],
+                    reference=reference.outputs["dataset"],
+                )
+            registered = register(
+                config_json=config_json,
+                run_id=run_id,
+                metrics_json=evaluated.outputs["Output"],
+                kfp_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+                model=trained.outputs["model"],
+            )
+        apply_cluster_settings(
+            {
+                "start_run": run,
+                "prep_train": prep_train,
+                "prep_reference": reference,
+                "train": trained,
+                "evaluate": evaluated,
+                "register": registered,
+                "end_run": ended,
+            },
+            cluster,
+        )
         return ended.output  # the version the run registered (pipeline outputs cannot come from inside the handler)
 
     return pipeline

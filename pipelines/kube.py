@@ -5,6 +5,7 @@ local runner" and runs the same DAG. Credentials enter as environment variables 
 Kubernetes Secrets by name and key, so no credential value is ever in the compiled YAML.
 The names match k8s/base (Secret ``ganforge-s3``, ConfigMap ``ganforge-env``).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -44,16 +45,30 @@ class ClusterSettings:
     def from_config(cls, cfg: PipelineConfig) -> ClusterSettings:
         """GPU node selector and tolerations from GANFORGE_GPU_NODE_SELECTOR / GANFORGE_GPU_TOLERATIONS
         (``ganforge.platform.gpu_nodes``), read once here."""
-        return cls(gpus_per_node=gpu_nodes.gpus_per_node(cfg),
-                   node_selector=gpu_nodes.gpu_node_selector(), tolerations=tuple(gpu_nodes.gpu_tolerations()))
+        return cls(
+            gpus_per_node=gpu_nodes.gpus_per_node(cfg),
+            node_selector=gpu_nodes.gpu_node_selector(),
+            tolerations=tuple(gpu_nodes.gpu_tolerations()),
+        )
 
 
 S3_KEYS = {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"}
-ENV_KEYS = {k: k for k in ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL",
-                            "GANFORGE_ARTIFACT_ROOT", "GANFORGE_S3_ATTEMPTS", "GANFORGE_S3_BACKOFF_S")}
+ENV_KEYS = {
+    k: k
+    for k in (
+        "MLFLOW_TRACKING_URI",
+        "AWS_ENDPOINT_URL",
+        "MLFLOW_S3_ENDPOINT_URL",
+        "GANFORGE_ARTIFACT_ROOT",
+        "GANFORGE_S3_ATTEMPTS",
+        "GANFORGE_S3_BACKOFF_S",
+    )
+}
 STORAGE_CLIENT_LABEL = ("ganforge.io/storage-client", "true")  # admitted by k8s/base NetworkPolicies
-MLFLOW_KEYS = {"MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
-               "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD"}
+MLFLOW_KEYS = {
+    "MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD",
+}
 # The images' non-root user. KFP's backend adds allowPrivilegeEscalation=false, drop ALL and
 # seccomp RuntimeDefault itself (kfp-kubernetes 2.17.0 set_security_context docstring); it offers no
 # readOnlyRootFilesystem and no automountServiceAccountToken (KFP's launcher and Argo's executor
@@ -78,8 +93,9 @@ def use_gpus(task, s: ClusterSettings, gpus: int) -> None:
     for key, value in s.node_selector.items():
         kubernetes.add_node_selector(task, key, value)
     for t in s.tolerations:
-        kubernetes.add_toleration(task, key=t.get("key"), operator=t.get("operator"), value=t.get("value"),
-                                  effect=t.get("effect"))
+        kubernetes.add_toleration(
+            task, key=t.get("key"), operator=t.get("operator"), value=t.get("value"), effect=t.get("effect")
+        )
 
 
 def apply_cluster_settings(tasks: dict, s: ClusterSettings) -> None:
@@ -99,11 +115,13 @@ def apply_cluster_settings(tasks: dict, s: ClusterSettings) -> None:
             task.set_env_variable(gpu_nodes.NODE_SELECTOR_ENV, gpu_nodes.format_node_selector(s.node_selector))
             task.set_env_variable(gpu_nodes.TOLERATIONS_ENV, gpu_nodes.format_tolerations(s.tolerations))
             task.set_cpu_request(s.train_cpu).set_memory_request(s.train_memory).set_memory_limit(s.train_memory)
-            kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
-                                       size_limit=s.shm_size)
+            kubernetes.empty_dir_mount(
+                task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit=s.shm_size
+            )
             kubernetes.set_timeout(task, s.train_timeout_s)
-            task.set_retry(num_retries=s.train_retries, backoff_duration="60s", backoff_factor=2.0,
-                           backoff_max_duration="3600s")
+            task.set_retry(
+                num_retries=s.train_retries, backoff_duration="60s", backoff_factor=2.0, backoff_max_duration="3600s"
+            )
             if s.gpus_per_node:
                 use_gpus(task, s, s.gpus_per_node)
         else:

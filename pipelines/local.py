@@ -11,6 +11,7 @@ mlflow-server image on PostgreSQL with artifacts in an S3 server process) — th
 arrangement on one machine. The images must be built from this checkout (``make images-local``);
 a stale one is refused. Task outputs go to GANFORGE_HOME/pipeline-root-docker/.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,12 +29,19 @@ from ganforge.progress import progress_enabled
 from . import console
 from .factory import build_pipeline
 
-
 RUNNERS = ("subprocess", "docker")
 IMAGE_UID = 1000  # the images' non-root user (images/Dockerfile)
 # What a task container gets from this environment: nothing else (no credentials, no host paths).
-CONTAINER_ENV_PASSTHROUGH = ("OMP_NUM_THREADS", "GANFORGE_THREADS", "GANFORGE_EVAL_WORKERS", "GANFORGE_S3_ATTEMPTS",
-                             "GANFORGE_S3_BACKOFF_S", "GANFORGE_S3_TIMEOUT_S", "GANFORGE_DEBUG", "GANFORGE_PROGRESS")
+CONTAINER_ENV_PASSTHROUGH = (
+    "OMP_NUM_THREADS",
+    "GANFORGE_THREADS",
+    "GANFORGE_EVAL_WORKERS",
+    "GANFORGE_S3_ATTEMPTS",
+    "GANFORGE_S3_BACKOFF_S",
+    "GANFORGE_S3_TIMEOUT_S",
+    "GANFORGE_DEBUG",
+    "GANFORGE_PROGRESS",
+)
 
 
 class PipelineRunError(GanforgeError, RuntimeError):
@@ -59,13 +67,16 @@ def docker_runner(home: Path, sources: list[str], tracking_uri: str):
     the image's non-root user (or this user's uid when not root), data sources mounted read-only."""
     from docker.types import Mount
 
-    from . import docker_local
     from components.image import IMAGE
 
+    from . import docker_local
+
     if IMAGE != docker_local.CPU_IMAGE:
-        raise ConfigError(f"the DAG's components were built for image {IMAGE}; the docker runner needs "
-                         f"GANFORGE_IMAGE={docker_local.CPU_IMAGE} set before the pipeline is imported "
-                         "(`make run RUNNER=docker` and `python -m pipelines run --runner docker` do it)")
+        raise ConfigError(
+            f"the DAG's components were built for image {IMAGE}; the docker runner needs "
+            f"GANFORGE_IMAGE={docker_local.CPU_IMAGE} set before the pipeline is imported "
+            "(`make run RUNNER=docker` and `python -m pipelines run --runner docker` do it)"
+        )
     docker_local.check_fresh(docker_local.CPU_IMAGE)
     root = home / "pipeline-root-docker"
     root.mkdir(parents=True, exist_ok=True)
@@ -104,8 +115,9 @@ def _run_local(name: str, profile: str, runner: str, home: Path, params: dict) -
 
         docker_local.check_fresh(docker_local.CPU_IMAGE)  # before starting anything
         os.environ["MLFLOW_TRACKING_URI"] = stack.up(home).tracking_uri
-        task_runner, root = docker_runner(home, local_sources(name, profile, params.get("source")),
-                                          os.environ["MLFLOW_TRACKING_URI"])
+        task_runner, root = docker_runner(
+            home, local_sources(name, profile, params.get("source")), os.environ["MLFLOW_TRACKING_URI"]
+        )
     else:
         os.environ["MLFLOW_TRACKING_URI"] = tracking.resolve_tracking_uri(str(home))
         task_runner, root = local.SubprocessRunner(use_venv=False), home / "pipeline-root"
@@ -146,15 +158,18 @@ def summarize(name: str, profile: str, version: int, sets: list[str] | None = No
         "kid_mean": run.data.metrics.get("kid_mean"),
         "inception_score": run.data.metrics.get("inception_score"),
         "sample_grid": _last_sample_grid(run.info.artifact_uri),
-        "mlflow_ui": (uri if (uri := tracking.resolve_tracking_uri()).startswith("http")
-                      else f"mlflow ui --backend-store-uri {uri} --port 5000"),
+        "mlflow_ui": (
+            uri
+            if (uri := tracking.resolve_tracking_uri()).startswith("http")
+            else f"mlflow ui --backend-store-uri {uri} --port 5000"
+        ),
     }
 
 
 def _last_sample_grid(artifact_uri: str) -> str:
     """The newest sample grid: a local file path for a local artifact store, else its URI."""
     if artifact_uri.startswith("file://"):
-        grids = sorted(Path(artifact_uri[len("file://"):], "samples").glob("*.png"))
+        grids = sorted(Path(artifact_uri[len("file://") :], "samples").glob("*.png"))
         if grids:
             return str(grids[-1])
     return f"{artifact_uri}/samples/"

@@ -4,6 +4,7 @@ Everything talks to KFP through ``kfp.Client`` (v2beta1 REST). Failures a user c
 endpoint, refused connection, missing token, wrong path prefix, a bad cron expression, an
 unknown pipeline parameter) come back as ``SubmitError`` with the fix in the message.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,7 +48,8 @@ def resolve_host(host: str | None = None) -> str:
         raise SubmitError(
             "no KFP endpoint configured: set KFP_HOST=https://… (or KF_PIPELINES_ENDPOINT), "
             "e.g. `make submit PIPELINE=dcgan KFP_HOST=http://localhost:8080` after "
-            f"`{PORT_FORWARD}`")
+            f"`{PORT_FORWARD}`"
+        )
     if not resolved.startswith(("http://", "https://")):
         raise SubmitError(f"KFP endpoint {resolved!r} has no scheme: write http://{resolved} or https://{resolved}")
     return resolved.rstrip("/")
@@ -89,12 +91,16 @@ def default_job_name(pipeline: str) -> str:
 
 def _fix_for_status(status: int, host: str) -> str:
     if status in (401, 403):
-        return (f"check the auth token: set KF_PIPELINES_TOKEN (or mount one at KF_PIPELINES_SA_TOKEN_PATH, "
-                f"default {DEFAULT_SA_TOKEN_PATH}); behind the Kubeflow dashboard the token must be allowed "
-                f"in the profile namespace (pass --namespace)")
+        return (
+            f"check the auth token: set KF_PIPELINES_TOKEN (or mount one at KF_PIPELINES_SA_TOKEN_PATH, "
+            f"default {DEFAULT_SA_TOKEN_PATH}); behind the Kubeflow dashboard the token must be allowed "
+            f"in the profile namespace (pass --namespace)"
+        )
     if status == 404:
-        return (f"check the path prefix: behind the Kubeflow central dashboard the API lives under /pipeline "
-                f"(KFP_HOST={host}/pipeline); with `{PORT_FORWARD}` use KFP_HOST=http://localhost:8080")
+        return (
+            f"check the path prefix: behind the Kubeflow central dashboard the API lives under /pipeline "
+            f"(KFP_HOST={host}/pipeline); with `{PORT_FORWARD}` use KFP_HOST=http://localhost:8080"
+        )
     if status >= 500:
         return "the KFP API server failed: check `kubectl -n kubeflow logs deploy/ml-pipeline`"
     return "the request was rejected; see the server's message above"
@@ -122,7 +128,8 @@ def unreachable_error(host: str, cause: object) -> SubmitError:
     """A SubmitError for a connection that never got an HTTP answer (refused, DNS, TLS)."""
     return SubmitError(
         f"could not connect to KFP at {host} ({cause}): is the endpoint right and reachable? For a cluster "
-        f"without ingress run `{PORT_FORWARD}` and use KFP_HOST=http://localhost:8080")
+        f"without ingress run `{PORT_FORWARD}` and use KFP_HOST=http://localhost:8080"
+    )
 
 
 def check_endpoint(host: str, token: str | None, timeout_s: float = 10.0) -> None:
@@ -147,7 +154,8 @@ def check_endpoint(host: str, token: str | None, timeout_s: float = 10.0) -> Non
     if "html" in content_type or body.lstrip().startswith(b"<"):
         raise SubmitError(
             f"KFP at {host} answered {HEALTHZ_PATH} with an HTML page (a login page?), not the API: "
-            f"{_fix_for_status(401, host)}; or check the path prefix (/pipeline)")
+            f"{_fix_for_status(401, host)}; or check the path prefix (/pipeline)"
+        )
 
 
 @contextlib.contextmanager
@@ -207,7 +215,8 @@ def check_images(host: str, images: list[str], force: bool = False) -> None:
         raise SubmitError(
             f"image {local[0]} is on this machine's registry, which the KFP cluster at {host} cannot pull from: "
             f"push the images to the cluster's registry and set IMAGE_REGISTRY=registry.example.com/ganforge "
-            f"(make; or GANFORGE_IMAGE=…), or pass --force-image (make: FORCE_IMAGE=1) if that cluster has it")
+            f"(make; or GANFORGE_IMAGE=…), or pass --force-image (make: FORCE_IMAGE=1) if that cluster has it"
+        )
 
 
 def pipeline_parameters(package_path: str | Path) -> dict[str, str]:
@@ -262,8 +271,16 @@ def service_account() -> str:
     return os.environ.get("KFP_SERVICE_ACCOUNT", "ganforge-pipeline-runner")
 
 
-def submit(package_path: str | Path, pipeline: str, params: dict[str, Any], *, host: str | None = None,
-           token: str | None = None, namespace: str | None = None, experiment: str | None = None) -> dict:
+def submit(
+    package_path: str | Path,
+    pipeline: str,
+    params: dict[str, Any],
+    *,
+    host: str | None = None,
+    token: str | None = None,
+    namespace: str | None = None,
+    experiment: str | None = None,
+) -> dict:
     """Start one run of a compiled pipeline; returns ``{"run_id", "run_url", "experiment"}``."""
     check_params(params, pipeline_parameters(package_path))
     host = resolve_host(host)
@@ -271,8 +288,13 @@ def submit(package_path: str | Path, pipeline: str, params: dict[str, Any], *, h
     client = make_client(host, token, namespace)
     with kfp_errors(host):
         result = client.create_run_from_pipeline_package(
-            str(package_path), arguments=dict(params), run_name=run_name(pipeline, run_revision()),
-            experiment_name=experiment, namespace=namespace, service_account=service_account())
+            str(package_path),
+            arguments=dict(params),
+            run_name=run_name(pipeline, run_revision()),
+            experiment_name=experiment,
+            namespace=namespace,
+            service_account=service_account(),
+        )
     ui = os.environ.get("KF_PIPELINES_UI_ENDPOINT", host).rstrip("/")
     return {"run_id": result.run_id, "run_url": f"{ui}/#/runs/details/{result.run_id}", "experiment": experiment}
 
@@ -327,11 +349,13 @@ def validate_cron(expr: str) -> str:
     if len(fields) == 5:
         raise SubmitError(
             f"cron {expr!r} has 5 fields; KFP needs 6 fields, seconds first "
-            f"(sec min hour day-of-month month day-of-week): did you mean '0 {' '.join(fields)}'?")
+            f"(sec min hour day-of-month month day-of-week): did you mean '0 {' '.join(fields)}'?"
+        )
     if len(fields) != 6:
         raise SubmitError(
             f"cron {expr!r} has {len(fields)} fields; KFP needs 6, seconds first, "
-            f"e.g. '0 0 3 * * 0' (Sundays 03:00:00), or one of {', '.join(_CRON_DESCRIPTORS)}")
+            f"e.g. '0 0 3 * * 0' (Sundays 03:00:00), or one of {', '.join(_CRON_DESCRIPTORS)}"
+        )
     for text, (field, low, high, names, question_ok) in zip(fields, _CRON_FIELDS):
         if text == "?":
             if not question_ok:
@@ -359,13 +383,23 @@ def _experiment_id(client: kfp.Client, pipeline: str, namespace: str | None, hos
     try:
         return client.get_experiment(experiment_name=name, namespace=namespace).experiment_id
     except ValueError:  # kfp.Client's way of saying "no experiment with that name"
-        raise SubmitError(f"no experiment {name!r} at {host}, so nothing is scheduled for {pipeline} there "
-                          f"(schedule it with `python -m pipelines schedule {pipeline} --cron '…'`)") from None
+        raise SubmitError(
+            f"no experiment {name!r} at {host}, so nothing is scheduled for {pipeline} there "
+            f"(schedule it with `python -m pipelines schedule {pipeline} --cron '…'`)"
+        ) from None
 
 
-def schedule(package_path: str | Path, pipeline: str, params: dict[str, Any], cron: str, *,
-             host: str | None = None, token: str | None = None, namespace: str | None = None,
-             job_name: str | None = None) -> dict:
+def schedule(
+    package_path: str | Path,
+    pipeline: str,
+    params: dict[str, Any],
+    cron: str,
+    *,
+    host: str | None = None,
+    token: str | None = None,
+    namespace: str | None = None,
+    job_name: str | None = None,
+) -> dict:
     """Create a recurring run (no overlap, no backfill, no caching); returns its id, name and cron."""
     cron = validate_cron(cron)
     check_params(params, pipeline_parameters(package_path))
@@ -376,19 +410,27 @@ def schedule(package_path: str | Path, pipeline: str, params: dict[str, Any], cr
         experiment_id = client.create_experiment(experiment_name(pipeline), namespace=namespace).experiment_id
         clashes = [r.recurring_run_id for r in _recurring_runs_in(client, experiment_id) if r.display_name == job_name]
         if clashes:
-            raise SubmitError(f"a recurring run named {job_name!r} already exists (id {', '.join(clashes)}): "
-                              f"delete it first (`python -m pipelines schedule {pipeline} --delete`) "
-                              f"or pass another --job-name")
+            raise SubmitError(
+                f"a recurring run named {job_name!r} already exists (id {', '.join(clashes)}): "
+                f"delete it first (`python -m pipelines schedule {pipeline} --delete`) "
+                f"or pass another --job-name"
+            )
         # Caching off: a scheduled retrain with unchanged inputs must train again, not reuse outputs.
         recurring = client.create_recurring_run(
-            experiment_id, job_name, cron_expression=cron, max_concurrency=1, no_catchup=True,
-            pipeline_package_path=str(package_path), params=dict(params), enable_caching=False,
-            service_account=service_account())
+            experiment_id,
+            job_name,
+            cron_expression=cron,
+            max_concurrency=1,
+            no_catchup=True,
+            pipeline_package_path=str(package_path),
+            params=dict(params),
+            enable_caching=False,
+            service_account=service_account(),
+        )
     return {"recurring_run_id": recurring.recurring_run_id, "job_name": job_name, "cron": cron}
 
 
-def find_recurring_run(client: kfp.Client, pipeline: str, name_or_id: str, *, host: str,
-                       namespace: str | None = None):
+def find_recurring_run(client: kfp.Client, pipeline: str, name_or_id: str, *, host: str, namespace: str | None = None):
     """The recurring run in the pipeline's experiment whose display name or id is ``name_or_id``."""
     with kfp_errors(host):
         experiment_id = _experiment_id(client, pipeline, namespace, host)
@@ -396,16 +438,20 @@ def find_recurring_run(client: kfp.Client, pipeline: str, name_or_id: str, *, ho
     matches = [r for r in runs if name_or_id in (r.display_name, r.recurring_run_id)]
     if not matches:
         known = ", ".join(f"{r.display_name} ({r.recurring_run_id})" for r in runs) or "none"
-        raise SubmitError(f"no recurring run {name_or_id!r} in experiment {experiment_name(pipeline)!r} "
-                          f"at {host}; existing: {known}")
+        raise SubmitError(
+            f"no recurring run {name_or_id!r} in experiment {experiment_name(pipeline)!r} at {host}; existing: {known}"
+        )
     if len(matches) > 1:
-        raise SubmitError(f"{len(matches)} recurring runs are named {name_or_id!r} "
-                          f"({', '.join(r.recurring_run_id for r in matches)}): pass one id instead")
+        raise SubmitError(
+            f"{len(matches)} recurring runs are named {name_or_id!r} "
+            f"({', '.join(r.recurring_run_id for r in matches)}): pass one id instead"
+        )
     return matches[0]
 
 
-def _act_on_schedule(action: str, name_or_id: str, pipeline: str, host: str | None, token: str | None,
-                     namespace: str | None) -> dict:
+def _act_on_schedule(
+    action: str, name_or_id: str, pipeline: str, host: str | None, token: str | None, namespace: str | None
+) -> dict:
     host = resolve_host(host)
     client = make_client(host, token, namespace)
     recurring = find_recurring_run(client, pipeline, name_or_id, host=host, namespace=namespace)
@@ -417,37 +463,52 @@ def _act_on_schedule(action: str, name_or_id: str, pipeline: str, host: str | No
     return {"recurring_run_id": recurring.recurring_run_id, "job_name": recurring.display_name, "action": action}
 
 
-def disable_schedule(name_or_id: str, pipeline: str, *, host: str | None = None, token: str | None = None,
-                     namespace: str | None = None) -> dict:
+def disable_schedule(
+    name_or_id: str, pipeline: str, *, host: str | None = None, token: str | None = None, namespace: str | None = None
+) -> dict:
     """Pause a recurring run (it stays listed and can be re-enabled in the UI)."""
     return _act_on_schedule("disabled", name_or_id, pipeline, host, token, namespace)
 
 
-def delete_schedule(name_or_id: str, pipeline: str, *, host: str | None = None, token: str | None = None,
-                    namespace: str | None = None) -> dict:
+def delete_schedule(
+    name_or_id: str, pipeline: str, *, host: str | None = None, token: str | None = None, namespace: str | None = None
+) -> dict:
     """Remove a recurring run for good."""
     return _act_on_schedule("deleted", name_or_id, pipeline, host, token, namespace)
 
 
 def _common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("pipeline", choices=sorted(PRESETS))
-    p.add_argument("--profile", default="full", choices=sorted(PROFILES),
-                   help="profile the pipeline is compiled with (its default `profile` parameter)")
+    p.add_argument(
+        "--profile",
+        default="full",
+        choices=sorted(PROFILES),
+        help="profile the pipeline is compiled with (its default `profile` parameter)",
+    )
     p.add_argument("--package", help="an already compiled pipeline YAML (default: compile to build/<name>.yaml)")
     p.add_argument("--host", help="KFP endpoint (default $KFP_HOST or $KF_PIPELINES_ENDPOINT)")
     p.add_argument("--namespace", help="Kubeflow profile namespace (multi-user clusters)")
-    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                   help="pipeline parameter, repeatable (epochs, source, nproc, fid_samples, promotion_margin)")
-    p.add_argument("--force-image", action="store_true",
-                   help="send a localhost/… image to a KFP host that is not this machine (normally refused)")
+    p.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="pipeline parameter, repeatable (epochs, source, nproc, fid_samples, promotion_margin)",
+    )
+    p.add_argument(
+        "--force-image",
+        action="store_true",
+        help="send a localhost/… image to a KFP host that is not this machine (normally refused)",
+    )
     add_set_argument(p)
 
 
 def checked_overrides(args: argparse.Namespace) -> str | None:
     """``--set`` values as the ``overrides`` parameter, checked against the typed config (of the
     ``profile`` the run will use) before compiling or connecting to anything."""
-    profile = next((pair.partition("=")[2] for pair in args.param if pair.partition("=")[0].strip() == "profile"),
-                   args.profile)
+    profile = next(
+        (pair.partition("=")[2] for pair in args.param if pair.partition("=")[0].strip() == "profile"), args.profile
+    )
     if args.set and any(pair.partition("=")[0].strip() == OVERRIDES for pair in args.param):
         raise SubmitError(f"give config overrides with --set group.field=value, not --param {OVERRIDES}=… as well")
     return overrides_parameter(args.pipeline, profile, args.set)
@@ -481,20 +542,22 @@ def main_submit(argv: list[str]) -> int:
     check_images(host, package_images(package), args.force_image)
     params = with_overrides(parse_param_args(args.param, types), overrides, types)
     with contextlib.redirect_stdout(sys.stderr):  # kfp.Client prints links; stdout stays one JSON document
-        result = submit(package, args.pipeline, params, host=host, namespace=args.namespace,
-                        experiment=args.experiment)
+        result = submit(package, args.pipeline, params, host=host, namespace=args.namespace, experiment=args.experiment)
     print(json.dumps(result, indent=2))
     return 0
 
 
 def main_schedule(argv: list[str]) -> int:
     """``python -m pipelines schedule NAME --cron '0 0 3 * * 0'`` (or ``--disable`` / ``--delete``)."""
-    p = argparse.ArgumentParser(prog="python -m pipelines schedule",
-                                description="recurring retraining on KFP (cron: 6 fields, seconds first)")
+    p = argparse.ArgumentParser(
+        prog="python -m pipelines schedule", description="recurring retraining on KFP (cron: 6 fields, seconds first)"
+    )
     _common_arguments(p)
     p.add_argument("--cron", help="e.g. '0 0 3 * * 0' = Sundays 03:00:00 (sec min hour dom month dow)")
-    p.add_argument("--job-name", help="recurring run name (default ganforge-<name>-retrain); for --disable/"
-                                      "--delete also a recurring run id")
+    p.add_argument(
+        "--job-name",
+        help="recurring run name (default ganforge-<name>-retrain); for --disable/--delete also a recurring run id",
+    )
     action = p.add_mutually_exclusive_group()
     action.add_argument("--disable", action="store_true", help="pause the recurring run")
     action.add_argument("--delete", action="store_true", help="delete the recurring run")
@@ -514,8 +577,7 @@ def main_schedule(argv: list[str]) -> int:
         check_images(host, package_images(package), args.force_image)
         params = with_overrides(parse_param_args(args.param, types), overrides, types)
         with contextlib.redirect_stdout(sys.stderr):
-            result = schedule(package, args.pipeline, params, cron, host=host, namespace=args.namespace,
-                              job_name=job)
+            result = schedule(package, args.pipeline, params, cron, host=host, namespace=args.namespace, job_name=job)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -530,7 +592,8 @@ def main_unschedule(argv: list[str]) -> int:
     p.add_argument("--delete", action="store_true", help="delete instead of pausing")
     args = p.parse_args(argv)
     act = delete_schedule if args.delete else disable_schedule
-    result = act(args.job_name or default_job_name(args.pipeline), args.pipeline, host=args.host,
-                 namespace=args.namespace)
+    result = act(
+        args.job_name or default_job_name(args.pipeline), args.pipeline, host=args.host, namespace=args.namespace
+    )
     print(json.dumps(result, indent=2))
     return 0

@@ -19,6 +19,7 @@ The stack's state lives as long as the stack: moto keeps objects in memory, so `
 step. State: GANFORGE_HOME/stack/ (stack.json, pgpass, logs); as root the Postgres data
 directory and its log live under the system temp dir (the ``postgres`` user must reach them).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -45,8 +46,11 @@ from . import docker_local
 BUCKET = "ganforge-mlflow"
 PG_USER = PG_DB = "mlflow"
 # moto accepts any keys; these name the local stack's, never a real account's.
-S3_KEYS = {"AWS_ACCESS_KEY_ID": "ganforge-local", "AWS_SECRET_ACCESS_KEY": "ganforge-local-secret",
-           "AWS_DEFAULT_REGION": "us-east-1"}
+S3_KEYS = {
+    "AWS_ACCESS_KEY_ID": "ganforge-local",
+    "AWS_SECRET_ACCESS_KEY": "ganforge-local-secret",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
 STARTUP_TIMEOUT_S = 120.0
 
 
@@ -134,25 +138,65 @@ def start_postgres(home: Path, password: str, logs: Path) -> tuple[int, Path]:
         shutil.chown(data, "postgres", "postgres")
         shutil.chown(pwfile, "postgres", "postgres")
     cluster = data / "cluster"
-    init = subprocess.run(as_postgres_user([postgres_bin("initdb"), "-D", str(cluster), "-U", PG_USER,
-                                            f"--pwfile={pwfile}", "--auth-host=scram-sha-256",
-                                            "--auth-local=scram-sha-256", "-E", "UTF8"]),
-                          capture_output=True, text=True, timeout=300)
+    init = subprocess.run(
+        as_postgres_user(
+            [
+                postgres_bin("initdb"),
+                "-D",
+                str(cluster),
+                "-U",
+                PG_USER,
+                f"--pwfile={pwfile}",
+                "--auth-host=scram-sha-256",
+                "--auth-local=scram-sha-256",
+                "-E",
+                "UTF8",
+            ]
+        ),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     pwfile.unlink()
     if init.returncode != 0:
         raise StackError(f"initdb failed: {(init.stderr or init.stdout).strip()[-500:]}")
     port = free_port()
     log = data / "postgres.log"  # beside the cluster: as root, the postgres user may not reach GANFORGE_HOME
     options = f"-p {port} -k {data} -c listen_addresses=127.0.0.1"
-    start = subprocess.run(as_postgres_user([postgres_bin("pg_ctl"), "-D", str(cluster), "-l", str(log),
-                                             "-o", options, "-w", "-t", "120", "start"]),
-                           capture_output=True, text=True, timeout=180)
+    start = subprocess.run(
+        as_postgres_user(
+            [postgres_bin("pg_ctl"), "-D", str(cluster), "-l", str(log), "-o", options, "-w", "-t", "120", "start"]
+        ),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     if start.returncode != 0:
-        raise StackError(f"PostgreSQL did not start: {(start.stderr or start.stdout).strip()[-300:]} "
-                         f"(log {log}: {log.read_text(errors='replace')[-400:] if log.exists() else ''})")
-    create = subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(port), "-U", PG_USER, "-d", "postgres",
-                             "-v", "ON_ERROR_STOP=1", "-c", f"CREATE DATABASE {PG_DB}"],
-                            capture_output=True, text=True, timeout=60, env=dict(os.environ, PGPASSWORD=password))
+        raise StackError(
+            f"PostgreSQL did not start: {(start.stderr or start.stdout).strip()[-300:]} "
+            f"(log {log}: {log.read_text(errors='replace')[-400:] if log.exists() else ''})"
+        )
+    create = subprocess.run(
+        [
+            "psql",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-U",
+            PG_USER,
+            "-d",
+            "postgres",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            f"CREATE DATABASE {PG_DB}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ, PGPASSWORD=password),
+    )
     if create.returncode != 0:
         raise StackError(f"creating database {PG_DB} failed: {create.stderr.strip()[-300:]}")
     return port, data
@@ -161,24 +205,35 @@ def start_postgres(home: Path, password: str, logs: Path) -> tuple[int, Path]:
 def stop_postgres(data: Path) -> None:
     cluster = data / "cluster"
     if (cluster / "postmaster.pid").exists():
-        subprocess.run(as_postgres_user([postgres_bin("pg_ctl"), "-D", str(cluster), "-m", "fast", "-w", "stop"]),
-                       capture_output=True, timeout=60)
+        subprocess.run(
+            as_postgres_user([postgres_bin("pg_ctl"), "-D", str(cluster), "-m", "fast", "-w", "stop"]),
+            capture_output=True,
+            timeout=60,
+        )
     shutil.rmtree(data, ignore_errors=True)
 
 
 def start_s3(logs: Path) -> tuple[int, str]:
     port = free_port()
     with open(logs / "s3.log", "ab") as log:
-        process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                                   stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     endpoint = f"http://127.0.0.1:{port}"
     wait_until(lambda: answers(endpoint + "/moto-api/"), "S3 server (moto)", logs / "s3.log")
     import boto3
 
-    boto3.client("s3", endpoint_url=endpoint, region_name=S3_KEYS["AWS_DEFAULT_REGION"],
-                 aws_access_key_id=S3_KEYS["AWS_ACCESS_KEY_ID"],
-                 aws_secret_access_key=S3_KEYS["AWS_SECRET_ACCESS_KEY"]).create_bucket(Bucket=BUCKET)
+    boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name=S3_KEYS["AWS_DEFAULT_REGION"],
+        aws_access_key_id=S3_KEYS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=S3_KEYS["AWS_SECRET_ACCESS_KEY"],
+    ).create_bucket(Bucket=BUCKET)
     return process.pid, endpoint
 
 
@@ -194,13 +249,37 @@ def start_mlflow(home: Path, pg_port: int, password: str, s3_endpoint: str, logs
     name = container_name(home)
     docker_local.docker("rm", "-f", name, check=False)
     port = free_port()
-    env = dict(os.environ, **S3_KEYS, PGPASSWORD=password, MLFLOW_S3_ENDPOINT_URL=s3_endpoint,
-               MLFLOW_BACKEND_STORE_URI=f"postgresql+psycopg2://{PG_USER}@127.0.0.1:{pg_port}/{PG_DB}")
+    env = dict(
+        os.environ,
+        **S3_KEYS,
+        PGPASSWORD=password,
+        MLFLOW_S3_ENDPOINT_URL=s3_endpoint,
+        MLFLOW_BACKEND_STORE_URI=f"postgresql+psycopg2://{PG_USER}@127.0.0.1:{pg_port}/{PG_DB}",
+    )
     names = ["PGPASSWORD", "MLFLOW_S3_ENDPOINT_URL", "MLFLOW_BACKEND_STORE_URI", *S3_KEYS]
-    cmd = ["docker", "run", "--detach", "--name", name, "--network", "host", "--label", f"dev.ganforge.stack={home}",
-           *[a for n in names for a in ("-e", n)], docker_local.MLFLOW_IMAGE,
-           "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-           "--artifacts-destination", f"s3://{BUCKET}/artifacts"]
+    cmd = [
+        "docker",
+        "run",
+        "--detach",
+        "--name",
+        name,
+        "--network",
+        "host",
+        "--label",
+        f"dev.ganforge.stack={home}",
+        *[a for n in names for a in ("-e", n)],
+        docker_local.MLFLOW_IMAGE,
+        "mlflow",
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--artifacts-destination",
+        f"s3://{BUCKET}/artifacts",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
     if proc.returncode != 0:
         raise StackError(f"starting the MLflow server container failed: {proc.stderr.strip()[-400:]}")
@@ -258,14 +337,24 @@ def up(home: Path | None = None, log=print) -> Stack:
         stop_postgres(pg_data)
         docker_local.docker("rm", "-f", container_name(home), check=False)
         raise
-    stack = Stack(home=str(home), tracking_uri=uri, s3_endpoint=s3_endpoint,
-                  artifacts_destination=f"s3://{BUCKET}/artifacts", postgres_port=pg_port,
-                  postgres_data=str(pg_data), s3_pid=s3_pid, container=name, logs=str(logs))
+    stack = Stack(
+        home=str(home),
+        tracking_uri=uri,
+        s3_endpoint=s3_endpoint,
+        artifacts_destination=f"s3://{BUCKET}/artifacts",
+        postgres_port=pg_port,
+        postgres_data=str(pg_data),
+        s3_pid=s3_pid,
+        container=name,
+        logs=str(logs),
+    )
     tmp = stack_dir(home) / "stack.json.tmp"
     tmp.write_text(json.dumps(asdict(stack), indent=2))
     tmp.replace(stack_dir(home) / "stack.json")
-    log(f"local stack up: MLflow {uri} (container {name}, PostgreSQL 127.0.0.1:{pg_port}, "
-        f"artifacts s3://{BUCKET}/artifacts on {s3_endpoint}); stop it with `make stack-down`")
+    log(
+        f"local stack up: MLflow {uri} (container {name}, PostgreSQL 127.0.0.1:{pg_port}, "
+        f"artifacts s3://{BUCKET}/artifacts on {s3_endpoint}); stop it with `make stack-down`"
+    )
     return stack
 
 

@@ -25,6 +25,7 @@ Prints every problem and exits 1 if there is any.
 Rendering happens in a temporary copy of k8s/ whose secrets/*.env files are written from the
 committed *.env.example files, so a developer's real secrets are never read, printed or checked.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -151,9 +152,12 @@ def secret_problems(obj: dict) -> list[str]:
     """Every value of a Secret must be the placeholder: real credentials never live in the repo."""
     if obj.get("kind") != "Secret":
         return []
-    return [f"{object_name(obj)}: key {key} holds a real-looking value; committed secrets must be "
-            f"{SECRET_PLACEHOLDER} (put real values in the gitignored .env file)"
-            for key, value in secret_values(obj).items() if value != SECRET_PLACEHOLDER]
+    return [
+        f"{object_name(obj)}: key {key} holds a real-looking value; committed secrets must be "
+        f"{SECRET_PLACEHOLDER} (put real values in the gitignored .env file)"
+        for key, value in secret_values(obj).items()
+        if value != SECRET_PLACEHOLDER
+    ]
 
 
 def pod_spec(obj: dict) -> dict | None:
@@ -252,8 +256,9 @@ def object_keys(obj: dict) -> set[str]:
 
 def reference_problems(objects: list[dict]) -> list[str]:
     """Every Secret/ConfigMap (and key) a pod reads must be rendered alongside it."""
-    available = {(o["kind"], o["metadata"]["name"]): object_keys(o)
-                 for o in objects if o.get("kind") in {"Secret", "ConfigMap"}}
+    available = {
+        (o["kind"], o["metadata"]["name"]): object_keys(o) for o in objects if o.get("kind") in {"Secret", "ConfigMap"}
+    }
     problems = []
     for obj in objects:
         spec = pod_spec(obj)
@@ -277,7 +282,9 @@ def kfp_launcher_problems(objects: list[dict]) -> list[str]:
     default = ((yaml.safe_load(data.get("providers") or "") or {}).get("s3") or {}).get("default")
     if not isinstance(default, dict):
         return [f"{where}: providers has no s3.default section (see kubeflow/pipelines backend/src/v2/config/s3.go)"]
-    problems = [f"{where}: providers s3.default.{k} is not a known field" for k in sorted(set(default) - S3_DEFAULT_FIELDS)]
+    problems = [
+        f"{where}: providers s3.default.{k} is not a known field" for k in sorted(set(default) - S3_DEFAULT_FIELDS)
+    ]
     credentials = default.get("credentials") or {}
     if credentials.get("fromEnv"):
         return problems
@@ -299,6 +306,7 @@ def kfp_launcher_problems(objects: list[dict]) -> list[str]:
 # What ganforge itself creates at run time (not in the render): the training job manifests of
 # ganforge.platform.cluster_jobs and the Kubernetes settings of the pipeline tasks (pipelines/kube.py).
 
+
 def training_job_manifests() -> dict[str, dict]:
     """The TrainJob and PyTorchJob the train step would create (2 nodes, GPUs, as cluster_train sets them)."""
     from ganforge.config import build_config
@@ -316,11 +324,21 @@ def training_job_manifests() -> dict[str, dict]:
     secrets = {**{k: (S3_SECRET, k) for k in S3_SECRET_KEYS}, **{k: (MLFLOW_SECRET, k) for k in MLFLOW_SECRET_KEYS}}
     out = {}
     for engine in ("trainjob", "pytorchjob"):
-        spec = spec_from_config(cfg, image="registry.example.com/ganforge-gpu:0.1.0", namespace=NAMESPACE,
-                                data_uri="s3://ganforge-artifacts/d", out_uri="s3://ganforge-artifacts/o",
-                                engine=engine, gpus_per_node=2, nnodes=2, name="dcgan-abc123",
-                                env={"MLFLOW_TRACKING_URI": "http://mlflow:5000"}, env_from_secrets=secrets,
-                                tolerations=[GPU_TOLERATION], service_account=TRAINING_SERVICE_ACCOUNT)
+        spec = spec_from_config(
+            cfg,
+            image="registry.example.com/ganforge-gpu:0.1.0",
+            namespace=NAMESPACE,
+            data_uri="s3://ganforge-artifacts/d",
+            out_uri="s3://ganforge-artifacts/o",
+            engine=engine,
+            gpus_per_node=2,
+            nnodes=2,
+            name="dcgan-abc123",
+            env={"MLFLOW_TRACKING_URI": "http://mlflow:5000"},
+            env_from_secrets=secrets,
+            tolerations=[GPU_TOLERATION],
+            service_account=TRAINING_SERVICE_ACCOUNT,
+        )
         out[engine] = manifest(spec)
     return out
 
@@ -356,19 +374,24 @@ def compiled_task_settings() -> dict[str, dict]:
 # ---------------------------------------------------------------------------------------------
 # Credentials: referenced Secrets exist, nothing secret on a command line, MLflow auth, S3 users.
 
+
 def runtime_secret_problems(objects: list[dict], jobs: dict[str, dict], executors: dict[str, dict]) -> list[str]:
     """Every Secret/key the pipeline tasks and the training pods reference must be in the render."""
     secrets = {o["metadata"]["name"]: object_keys(o) for o in objects if o.get("kind") == "Secret"}
     problems = []
     for executor, settings in sorted(executors.items()):
         for ref in settings.get("secretAsEnv") or []:
-            name = ref.get("secretName") or (ref.get("secretNameParameter") or {}).get("runtimeValue", {}).get("constant")
+            name = ref.get("secretName") or (ref.get("secretNameParameter") or {}).get("runtimeValue", {}).get(
+                "constant"
+            )
             for pair in ref.get("keyToEnv") or []:
                 if name not in secrets:
                     problems.append(f"pipeline task {executor}: reads Secret {name}, which k8s/ does not define")
                 elif pair["secretKey"] not in secrets[name]:
-                    problems.append(f"pipeline task {executor}: reads key {pair['secretKey']} of Secret {name}, "
-                                    "which has no such key")
+                    problems.append(
+                        f"pipeline task {executor}: reads key {pair['secretKey']} of Secret {name}, "
+                        "which has no such key"
+                    )
                 if ref.get("optional"):
                     problems.append(f"pipeline task {executor}: Secret {name} is optional; MLflow's auth needs it")
     for engine, job in jobs.items():
@@ -418,8 +441,10 @@ def command_line_problems(obj: dict, objects: list[dict]) -> list[str]:
         for e in container.get("env") or []:
             for var in re.findall(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", e.get("value") or ""):
                 if var in secret_vars and _CREDENTIAL_NAME.search(var):
-                    problems.append(f"container {container['name']}: env {e['name']} embeds the credential {var}; "
-                                    "pass it in its own variable (e.g. PGPASSWORD)")
+                    problems.append(
+                        f"container {container['name']}: env {e['name']} embeds the credential {var}; "
+                        "pass it in its own variable (e.g. PGPASSWORD)"
+                    )
     return [f"{object_name(obj)}: {p}" for p in problems]
 
 
@@ -446,9 +471,13 @@ def mlflow_auth_problems(objects: list[dict], task_s3_secret: str, task_mlflow_s
     container = spec["containers"][0]
     argv = list(container.get("command") or []) + list(container.get("args") or [])
     problems = []
-    if "--app-name=basic-auth" not in argv and not any(a == "--app-name" and b == "basic-auth" for a, b in zip(argv, argv[1:])):
-        problems.append(f"{where}: mlflow server runs without --app-name=basic-auth: anyone who reaches it can "
-                        "register versions and move aliases")
+    if "--app-name=basic-auth" not in argv and not any(
+        a == "--app-name" and b == "basic-auth" for a, b in zip(argv, argv[1:])
+    ):
+        problems.append(
+            f"{where}: mlflow server runs without --app-name=basic-auth: anyone who reaches it can "
+            "register versions and move aliases"
+        )
     env = _env_sources(container)
     for name in ("MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"):
         if not isinstance(env.get(name), tuple):
@@ -456,8 +485,10 @@ def mlflow_auth_problems(objects: list[dict], task_s3_secret: str, task_mlflow_s
     config_path = env.get("MLFLOW_AUTH_CONFIG_PATH")
     ini = None
     if not isinstance(config_path, str) or not config_path:
-        problems.append(f"{where}: MLFLOW_AUTH_CONFIG_PATH is not set; MLflow would use its packaged "
-                        "basic_auth.ini (sqlite in the working directory)")
+        problems.append(
+            f"{where}: MLFLOW_AUTH_CONFIG_PATH is not set; MLflow would use its packaged "
+            "basic_auth.ini (sqlite in the working directory)"
+        )
     else:
         volumes = {v["name"]: v for v in spec.get("volumes") or []}
         for mount in container.get("volumeMounts") or []:
@@ -465,7 +496,7 @@ def mlflow_auth_problems(objects: list[dict], task_s3_secret: str, task_mlflow_s
             volume = volumes.get(mount["name"]) or {}
             if config_path.startswith(directory + "/") and "configMap" in volume:
                 cm = _find(objects, "ConfigMap", volume["configMap"]["name"]) or {}
-                ini = (cm.get("data") or {}).get(config_path[len(directory) + 1:])
+                ini = (cm.get("data") or {}).get(config_path[len(directory) + 1 :])
         if ini is None:
             problems.append(f"{where}: MLFLOW_AUTH_CONFIG_PATH={config_path} is not a file of a mounted ConfigMap")
     if ini is not None:
@@ -474,8 +505,10 @@ def mlflow_auth_problems(objects: list[dict], task_s3_secret: str, task_mlflow_s
     if not isinstance(s3, tuple):
         problems.append(f"{where}: AWS_SECRET_ACCESS_KEY must come from a Secret")
     elif s3[0] == task_s3_secret:
-        problems.append(f"{where}: MLflow uses the pipeline tasks' S3 Secret {task_s3_secret}; give it its own "
-                        "keys so that only MLflow can write its bucket")
+        problems.append(
+            f"{where}: MLflow uses the pipeline tasks' S3 Secret {task_s3_secret}; give it its own "
+            "keys so that only MLflow can write its bucket"
+        )
     if not _find(objects, "Secret", task_mlflow_secret):
         problems.append(f"Secret {task_mlflow_secret} (the pipeline's MLflow user) is not defined")
     return problems
@@ -493,10 +526,13 @@ def auth_ini_problems(text: str) -> list[str]:
     with tempfile.TemporaryDirectory(prefix="k8s-check-auth-") as tmp:
         path = Path(tmp) / "basic_auth.ini"
         path.write_text(text)
-        saved = {k: os.environ.get(k) for k in ("MLFLOW_AUTH_CONFIG_PATH", "MLFLOW_AUTH_ADMIN_USERNAME",
-                                                 "MLFLOW_AUTH_ADMIN_PASSWORD")}
-        os.environ.update(MLFLOW_AUTH_CONFIG_PATH=str(path), MLFLOW_AUTH_ADMIN_USERNAME="u",
-                          MLFLOW_AUTH_ADMIN_PASSWORD="p")
+        saved = {
+            k: os.environ.get(k)
+            for k in ("MLFLOW_AUTH_CONFIG_PATH", "MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD")
+        }
+        os.environ.update(
+            MLFLOW_AUTH_CONFIG_PATH=str(path), MLFLOW_AUTH_ADMIN_USERNAME="u", MLFLOW_AUTH_ADMIN_PASSWORD="p"
+        )
         try:
             config = read_auth_config()
         except (KeyError, ValueError, configparser.Error) as exc:
@@ -511,8 +547,10 @@ def auth_ini_problems(text: str) -> list[str]:
     if parser.has_option("mlflow", "admin_password") or parser.has_option("mlflow", "admin_username"):
         problems.append("holds the admin account; it belongs in Secret mlflow-auth (MLFLOW_AUTH_ADMIN_*)")
     if config.default_permission not in ("READ", "NO_PERMISSIONS"):
-        problems.append(f"default_permission={config.default_permission}: every user could change others' "
-                        "models; use READ or NO_PERMISSIONS")
+        problems.append(
+            f"default_permission={config.default_permission}: every user could change others' "
+            "models; use READ or NO_PERMISSIONS"
+        )
     if not config.database_uri.startswith("postgresql"):
         problems.append(f"database_uri={config.database_uri}: users must persist in Postgres, not a pod's disk")
     if re.search(r"://[^/@]*:[^/@]*@", config.database_uri):
@@ -522,6 +560,7 @@ def auth_ini_problems(text: str) -> list[str]:
 
 def _policy_allows(policy: dict, action: str, resource: str) -> bool:
     """IAM-style: an Allow statement names the action (or a * prefix) and the resource (or a * glob)."""
+
     def match(pattern: str, value: str) -> bool:
         return re.fullmatch(re.escape(pattern).replace(r"\*", ".*"), value) is not None
 
@@ -554,8 +593,10 @@ def bucket_access(objects: list[dict]) -> dict[str, dict[str, bool]]:
         source = env.get(m.group(1))
         policy = json.loads(data.get(m.group(3)) or "{}")
         if isinstance(source, tuple):
-            access[source[0]] = {b: _policy_allows(policy, "s3:PutObject", f"arn:aws:s3:::{b}/x")
-                                 for b in ("ganforge-artifacts", "mlflow")}
+            access[source[0]] = {
+                b: _policy_allows(policy, "s3:PutObject", f"arn:aws:s3:::{b}/x")
+                for b in ("ganforge-artifacts", "mlflow")
+            }
     return access
 
 
@@ -571,8 +612,10 @@ def bucket_problems(objects: list[dict], task_s3_secret: str) -> list[str]:
     if not (access.get(task_s3_secret) or {}).get("ganforge-artifacts"):
         problems.append(f"bucket-init: the user of Secret {task_s3_secret} cannot write ganforge-artifacts")
     if (access.get(task_s3_secret) or {}).get("mlflow"):
-        problems.append(f"bucket-init: the user of Secret {task_s3_secret} (every pipeline task) can write the "
-                        "mlflow bucket: a task could replace a registered model's files")
+        problems.append(
+            f"bucket-init: the user of Secret {task_s3_secret} (every pipeline task) can write the "
+            "mlflow bucket: a task could replace a registered model's files"
+        )
     if mlflow_secret is None or not (access.get(mlflow_secret) or {}).get("mlflow"):
         problems.append("bucket-init: no MinIO user with the MLflow server's keys may write the mlflow bucket")
     for secret, buckets in sorted(access.items()):
@@ -584,8 +627,16 @@ def bucket_problems(objects: list[dict], task_s3_secret: str) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 # Pod security: Pod Security Standard "restricted" (v1.32), and no ServiceAccount token.
 
-RESTRICTED_VOLUME_TYPES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
-                           "projected", "secret"}
+RESTRICTED_VOLUME_TYPES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
 
 
 def restricted_problems(spec: dict, *, token_needed: bool = False) -> list[str]:
@@ -600,8 +651,12 @@ def restricted_problems(spec: dict, *, token_needed: bool = False) -> list[str]:
         if not kinds <= RESTRICTED_VOLUME_TYPES:
             problems.append(f"volume {volume['name']}: type {', '.join(sorted(kinds))} is not allowed")
     if (pod_sc.get("seccompProfile") or {}).get("type") not in ("RuntimeDefault", "Localhost"):
-        bad = [c["name"] for c in containers_of(spec)
-               if ((c.get("securityContext") or {}).get("seccompProfile") or {}).get("type") not in ("RuntimeDefault", "Localhost")]
+        bad = [
+            c["name"]
+            for c in containers_of(spec)
+            if ((c.get("securityContext") or {}).get("seccompProfile") or {}).get("type")
+            not in ("RuntimeDefault", "Localhost")
+        ]
         if bad:
             problems.append(f"seccompProfile RuntimeDefault/Localhost missing (pod and containers {bad})")
     if pod_sc.get("runAsUser") == 0:
@@ -647,7 +702,9 @@ def pod_security_problems(objects: list[dict], jobs: dict[str, dict]) -> list[st
                 problems.append(f"{engine} pods: ServiceAccount {spec.get('serviceAccountName')!r} is not in k8s/")
             elif job["kind"] == "TrainJob" and sa.get("automountServiceAccountToken") is not False:
                 problems.append(f"{engine} pods: ServiceAccount {sa['metadata']['name']} mounts its token")
-            problems += [f"{engine} pods: {p}" for p in restricted_problems(spec, token_needed=job["kind"] == "TrainJob")]
+            problems += [
+                f"{engine} pods: {p}" for p in restricted_problems(spec, token_needed=job["kind"] == "TrainJob")
+            ]
     namespace = _find(objects, "Namespace", NAMESPACE)
     labels = (namespace or {}).get("metadata", {}).get("labels") or {}
     if labels.get("pod-security.kubernetes.io/enforce") not in ("baseline", "restricted"):
@@ -666,13 +723,16 @@ def task_security_problems(executors: dict[str, dict]) -> list[str]:
             problems.append(f"pipeline task {executor}: securityContext runAsNonRoot/runAsUser 1000 missing ({sc})")
         labels = (settings.get("podMetadata") or {}).get("labels") or {}
         if labels.get("ganforge.io/storage-client") != "true":
-            problems.append(f"pipeline task {executor}: label ganforge.io/storage-client=true missing "
-                            "(NetworkPolicies admit it to MinIO and MLflow)")
+            problems.append(
+                f"pipeline task {executor}: label ganforge.io/storage-client=true missing "
+                "(NetworkPolicies admit it to MinIO and MLflow)"
+            )
     return problems
 
 
 # ---------------------------------------------------------------------------------------------
 # Admission: evaluate the ValidatingAdmissionPolicy's CEL with cel-python.
+
 
 @functools.cache
 def _cel_program(expression: str):
@@ -700,8 +760,10 @@ def admission_denials(policy: dict, obj: dict) -> list[str]:
     variables: dict = {}
     activation = {"object": celpy.json_to_cel(obj)}
     for var in policy["spec"].get("variables") or []:
-        value = _cel_eval(var["expression"], {**activation, "variables": celpy.json_to_cel({}) if not variables
-                                              else celpy.celtypes.MapType(variables)})
+        value = _cel_eval(
+            var["expression"],
+            {**activation, "variables": celpy.json_to_cel({}) if not variables else celpy.celtypes.MapType(variables)},
+        )
         if isinstance(value, Exception):
             return [f"variable {var['name']}: evaluation error {value}"]
         variables[celpy.celtypes.StringType(var["name"])] = value
@@ -709,14 +771,21 @@ def admission_denials(policy: dict, obj: dict) -> list[str]:
     denied = []
     for validation in policy["spec"]["validations"]:
         value = _cel_eval(validation["expression"], activation)
-        if isinstance(value, Exception) or value is not True and not (isinstance(value, celpy.celtypes.BoolType) and bool(value)):
-            denied.append(validation.get("message", validation["expression"]) +
-                          (f" (evaluation error: {value})" if isinstance(value, Exception) else ""))
+        if (
+            isinstance(value, Exception)
+            or value is not True
+            and not (isinstance(value, celpy.celtypes.BoolType) and bool(value))
+        ):
+            denied.append(
+                validation.get("message", validation["expression"])
+                + (f" (evaluation error: {value})" if isinstance(value, Exception) else "")
+            )
     return denied
 
 
 def _violations(jobs: dict[str, dict]) -> list[tuple[str, str, dict]]:
     """(engine, what, manifest) copies of the training jobs that break the policy, one way each."""
+
     def pod(job: dict) -> dict:
         return training_pod_specs_ref(job)[0]
 
@@ -724,16 +793,35 @@ def _violations(jobs: dict[str, dict]) -> list[tuple[str, str, dict]]:
         return pod(job)["containers"][0]
 
     cases = [
-        ("env secretKeyRef minio-root", lambda j: container(j).setdefault("env", []).append(
-            {"name": "X", "valueFrom": {"secretKeyRef": {"name": "minio-root", "key": "MINIO_ROOT_PASSWORD"}}})),
-        ("envFrom secretRef postgres", lambda j: container(j).setdefault("envFrom", []).append(
-            {"secretRef": {"name": "postgres"}})),
-        ("secret volume mlflow-auth", lambda j: pod(j)["volumes"].append(
-            {"name": "x", "secret": {"secretName": "mlflow-auth"}})),
-        ("projected volume", lambda j: pod(j)["volumes"].append(
-            {"name": "x", "projected": {"sources": [{"secret": {"name": "minio-root"}}]}})),
+        (
+            "env secretKeyRef minio-root",
+            lambda j: (
+                container(j)
+                .setdefault("env", [])
+                .append(
+                    {"name": "X", "valueFrom": {"secretKeyRef": {"name": "minio-root", "key": "MINIO_ROOT_PASSWORD"}}}
+                )
+            ),
+        ),
+        (
+            "envFrom secretRef postgres",
+            lambda j: container(j).setdefault("envFrom", []).append({"secretRef": {"name": "postgres"}}),
+        ),
+        (
+            "secret volume mlflow-auth",
+            lambda j: pod(j)["volumes"].append({"name": "x", "secret": {"secretName": "mlflow-auth"}}),
+        ),
+        (
+            "projected volume",
+            lambda j: pod(j)["volumes"].append(
+                {"name": "x", "projected": {"sources": [{"secret": {"name": "minio-root"}}]}}
+            ),
+        ),
         ("hostPath volume", lambda j: pod(j)["volumes"].append({"name": "x", "hostPath": {"path": "/"}})),
-        ("serviceAccountName ganforge-pipeline-runner", lambda j: pod(j).update(serviceAccountName="ganforge-pipeline-runner")),
+        (
+            "serviceAccountName ganforge-pipeline-runner",
+            lambda j: pod(j).update(serviceAccountName="ganforge-pipeline-runner"),
+        ),
         ("no serviceAccountName", lambda j: pod(j).pop("serviceAccountName")),
         ("privileged container", lambda j: container(j)["securityContext"].update(privileged=True)),
         ("added capability", lambda j: container(j)["securityContext"]["capabilities"].update(add=["SYS_ADMIN"])),
@@ -751,7 +839,8 @@ def _violations(jobs: dict[str, dict]) -> list[tuple[str, str, dict]]:
     out.append(("pytorchjob", "automountServiceAccountToken true", pytorch))
     trainjob = json.loads(json.dumps(jobs["trainjob"]))
     trainjob["spec"]["trainer"]["env"].append(
-        {"name": "X", "valueFrom": {"secretKeyRef": {"name": "minio-root", "key": "MINIO_ROOT_PASSWORD"}}})
+        {"name": "X", "valueFrom": {"secretKeyRef": {"name": "minio-root", "key": "MINIO_ROOT_PASSWORD"}}}
+    )
     out.append(("trainjob", "trainer env secretKeyRef minio-root", trainjob))
     trainjob = json.loads(json.dumps(jobs["trainjob"]))
     trainjob["spec"]["runtimeRef"]["name"] = "my-runtime"
@@ -766,33 +855,58 @@ def training_pod_specs_ref(job: dict) -> list[dict]:
     """Like training_pod_specs, but the pod specs inside ``job`` itself (for mutation)."""
     if job["kind"] == "PyTorchJob":
         return [r["template"]["spec"] for r in job["spec"]["pytorchReplicaSpecs"].values()]
-    return [rj["template"]["spec"]["template"]["spec"] for p in job["spec"]["runtimePatches"]
-            for rj in p["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]]
+    return [
+        rj["template"]["spec"]["template"]["spec"]
+        for p in job["spec"]["runtimePatches"]
+        for rj in p["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+    ]
 
 
 def admission_problems(objects: list[dict], jobs: dict[str, dict]) -> list[str]:
     """The policy admits ganforge's jobs, denies every violation, covers both kinds, and is bound here."""
     policies = [o for o in objects if o.get("kind") == "ValidatingAdmissionPolicy"]
-    policy = next((p for p in policies if any(
-        "pytorchjobs" in r.get("resources", []) for r in p["spec"].get("matchConstraints", {}).get("resourceRules", []))), None)
+    policy = next(
+        (
+            p
+            for p in policies
+            if any(
+                "pytorchjobs" in r.get("resources", [])
+                for r in p["spec"].get("matchConstraints", {}).get("resourceRules", [])
+            )
+        ),
+        None,
+    )
     if policy is None:
-        return ["no ValidatingAdmissionPolicy matches pytorchjobs: the runner could create jobs whose pods read any Secret"]
+        return [
+            "no ValidatingAdmissionPolicy matches pytorchjobs: the runner could create jobs whose pods read any Secret"
+        ]
     where = object_name(policy)
     problems = []
     rules = policy["spec"]["matchConstraints"]["resourceRules"]
     for group, resource in (("kubeflow.org", "pytorchjobs"), ("trainer.kubeflow.org", "trainjobs")):
-        if not any(group in r["apiGroups"] and resource in r["resources"] and {"CREATE", "UPDATE"} <= set(r["operations"])
-                   for r in rules):
+        if not any(
+            group in r["apiGroups"] and resource in r["resources"] and {"CREATE", "UPDATE"} <= set(r["operations"])
+            for r in rules
+        ):
             problems.append(f"{where}: does not match CREATE and UPDATE of {resource}.{group}")
     if policy["spec"].get("failurePolicy", "Fail") != "Fail":
         problems.append(f"{where}: failurePolicy must be Fail (an evaluation error must deny)")
     if "metadata" in policy and policy["metadata"].get("namespace"):
         problems.append(f"{where}: is cluster-scoped and must have no namespace")
-    bindings = [o for o in objects if o.get("kind") == "ValidatingAdmissionPolicyBinding"
-                and o["spec"].get("policyName") == policy["metadata"]["name"]]
-    if not any("Deny" in b["spec"].get("validationActions", []) and
-               (b["spec"].get("matchResources", {}).get("namespaceSelector", {}).get("matchLabels") or {}).get(
-                   "kubernetes.io/metadata.name") == NAMESPACE for b in bindings):
+    bindings = [
+        o
+        for o in objects
+        if o.get("kind") == "ValidatingAdmissionPolicyBinding"
+        and o["spec"].get("policyName") == policy["metadata"]["name"]
+    ]
+    if not any(
+        "Deny" in b["spec"].get("validationActions", [])
+        and (b["spec"].get("matchResources", {}).get("namespaceSelector", {}).get("matchLabels") or {}).get(
+            "kubernetes.io/metadata.name"
+        )
+        == NAMESPACE
+        for b in bindings
+    ):
         problems.append(f"{where}: no binding with validationActions Deny for namespace {NAMESPACE}")
     for engine, job in jobs.items():
         for message in admission_denials(policy, job):
@@ -805,6 +919,7 @@ def admission_problems(objects: list[dict], jobs: dict[str, dict]) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------
 # Network: a NetworkPolicy evaluator (same-cluster pods and IP addresses, TCP/UDP ports).
+
 
 @dataclass(frozen=True)
 class Endpoint:
@@ -826,8 +941,12 @@ def _selects(selector: dict | None, labels: dict) -> bool:
         return False
     for e in selector.get("matchExpressions") or []:
         key, op, values = e["key"], e["operator"], e.get("values") or []
-        if (op == "In" and labels.get(key) not in values) or (op == "NotIn" and key in labels and labels[key] in values) \
-                or (op == "Exists" and key not in labels) or (op == "DoesNotExist" and key in labels):
+        if (
+            (op == "In" and labels.get(key) not in values)
+            or (op == "NotIn" and key in labels and labels[key] in values)
+            or (op == "Exists" and key not in labels)
+            or (op == "DoesNotExist" and key in labels)
+        ):
             return False
     return True
 
@@ -839,7 +958,8 @@ def _peer_matches(peer: dict, other: Endpoint, policy_ns: str) -> bool:
         ip = ipaddress.ip_address(other.ip)
         block = peer["ipBlock"]
         return ip in ipaddress.ip_network(block["cidr"]) and not any(
-            ip in ipaddress.ip_network(e) for e in block.get("except") or [])
+            ip in ipaddress.ip_network(e) for e in block.get("except") or []
+        )
     if other.ip:
         return False
     ns_labels = {"kubernetes.io/metadata.name": other.namespace}
@@ -864,31 +984,39 @@ def _port_matches(ports: list | None, port: int, protocol: str) -> bool:
     return False
 
 
-def _direction_allows(policies: list[dict], subject: Endpoint, other: Endpoint, port: int, protocol: str,
-                      direction: str) -> bool:
+def _direction_allows(
+    policies: list[dict], subject: Endpoint, other: Endpoint, port: int, protocol: str, direction: str
+) -> bool:
     """Whether the policies selecting ``subject`` (in its namespace) allow this direction of traffic."""
     if subject.ip or subject.namespace != NAMESPACE:
         return True  # not governed by ganforge's policies
     key, peer_key = ("ingress", "from") if direction == "Ingress" else ("egress", "to")
-    selecting = [p for p in policies if direction in p["spec"].get("policyTypes", ["Ingress"])
-                 and _selects(p["spec"].get("podSelector") or {}, dict(subject.labels))]
+    selecting = [
+        p
+        for p in policies
+        if direction in p["spec"].get("policyTypes", ["Ingress"])
+        and _selects(p["spec"].get("podSelector") or {}, dict(subject.labels))
+    ]
     if not selecting:
         return True
     for policy in selecting:
         for rule in policy["spec"].get(key) or []:
             peers = rule.get(peer_key)
-            if (not peers or any(_peer_matches(peer, other, NAMESPACE) for peer in peers)) and \
-                    _port_matches(rule.get("ports"), port, protocol):
+            if (not peers or any(_peer_matches(peer, other, NAMESPACE) for peer in peers)) and _port_matches(
+                rule.get("ports"), port, protocol
+            ):
                 return True
     return False
 
 
-def connection_allowed(objects: list[dict], source: Endpoint, destination: Endpoint, port: int,
-                       protocol: str = "TCP") -> bool:
+def connection_allowed(
+    objects: list[dict], source: Endpoint, destination: Endpoint, port: int, protocol: str = "TCP"
+) -> bool:
     """Egress of the source and ingress of the destination both allow it (NetworkPolicy semantics)."""
     policies = [o for o in objects if o.get("kind") == "NetworkPolicy"]
-    return (_direction_allows(policies, source, destination, port, protocol, "Egress")
-            and _direction_allows(policies, destination, source, port, protocol, "Ingress"))
+    return _direction_allows(policies, source, destination, port, protocol, "Egress") and _direction_allows(
+        policies, destination, source, port, protocol, "Ingress"
+    )
 
 
 def _template_labels(objects: list[dict], kind: str, name: str) -> dict:
@@ -902,7 +1030,8 @@ def network_endpoints(objects: list[dict], jobs: dict[str, dict]) -> dict[str, E
 
     pytorch_labels = jobs["pytorchjob"]["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["metadata"]["labels"]
     trainjob_labels = jobs["trainjob"]["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"][
-        "replicatedJobs"][0]["template"]["spec"]["template"]["metadata"]["labels"]
+        "replicatedJobs"
+    ][0]["template"]["spec"]["template"]["metadata"]["labels"]
     return {
         "minio": Endpoint.pod(_template_labels(objects, "StatefulSet", "minio")),
         "postgres": Endpoint.pod(_template_labels(objects, "StatefulSet", "postgres")),
@@ -910,8 +1039,9 @@ def network_endpoints(objects: list[dict], jobs: dict[str, dict]) -> dict[str, E
         "bucket-init": Endpoint.pod(_template_labels(objects, "Job", "minio-bucket-init")),
         "mlflow-auth-init": Endpoint.pod(_template_labels(objects, "Job", "mlflow-auth-init")),
         # A KFP v2 task pod: KFP's own label plus the one pipelines/kube.py adds.
-        "kfp-task": Endpoint.pod({"pipelines.kubeflow.org/v2_component": "true",
-                                  STORAGE_CLIENT_LABEL[0]: STORAGE_CLIENT_LABEL[1]}),
+        "kfp-task": Endpoint.pod(
+            {"pipelines.kubeflow.org/v2_component": "true", STORAGE_CLIENT_LABEL[0]: STORAGE_CLIENT_LABEL[1]}
+        ),
         "pytorchjob-pod": Endpoint.pod({**pytorch_labels, "training.kubeflow.org/job-name": "dcgan-abc123"}),
         "trainjob-pod": Endpoint.pod({**trainjob_labels, "jobset.sigs.k8s.io/jobset-name": "dcgan-abc123"}),
         "other-pod": Endpoint.pod({"app": "something-else"}),
@@ -926,43 +1056,72 @@ def network_endpoints(objects: list[dict], jobs: dict[str, dict]) -> dict[str, E
 
 # (source, destination, port, protocol) that must be allowed / must be denied.
 REQUIRED_CONNECTIONS = [
-    *[(pod, "kube-dns", 53, proto) for pod in ("kfp-task", "pytorchjob-pod", "trainjob-pod", "mlflow",
-                                                "bucket-init", "mlflow-auth-init") for proto in ("UDP", "TCP")],
-    ("kfp-task", "minio", 9000, "TCP"), ("kfp-task", "mlflow", 5000, "TCP"),
-    ("kfp-task", "kfp-api", 8887, "TCP"), ("kfp-task", "kfp-metadata", 8080, "TCP"),
-    ("kfp-task", "kube-apiserver", 443, "TCP"), ("kfp-task", "kube-apiserver", 6443, "TCP"),
-    ("pytorchjob-pod", "minio", 9000, "TCP"), ("pytorchjob-pod", "mlflow", 5000, "TCP"),
+    *[
+        (pod, "kube-dns", 53, proto)
+        for pod in ("kfp-task", "pytorchjob-pod", "trainjob-pod", "mlflow", "bucket-init", "mlflow-auth-init")
+        for proto in ("UDP", "TCP")
+    ],
+    ("kfp-task", "minio", 9000, "TCP"),
+    ("kfp-task", "mlflow", 5000, "TCP"),
+    ("kfp-task", "kfp-api", 8887, "TCP"),
+    ("kfp-task", "kfp-metadata", 8080, "TCP"),
+    ("kfp-task", "kube-apiserver", 443, "TCP"),
+    ("kfp-task", "kube-apiserver", 6443, "TCP"),
+    ("pytorchjob-pod", "minio", 9000, "TCP"),
+    ("pytorchjob-pod", "mlflow", 5000, "TCP"),
     ("pytorchjob-pod", "pytorchjob-pod", 23456, "TCP"),
-    ("trainjob-pod", "minio", 9000, "TCP"), ("trainjob-pod", "mlflow", 5000, "TCP"),
+    ("trainjob-pod", "minio", 9000, "TCP"),
+    ("trainjob-pod", "mlflow", 5000, "TCP"),
     ("trainjob-pod", "trainjob-pod", 29400, "TCP"),
-    ("mlflow", "postgres", 5432, "TCP"), ("mlflow", "minio", 9000, "TCP"),
-    ("bucket-init", "minio", 9000, "TCP"), ("mlflow-auth-init", "mlflow", 5000, "TCP"),
+    ("mlflow", "postgres", 5432, "TCP"),
+    ("mlflow", "minio", 9000, "TCP"),
+    ("bucket-init", "minio", 9000, "TCP"),
+    ("mlflow-auth-init", "mlflow", 5000, "TCP"),
 ]
 FORBIDDEN_CONNECTIONS = [
-    ("kfp-task", "postgres", 5432, "TCP"), ("pytorchjob-pod", "postgres", 5432, "TCP"),
-    ("trainjob-pod", "postgres", 5432, "TCP"), ("bucket-init", "postgres", 5432, "TCP"),
-    ("mlflow-auth-init", "postgres", 5432, "TCP"), ("mlflow-auth-init", "minio", 9000, "TCP"),
-    ("other-pod", "minio", 9000, "TCP"), ("other-pod", "mlflow", 5000, "TCP"), ("other-pod", "postgres", 5432, "TCP"),
-    ("other-pod", "internet", 443, "TCP"), ("other-pod", "kube-dns", 5353, "UDP"),
-    ("other-namespace-pod", "minio", 9000, "TCP"), ("other-namespace-pod", "mlflow", 5000, "TCP"),
+    ("kfp-task", "postgres", 5432, "TCP"),
+    ("pytorchjob-pod", "postgres", 5432, "TCP"),
+    ("trainjob-pod", "postgres", 5432, "TCP"),
+    ("bucket-init", "postgres", 5432, "TCP"),
+    ("mlflow-auth-init", "postgres", 5432, "TCP"),
+    ("mlflow-auth-init", "minio", 9000, "TCP"),
+    ("other-pod", "minio", 9000, "TCP"),
+    ("other-pod", "mlflow", 5000, "TCP"),
+    ("other-pod", "postgres", 5432, "TCP"),
+    ("other-pod", "internet", 443, "TCP"),
+    ("other-pod", "kube-dns", 5353, "UDP"),
+    ("other-namespace-pod", "minio", 9000, "TCP"),
+    ("other-namespace-pod", "mlflow", 5000, "TCP"),
     ("other-namespace-pod", "postgres", 5432, "TCP"),
-    ("pytorchjob-pod", "internet", 443, "TCP"), ("pytorchjob-pod", "kube-apiserver", 443, "TCP"),
-    ("trainjob-pod", "kube-apiserver", 6443, "TCP"), ("kfp-task", "internet", 80, "TCP"),
+    ("pytorchjob-pod", "internet", 443, "TCP"),
+    ("pytorchjob-pod", "kube-apiserver", 443, "TCP"),
+    ("trainjob-pod", "kube-apiserver", 6443, "TCP"),
+    ("kfp-task", "internet", 80, "TCP"),
     ("kfp-task", "pytorchjob-pod", 23456, "TCP"),
-    ("minio", "internet", 443, "TCP"), ("postgres", "internet", 443, "TCP"), ("mlflow", "internet", 443, "TCP"),
-    ("minio", "mlflow", 5000, "TCP"), ("postgres", "minio", 9000, "TCP"),
-    ("mlflow", "kube-apiserver", 443, "TCP"), ("bucket-init", "kube-apiserver", 443, "TCP"),
+    ("minio", "internet", 443, "TCP"),
+    ("postgres", "internet", 443, "TCP"),
+    ("mlflow", "internet", 443, "TCP"),
+    ("minio", "mlflow", 5000, "TCP"),
+    ("postgres", "minio", 9000, "TCP"),
+    ("mlflow", "kube-apiserver", 443, "TCP"),
+    ("bucket-init", "kube-apiserver", 443, "TCP"),
     # Nothing listens in task pods; only the default deny closes them to other namespaces.
-    ("other-namespace-pod", "kfp-task", 8080, "TCP"), ("other-namespace-pod", "mlflow-auth-init", 8080, "TCP"),
+    ("other-namespace-pod", "kfp-task", 8080, "TCP"),
+    ("other-namespace-pod", "mlflow-auth-init", 8080, "TCP"),
 ]
 
 
 def network_problems(objects: list[dict], jobs: dict[str, dict]) -> list[str]:
     """Default deny in both directions, each needed connection allowed, the others denied."""
     problems = []
-    if not any(o.get("kind") == "NetworkPolicy" and o["spec"].get("podSelector") in ({}, None)
-               and {"Ingress", "Egress"} <= set(o["spec"].get("policyTypes") or [])
-               and not o["spec"].get("ingress") and not o["spec"].get("egress") for o in objects):
+    if not any(
+        o.get("kind") == "NetworkPolicy"
+        and o["spec"].get("podSelector") in ({}, None)
+        and {"Ingress", "Egress"} <= set(o["spec"].get("policyTypes") or [])
+        and not o["spec"].get("ingress")
+        and not o["spec"].get("egress")
+        for o in objects
+    ):
         problems.append("no default-deny NetworkPolicy (podSelector {}, policyTypes Ingress and Egress, no rules)")
     endpoints = network_endpoints(objects, jobs)
     for src, dst, port, proto in REQUIRED_CONNECTIONS:

@@ -1,4 +1,5 @@
 """Shared fixtures: tiny real datasets, an isolated GANFORGE_HOME, the Inception weights."""
+
 from __future__ import annotations
 
 import os

@@ -3,6 +3,7 @@
 Rank 0 writes a JSON report: the logged (step, loss_d, loss_g) curve and the largest
 difference between any rank's parameters and rank 0's.
 """
+
 import json
 import sys
 
@@ -16,8 +17,9 @@ cfg = PipelineConfig.from_json(open(sys.argv[1]).read())
 data_dir, out_dir, report = sys.argv[2], sys.argv[3], sys.argv[4]
 info = init_distributed()
 curve = []
-result = train(cfg, data_dir, out_dir, on_metrics=lambda step, m: curve.append([step, m["loss_d"], m["loss_g"]]),
-               dist_info=info)
+result = train(
+    cfg, data_dir, out_dir, on_metrics=lambda step, m: curve.append([step, m["loss_d"], m["loss_g"]]), dist_info=info
+)
 flat = torch.cat([p.detach().flatten() for name in ("G", "D", "G_ema") for p in result.models[name].parameters()])
 gathered = [flat]
 if info.world_size > 1:

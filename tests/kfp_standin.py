@@ -20,6 +20,7 @@ With ``token`` set, a request without ``Authorization: Bearer <token>`` gets 401
 dashboard. Errors use the grpc-gateway body shape ``{"code", "message"}``. JSON field names follow
 kfp_server_api's ``attribute_map`` (the wire names the real server uses).
 """
+
 from __future__ import annotations
 
 import json
@@ -63,8 +64,7 @@ def _display_name_filter(raw: str | None) -> str | None:
 class KFPStandin:
     """Start with ``with KFPStandin() as kfp_api: …``; ``kfp_api.url`` is the endpoint."""
 
-    def __init__(self, token: str | None = None, prefix: str = "", page_size_cap: int = 2,
-                 login_page: bool = False):
+    def __init__(self, token: str | None = None, prefix: str = "", page_size_cap: int = 2, login_page: bool = False):
         self.token = token
         # Answer everything with an HTML page, as an auth proxy (Dex, oauth2-proxy) does for anonymous calls.
         self.login_page = login_page
@@ -93,8 +93,11 @@ class KFPStandin:
 
     def calls(self, method: str, path_pattern: str) -> list[Request]:
         """Recorded requests with this method whose path matches the regex (prefix stripped)."""
-        return [r for r in self.requests if r.method == method
-                and re.fullmatch(path_pattern, r.path[len(self.prefix):] if self.prefix else r.path)]
+        return [
+            r
+            for r in self.requests
+            if r.method == method and re.fullmatch(path_pattern, r.path[len(self.prefix) :] if self.prefix else r.path)
+        ]
 
     def _route(self, method: str, path: str, query: dict[str, str], body: dict | None) -> tuple[int, dict]:
         s = self.state
@@ -106,8 +109,12 @@ class KFPStandin:
                 found = [e for e in s.experiments.values() if wanted is None or e["display_name"] == wanted]
                 return 200, {"experiments": found, "total_size": len(found)} if found else {}
             if method == "POST":
-                experiment = {**body, "experiment_id": str(uuid.uuid4()), "created_at": _TS,
-                              "storage_state": "AVAILABLE"}
+                experiment = {
+                    **body,
+                    "experiment_id": str(uuid.uuid4()),
+                    "created_at": _TS,
+                    "storage_state": "AVAILABLE",
+                }
                 s.experiments[experiment["experiment_id"]] = experiment
                 return 200, experiment
         if method == "POST" and path == "/apis/v2beta1/runs":
@@ -137,14 +144,21 @@ class KFPStandin:
 
     def _page(self, query: dict[str, str]) -> dict:
         experiment_id = query.get("experiment_id")
-        runs = [r for r in self.state.recurring_runs.values()
-                if experiment_id is None or r.get("experiment_id") == experiment_id]
+        runs = [
+            r
+            for r in self.state.recurring_runs.values()
+            if experiment_id is None or r.get("experiment_id") == experiment_id
+        ]
         start = int(query.get("page_token") or 0)
         size = min(int(query.get("page_size") or 10), self.page_size_cap)
-        page = runs[start:start + size]
+        page = runs[start : start + size]
         more = start + size < len(runs)
         # "recurringRuns" is the wire name (proto json_name, kfp_server_api's attribute_map), unlike its siblings
-        return {"recurringRuns": page, "total_size": len(runs), **({"next_page_token": str(start + size)} if more else {})}
+        return {
+            "recurringRuns": page,
+            "total_size": len(runs),
+            **({"next_page_token": str(start + size)} if more else {}),
+        }
 
     def _handle(self, handler: BaseHTTPRequestHandler) -> None:
         url = urlparse(handler.path)
@@ -153,13 +167,15 @@ class KFPStandin:
         body = json.loads(raw) if raw else None
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         with self._lock:
-            self.requests.append(Request(handler.command, url.path, query, {k.lower(): v for k, v in handler.headers.items()}, body))
+            self.requests.append(
+                Request(handler.command, url.path, query, {k.lower(): v for k, v in handler.headers.items()}, body)
+            )
             if self.token and handler.headers.get("Authorization") != f"Bearer {self.token}":
                 status, payload = 401, {"code": 16, "message": "Unauthenticated: missing or invalid bearer token"}
             elif not url.path.startswith(self.prefix + "/apis/"):
                 status, payload = 404, {"code": 5, "message": f"404 page not found: {url.path}"}
             else:
-                status, payload = self._route(handler.command, url.path[len(self.prefix):], query, body)
+                status, payload = self._route(handler.command, url.path[len(self.prefix) :], query, body)
         data, content_type = json.dumps(payload).encode(), "application/json"
         if self.login_page:
             status, data, content_type = 200, b"<!DOCTYPE html><html><body>Log in</body></html>", "text/html"

@@ -19,6 +19,7 @@ status from their exit codes.
 Run as a module (``python -m kube_standin``, e.g. as torchrun's worker) it stands in for
 ``ganforge.cli`` instead: each rank records its RANK/WORLD_SIZE, argv and config file to $PROBE_OUT.
 """
+
 from __future__ import annotations
 
 import json
@@ -56,8 +57,13 @@ class Recorded:
 
 
 def _condition(ctype: str, reason: str = "", message: str = "") -> dict:
-    return {"type": ctype, "status": "True", "reason": reason or ctype, "message": message or ctype,
-            "lastTransitionTime": _TS}
+    return {
+        "type": ctype,
+        "status": "True",
+        "reason": reason or ctype,
+        "message": message or ctype,
+        "lastTransitionTime": _TS,
+    }
 
 
 def _pytorchjob_status(phases_so_far: list[str], sc: Scenario) -> dict:
@@ -74,8 +80,16 @@ def _pytorchjob_status(phases_so_far: list[str], sc: Scenario) -> dict:
 
 
 def _trainjob_status(phase: str, sc: Scenario) -> dict:
-    jobs = [{"name": "node", "active": int(phase == "Running"), "ready": int(phase == "Running"),
-             "succeeded": int(phase == "Succeeded"), "failed": int(phase == "Failed"), "suspended": 0}]
+    jobs = [
+        {
+            "name": "node",
+            "active": int(phase == "Running"),
+            "ready": int(phase == "Running"),
+            "succeeded": int(phase == "Succeeded"),
+            "failed": int(phase == "Failed"),
+            "suspended": 0,
+        }
+    ]
     conds = []
     if phase == "Succeeded":
         conds.append(_condition("Complete", "JobsCompleted", "jobs completed"))
@@ -94,8 +108,13 @@ def _pods_for(obj: dict) -> list[dict]:
     else:
         label = "jobset.sigs.k8s.io/jobset-name"
         names = [f"{name}-node-0-{i}" for i in range(obj["spec"]["trainer"].get("numNodes", 1))]
-    return [{"metadata": {"name": n, "namespace": obj["metadata"]["namespace"], "labels": {label: name}},
-             "status": {"phase": "Running"}} for n in names]
+    return [
+        {
+            "metadata": {"name": n, "namespace": obj["metadata"]["namespace"], "labels": {label: name}},
+            "status": {"phase": "Running"},
+        }
+        for n in names
+    ]
 
 
 class KubeStandin:
@@ -156,8 +175,17 @@ class KubeStandin:
                 self.wfile.write(data)
 
             def _status(self, code: int, reason: str, message: str) -> None:
-                self._send(code, {"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                                  "reason": reason, "message": message, "code": code})
+                self._send(
+                    code,
+                    {
+                        "kind": "Status",
+                        "apiVersion": "v1",
+                        "status": "Failure",
+                        "reason": reason,
+                        "message": message,
+                        "code": code,
+                    },
+                )
 
             def _route(self):
                 url = urlparse(self.path)
@@ -187,8 +215,12 @@ class KubeStandin:
                     selector = query.get("labelSelector", [""])[0]
                     standin.recorded.pod_selectors.append(selector)
                     wanted = dict(kv.split("=", 1) for kv in selector.split(",") if kv)
-                    items = [p for p in standin.pods if p["metadata"]["namespace"] == parts[3]
-                             and all(p["metadata"]["labels"].get(k) == v for k, v in wanted.items())]
+                    items = [
+                        p
+                        for p in standin.pods
+                        if p["metadata"]["namespace"] == parts[3]
+                        and all(p["metadata"]["labels"].get(k) == v for k, v in wanted.items())
+                    ]
                     return self._send(200, {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items})
                 if parts[:2] == ["api", "v1"] and len(parts) == 7 and parts[6] == "log":
                     tail = int(query.get("tailLines", ["0"])[0]) or None
@@ -221,7 +253,6 @@ class KubeStandin:
         return Handler
 
 
-
 @dataclass
 class _Pod:
     name: str
@@ -249,17 +280,38 @@ def _node_containers(obj: dict) -> list[tuple[dict, dict]]:
     if obj["kind"] == "TrainJob":
         trainer = obj["spec"]["trainer"]
         n = trainer.get("numNodes", 1)
-        return [(trainer, {"PET_NNODES": str(n), "PET_NPROC_PER_NODE": str(trainer.get("numProcPerNode", 1)),
-                           "PET_NODE_RANK": str(i), "PET_MASTER_ADDR": "127.0.0.1", "PET_MASTER_PORT": port})
-                for i in range(n)]
+        return [
+            (
+                trainer,
+                {
+                    "PET_NNODES": str(n),
+                    "PET_NPROC_PER_NODE": str(trainer.get("numProcPerNode", 1)),
+                    "PET_NODE_RANK": str(i),
+                    "PET_MASTER_ADDR": "127.0.0.1",
+                    "PET_MASTER_PORT": port,
+                },
+            )
+            for i in range(n)
+        ]
     containers = []
     for rs in obj["spec"]["pytorchReplicaSpecs"].values():
         containers += [rs["template"]["spec"]["containers"][0]] * rs.get("replicas", 1)
     n = len(containers)
-    return [(c, {"PET_NNODES": str(n), "PET_NPROC_PER_NODE": str(obj["spec"].get("nprocPerNode", "1")),
-                 "PET_NODE_RANK": str(i), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port,
-                 "WORLD_SIZE": str(n), "RANK": str(i)})
-            for i, c in enumerate(containers)]
+    return [
+        (
+            c,
+            {
+                "PET_NNODES": str(n),
+                "PET_NPROC_PER_NODE": str(obj["spec"].get("nprocPerNode", "1")),
+                "PET_NODE_RANK": str(i),
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": port,
+                "WORLD_SIZE": str(n),
+                "RANK": str(i),
+            },
+        )
+        for i, c in enumerate(containers)
+    ]
 
 
 class ExecutingKubeStandin(KubeStandin):
@@ -279,8 +331,12 @@ class ExecutingKubeStandin(KubeStandin):
     here share one /tmp. The pod environment does not inherit the test process's.
     """
 
-    def __init__(self, workdir: str | Path, secrets: dict[str, dict[str, str]] | None = None,
-                 base_env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        workdir: str | Path,
+        secrets: dict[str, dict[str, str]] | None = None,
+        base_env: dict[str, str] | None = None,
+    ):
         super().__init__(Scenario(phases=["Created"]))
         self.workdir = Path(workdir)
         self.secrets = secrets or {}
@@ -319,20 +375,30 @@ class ExecutingKubeStandin(KubeStandin):
         if pod.start_error:
             pod.log.write_text(pod.start_error + "\n")
             return pod
-        env = {**self.base_env, "HOME": str(pod_dir / "home"), "TMPDIR": str(pod_dir / "tmp"),
-               "GANFORGE_CACHE": str(pod_dir / "cache"), **env, **engine_env}
-        command = [arg.replace(CONFIG_PATH_IN_POD, str(pod_dir / "ganforge-config.json"))
-                   for arg in container["command"]]
+        env = {
+            **self.base_env,
+            "HOME": str(pod_dir / "home"),
+            "TMPDIR": str(pod_dir / "tmp"),
+            "GANFORGE_CACHE": str(pod_dir / "cache"),
+            **env,
+            **engine_env,
+        }
+        command = [
+            arg.replace(CONFIG_PATH_IN_POD, str(pod_dir / "ganforge-config.json")) for arg in container["command"]
+        ]
         with open(pod.log, "wb") as log:
-            pod.process = subprocess.Popen(command, env=env, cwd=pod_dir, stdout=log, stderr=subprocess.STDOUT,
-                                           start_new_session=True)
+            pod.process = subprocess.Popen(
+                command, env=env, cwd=pod_dir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         return pod
 
     def _created(self, obj: dict) -> None:
         name, namespace = obj["metadata"]["name"], obj["metadata"]["namespace"]
         pod_names = [p["metadata"]["name"] for p in _pods_for(obj)]
-        self.jobs[name] = [self._start_pod(pod, container, engine_env, namespace)
-                           for pod, (container, engine_env) in zip(pod_names, _node_containers(obj))]
+        self.jobs[name] = [
+            self._start_pod(pod, container, engine_env, namespace)
+            for pod, (container, engine_env) in zip(pod_names, _node_containers(obj))
+        ]
 
     def _stop(self, name: str) -> None:
         for pod in self.jobs.pop(name, []):
@@ -353,8 +419,11 @@ class ExecutingKubeStandin(KubeStandin):
     def _status_after_get(self, key: tuple, obj: dict) -> dict:
         pods = self.jobs.get(key[-1], [])
         failed = [f"pod {p.name}: {p.start_error}" for p in pods if p.start_error]
-        failed += [f"pod {p.name} exited with code {p.process.returncode}" for p in pods
-                   if p.process is not None and p.process.poll() not in (None, 0)]
+        failed += [
+            f"pod {p.name} exited with code {p.process.returncode}"
+            for p in pods
+            if p.process is not None and p.process.poll() not in (None, 0)
+        ]
         if failed:
             phase, reason = "Failed", "CreateContainerConfigError" if any(p.start_error for p in pods) else "Error"
         elif all(p.process is not None and p.process.poll() == 0 for p in pods):

@@ -9,6 +9,7 @@ bound to 127.0.0.1 on a free port.
 
 ``shared_mlflow_server()`` gives one server per test process, for modules to share.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -44,9 +45,22 @@ def is_healthy(uri: str) -> bool:
 
 
 def server_command(port: int, backend_store_uri: str, artifacts_destination: str) -> list[str]:
-    return [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-            "--backend-store-uri", backend_store_uri, "--artifacts-destination", artifacts_destination,
-            "--workers", "1"]
+    return [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--backend-store-uri",
+        backend_store_uri,
+        "--artifacts-destination",
+        artifacts_destination,
+        "--workers",
+        "1",
+    ]
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -62,8 +76,9 @@ def stop(process: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
-def mlflow_server(workdir: str | os.PathLike, artifacts_destination: str | None = None,
-                  env: Mapping[str, str] | None = None) -> Iterator[str]:
+def mlflow_server(
+    workdir: str | os.PathLike, artifacts_destination: str | None = None, env: Mapping[str, str] | None = None
+) -> Iterator[str]:
     """Start ``mlflow server`` with state under ``workdir``; yield its http URI; stop it.
 
     ``artifacts_destination`` defaults to ``workdir/artifacts`` (served by the server, so
@@ -78,18 +93,26 @@ def mlflow_server(workdir: str | os.PathLike, artifacts_destination: str | None 
     server_env = {**os.environ, **(env or {})}
     server_env.pop("MLFLOW_TRACKING_URI", None)
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(server_command(port, f"sqlite:///{workdir / 'mlflow.db'}", destination),
-                                   stdout=log, stderr=subprocess.STDOUT, env=server_env, cwd=workdir,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            server_command(port, f"sqlite:///{workdir / 'mlflow.db'}", destination),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=server_env,
+            cwd=workdir,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while not is_healthy(uri):
             if process.poll() is not None:
-                raise RuntimeError(f"mlflow server exited with {process.returncode}:\n"
-                                   f"{log_path.read_text(errors='replace')[-3000:]}")
+                raise RuntimeError(
+                    f"mlflow server exited with {process.returncode}:\n{log_path.read_text(errors='replace')[-3000:]}"
+                )
             if time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server not healthy at {uri} after {STARTUP_TIMEOUT_S:.0f}s:\n"
-                                   f"{log_path.read_text(errors='replace')[-3000:]}")
+                raise RuntimeError(
+                    f"mlflow server not healthy at {uri} after {STARTUP_TIMEOUT_S:.0f}s:\n"
+                    f"{log_path.read_text(errors='replace')[-3000:]}"
+                )
             time.sleep(0.25)
         yield uri
     finally:

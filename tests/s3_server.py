@@ -16,6 +16,7 @@ started by the test (``mlflow server``, kfp.local) inherit them.
 ``flaky_http_proxy`` sits in front of an endpoint and answers the first N requests with an
 error status, for testing retries against a real socket.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -82,9 +83,13 @@ class S3Server:
 
     def client(self, service: str = "s3"):
         """A boto3 client for this server with its keys, independent of the environment."""
-        return boto3.client(service, endpoint_url=self.endpoint_url, region_name=self.region,
-                            aws_access_key_id=self.access_key_id,
-                            aws_secret_access_key=self.secret_access_key)
+        return boto3.client(
+            service,
+            endpoint_url=self.endpoint_url,
+            region_name=self.region,
+            aws_access_key_id=self.access_key_id,
+            aws_secret_access_key=self.secret_access_key,
+        )
 
 
 # Variables that would override or confuse the ones S3Server.env() sets.
@@ -124,26 +129,34 @@ def _enable_authentication(server: S3Server) -> S3Server:
     """
     iam = server.client("iam")
     iam.create_user(UserName="ganforge-test")
-    iam.put_user_policy(UserName="ganforge-test", PolicyName="s3-all", PolicyDocument=(
-        '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}'))
+    iam.put_user_policy(
+        UserName="ganforge-test",
+        PolicyName="s3-all",
+        PolicyDocument=(
+            '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}'
+        ),
+    )
     key = iam.create_access_key(UserName="ganforge-test")["AccessKey"]
-    request = urllib.request.Request(f"{server.endpoint_url}/moto-api/reset-auth", data=b"0", method="POST",
-                                     headers={"Content-Type": "text/plain"})
+    request = urllib.request.Request(
+        f"{server.endpoint_url}/moto-api/reset-auth", data=b"0", method="POST", headers={"Content-Type": "text/plain"}
+    )
     with urllib.request.urlopen(request, timeout=5):
         pass
     return S3Server(server.endpoint_url, server.bucket, key["AccessKeyId"], key["SecretAccessKey"], server.region)
 
 
 @contextlib.contextmanager
-def moto_s3_server(bucket: str = "ganforge-test", *, validate_credentials: bool = False,
-                   start_timeout_s: float = 30.0) -> Iterator[S3Server]:
+def moto_s3_server(
+    bucket: str = "ganforge-test", *, validate_credentials: bool = False, start_timeout_s: float = 30.0
+) -> Iterator[S3Server]:
     """Start moto's S3 server in a child process, create ``bucket``, stop it on exit.
 
     With ``validate_credentials`` the server checks keys (the yielded keys are valid ones).
     """
     with tempfile.TemporaryFile() as stderr:
-        process = subprocess.Popen([sys.executable, "-c", _CHILD], stdin=subprocess.PIPE,
-                                   stdout=subprocess.PIPE, stderr=stderr, text=True)
+        process = subprocess.Popen(
+            [sys.executable, "-c", _CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True
+        )
         try:
             try:
                 port = _read_port(process, start_timeout_s)
@@ -183,13 +196,20 @@ def s3_environment(server: S3Server) -> Iterator[S3Server]:
                 os.environ[name] = value
 
 
-def s3_fixtures(server_name: str = "moto_server", env_name: str = "s3", *, scope: str = "module",
-                bucket: str = "ganforge-test", validate_credentials: bool = False) -> tuple[Callable, Callable]:
+def s3_fixtures(
+    server_name: str = "moto_server",
+    env_name: str = "s3",
+    *,
+    scope: str = "module",
+    bucket: str = "ganforge-test",
+    validate_credentials: bool = False,
+) -> tuple[Callable, Callable]:
     """Two pytest fixtures: the server (``scope``) and a function-scoped one that also sets the env.
 
     Assign both to module globals under the same names, e.g.
     ``moto_server, s3 = s3_fixtures()``.
     """
+
     @pytest.fixture(scope=scope, name=server_name)
     def server_fixture() -> Iterator[S3Server]:
         with moto_s3_server(bucket, validate_credentials=validate_credentials) as server:
@@ -217,9 +237,14 @@ class FlakyProxy:
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade"}
 
 
-def _make_proxy_handler(state: FlakyProxy, upstream: urllib.parse.SplitResult, fail_first: int,
-                        status: int, error_code: str,
-                        fail_path: str | None = None) -> type[http.server.BaseHTTPRequestHandler]:
+def _make_proxy_handler(
+    state: FlakyProxy,
+    upstream: urllib.parse.SplitResult,
+    fail_first: int,
+    status: int,
+    error_code: str,
+    fail_path: str | None = None,
+) -> type[http.server.BaseHTTPRequestHandler]:
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -233,8 +258,10 @@ def _make_proxy_handler(state: FlakyProxy, upstream: urllib.parse.SplitResult, f
                 fail = state.requests <= fail_first or (fail_path is not None and fail_path in self.path)
                 state.failures_served += fail
             if fail:
-                payload = (f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{error_code}</Code>"
-                           "<Message>flaky proxy says try again</Message></Error>").encode()
+                payload = (
+                    f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{error_code}</Code>"
+                    "<Message>flaky proxy says try again</Message></Error>"
+                ).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/xml")
                 self.send_header("Content-Length", str(len(payload)))
@@ -265,9 +292,15 @@ def _make_proxy_handler(state: FlakyProxy, upstream: urllib.parse.SplitResult, f
 
 
 @contextlib.contextmanager
-def flaky_http_proxy(upstream_url: str, *, fail_first: int, status: int = 503,
-                     error_code: str = "ServiceUnavailable", port: int = 0,
-                     fail_path: str | None = None) -> Iterator[FlakyProxy]:
+def flaky_http_proxy(
+    upstream_url: str,
+    *,
+    fail_first: int,
+    status: int = 503,
+    error_code: str = "ServiceUnavailable",
+    port: int = 0,
+    fail_path: str | None = None,
+) -> Iterator[FlakyProxy]:
     """An HTTP proxy on 127.0.0.1 that answers the first ``fail_first`` requests with ``status``,
     and every request whose path contains ``fail_path`` (an object whose upload always fails).
 

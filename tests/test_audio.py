@@ -84,12 +84,15 @@ def test_unlabelled_wavs_give_no_labels_file(tmp_path):
     assert manifest["class_histogram"] is None
 
 
-@pytest.mark.parametrize("name, content, problem", [
-    ("two_notes.wav", b"these are not audio samples", "not a readable WAV"),
-    ("four_empty.wav", b"", "not a readable WAV"),
-    ("five_silent.wav", np.zeros(8000), "silent"),
-    ("six_zero_length.wav", np.zeros(0), "zero length"),
-])
+@pytest.mark.parametrize(
+    "name, content, problem",
+    [
+        ("two_notes.wav", b"these are not audio samples", "not a readable WAV"),
+        ("four_empty.wav", b"", "not a readable WAV"),
+        ("five_silent.wav", np.zeros(8000), "silent"),
+        ("six_zero_length.wav", np.zeros(0), "zero length"),
+    ],
+)
 def test_bad_wav_files_raise_data_error_naming_the_file(tmp_path, name, content, problem):
     src = tmp_path / "wavs"
     write_wav(src / "one_ok.wav", tone_burst(16000), 16000)
@@ -155,7 +158,7 @@ def test_sc09_evaluation_scores_real_speech_high_and_noise_low(sc09, tmp_path):
     print(f"accuracy on the speaker-disjoint test split: {test_accuracy:.3f}")
     assert test_accuracy > 0.6
 
-    cached_file, = cache.iterdir()
+    (cached_file,) = cache.iterdir()
     written = cached_file.stat().st_mtime_ns
     noise = np.random.default_rng(0).uniform(-0.5, 0.5, (100, 1, LENGTH)).astype(np.float32)
     started = time.perf_counter()

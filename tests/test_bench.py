@@ -1,4 +1,5 @@
 """The benchmark runner's machinery and report schema; never its speed (speed lives in `make bench`)."""
+
 from __future__ import annotations
 
 import json
@@ -22,9 +23,23 @@ QUICK_METRICS = ["train_img_per_s", "train_vs_naive"]
 def quick_report(tmp_path_factory) -> tuple[subprocess.CompletedProcess, dict]:
     tmp = tmp_path_factory.mktemp("bench")
     out = tmp / "bench.json"
-    done = subprocess.run([sys.executable, str(RUN), "--quick", "--only", ",".join(QUICK_METRICS),
-                           "--out", str(out), "--work-dir", str(tmp / "work")],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(RUN),
+            "--quick",
+            "--only",
+            ",".join(QUICK_METRICS),
+            "--out",
+            str(out),
+            "--work-dir",
+            str(tmp / "work"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     return done, json.loads(out.read_text())
 
@@ -66,8 +81,9 @@ def test_quick_run_prints_a_table_with_value_target_and_status(quick_report):
 
 
 def test_unknown_metric_is_refused_naming_the_valid_ones():
-    done = subprocess.run([sys.executable, str(RUN), "--only", "train_speed"], capture_output=True, text=True,
-                          timeout=120, cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, str(RUN), "--only", "train_speed"], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
     assert done.returncode == 2
     assert "unknown metric(s) train_speed" in done.stderr and "train_vs_naive" in done.stderr
 

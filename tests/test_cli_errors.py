@@ -1,5 +1,6 @@
 """The command line's error contract: a GanforgeError is one line on stderr and exit 2, Ctrl-C is
 one line and exit 130, anything else (a bug) keeps its traceback. Real processes and files."""
+
 from __future__ import annotations
 
 import json
@@ -23,39 +24,64 @@ def run_main(capsys, *argv: str) -> tuple[int, list[str]]:
 
 
 def test_nproc_zero_is_refused(fashion_train, tmp_path, capsys):
-    status, err = run_main(capsys, "train", "--profile", "tiny", "--data", str(fashion_train),
-                           "--out", str(tmp_path / "run"), "--nproc", "0")
+    status, err = run_main(
+        capsys,
+        "train",
+        "--profile",
+        "tiny",
+        "--data",
+        str(fashion_train),
+        "--out",
+        str(tmp_path / "run"),
+        "--nproc",
+        "0",
+    )
     assert status == 2 and len(err) == 1 and "--nproc 0: give the number of training processes" in err[0], err
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("content, problem", [
-    ({"profile": "tiny", "train": {"max_steps": 2}}, "has no 'name'"),
-    ({"train": {}}, "has no 'name' or 'profile'"),
-    ([1, 2], "has no 'name' or 'profile'"),
-    ("{not json", "is not valid JSON"),
-    ({"name": "dcgan", "profile": "tiny", "train": 5}, "'int' object is not iterable"),
-])
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        ({"profile": "tiny", "train": {"max_steps": 2}}, "has no 'name'"),
+        ({"train": {}}, "has no 'name' or 'profile'"),
+        ([1, 2], "has no 'name' or 'profile'"),
+        ("{not json", "is not valid JSON"),
+        ({"name": "dcgan", "profile": "tiny", "train": 5}, "'int' object is not iterable"),
+    ],
+)
 def test_bad_config_json_names_the_file(fashion_train, tmp_path, capsys, content, problem):
     path = tmp_path / "config.json"
     path.write_text(content if isinstance(content, str) else json.dumps(content))
-    status, err = run_main(capsys, "train", "--config-json", str(path), "--data", str(fashion_train),
-                           "--out", str(tmp_path / "run"))
+    status, err = run_main(
+        capsys, "train", "--config-json", str(path), "--data", str(fashion_train), "--out", str(tmp_path / "run")
+    )
     assert status == 2 and len(err) == 1, err
     assert f"--config-json {path}" in err[0] and problem in err[0] and "Traceback" not in err[0]
 
 
 def test_missing_config_json_is_named(fashion_train, tmp_path, capsys):
-    status, err = run_main(capsys, "train", "--config-json", str(tmp_path / "nope.json"), "--data",
-                           str(fashion_train), "--out", str(tmp_path / "run"))
-    assert status == 2 and err == [f"ganforge train: error: --config-json {tmp_path / 'nope.json'} does not exist; "
-                                   "pass the config.json of a run directory"]
+    status, err = run_main(
+        capsys,
+        "train",
+        "--config-json",
+        str(tmp_path / "nope.json"),
+        "--data",
+        str(fashion_train),
+        "--out",
+        str(tmp_path / "run"),
+    )
+    assert status == 2 and err == [
+        f"ganforge train: error: --config-json {tmp_path / 'nope.json'} does not exist; "
+        "pass the config.json of a run directory"
+    ]
 
 
 def test_train_out_under_a_file_is_one_line(fashion_train, tmp_path, capsys):
     (tmp_path / "afile").write_text("x")
-    status, err = run_main(capsys, "train", "--profile", "tiny", "--data", str(fashion_train),
-                           "--out", str(tmp_path / "afile" / "run"))
+    status, err = run_main(
+        capsys, "train", "--profile", "tiny", "--data", str(fashion_train), "--out", str(tmp_path / "afile" / "run")
+    )
     assert status == 2 and len(err) == 1, err
     assert f"cannot write {tmp_path / 'afile' / 'run' / 'config.json'}: {tmp_path / 'afile'} is a file" in err[0]
 
@@ -65,8 +91,9 @@ def read_only_dir(tmp_path):
     """A read-only tmpfs (root writes through permission bits, not through a read-only mount)."""
     mount = tmp_path / "ro"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount)], capture_output=True,
-                          timeout=30)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount)], capture_output=True, timeout=30
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
     try:
@@ -86,6 +113,7 @@ def test_unwritable_out_is_one_line(fashion_train, read_only_dir, capsys, comman
 
 def test_other_exceptions_keep_their_traceback(monkeypatch, tmp_path):
     """Only GanforgeError becomes a one-line exit 2: a bug must not be dressed up as bad input."""
+
     def buggy(args):
         raise ValueError("a bug, not bad input")
 
@@ -94,16 +122,39 @@ def test_other_exceptions_keep_their_traceback(monkeypatch, tmp_path):
         cli.main(["prep", "--out", str(tmp_path / "x")])
 
 
-_CHILD = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "  # a background launch
-          "from ganforge.cli import main; sys.exit(main(sys.argv[1:]))")                   # inherits SIG_IGN
+_CHILD = (
+    "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "  # a background launch
+    "from ganforge.cli import main; sys.exit(main(sys.argv[1:]))"
+)  # inherits SIG_IGN
 
 
 def test_ctrl_c_is_one_line_and_exit_130(fashion_train, tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen(
-        [sys.executable, "-c", _CHILD, "train", "--profile", "tiny", "--set", "train.max_steps=100000",
-         "--set", "train.epochs=1000", "--set", "train.log_every=1", "--data", str(fashion_train), "--out", str(out)],
-        env=cli_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            _CHILD,
+            "train",
+            "--profile",
+            "tiny",
+            "--set",
+            "train.max_steps=100000",
+            "--set",
+            "train.epochs=1000",
+            "--set",
+            "train.log_every=1",
+            "--data",
+            str(fashion_train),
+            "--out",
+            str(out),
+        ],
+        env=cli_env(),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         selector = selectors.DefaultSelector()
         selector.register(proc.stderr, selectors.EVENT_READ)
@@ -126,8 +177,17 @@ def test_ctrl_c_is_one_line_and_exit_130(fashion_train, tmp_path):
 
 
 def test_resume_with_a_changed_learning_rate_needs_the_flag(fashion_train, tmp_path, capsys):
-    common = ["train", "--profile", "tiny", "--set", "train.checkpoint_every=2", "--data", str(fashion_train),
-              "--out", str(tmp_path / "run")]
+    common = [
+        "train",
+        "--profile",
+        "tiny",
+        "--set",
+        "train.checkpoint_every=2",
+        "--data",
+        str(fashion_train),
+        "--out",
+        str(tmp_path / "run"),
+    ]
     assert run_main(capsys, *common, "--set", "train.max_steps=2")[0] == 0
     changed = [*common, "--set", "train.max_steps=4", "--set", "train.lr_d=0.001", "--resume"]
     status, err = run_main(capsys, *changed)

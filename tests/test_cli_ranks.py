@@ -4,6 +4,7 @@ The CLI re-launches itself under torchrun for N ranks. Forwarding its own argv u
 ``--nproc`` after ``-m ganforge.cli``, which torchrun's parser (Python 3.11) rejects as an
 ambiguous abbreviation of ``--nproc-per-node``: the ranks now get the settled config as a file.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,10 @@ COMMAND = "ganforge train --preset dcgan --profile tiny --data D --out R --nproc
 @pytest.mark.slow  # torchrun + two ranks importing torch: ~15-60 s on a shared 2-core machine
 def test_train_with_nproc_runs_two_ranks(fashion_train, tmp_path):
     (tmp_path / "D").symlink_to(fashion_train)
-    env = cli_env(LOGLEVEL="INFO",  # torchrun's agent then reports the ranks it started
-                  PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    env = cli_env(
+        LOGLEVEL="INFO",  # torchrun's agent then reports the ranks it started
+        PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+    )
     done = subprocess.run(COMMAND, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "ambiguous option" not in done.stderr

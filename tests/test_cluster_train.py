@@ -10,6 +10,7 @@ Stand-in: the Kubernetes API server and the TrainJob / PyTorchJob controllers
 (``kube_standin.ExecutingKubeStandin``). No cluster runs here: images, scheduling, resources,
 volumes and pod restarts are not exercised.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,12 +40,18 @@ NAMESPACE = "ml"
 
 
 def _kubeconfig(path: Path, host: str) -> Path:
-    path.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "standin",
-        "clusters": [{"name": "standin", "cluster": {"server": host}}],
-        "users": [{"name": "standin", "user": {"token": "standin-token"}}],
-        "contexts": [{"name": "standin", "context": {"cluster": "standin", "user": "standin"}}],
-    }))
+    path.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "standin",
+                "clusters": [{"name": "standin", "cluster": {"server": host}}],
+                "users": [{"name": "standin", "user": {"token": "standin-token"}}],
+                "contexts": [{"name": "standin", "context": {"cluster": "standin", "user": "standin"}}],
+            }
+        )
+    )
     return path
 
 
@@ -79,8 +86,9 @@ def _objects(server, prefix: str) -> list[str]:
 
 
 @pytest.mark.slow  # runs torchrun and ganforge train in subprocesses
-def test_train_step_runs_a_trainjob_on_the_prep_mirror_and_fetches_the_checkpoint(cluster, s3, ganforge_home,
-                                                                                     monkeypatch, tmp_path):
+def test_train_step_runs_a_trainjob_on_the_prep_mirror_and_fetches_the_checkpoint(
+    cluster, s3, ganforge_home, monkeypatch, tmp_path
+):
     from ganforge.platform import tracking
 
     # The pods get the tracking URI and run id from the step's environment, as from ganforge-env.
@@ -93,8 +101,9 @@ def test_train_step_runs_a_trainjob_on_the_prep_mirror_and_fetches_the_checkpoin
     run_prefix = f"{tmp_path.name}/artifacts/runs/{run_id}"
     assert prep["mirror_uri"] == s3.uri(run_prefix, "dataset-train")
 
-    result = steps.train_step(cfg.to_json(), str(data_dir), str(out_dir), run_id,
-                              samples_path=str(tmp_path / "grid.png"))
+    result = steps.train_step(
+        cfg.to_json(), str(data_dir), str(out_dir), run_id, samples_path=str(tmp_path / "grid.png")
+    )
 
     assert (result["step"], result["epoch"]) == (4, 1) and result["job"]["phase"] == "Succeeded"
     ckpt = read_checkpoint(out_dir / "checkpoint.pt")
@@ -110,15 +119,18 @@ def test_train_step_runs_a_trainjob_on_the_prep_mirror_and_fetches_the_checkpoin
     assert not _objects(s3, f"{run_prefix}/train-data")
     # Keys reach the pods only by reference to the Secret; the endpoint as a plain value.
     env = {e["name"]: e for e in _container(m)["env"]}
-    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "ganforge-s3",
-                                                                         "key": "AWS_SECRET_ACCESS_KEY"}
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {
+        "name": "ganforge-s3",
+        "key": "AWS_SECRET_ACCESS_KEY",
+    }
     assert env["AWS_ENDPOINT_URL"]["value"] == s3.endpoint_url
     assert s3.secret_access_key not in json.dumps(m) and s3.access_key_id not in json.dumps(m)
     assert cluster.recorded.deleted == [m["metadata"]["name"]]
     # The run directory in S3 is complete, and what the step downloaded is that run.
     assert storage.exists(s3.uri(run_prefix, "train-job", storage.COMPLETE_MARKER))
-    remote = read_checkpoint(storage.download_file(s3.uri(run_prefix, "train-job", "checkpoint.pt"),
-                                                   tmp_path / "remote.pt"))
+    remote = read_checkpoint(
+        storage.download_file(s3.uri(run_prefix, "train-job", "checkpoint.pt"), tmp_path / "remote.pt")
+    )
     assert _state_equal(remote["G_ema"], ckpt["G_ema"])
     # Rank 0 in the pod logged the training curves into the pipeline's MLflow run.
     assert env["GANFORGE_MLFLOW_RUN_ID"]["value"] == run_id
@@ -174,8 +186,18 @@ def test_wrong_keys_in_the_secret_fail_the_job_with_the_pod_logs(cluster, s3, fa
 
 
 def _train_cmd(cfg_path: Path, data_uri: str, out_uri: str, resume: bool = False) -> list[str]:
-    return [sys.executable, "-m", "ganforge.cli", "train", "--config-json", str(cfg_path), "--data", data_uri,
-            "--out", out_uri] + (["--resume"] if resume else [])
+    return [
+        sys.executable,
+        "-m",
+        "ganforge.cli",
+        "train",
+        "--config-json",
+        str(cfg_path),
+        "--data",
+        data_uri,
+        "--out",
+        out_uri,
+    ] + (["--resume"] if resume else [])
 
 
 def _remote_checkpoint(server, prefix: str, tmp_path: Path, name: str) -> dict:
@@ -190,9 +212,13 @@ def test_cli_on_s3_survives_sigkill_and_resumes_from_the_s3_checkpoint(s3, fashi
     cfg_path.write_text(cfg.to_json())
     base = tmp_path.name
     data_uri = storage.upload_dir(fashion_train, s3.uri(base, "data"))
-    run = subprocess.run(_train_cmd(cfg_path, data_uri, s3.uri(base, "ref")),
-                         env=cli_env(GANFORGE_CACHE=str(tmp_path / "cache-ref")), capture_output=True, text=True,
-                         timeout=600)
+    run = subprocess.run(
+        _train_cmd(cfg_path, data_uri, s3.uri(base, "ref")),
+        env=cli_env(GANFORGE_CACHE=str(tmp_path / "cache-ref")),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     assert json.loads(run.stdout.splitlines()[-1])["checkpoint"] == s3.uri(base, "ref", "checkpoint.pt")
 
@@ -201,16 +227,24 @@ def test_cli_on_s3_survives_sigkill_and_resumes_from_the_s3_checkpoint(s3, fashi
     (tmp_path / "stale" / "checkpoint.pt").write_bytes(b"an older run")
     storage.upload_dir(tmp_path / "stale", s3.uri(base, "run"))
     killed_cache = tmp_path / "cache-killed"
-    proc = subprocess.Popen(_train_cmd(cfg_path, data_uri, s3.uri(base, "run")),
-                            env=cli_env(GANFORGE_CACHE=str(killed_cache)),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        _train_cmd(cfg_path, data_uri, s3.uri(base, "run")),
+        env=cli_env(GANFORGE_CACHE=str(killed_cache)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 90
-    while storage.exists(s3.uri(base, "run", storage.COMPLETE_MARKER)) and proc.poll() is None \
-            and time.time() < deadline:
+    while (
+        storage.exists(s3.uri(base, "run", storage.COMPLETE_MARKER)) and proc.poll() is None and time.time() < deadline
+    ):
         time.sleep(0.02)
     stale_size = len(b"an older run")
-    while s3.client().head_object(Bucket=s3.bucket, Key=f"{base}/run/checkpoint.pt")["ContentLength"] == stale_size \
-            and proc.poll() is None and time.time() < deadline:
+    while (
+        s3.client().head_object(Bucket=s3.bucket, Key=f"{base}/run/checkpoint.pt")["ContentLength"] == stale_size
+        and proc.poll() is None
+        and time.time() < deadline
+    ):
         time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
@@ -219,9 +253,13 @@ def test_cli_on_s3_survives_sigkill_and_resumes_from_the_s3_checkpoint(s3, fashi
     assert not storage.exists(s3.uri(base, "run", storage.COMPLETE_MARKER))  # readers can tell it is unfinished
 
     # A replacement pod: a fresh local disk, S3 is all it has.
-    resumed = subprocess.run(_train_cmd(cfg_path, data_uri, s3.uri(base, "run"), resume=True),
-                             env=cli_env(GANFORGE_CACHE=str(tmp_path / "cache-new")), capture_output=True, text=True,
-                             timeout=600)
+    resumed = subprocess.run(
+        _train_cmd(cfg_path, data_uri, s3.uri(base, "run"), resume=True),
+        env=cli_env(GANFORGE_CACHE=str(tmp_path / "cache-new")),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resuming from {s3.uri(base, 'run', 'checkpoint.pt')} at step {killed_at}" in resumed.stderr
     assert "step 2/64" not in resumed.stderr  # it did not start over

@@ -5,6 +5,7 @@ server binaries. Skip them locally with ``-m "not docker"``; CI (CI=true) runs t
 when the daemon is missing instead of skipping. The cold image build itself runs in
 ``.ci/run`` (``make images-local``), so the build here reuses its cached layers.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,9 +26,18 @@ MAKE_TIMEOUT_S = 3600
 # The first test builds the images in its fixture (cached in CI: ~5 min; cold up to MAKE_TIMEOUT_S).
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(MAKE_TIMEOUT_S + 600)]
 # Credential-looking variables in the build's environment: none of their values may reach an image.
-SENTINELS = {name: f"sentinel-{name.lower()}-do-not-bake" for name in (
-    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "MLFLOW_TRACKING_USERNAME",
-    "MLFLOW_TRACKING_PASSWORD", "KF_PIPELINES_TOKEN", "PGPASSWORD")}
+SENTINELS = {
+    name: f"sentinel-{name.lower()}-do-not-bake"
+    for name in (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "MLFLOW_TRACKING_USERNAME",
+        "MLFLOW_TRACKING_PASSWORD",
+        "KF_PIPELINES_TOKEN",
+        "PGPASSWORD",
+    )
+}
 
 
 def require_docker() -> None:
@@ -40,8 +50,9 @@ def require_docker() -> None:
 
 
 def git_head() -> str:
-    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=30, check=True).stdout.strip()
+    return subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=30, check=True
+    ).stdout.strip()
 
 
 def make(*args: str, env: dict, timeout: float = MAKE_TIMEOUT_S) -> subprocess.CompletedProcess:
@@ -74,13 +85,25 @@ def local_stack(built, home):
     """The local stack of the module's GANFORGE_HOME, started through the CLI the README names
     (`python -m pipelines stack up`); `make stack-down` (as the README shows) at the end."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "GANFORGE_"))}
-    up = subprocess.run([sys.executable, "-m", "pipelines", "stack", "up"], cwd=ROOT, capture_output=True, text=True,
-                        timeout=600, env={**env, "GANFORGE_HOME": str(home)})
+    up = subprocess.run(
+        [sys.executable, "-m", "pipelines", "stack", "up"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**env, "GANFORGE_HOME": str(home)},
+    )
     assert up.returncode == 0, up.stderr[-3000:]
     running = stack.running(home)
     assert running is not None and up.stdout.strip() == running.tracking_uri
-    status = subprocess.run([sys.executable, "-m", "pipelines", "stack", "status"], cwd=ROOT, capture_output=True,
-                            text=True, timeout=120, env={**env, "GANFORGE_HOME": str(home)})
+    status = subprocess.run(
+        [sys.executable, "-m", "pipelines", "stack", "status"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**env, "GANFORGE_HOME": str(home)},
+    )
     assert status.returncode == 0 and json.loads(status.stdout)["container"] == running.container
     yield running
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "GANFORGE_"))}
@@ -106,12 +129,18 @@ def test_images_local_labels_both_images_with_this_checkout(built):
 
 
 def test_the_cpu_image_runs_this_checkouts_ganforge_as_non_root(built):
-    script = ("import hashlib, os, pathlib, ganforge, torch, kfp, mlflow; "
-              "root = pathlib.Path(ganforge.__file__).parent; "
-              "print(os.getuid(), os.environ['GANFORGE_GIT_SHA'], torch.__version__, kfp.__version__); "
-              "print(hashlib.sha256(b''.join(p.read_bytes() for p in sorted(root.rglob('*.py')))).hexdigest())")
-    proc = subprocess.run(["docker", "run", "--rm", "--network", "none", docker_local.CPU_IMAGE,
-                           "python3", "-c", script], capture_output=True, text=True, timeout=300)
+    script = (
+        "import hashlib, os, pathlib, ganforge, torch, kfp, mlflow; "
+        "root = pathlib.Path(ganforge.__file__).parent; "
+        "print(os.getuid(), os.environ['GANFORGE_GIT_SHA'], torch.__version__, kfp.__version__); "
+        "print(hashlib.sha256(b''.join(p.read_bytes() for p in sorted(root.rglob('*.py')))).hexdigest())"
+    )
+    proc = subprocess.run(
+        ["docker", "run", "--rm", "--network", "none", docker_local.CPU_IMAGE, "python3", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     first, files_digest = proc.stdout.strip().splitlines()
     uid, sha, torch_version, kfp_version = first.split()
@@ -148,11 +177,20 @@ def test_stale_image_is_refused(built, tmp_path):
 
 
 def test_a_failed_build_names_its_stage(built, tmp_path):
-    (tmp_path / "Dockerfile").write_text(f"FROM {docker_local.BASE_IMAGE} AS fine\nRUN true\n"
-                                         f"FROM fine AS broken-stage\nRUN echo about to fail && false\n")
+    (tmp_path / "Dockerfile").write_text(
+        f"FROM {docker_local.BASE_IMAGE} AS fine\nRUN true\n"
+        f"FROM fine AS broken-stage\nRUN echo about to fail && false\n"
+    )
     with pytest.raises(docker_local.ImageError, match=r"build failed in stage `broken-stage`"):
-        docker_local.build_target("broken-stage", "localhost/ganforge-broken:test", {}, tmp_path / "build.log",
-                                  dockerfile=tmp_path / "Dockerfile", context=tmp_path, timeout_s=300)
+        docker_local.build_target(
+            "broken-stage",
+            "localhost/ganforge-broken:test",
+            {},
+            tmp_path / "build.log",
+            dockerfile=tmp_path / "Dockerfile",
+            context=tmp_path,
+            timeout_s=300,
+        )
 
 
 def test_mlflow_server_image_on_postgres_keeps_runs_in_postgres_and_artifacts_in_s3(local_stack, tmp_path):
@@ -167,15 +205,35 @@ def test_mlflow_server_image_on_postgres_keeps_runs_in_postgres_and_artifacts_in
     client.log_artifact(run.info.run_id, str(tmp_path / "note.txt"))
     # The run is a row in the stack's PostgreSQL …
     password = (Path(local_stack.home) / "stack" / "pgpass").read_text().strip()
-    query = subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(local_stack.postgres_port), "-U", stack.PG_USER,
-                            "-d", stack.PG_DB, "-tAc", f"SELECT value FROM metrics WHERE run_uuid = '{run.info.run_id}'"],
-                           capture_output=True, text=True, timeout=60, env=dict(os.environ, PGPASSWORD=password))
+    query = subprocess.run(
+        [
+            "psql",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(local_stack.postgres_port),
+            "-U",
+            stack.PG_USER,
+            "-d",
+            stack.PG_DB,
+            "-tAc",
+            f"SELECT value FROM metrics WHERE run_uuid = '{run.info.run_id}'",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ, PGPASSWORD=password),
+    )
     assert query.returncode == 0, query.stderr
     assert float(query.stdout.strip()) == 12.5
     # … and its artifact an object in the S3 server, written by the server (the client has no S3 keys).
-    s3 = boto3.client("s3", endpoint_url=local_stack.s3_endpoint, region_name="us-east-1",
-                      aws_access_key_id=stack.S3_KEYS["AWS_ACCESS_KEY_ID"],
-                      aws_secret_access_key=stack.S3_KEYS["AWS_SECRET_ACCESS_KEY"])
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=local_stack.s3_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=stack.S3_KEYS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=stack.S3_KEYS["AWS_SECRET_ACCESS_KEY"],
+    )
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=stack.BUCKET).get("Contents", [])]
     assert [k for k in keys if k.endswith(f"{run.info.run_id}/artifacts/note.txt")], keys
     # The server runs as the image's non-root user, and no password is on its command line.

@@ -1,4 +1,5 @@
 """Snapshots during training, the FID curve over them, and `ganforge evaluate --run`."""
+
 import json
 
 import pytest
@@ -15,8 +16,11 @@ EVAL = {"n_samples": 12, "curve_samples": 6, "kid_subset_size": 6, "kid_subsets"
 
 def snap_config(**train):
     # 512 tiny images, batch 32: 16 steps an epoch; 3 epochs with a snapshot each
-    return build_config("sngan", "tiny", {"train": {"max_steps": None, "epochs": 3, "snapshot_every": 1,
-                                                     "checkpoint_every": 16, **train}, "eval": EVAL})
+    return build_config(
+        "sngan",
+        "tiny",
+        {"train": {"max_steps": None, "epochs": 3, "snapshot_every": 1, "checkpoint_every": 16, **train}, "eval": EVAL},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +62,12 @@ def test_train_seconds_add_up_over_a_resume(fashion_train, tmp_path):
     first = train(cfg, fashion_train, tmp_path)
     at_checkpoint = read_checkpoint(tmp_path / "checkpoint.pt")["train_seconds"]
     assert 0 < at_checkpoint <= first.total_seconds
-    second = train(build_config("sngan", "tiny", {"train": {"max_steps": 12, "checkpoint_every": 4, "snapshot_every": 0}}),
-                   fashion_train, tmp_path, resume=True)
+    second = train(
+        build_config("sngan", "tiny", {"train": {"max_steps": 12, "checkpoint_every": 4, "snapshot_every": 0}}),
+        fashion_train,
+        tmp_path,
+        resume=True,
+    )
     assert second.step == 12 and not (tmp_path / "snapshots").exists()
     assert second.total_seconds == pytest.approx(at_checkpoint + second.seconds, rel=1e-9)
     assert at_checkpoint < read_checkpoint(tmp_path / "checkpoint.pt")["train_seconds"] <= second.total_seconds
@@ -83,8 +91,9 @@ def test_evaluate_run_scores_the_final_model_and_every_snapshot(snap_run, fashio
     assert alone["kid_mean"] == pytest.approx(rows[-1]["kid_mean"], rel=1e-6, abs=1e-9)
 
 
-def test_no_curve_scores_only_the_final_model_and_the_curve_fills_in_later(snap_run, fashion_test, tmp_path,
-                                                                             torchscript):
+def test_no_curve_scores_only_the_final_model_and_the_curve_fills_in_later(
+    snap_run, fashion_test, tmp_path, torchscript
+):
     out, _ = snap_run
     metrics, rows = evaluate_run(out, fashion_test, tmp_path / "eval", cache=tmp_path / "cache", curve=False)
     # only the free point from the final evaluation's samples; no snapshot was scored
@@ -99,23 +108,33 @@ def test_no_curve_scores_only_the_final_model_and_the_curve_fills_in_later(snap_
 def test_the_curve_resumes_and_skips_points_it_has(snap_run, fashion_test, tmp_path, torchscript):
     out, _ = snap_run
     csv = tmp_path / "curve.csv"
-    fake = {"epoch": 1, "step": 16, "n": 6, "n_real": 12, "fid": 123.0, "kid_mean": 0.1, "kid_std": 0.0,
-            "seconds": 1.0}
+    fake = {"epoch": 1, "step": 16, "n": 6, "n_real": 12, "fid": 123.0, "kid_mean": 0.1, "kid_std": 0.0, "seconds": 1.0}
     curve.write_curve(csv, [fake])
     computed = []
-    rows = curve.fid_curve(out, fashion_test, n=6, n_real=12, cache=tmp_path / "cache", out=csv,
-                           on_point=computed.append)
+    rows = curve.fid_curve(
+        out, fashion_test, n=6, n_real=12, cache=tmp_path / "cache", out=csv, on_point=computed.append
+    )
     assert [r["epoch"] for r in computed] == [2, 3]  # epoch 1 was already in the CSV
     assert rows[0] == fake and len(rows) == 3
     assert curve.fid_curve(out, fashion_test, n=6, n_real=12, cache=tmp_path / "cache", out=csv) == rows
     # a point measured at another n does not count as done
     again = []
-    curve.fid_curve(out, fashion_test, n=4, n_real=12, cache=tmp_path / "cache", out=tmp_path / "c4.csv",
-                    on_point=again.append)
+    curve.fid_curve(
+        out, fashion_test, n=4, n_real=12, cache=tmp_path / "cache", out=tmp_path / "c4.csv", on_point=again.append
+    )
     assert [r["epoch"] for r in again] == [1, 2, 3]
     upto = []
-    rows = curve.fid_curve(out, fashion_test, n=5, n_real=12, cache=tmp_path / "cache", out=tmp_path / "c5.csv",
-                           max_epoch=2, follow=True, on_point=upto.append)
+    rows = curve.fid_curve(
+        out,
+        fashion_test,
+        n=5,
+        n_real=12,
+        cache=tmp_path / "cache",
+        out=tmp_path / "c5.csv",
+        max_epoch=2,
+        follow=True,
+        on_point=upto.append,
+    )
     assert [r["epoch"] for r in upto] == [1, 2] == [r["epoch"] for r in rows]  # followed, stopped at max_epoch
 
 
@@ -132,14 +151,33 @@ def test_bad_curve_inputs_say_what_to_do(tmp_path, fashion_test, fashion_train):
         curve.read_curve(tmp_path / "foreign.csv")
 
 
-def test_cli_mlflow_run_survives_resume_and_gets_the_curve(fashion_train, fashion_test, tmp_path, ganforge_home,
-                                                          torchscript, monkeypatch, capsys):
+def test_cli_mlflow_run_survives_resume_and_gets_the_curve(
+    fashion_train, fashion_test, tmp_path, ganforge_home, torchscript, monkeypatch, capsys
+):
     torch.set_num_threads(1)
     out = tmp_path / "run"
-    common = ["train", "--preset", "sngan", "--profile", "tiny", "--data", str(fashion_train), "--out", str(out),
-              "--mlflow", "--set", "train.snapshot_every=1", "--set", "train.checkpoint_every=8",
-              "--set", f"eval.n_samples={EVAL['n_samples']}", "--set", f"eval.curve_samples={EVAL['curve_samples']}",
-              "--set", f"eval.kid_subset_size={EVAL['kid_subset_size']}"]
+    common = [
+        "train",
+        "--preset",
+        "sngan",
+        "--profile",
+        "tiny",
+        "--data",
+        str(fashion_train),
+        "--out",
+        str(out),
+        "--mlflow",
+        "--set",
+        "train.snapshot_every=1",
+        "--set",
+        "train.checkpoint_every=8",
+        "--set",
+        f"eval.n_samples={EVAL['n_samples']}",
+        "--set",
+        f"eval.curve_samples={EVAL['curve_samples']}",
+        "--set",
+        f"eval.kid_subset_size={EVAL['kid_subset_size']}",
+    ]
     assert cli.main(common + ["--set", "train.max_steps=8"]) == 0
     run_id = (out / cli.MLFLOW_RUN_FILE).read_text().strip()
     assert cli.main(common + ["--set", "train.max_steps=20", "--set", "train.epochs=2", "--resume"]) == 0
@@ -153,8 +191,10 @@ def test_cli_mlflow_run_survives_resume_and_gets_the_curve(fashion_train, fashio
 
     tracking.configure()
     c = tracking.client()
-    assert sorted(a.path for a in c.list_artifacts(run_id, "fid_curve")) == ["fid_curve/fid_curve.csv",
-                                                                              "fid_curve/fid_curve.png"]
+    assert sorted(a.path for a in c.list_artifacts(run_id, "fid_curve")) == [
+        "fid_curve/fid_curve.csv",
+        "fid_curve/fid_curve.png",
+    ]
     history = [(m.step, m.value) for m in c.get_metric_history(run_id, "fid_n6")]
     assert [s for s, _ in history] == [16, 20]
     assert c.get_run(run_id).data.metrics["fid"] == printed["fid"]
@@ -167,8 +207,9 @@ def test_cli_mlflow_run_survives_resume_and_gets_the_curve(fashion_train, fashio
     assert loss_steps[0] < 8 < loss_steps[-1]  # one run's curve spans both invocations
 
 
-def test_checkpoint_scores_at_any_real_n_and_the_raw_generator_on_request(snap_run, fashion_test, tmp_path,
-                                                                            torchscript, capsys):
+def test_checkpoint_scores_at_any_real_n_and_the_raw_generator_on_request(
+    snap_run, fashion_test, tmp_path, torchscript, capsys
+):
     from ganforge.evaluate import EvaluationError, evaluate_checkpoint
 
     out, _ = snap_run

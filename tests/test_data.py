@@ -1,4 +1,5 @@
 """Data preparation on real files: Fashion-MNIST IDX, synthetic IDX, image folders."""
+
 from __future__ import annotations
 
 import datetime
@@ -17,8 +18,9 @@ from ganforge.config import DEFAULT_IDX_DIR, DataConfig
 from ganforge.data import DataError
 
 FASHION = Path(DEFAULT_IDX_DIR)
-needs_fashion = pytest.mark.skipif(not (FASHION / "t10k-images-idx3-ubyte.gz").exists(),
-                                   reason="apt-get install dataset-fashion-mnist")
+needs_fashion = pytest.mark.skipif(
+    not (FASHION / "t10k-images-idx3-ubyte.gz").exists(), reason="apt-get install dataset-fashion-mnist"
+)
 
 
 def idx_bytes(a: np.ndarray, magic: int) -> bytes:
@@ -26,8 +28,9 @@ def idx_bytes(a: np.ndarray, magic: int) -> bytes:
     return header + a.astype(np.uint8).tobytes()
 
 
-def write_idx_dir(directory: Path, n: int = 20, n_labels: int | None = None, compress: bool = True,
-                  split_prefix: str = "train") -> tuple[np.ndarray, np.ndarray]:
+def write_idx_dir(
+    directory: Path, n: int = 20, n_labels: int | None = None, compress: bool = True, split_prefix: str = "train"
+) -> tuple[np.ndarray, np.ndarray]:
     """A small IDX split written the way the Fashion-MNIST files are; returns its images and labels."""
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
@@ -35,8 +38,10 @@ def write_idx_dir(directory: Path, n: int = 20, n_labels: int | None = None, com
     directory.mkdir(parents=True, exist_ok=True)
     suffix = ".gz" if compress else ""
     opener = gzip.open if compress else open
-    for name, arr, magic in ((f"{split_prefix}-images-idx3-ubyte", images, 0x803),
-                             (f"{split_prefix}-labels-idx1-ubyte", labels, 0x801)):
+    for name, arr, magic in (
+        (f"{split_prefix}-images-idx3-ubyte", images, 0x803),
+        (f"{split_prefix}-labels-idx1-ubyte", labels, 0x801),
+    ):
         with opener(directory / f"{name}{suffix}", "wb") as f:
             f.write(idx_bytes(arr, magic))
     return images, labels
@@ -134,14 +139,17 @@ def corrupt_missing_labels(d: Path) -> str:
     return "train-labels-idx1-ubyte"
 
 
-@pytest.mark.parametrize("corrupt, words", [
-    (corrupt_wrong_magic, "magic"),
-    (corrupt_truncated, "truncated"),
-    (corrupt_count_mismatch, "20 images but"),
-    (corrupt_bad_gzip, "corrupt gzip"),
-    (corrupt_not_gzip, "corrupt gzip"),
-    (corrupt_missing_labels, "dataset-fashion-mnist"),
-])
+@pytest.mark.parametrize(
+    "corrupt, words",
+    [
+        (corrupt_wrong_magic, "magic"),
+        (corrupt_truncated, "truncated"),
+        (corrupt_count_mismatch, "20 images but"),
+        (corrupt_bad_gzip, "corrupt gzip"),
+        (corrupt_not_gzip, "corrupt gzip"),
+        (corrupt_missing_labels, "dataset-fashion-mnist"),
+    ],
+)
 def test_corrupt_idx_raises_naming_the_file(tmp_path, corrupt, words):
     write_idx_dir(tmp_path / "idx")
     filename = corrupt(tmp_path / "idx")
@@ -163,7 +171,8 @@ def test_image_folder_with_class_subfolders(tmp_path):
         save_png(tmp_path / "src" / "cat" / f"{i}.png", rng.integers(0, 256, (40, 50, 3), dtype=np.uint8))
     for i in range(2):
         Image.fromarray(rng.integers(0, 256, (30, 30, 3), dtype=np.uint8)).save(
-            tmp_path / "src" / "cat" / f"j{i}.JPG", quality=90)
+            tmp_path / "src" / "cat" / f"j{i}.JPG", quality=90
+        )
         save_png(tmp_path / "src" / "dog" / "deep" / f"{i}.png", rng.integers(0, 256, (64, 64, 4), dtype=np.uint8))
     manifest = data.prepare(DataConfig(source=str(tmp_path / "src"), resolution=32, channels=3), tmp_path / "out")
     assert manifest["shape"] == [7, 3, 32, 32] and manifest["split"] == "all"
@@ -265,11 +274,14 @@ def test_loose_images_beside_class_folders_are_an_error(tmp_path):
         data.prepare(DataConfig(source=str(tmp_path / "src")), tmp_path / "out")
 
 
-@pytest.mark.parametrize("source, words", [
-    ("/nonexistent/ganforge-data", "does not exist"),
-    ("torchvision:ImageNet", "torchvision:FashionMNIST"),
-    ("ftp://example/data", "does not exist"),
-])
+@pytest.mark.parametrize(
+    "source, words",
+    [
+        ("/nonexistent/ganforge-data", "does not exist"),
+        ("torchvision:ImageNet", "torchvision:FashionMNIST"),
+        ("ftp://example/data", "does not exist"),
+    ],
+)
 def test_bad_source_lists_accepted_forms(tmp_path, source, words):
     with pytest.raises(DataError) as err:
         data.prepare(DataConfig(source=source), tmp_path / "out")
@@ -377,8 +389,12 @@ def s3_endpoint(monkeypatch):
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
     server.start()
     host, port = server.get_host_and_port()
-    for key, value in {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "test",
-                       "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    for key, value in {
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
         monkeypatch.setenv(key, value)
     boto3.client("s3").create_bucket(Bucket="data")
     yield
@@ -420,6 +436,7 @@ def test_s3_prefix_uploaded_by_hand_without_marker_is_accepted(tmp_path, s3_endp
 
 # --- --out never deletes what ganforge did not write (issue 13, finding 3) ---
 
+
 def _tree(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
@@ -448,7 +465,9 @@ def test_prep_out_that_is_or_holds_the_source_is_refused(tmp_path, capsys, out_o
     out = source if out_of == "the source" else tmp_path / "photos"
     status, err = _prep_cli(capsys, source, out)
     assert status == 2 and err.count("\n") == 1, err
-    assert f"--out {out} is" in err and f"the input {source}" in err and "Fix: choose a separate output directory" in err
+    assert (
+        f"--out {out} is" in err and f"the input {source}" in err and "Fix: choose a separate output directory" in err
+    )
     assert _tree(tmp_path) == before
 
 
@@ -459,7 +478,9 @@ def test_prep_out_with_a_users_files_is_refused(tmp_path, capsys):
     (out / "sub" / "thesis.tex").write_text("two years of work")
     status, err = _prep_cli(capsys, tmp_path / "idx", out)
     assert status == 2 and err.count("\n") == 1, err
-    assert f"--out {out} is a non-empty folder that is not an earlier ganforge prep output (no valid manifest.json)" in err
+    assert (
+        f"--out {out} is a non-empty folder that is not an earlier ganforge prep output (no valid manifest.json)" in err
+    )
     assert (out / "sub" / "thesis.tex").read_text() == "two years of work"
 
 
@@ -472,7 +493,9 @@ def test_prep_replaces_an_earlier_prep_output_but_not_a_users_file_in_it(tmp_pat
     (out / "README.txt").write_text("my notes about this dataset")
     before = _tree(out)
     status, err = _prep_cli(capsys, tmp_path / "idx", out)
-    assert status == 2 and f"holds {out / 'README.txt'}, which the earlier ganforge prep output there did not write" in err
+    assert (
+        status == 2 and f"holds {out / 'README.txt'}, which the earlier ganforge prep output there did not write" in err
+    )
     assert _tree(out) == before
     (out / "README.txt").unlink()
     (out / "data.npy").write_bytes(b"x")
@@ -491,6 +514,7 @@ def test_prep_out_under_a_file_or_read_only_place_is_one_line(tmp_path, capsys):
 
 # --- hostile files: bounded decompression, bombs, overflowing headers (issue 13, finding 8) ---
 
+
 def test_gzip_idx_that_unpacks_far_past_its_header_is_refused_without_unpacking_it(tmp_path):
     """Header: 10 images of 28×28; then 256 MiB of zeros (a ~250 KB .gz). Read in a fresh process: its peak
     memory shows whether the file was unpacked whole."""
@@ -504,13 +528,15 @@ def test_gzip_idx_that_unpacks_far_past_its_header_is_refused_without_unpacking_
         for _ in range(16):
             f.write(bytes(16 << 20))
     assert bomb.stat().st_size < 2 << 20
-    child = ("from pathlib import Path; from ganforge import data\n"
-             "try:\n"
-             f"    data.read_idx(Path({str(bomb)!r}), data.IDX_IMAGES_MAGIC)\n"
-             "except data.DataError as e:\n"
-             "    print(e)\n"
-             # VmHWM: this process's own peak (ru_maxrss would carry the forking pytest process's over exec)
-             "print(next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')) // 1024)\n")
+    child = (
+        "from pathlib import Path; from ganforge import data\n"
+        "try:\n"
+        f"    data.read_idx(Path({str(bomb)!r}), data.IDX_IMAGES_MAGIC)\n"
+        "except data.DataError as e:\n"
+        "    print(e)\n"
+        # VmHWM: this process's own peak (ru_maxrss would carry the forking pytest process's over exec)
+        "print(next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')) // 1024)\n"
+    )
     done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=120)
     message, peak_mib = done.stdout.strip().splitlines()
     assert f"{bomb} has more bytes after the 7840 its header (10×28×28) promises" in message, done.stderr
@@ -539,8 +565,9 @@ def _png_header_only(path: Path, width: int, height: int) -> None:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", _zlib.crc32(kind + body))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", _zlib.compress(b"\0" * 64))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", _zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 @pytest.mark.parametrize("side", [14000, 10000])  # past PIL's bomb error (2× its limit), and past its limit

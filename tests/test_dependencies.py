@@ -1,5 +1,6 @@
 """What the code needs from outside is written down: every third-party module it imports is a
 dependency in pyproject.toml, and every environment variable it reads is in the README."""
+
 from __future__ import annotations
 
 import ast
@@ -55,8 +56,10 @@ def test_every_direct_import_is_a_declared_dependency():
             providers = {canonicalize_name(d) for d in distributions.get(module, [])}
             if not providers & (core if is_core(f) else platform):
                 undeclared.setdefault(module, []).append(str(f.relative_to(ROOT)))
-    assert not undeclared, ("imported but not declared in pyproject.toml (the core: [project] dependencies; "
-                            f"ganforge.platform, pipelines/, components/: also the extra platform): {undeclared}")
+    assert not undeclared, (
+        "imported but not declared in pyproject.toml (the core: [project] dependencies; "
+        f"ganforge.platform, pipelines/, components/: also the extra platform): {undeclared}"
+    )
 
 
 def test_the_platform_packages_are_an_extra_not_core_dependencies():
@@ -66,15 +69,19 @@ def test_the_platform_packages_are_an_extra_not_core_dependencies():
 
 def test_the_import_scan_sees_function_level_imports():
     assert imported_modules("def f():\n    import yaml.x\n    from matplotlib import pyplot\nfrom . import y\n") == {
-        "yaml", "matplotlib"}
+        "yaml",
+        "matplotlib",
+    }
 
 
 # os.environ.get("X") / os.getenv("X") / os.environ["X"] (not an assignment) / "X" in os.environ /
 # NAME_ENV = "X" (a constant that names a variable read elsewhere)
-ENV_READ = re.compile(r"""(?:os\.environ\.get|os\.getenv|environ\.get)\(\s*["']([A-Z][A-Z0-9_]+)["']"""
-                      r"""|os\.environ\[\s*["']([A-Z][A-Z0-9_]+)["']\s*\](?!\s*=[^=])"""
-                      r"""|["']([A-Z][A-Z0-9_]+)["']\s+(?:not\s+)?in\s+os\.environ"""
-                      r"""|\b[A-Z_]+_ENV\s*=\s*["']([A-Z][A-Z0-9_]+)["']""")
+ENV_READ = re.compile(
+    r"""(?:os\.environ\.get|os\.getenv|environ\.get)\(\s*["']([A-Z][A-Z0-9_]+)["']"""
+    r"""|os\.environ\[\s*["']([A-Z][A-Z0-9_]+)["']\s*\](?!\s*=[^=])"""
+    r"""|["']([A-Z][A-Z0-9_]+)["']\s+(?:not\s+)?in\s+os\.environ"""
+    r"""|\b[A-Z_]+_ENV\s*=\s*["']([A-Z][A-Z0-9_]+)["']"""
+)
 
 
 def environment_variables_read() -> dict[str, list[str]]:
@@ -95,7 +102,15 @@ def test_every_environment_variable_read_is_in_the_readme():
 
 
 def test_the_env_scan_finds_each_form_of_read():
-    text = ('os.environ.get("VAR_A", "x")\nos.getenv(\'VAR_B\')\nos.environ["VAR_C"]\nos.environ["VAR_D"] = "1"\n'
-            'if "VAR_E" in os.environ: pass\nF_ENV = "VAR_F"\nos.environ["VAR_G"] == "1"\n')
+    text = (
+        'os.environ.get("VAR_A", "x")\nos.getenv(\'VAR_B\')\nos.environ["VAR_C"]\nos.environ["VAR_D"] = "1"\n'
+        'if "VAR_E" in os.environ: pass\nF_ENV = "VAR_F"\nos.environ["VAR_G"] == "1"\n'
+    )
     assert {next(g for g in m.groups() if g) for m in ENV_READ.finditer(text)} == {
-        "VAR_A", "VAR_B", "VAR_C", "VAR_E", "VAR_F", "VAR_G"}
+        "VAR_A",
+        "VAR_B",
+        "VAR_C",
+        "VAR_E",
+        "VAR_F",
+        "VAR_G",
+    }

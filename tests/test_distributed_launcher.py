@@ -1,6 +1,7 @@
 """Cluster launcher: manifests checked against the vendored CRD schemas, launch/watch against a
 real HTTP stand-in API server (tests/kube_standin.py; no cluster runs here), and the container
 command run for real through torchrun with the engine's environment."""
+
 from __future__ import annotations
 
 import copy
@@ -47,8 +48,9 @@ def _crd(engine: str) -> dict:
 
 
 # Quantity pattern as the vendored PyTorchJob CRD spells it (runPolicy.schedulingPolicy.minResources).
-QUANTITY_PATTERN = _crd("pytorchjob")["openAPIV3Schema"]["properties"]["spec"]["properties"]["runPolicy"][
-    "properties"]["schedulingPolicy"]["properties"]["minResources"]["additionalProperties"]["pattern"]
+QUANTITY_PATTERN = _crd("pytorchjob")["openAPIV3Schema"]["properties"]["spec"]["properties"]["runPolicy"]["properties"][
+    "schedulingPolicy"
+]["properties"]["minResources"]["additionalProperties"]["pattern"]
 
 
 def _strict(schema: dict) -> dict:
@@ -92,7 +94,8 @@ def _core_validator(core_type: str) -> jsonschema.protocols.Validator:
         _K8S_DEFS = json.loads((root / "_definitions.json").read_text())
         # The CRDs embed quantities with this pattern (controller-gen); kubernetes-validate's copy has none.
         _K8S_DEFS["$defs"]["io.k8s.apimachinery.pkg.api.resource.Quantity"] = {
-            "anyOf": [{"type": "integer"}, {"type": "string", "pattern": QUANTITY_PATTERN}]}
+            "anyOf": [{"type": "integer"}, {"type": "string", "pattern": QUANTITY_PATTERN}]
+        }
     schema = {"$schema": _K8S_DEFS["$schema"], "$defs": _K8S_DEFS["$defs"], "$ref": f"#/$defs/{core_type}"}
     return jsonschema.validators.validator_for(schema)(schema)
 
@@ -100,8 +103,9 @@ def _core_validator(core_type: str) -> jsonschema.protocols.Validator:
 def _cel_checks(crd_schema: dict, obj: dict) -> list[str]:
     """The CRD's top-level CEL rules, each known one evaluated in Python; an unknown rule fails the test."""
     known = {
-        "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')":
-            lambda o: re.match(r"^[a-z]([-a-z0-9]*[a-z0-9])?$", o["metadata"]["name"]) is not None,
+        "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')": lambda o: (
+            re.match(r"^[a-z]([-a-z0-9]*[a-z0-9])?$", o["metadata"]["name"]) is not None
+        ),
         "size(self.metadata.name) <= 63": lambda o: len(o["metadata"]["name"]) <= 63,
     }
     errors = []
@@ -117,24 +121,36 @@ def validate_manifest(engine: str, obj: dict) -> list[str]:
     crd = _crd(engine)
     schema = crd["openAPIV3Schema"]
     assert obj["apiVersion"] == f"{crd['group']}/{crd['version']}" and obj["kind"] == crd["kind"]
-    errors = [f"{'.'.join(map(str, e.path))}: {e.message}"
-              for e in jsonschema.Draft7Validator(_strict(schema)).iter_errors(obj)]
+    errors = [
+        f"{'.'.join(map(str, e.path))}: {e.message}"
+        for e in jsonschema.Draft7Validator(_strict(schema)).iter_errors(obj)
+    ]
     for path, core_type, value in _core_parts(schema, obj):
-        errors += [f"{path}.{'.'.join(map(str, e.path))}: {e.message}"
-                   for e in _core_validator(core_type).iter_errors(value)]
+        errors += [
+            f"{path}.{'.'.join(map(str, e.path))}: {e.message}" for e in _core_validator(core_type).iter_errors(value)
+        ]
     return errors + _cel_checks(schema, obj)
 
 
 def _spec(engine: str, preset: str = "dcgan", **kw) -> ClusterTrainSpec:
     cfg = build_config(preset, "full")
-    defaults = dict(image="registry.example/ganforge:0.1.0", namespace="ml", engine=engine,
-                    data_uri="s3://ganforge/data/fmnist", out_uri="s3://ganforge/runs/x",
-                    gpus_per_node=2, nnodes=2,
-                    env_from_secrets={"AWS_ACCESS_KEY_ID": ("ganforge-s3", "access-key"),
-                                      "AWS_SECRET_ACCESS_KEY": ("ganforge-s3", "secret-key")},
-                    env={"AWS_ENDPOINT_URL": "http://minio.ml:9000"},
-                    tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
-                    node_selector={"nvidia.com/gpu.present": "true"}, service_account="ganforge-runner")
+    defaults = dict(
+        image="registry.example/ganforge:0.1.0",
+        namespace="ml",
+        engine=engine,
+        data_uri="s3://ganforge/data/fmnist",
+        out_uri="s3://ganforge/runs/x",
+        gpus_per_node=2,
+        nnodes=2,
+        env_from_secrets={
+            "AWS_ACCESS_KEY_ID": ("ganforge-s3", "access-key"),
+            "AWS_SECRET_ACCESS_KEY": ("ganforge-s3", "secret-key"),
+        },
+        env={"AWS_ENDPOINT_URL": "http://minio.ml:9000"},
+        tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        node_selector={"nvidia.com/gpu.present": "true"},
+        service_account="ganforge-runner",
+    )
     defaults.update(kw)
     return spec_from_config(cfg, **defaults)
 
@@ -143,8 +159,9 @@ def _spec(engine: str, preset: str = "dcgan", **kw) -> ClusterTrainSpec:
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 @pytest.mark.parametrize("nnodes", [1, 2])
 def test_manifest_of_every_preset_passes_the_vendored_crd_schema(engine, preset, nnodes):
-    spec = _spec(engine, preset, nnodes=nnodes, pvc_mounts={"ganforge-data": "/mnt/shared"},
-                 out_uri="/mnt/shared/runs/x")
+    spec = _spec(
+        engine, preset, nnodes=nnodes, pvc_mounts={"ganforge-data": "/mnt/shared"}, out_uri="/mnt/shared/runs/x"
+    )
     assert validate_manifest(engine, manifest(spec)) == []
 
 
@@ -152,18 +169,36 @@ def test_manifest_of_every_preset_passes_the_vendored_crd_schema(engine, preset,
 def test_schema_check_catches_broken_manifests(engine):
     good = manifest(_spec(engine))
     broken = []
-    m = copy.deepcopy(good); m["spec"]["unknownField"] = 1; broken.append(m)
+    m = copy.deepcopy(good)
+    m["spec"]["unknownField"] = 1
+    broken.append(m)
     if engine == "trainjob":  # only TrainJob's CRD constrains metadata.name (CEL rules)
-        m = copy.deepcopy(good); m["metadata"]["name"] = "9-starts-with-digit"; broken.append(m)
-        m = copy.deepcopy(good); del m["spec"]["runtimeRef"]; broken.append(m)
-        m = copy.deepcopy(good); m["spec"]["trainer"]["env"][0]["valueFromm"] = {}; broken.append(m)
-        m = copy.deepcopy(good); m["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"][
-            "replicatedJobs"][0]["template"]["spec"]["template"]["spec"]["hostNetwork"] = True; broken.append(m)
+        m = copy.deepcopy(good)
+        m["metadata"]["name"] = "9-starts-with-digit"
+        broken.append(m)
+        m = copy.deepcopy(good)
+        del m["spec"]["runtimeRef"]
+        broken.append(m)
+        m = copy.deepcopy(good)
+        m["spec"]["trainer"]["env"][0]["valueFromm"] = {}
+        broken.append(m)
+        m = copy.deepcopy(good)
+        m["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]["template"][
+            "spec"
+        ]["template"]["spec"]["hostNetwork"] = True
+        broken.append(m)
     else:
-        m = copy.deepcopy(good); del m["spec"]["pytorchReplicaSpecs"]; broken.append(m)
-        m = copy.deepcopy(good); m["spec"]["nprocPerNode"] = 2; broken.append(m)
-        m = copy.deepcopy(good); m["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0][
-            "resources"]["limits"]["cpu"] = "four"; broken.append(m)
+        m = copy.deepcopy(good)
+        del m["spec"]["pytorchReplicaSpecs"]
+        broken.append(m)
+        m = copy.deepcopy(good)
+        m["spec"]["nprocPerNode"] = 2
+        broken.append(m)
+        m = copy.deepcopy(good)
+        m["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["resources"]["limits"][
+            "cpu"
+        ] = "four"
+        broken.append(m)
     for m in broken:
         assert validate_manifest(engine, m), f"not caught: {json.dumps(m)[:200]}"
 
@@ -183,7 +218,10 @@ def test_pytorchjob_manifest_shape():
         assert {"name": "dshm", "mountPath": "/dev/shm"} in c["volumeMounts"]
         assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}} in pod["volumes"]
         assert pod["serviceAccountName"] == "ganforge-runner"
-    assert "ttlSecondsAfterFinished" not in pytorchjob_manifest(_spec("pytorchjob", keep_on_finish=True))["spec"]["runPolicy"]
+    assert (
+        "ttlSecondsAfterFinished"
+        not in pytorchjob_manifest(_spec("pytorchjob", keep_on_finish=True))["spec"]["runPolicy"]
+    )
     single = pytorchjob_manifest(_spec("pytorchjob", nnodes=1))
     assert list(single["spec"]["pytorchReplicaSpecs"]) == ["Master"]
 
@@ -216,18 +254,30 @@ def test_manifests_reference_secrets_and_never_hold_their_values(engine, monkeyp
         monkeypatch.setenv(name, f"forwarded-{name}")
     for name in secrets:
         monkeypatch.setenv(name, f"{SECRET_VALUE}-{name}")
-    m = manifest(_spec(engine, env={**cluster_train.job_environment("run-1"), "AWS_ENDPOINT_URL": "http://minio.ml:9000"},
-                       env_from_secrets={**cluster_train.job_secret_refs(),
-                                         "AWS_ACCESS_KEY_ID": ("ganforge-s3", "access-key"),
-                                         "AWS_SECRET_ACCESS_KEY": ("ganforge-s3", "secret-key")}))
+    m = manifest(
+        _spec(
+            engine,
+            env={**cluster_train.job_environment("run-1"), "AWS_ENDPOINT_URL": "http://minio.ml:9000"},
+            env_from_secrets={
+                **cluster_train.job_secret_refs(),
+                "AWS_ACCESS_KEY_ID": ("ganforge-s3", "access-key"),
+                "AWS_SECRET_ACCESS_KEY": ("ganforge-s3", "secret-key"),
+            },
+        )
+    )
     text = json.dumps(m)
     assert "forwarded-MLFLOW_TRACKING_URI" in text  # the environment did reach the manifest
     assert SECRET_VALUE not in text
-    env = (m["spec"]["trainer"]["env"] if engine == "trainjob"
-           else m["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["env"])
+    env = (
+        m["spec"]["trainer"]["env"]
+        if engine == "trainjob"
+        else m["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["env"]
+    )
     by_name = {e["name"]: e for e in env}
     assert by_name["AWS_SECRET_ACCESS_KEY"] == {
-        "name": "AWS_SECRET_ACCESS_KEY", "valueFrom": {"secretKeyRef": {"name": "ganforge-s3", "key": "secret-key"}}}
+        "name": "AWS_SECRET_ACCESS_KEY",
+        "valueFrom": {"secretKeyRef": {"name": "ganforge-s3", "key": "secret-key"}},
+    }
     assert "value" not in by_name["AWS_ACCESS_KEY_ID"]
     assert json.loads(by_name[CONFIG_ENV]["value"])["name"] == "dcgan"
 
@@ -237,17 +287,20 @@ def test_secret_like_plain_env_is_refused():
         _spec("trainjob", env={"AWS_SECRET_ACCESS_KEY": SECRET_VALUE})
 
 
-@pytest.mark.parametrize("bad, match", [
-    (dict(engine="mpijob"), "engine="),
-    (dict(name="Bad_Name"), "DNS-1035"),
-    (dict(name="x" * 64), "DNS-1035"),
-    (dict(memory="16 GB"), "quantity"),
-    (dict(tolerations=[{"key": "a", "operator": "Maybe"}]), "operator"),
-    (dict(env={"PET_NNODES": "2"}), "set by the training engine"),
-    (dict(env_from_secrets={"TOKEN": ("Bad_Secret", "k")}), "secret name"),
-    (dict(nnodes=3, gpus_per_node=5), "divisible"),
-    (dict(out_uri="/local/out"), "pvc_mounts"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(engine="mpijob"), "engine="),
+        (dict(name="Bad_Name"), "DNS-1035"),
+        (dict(name="x" * 64), "DNS-1035"),
+        (dict(memory="16 GB"), "quantity"),
+        (dict(tolerations=[{"key": "a", "operator": "Maybe"}]), "operator"),
+        (dict(env={"PET_NNODES": "2"}), "set by the training engine"),
+        (dict(env_from_secrets={"TOKEN": ("Bad_Secret", "k")}), "secret name"),
+        (dict(nnodes=3, gpus_per_node=5), "divisible"),
+        (dict(out_uri="/local/out"), "pvc_mounts"),
+    ],
+)
 def test_bad_settings_raise_clear_errors(bad, match):
     with pytest.raises(ClusterSpecError, match=match):
         _spec(**{"engine": "trainjob", **bad})
@@ -285,8 +338,9 @@ def test_launch_and_watch_success_deletes_the_job(engine):
     with KubeStandin(Scenario(["Created", "Running", "Running", "Succeeded"])) as kube:
         api, core = _apis(kube)
         seen = []
-        out = launch_and_watch(spec, api, poll_s=10, core_api=core, on_phase=seen.append,
-                               clock=clock, sleep=clock.sleep)
+        out = launch_and_watch(
+            spec, api, poll_s=10, core_api=core, on_phase=seen.append, clock=clock, sleep=clock.sleep
+        )
     assert out == {"name": spec.name, "engine": engine, "phase": "Succeeded", "seconds": 30.0}
     assert seen == ["Created", "Running", "Succeeded"]
     assert kube.recorded.created == [manifest(spec)]
@@ -370,10 +424,14 @@ def test_job_phase_reads_both_engines_conditions():
 
 def _run_pod_command(command: list[str], env: dict, tmp_path: Path) -> list[dict]:
     """Run a container command here with the env an engine would set; the probe module records each rank."""
-    full_env = {**os.environ, **env, "PROBE_OUT": str(tmp_path),
-                "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-                "PYTHONPATH": f"{Path(__file__).parent}:{os.environ.get('PYTHONPATH', '')}",
-                "OMP_NUM_THREADS": "1"}
+    full_env = {
+        **os.environ,
+        **env,
+        "PROBE_OUT": str(tmp_path),
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "PYTHONPATH": f"{Path(__file__).parent}:{os.environ.get('PYTHONPATH', '')}",
+        "OMP_NUM_THREADS": "1",
+    }
     proc = subprocess.run(command, env=full_env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return sorted((json.loads(p.read_text()) for p in tmp_path.glob("rank*.json")), key=lambda r: r["RANK"])
@@ -385,22 +443,39 @@ def test_container_command_runs_torchrun_with_the_engine_env(engine, tmp_path):
     """The real container command, run through torchrun with the variables the engine injects."""
     spec = _spec(engine, nnodes=1, gpus_per_node=2, module="kube_standin")
     m = manifest(spec)
-    env_list = (m["spec"]["trainer"]["env"] if engine == "trainjob"
-                else m["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["env"])
+    env_list = (
+        m["spec"]["trainer"]["env"]
+        if engine == "trainjob"
+        else m["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["env"]
+    )
     env = {e["name"]: e["value"] for e in env_list if "value" in e}
     port = str(29500 + os.getpid() % 1000)
     engine_env = {"PET_NNODES": "1", "PET_NPROC_PER_NODE": m["spec"].get("nprocPerNode", "2"), "PET_NODE_RANK": "0"}
     if engine == "trainjob":
-        engine_env.update(PET_NPROC_PER_NODE=str(m["spec"]["trainer"]["numProcPerNode"]),
-                          PET_MASTER_ADDR="127.0.0.1", PET_MASTER_PORT=port)
+        engine_env.update(
+            PET_NPROC_PER_NODE=str(m["spec"]["trainer"]["numProcPerNode"]),
+            PET_MASTER_ADDR="127.0.0.1",
+            PET_MASTER_PORT=port,
+        )
     else:
         engine_env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
-    command = m["spec"]["trainer"]["command"] if engine == "trainjob" else \
-        m["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["command"]
+    command = (
+        m["spec"]["trainer"]["command"]
+        if engine == "trainjob"
+        else m["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["command"]
+    )
     ranks = _run_pod_command(command, {**env, **engine_env}, tmp_path)
     assert [(r["RANK"], r["WORLD_SIZE"], r["LOCAL_RANK"]) for r in ranks] == [("0", "2", "0"), ("1", "2", "1")]
-    assert ranks[0]["argv"] == ["train", "--config-json", "/tmp/ganforge-config.json", "--data",
-                                "s3://ganforge/data/fmnist", "--out", "s3://ganforge/runs/x", "--resume"]
+    assert ranks[0]["argv"] == [
+        "train",
+        "--config-json",
+        "/tmp/ganforge-config.json",
+        "--data",
+        "s3://ganforge/data/fmnist",
+        "--out",
+        "s3://ganforge/runs/x",
+        "--resume",
+    ]
     assert ranks[0]["config"]["name"] == "dcgan" and ranks[0]["MASTER_ADDR"] == "127.0.0.1"
 
 

@@ -1,5 +1,6 @@
 """`ganforge generate`: grids, single images, slerp interpolations and WAVs from registered
 models and checkpoints, reproducible by seed, written atomically; real sqlite MLflow store."""
+
 from __future__ import annotations
 
 import io
@@ -81,8 +82,14 @@ def run_cli(*args: str, home: Path) -> subprocess.CompletedProcess:
     """`python -m ganforge.cli generate …` in a fresh process on the same sqlite store."""
     env = cli_env(GANFORGE_HOME=str(home))
     env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run([sys.executable, "-m", "ganforge.cli", "generate", *args], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "ganforge.cli", "generate", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def generate_in_fresh_process(model: str, out: Path, home: Path, *extra: str) -> dict:
@@ -101,19 +108,21 @@ def pixels(path: Path) -> np.ndarray:
 
 def grid_tile(grid: np.ndarray, row: int, col: int, side: int = 28) -> np.ndarray:
     top, left = 2 + row * (side + 2), 2 + col * (side + 2)
-    return grid[top:top + side, left:left + side]
+    return grid[top : top + side, left : left + side]
 
 
 def test_champion_generates_grid_images_and_interpolations_reproducibly(dcgan, store, tmp_path):
     uri = f"models:/{dcgan['name']}@champion"
-    first = generate_in_fresh_process(uri, tmp_path / "a", store, "-n", str(N), "--interpolate", str(STEPS),
-                                      "--seed", "7")
+    first = generate_in_fresh_process(
+        uri, tmp_path / "a", store, "-n", str(N), "--interpolate", str(STEPS), "--seed", "7"
+    )
     # The same seed in another process (this one) gives the same bytes; another seed differs.
     generate_to_dir(uri, tmp_path / "b", n=N, seed=7, interpolate=STEPS)
     generate_to_dir(uri, tmp_path / "c", n=N, seed=8, interpolate=STEPS)
 
-    assert {Path(p) for p in first.values()} == {tmp_path / "a" / name for name in
-                                                  ("grid.png", "images", "interpolation.png", "generation.json")}
+    assert {Path(p) for p in first.values()} == {
+        tmp_path / "a" / name for name in ("grid.png", "images", "interpolation.png", "generation.json")
+    }
     cols = math.ceil(math.sqrt(N))
     grid = Image.open(tmp_path / "a" / "grid.png")
     assert grid.size == (cols * TILE + 2, math.ceil(N / cols) * TILE + 2) and grid.mode == "L"
@@ -135,8 +144,13 @@ def test_champion_generates_grid_images_and_interpolations_reproducibly(dcgan, s
 
     manifest = json.loads((tmp_path / "a" / "generation.json").read_text())
     assert manifest["model"] == uri and manifest["version"] == dcgan["version"] and manifest["name"] == dcgan["name"]
-    assert (manifest["seed"], manifest["n"], manifest["interpolate"], manifest["nz"], manifest["kind"]) == \
-        (7, N, STEPS, 100, "image")
+    assert (manifest["seed"], manifest["n"], manifest["interpolate"], manifest["nz"], manifest["kind"]) == (
+        7,
+        N,
+        STEPS,
+        100,
+        "image",
+    )
     assert manifest["files"] == sorted(["grid.png", "interpolation.png", *(f"images/{i:05d}.png" for i in range(N))])
 
     same, other = tree_bytes(tmp_path / "b"), tree_bytes(tmp_path / "c")
@@ -183,10 +197,13 @@ def test_missing_version_lists_versions(dcgan, store, tmp_path):
         generate_to_dir(f"models:/{dcgan['name']}/99", tmp_path / "out", n=2)
 
 
-@pytest.mark.parametrize("model, message", [
-    ("models:/dcgan", "models:/NAME@ALIAS"),
-    ("does/not/exist/checkpoint.pt", "no checkpoint at does/not/exist/checkpoint.pt"),
-])
+@pytest.mark.parametrize(
+    "model, message",
+    [
+        ("models:/dcgan", "models:/NAME@ALIAS"),
+        ("does/not/exist/checkpoint.pt", "no checkpoint at does/not/exist/checkpoint.pt"),
+    ],
+)
 def test_bad_model_reference_says_what_to_pass(model, message, tmp_path):
     with pytest.raises(GenerationError, match=message):
         generate_to_dir(model, tmp_path / "out", n=2)

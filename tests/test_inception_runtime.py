@@ -3,6 +3,7 @@
 Speed is not asserted here (it lives in `make bench`); these tests check that the fast path
 computes the same features and FID as the TorchScript reference on real Fashion-MNIST images.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,23 +22,31 @@ from ganforge.data import load_dataset
 ROOT = Path(__file__).resolve().parents[1]
 N_PER_SIDE = 16
 
-pytestmark = pytest.mark.skipif(inception_runtime.import_openvino() is None,
-                                reason="openvino not installed: the TorchScript path is the only one")
+pytestmark = pytest.mark.skipif(
+    inception_runtime.import_openvino() is None, reason="openvino not installed: the TorchScript path is the only one"
+)
 
 
 @pytest.fixture(scope="module")
 def fashion_images(fashion_train, fashion_test) -> dict[str, np.ndarray]:
     """The first 16 real Fashion-MNIST train and test images (28 px grey, resized to 299 by the protocol)."""
-    return {"train": np.asarray(load_dataset(fashion_train).images[:N_PER_SIDE]),
-            "test": np.asarray(load_dataset(fashion_test).images[:N_PER_SIDE])}
+    return {
+        "train": np.asarray(load_dataset(fashion_train).images[:N_PER_SIDE]),
+        "test": np.asarray(load_dataset(fashion_test).images[:N_PER_SIDE]),
+    }
 
 
 @pytest.fixture(scope="module")
 def features_by_runtime(torchscript, fashion_images) -> dict[str, dict[str, np.ndarray]]:
-    return {runtime: {split: metrics.images_to_features(images, batch_size=8, choice=torchscript, device="cpu",
-                                                        workers=1, runtime=runtime)
-                      for split, images in fashion_images.items()}
-            for runtime in ("torchscript", "openvino")}
+    return {
+        runtime: {
+            split: metrics.images_to_features(
+                images, batch_size=8, choice=torchscript, device="cpu", workers=1, runtime=runtime
+            )
+            for split, images in fashion_images.items()
+        }
+        for runtime in ("torchscript", "openvino")
+    }
 
 
 def test_fast_path_features_match_the_torchscript_reference(features_by_runtime):
@@ -48,8 +57,9 @@ def test_fast_path_features_match_the_torchscript_reference(features_by_runtime)
         assert np.abs(fast - reference).max() < 1e-4, split
 
 
-def test_fast_path_matches_the_plain_torchscript_on_torch_fidelitys_resize(torchscript, fashion_images,
-                                                                           features_by_runtime):
+def test_fast_path_matches_the_plain_torchscript_on_torch_fidelitys_resize(
+    torchscript, fashion_images, features_by_runtime
+):
     """End to end against the untouched reference: unfrozen TorchScript on torch-fidelity's own TF1 resize."""
     import torch
     from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
@@ -65,8 +75,10 @@ def test_fast_path_fid_equals_the_reference_to_two_decimals(features_by_runtime)
     fids = {runtime: metrics.features_to_fid(f["train"], f["test"]) for runtime, f in features_by_runtime.items()}
     assert fids["torchscript"] > 1.0
     assert abs(fids["openvino"] - fids["torchscript"]) < 0.005, fids
-    kids = {runtime: metrics.features_to_kid(f["train"], f["test"], subset_size=N_PER_SIDE, subsets=1)[0]
-            for runtime, f in features_by_runtime.items()}
+    kids = {
+        runtime: metrics.features_to_kid(f["train"], f["test"], subset_size=N_PER_SIDE, subsets=1)[0]
+        for runtime, f in features_by_runtime.items()
+    }
     assert kids["openvino"] == pytest.approx(kids["torchscript"], rel=1e-3, abs=1e-6)
 
 
@@ -78,10 +90,12 @@ def test_matrix_resize_equals_torch_fidelitys_tf1_bilinear(fashion_images, chann
     if (channels, height, width) == (1, 28, 28):
         images = torch.from_numpy(np.array(fashion_images["test"]))  # real Fashion-MNIST
     else:
-        images = torch.from_numpy(np.random.default_rng(height).integers(0, 256, (4, channels, height, width),
-                                                                         dtype=np.uint8))
-    reference = interpolate_bilinear_2d_like_tensorflow1x(images.expand(-1, 3, -1, -1).float(), size=(299, 299),
-                                                          align_corners=False)
+        images = torch.from_numpy(
+            np.random.default_rng(height).integers(0, 256, (4, channels, height, width), dtype=np.uint8)
+        )
+    reference = interpolate_bilinear_2d_like_tensorflow1x(
+        images.expand(-1, 3, -1, -1).float(), size=(299, 299), align_corners=False
+    )
     ours = metrics.uint8_to_inception_input(images, channels_last=False) * 128 + 128
     assert ours.shape == reference.shape == (len(images), 3, 299, 299)
     assert (ours - reference).abs().max().item() < 1e-3  # grey levels: float rounding only
@@ -101,8 +115,9 @@ def test_fast_path_is_the_default_on_cpu(torchscript, monkeypatch):
 
 
 def test_fast_path_in_worker_processes_matches_the_reference(torchscript, fashion_images, features_by_runtime):
-    two = metrics.images_to_features(fashion_images["test"][:6], batch_size=4, choice=torchscript, device="cpu",
-                                     workers=2, runtime="openvino")
+    two = metrics.images_to_features(
+        fashion_images["test"][:6], batch_size=4, choice=torchscript, device="cpu", workers=2, runtime="openvino"
+    )
     assert np.abs(two - features_by_runtime["torchscript"]["test"][:6]).max() < 1e-4
 
 
@@ -147,8 +162,9 @@ def test_converted_model_is_cached_reused_and_rebuilt_when_stale(torchscript, fa
 
     images = torch.from_numpy(np.array(fashion_images["test"][:3]))
     x = metrics.uint8_to_inception_input(images, channels_last=False).numpy()
-    reference = metrics.images_to_features(fashion_images["test"][:3], choice=torchscript, device="cpu", workers=1,
-                                           runtime="torchscript")
+    reference = metrics.images_to_features(
+        fashion_images["test"][:3], choice=torchscript, device="cpu", workers=1, runtime="torchscript"
+    )
     assert np.abs(net(x) - reference).max() < 1e-4
 
 
@@ -202,24 +218,39 @@ def test_without_openvino_features_come_from_torchscript_with_one_log_line(torch
     np.save(tmp_path / "images.npy", images)
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="2")
     env.pop(inception_runtime.RUNTIME_ENV, None)
-    done = subprocess.run([sys.executable, "-c", BLOCKED_IMPORT, str(torchscript.path), str(tmp_path / "images.npy"),
-                           str(tmp_path / "features.npy")], capture_output=True, text=True, env=env, timeout=600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            BLOCKED_IMPORT,
+            str(torchscript.path),
+            str(tmp_path / "images.npy"),
+            str(tmp_path / "features.npy"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["openvino_loaded"] is False and report["runtime"] == "torchscript"
     assert "pip install openvino==" in report["required"] and "InceptionRuntimeError" in report["required"]
     assert done.stderr.count("Inception features on the TorchScript reference path") == 1, done.stderr[-3000:]
     assert "pip install openvino==" in done.stderr
-    reference = metrics.images_to_features(images, batch_size=4, choice=torchscript, device="cpu", workers=1,
-                                           runtime="torchscript")
+    reference = metrics.images_to_features(
+        images, batch_size=4, choice=torchscript, device="cpu", workers=1, runtime="torchscript"
+    )
     assert np.abs(np.load(tmp_path / "features.npy") - reference).max() < 1e-4
 
 
 def test_openvino_conversion_never_sends_telemetry():
     """convert_model's telemetry (Google Analytics, on unless a consent file says no) gets its no-op stub."""
-    code = ("from ganforge.inception_runtime import import_openvino; import_openvino(); "
-            "import openvino.tools.ovc.convert_impl as c, openvino.tools.ovc.telemetry_utils as u; "
-            "print(c.tm.__name__, u.tm.__name__)")
+    code = (
+        "from ganforge.inception_runtime import import_openvino; import_openvino(); "
+        "import openvino.tools.ovc.convert_impl as c, openvino.tools.ovc.telemetry_utils as u; "
+        "print(c.tm.__name__, u.tm.__name__)"
+    )
     env = {k: v for k, v in os.environ.items() if k != "CI"}  # CI=true would switch it off by itself
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr

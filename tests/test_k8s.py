@@ -1,4 +1,5 @@
 """The k8s/ manifests: rendered with the real kubectl kustomize, validated against real schemas."""
+
 from __future__ import annotations
 
 import base64
@@ -60,8 +61,9 @@ def rule_table(role: dict) -> dict[tuple, set[str]]:
 
 
 def test_make_k8s_check_passes_on_the_shipped_manifests():
-    proc = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "k8s_check.py")],
-                          capture_output=True, text=True, timeout=400)
+    proc = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / "k8s_check.py")], capture_output=True, text=True, timeout=400
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "k8s-check: OK (3 targets" in proc.stdout
 
@@ -83,8 +85,9 @@ def test_rbac_is_exactly_least_privilege(renders):
         assert not [o for o in objects if o["kind"] in {"ClusterRole", "ClusterRoleBinding"}]
         find(objects, "ServiceAccount", "ganforge-pipeline-runner")
         for binding in (o for o in objects if o["kind"] == "RoleBinding"):
-            assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "ganforge-pipeline-runner",
-                                            "namespace": "ganforge"}]
+            assert binding["subjects"] == [
+                {"kind": "ServiceAccount", "name": "ganforge-pipeline-runner", "namespace": "ganforge"}
+            ]
 
 
 def test_every_container_has_resources_and_a_hardened_security_context(renders):
@@ -121,8 +124,14 @@ def test_servers_have_probes_and_images_are_pinned(renders):
 def test_secrets_are_placeholders_and_launcher_config_points_at_minio(renders):
     objects = renders["base"]
     secrets = [o for o in objects if o["kind"] == "Secret"]
-    assert {s["metadata"]["name"] for s in secrets} == {"minio-root", "ganforge-s3", "postgres", "mlflow-s3",
-                                                         "mlflow-auth", "ganforge-mlflow"}
+    assert {s["metadata"]["name"] for s in secrets} == {
+        "minio-root",
+        "ganforge-s3",
+        "postgres",
+        "mlflow-s3",
+        "mlflow-auth",
+        "ganforge-mlflow",
+    }
     for secret in secrets:
         assert set(k8s_check.secret_values(secret).values()) == {"REPLACE_ME"}
     launcher = find(objects, "ConfigMap", "kfp-launcher")
@@ -142,9 +151,13 @@ def test_overlays_size_the_cluster_differently(renders):
     assert settings["GANFORGE_GPU_NODE_SELECTOR"] == "nvidia.com/gpu.present=true"
     for name, kind_name in (("minio", "StatefulSet"), ("postgres", "StatefulSet"), ("mlflow", "Deployment")):
         terms = find(gpu, kind_name, name)["spec"]["template"]["spec"]["affinity"]["nodeAffinity"][
-            "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
-        assert terms[0]["matchExpressions"][0] == {"key": "nvidia.com/gpu.present", "operator": "NotIn",
-                                                   "values": ["true"]}
+            "requiredDuringSchedulingIgnoredDuringExecution"
+        ]["nodeSelectorTerms"]
+        assert terms[0]["matchExpressions"][0] == {
+            "key": "nvidia.com/gpu.present",
+            "operator": "NotIn",
+            "values": ["true"],
+        }
         assert "affinity" not in find(kind, kind_name, name)["spec"]["template"]["spec"]
 
 
@@ -168,8 +181,9 @@ def test_check_reports_each_kind_of_problem(renders):
     assert "NO_SUCH_KEY" in " ".join(k8s_check.reference_problems(objects))
 
     launcher = find(objects, "ConfigMap", "kfp-launcher")
-    launcher["data"]["providers"] = launcher["data"]["providers"].replace("secretKeyKey: AWS_SECRET_ACCESS_KEY",
-                                                                          "secretKeyKey: WRONG")
+    launcher["data"]["providers"] = launcher["data"]["providers"].replace(
+        "secretKeyKey: AWS_SECRET_ACCESS_KEY", "secretKeyKey: WRONG"
+    )
     assert "secretKeyKey=WRONG" in " ".join(k8s_check.kfp_launcher_problems(objects))
 
     container["bogusField"] = 1
@@ -196,6 +210,7 @@ def test_a_missing_kustomize_target_file_is_a_clear_error(tmp_path):
 
 
 # --- issue 13: admission, pod security, network, credentials, MLflow auth --------------------
+
 
 @pytest.fixture(scope="module")
 def runtime() -> k8s_check.Runtime:
@@ -224,26 +239,48 @@ def test_admission_policy_admits_ganforge_jobs_and_denies_each_violation(renders
     assert k8s_check.admission_problems(objects, runtime.jobs) == []
 
 
-@pytest.mark.parametrize("breakage, expected", [
-    # The policy allows a Secret the runner may not read -> a job reading it is admitted.
-    (lambda p, b: p["spec"]["variables"][0].update(expression="['ganforge-s3', 'ganforge-mlflow', 'minio-root']"),
-     "admits a pytorchjob with env secretKeyRef minio-root"),
-    # The volume rule is dropped -> hostPath is admitted.
-    (lambda p, b: p["spec"]["validations"].pop(1), "admits a trainjob with hostPath volume"),
-    # The ServiceAccount rule is dropped -> a job running as the runner itself is admitted.
-    (lambda p, b: p["spec"]["validations"].pop(2), "admits a pytorchjob with serviceAccountName ganforge-pipeline-runner"),
-    (lambda p, b: p["spec"]["validations"].pop(3), "admits a pytorchjob with privileged container"),
-    (lambda p, b: p["spec"]["validations"].pop(4), "admits a trainjob with another runtime"),
-    # A typo in a field name makes the rule deny ganforge's own jobs.
-    (lambda p, b: p["spec"]["validations"][2].update(
-        expression=p["spec"]["validations"][2]["expression"].replace("s.serviceAccountName ==", "s.serviceAcountName ==")),
-     "denies ganforge's own"),
-    (lambda p, b: b["spec"].update(validationActions=["Warn"]), "no binding with validationActions Deny"),
-    (lambda p, b: b["spec"]["matchResources"]["namespaceSelector"]["matchLabels"].update(
-        {"kubernetes.io/metadata.name": "default"}), "no binding with validationActions Deny for namespace ganforge"),
-    (lambda p, b: p["spec"]["matchConstraints"]["resourceRules"].pop(1), "does not match CREATE and UPDATE of trainjobs"),
-    (lambda p, b: p["spec"].update(failurePolicy="Ignore"), "failurePolicy must be Fail"),
-])
+@pytest.mark.parametrize(
+    "breakage, expected",
+    [
+        # The policy allows a Secret the runner may not read -> a job reading it is admitted.
+        (
+            lambda p, b: p["spec"]["variables"][0].update(
+                expression="['ganforge-s3', 'ganforge-mlflow', 'minio-root']"
+            ),
+            "admits a pytorchjob with env secretKeyRef minio-root",
+        ),
+        # The volume rule is dropped -> hostPath is admitted.
+        (lambda p, b: p["spec"]["validations"].pop(1), "admits a trainjob with hostPath volume"),
+        # The ServiceAccount rule is dropped -> a job running as the runner itself is admitted.
+        (
+            lambda p, b: p["spec"]["validations"].pop(2),
+            "admits a pytorchjob with serviceAccountName ganforge-pipeline-runner",
+        ),
+        (lambda p, b: p["spec"]["validations"].pop(3), "admits a pytorchjob with privileged container"),
+        (lambda p, b: p["spec"]["validations"].pop(4), "admits a trainjob with another runtime"),
+        # A typo in a field name makes the rule deny ganforge's own jobs.
+        (
+            lambda p, b: p["spec"]["validations"][2].update(
+                expression=p["spec"]["validations"][2]["expression"].replace(
+                    "s.serviceAccountName ==", "s.serviceAcountName =="
+                )
+            ),
+            "denies ganforge's own",
+        ),
+        (lambda p, b: b["spec"].update(validationActions=["Warn"]), "no binding with validationActions Deny"),
+        (
+            lambda p, b: b["spec"]["matchResources"]["namespaceSelector"]["matchLabels"].update(
+                {"kubernetes.io/metadata.name": "default"}
+            ),
+            "no binding with validationActions Deny for namespace ganforge",
+        ),
+        (
+            lambda p, b: p["spec"]["matchConstraints"]["resourceRules"].pop(1),
+            "does not match CREATE and UPDATE of trainjobs",
+        ),
+        (lambda p, b: p["spec"].update(failurePolicy="Ignore"), "failurePolicy must be Fail"),
+    ],
+)
 def test_admission_check_fails_on_a_broken_policy(renders, runtime, breakage, expected):
     objects = copy.deepcopy(renders["base"])
     breakage(_policy(objects), find(objects, "ValidatingAdmissionPolicyBinding", "ganforge-training-jobs"))
@@ -253,7 +290,8 @@ def test_admission_check_fails_on_a_broken_policy(renders, runtime, breakage, ex
 def test_admission_check_fails_without_a_policy(renders, runtime):
     objects = [o for o in renders["base"] if o["kind"] != "ValidatingAdmissionPolicy"]
     assert "no ValidatingAdmissionPolicy matches pytorchjobs" in " ".join(
-        k8s_check.admission_problems(objects, runtime.jobs))
+        k8s_check.admission_problems(objects, runtime.jobs)
+    )
 
 
 def test_training_pods_and_workloads_meet_restricted_without_a_token(renders, runtime):
@@ -263,29 +301,57 @@ def test_training_pods_and_workloads_meet_restricted_without_a_token(renders, ru
     assert pytorch["automountServiceAccountToken"] is False and pytorch["serviceAccountName"] == "ganforge-training"
     assert {"name": "tmp", "mountPath": "/tmp"} in pytorch["containers"][0]["volumeMounts"]
     assert find(objects, "ServiceAccount", "ganforge-training")["automountServiceAccountToken"] is False
-    assert not [b for b in objects if b["kind"] == "RoleBinding"
-                and any(s["name"] == "ganforge-training" for s in b["subjects"])]
+    assert not [
+        b
+        for b in objects
+        if b["kind"] == "RoleBinding" and any(s["name"] == "ganforge-training" for s in b["subjects"])
+    ]
     labels = find(objects, "Namespace", "ganforge")["metadata"]["labels"]
     assert labels["pod-security.kubernetes.io/enforce"] == "baseline"
     assert labels["pod-security.kubernetes.io/warn"] == labels["pod-security.kubernetes.io/audit"] == "restricted"
 
 
-@pytest.mark.parametrize("breakage, expected", [
-    (lambda o, j: k8s_check.training_pod_specs_ref(j["pytorchjob"])[0]["containers"][0]["securityContext"].update(
-        readOnlyRootFilesystem=False), "pytorchjob pods: container pytorch: readOnlyRootFilesystem"),
-    (lambda o, j: k8s_check.training_pod_specs_ref(j["pytorchjob"])[0].pop("automountServiceAccountToken"),
-     "pytorchjob pods: automountServiceAccountToken must be false"),
-    (lambda o, j: k8s_check.training_pod_specs_ref(j["trainjob"])[0]["securityContext"].pop("seccompProfile"),
-     "trainjob pods: seccompProfile"),
-    (lambda o, j: find(o, "ServiceAccount", "ganforge-training").pop("automountServiceAccountToken"),
-     "ServiceAccount ganforge-training mounts its token"),
-    (lambda o, j: find(o, "Job", "mlflow-auth-init")["spec"]["template"]["spec"].pop("automountServiceAccountToken"),
-     "Job/ganforge/mlflow-auth-init: automountServiceAccountToken must be false"),
-    (lambda o, j: find(o, "Deployment", "mlflow")["spec"]["template"]["spec"]["volumes"].append(
-        {"name": "host", "hostPath": {"path": "/var"}}), "volume host: type hostPath is not allowed"),
-    (lambda o, j: find(o, "Namespace", "ganforge")["metadata"]["labels"].pop("pod-security.kubernetes.io/enforce"),
-     "pod-security.kubernetes.io/enforce must be baseline or restricted"),
-])
+@pytest.mark.parametrize(
+    "breakage, expected",
+    [
+        (
+            lambda o, j: k8s_check.training_pod_specs_ref(j["pytorchjob"])[0]["containers"][0][
+                "securityContext"
+            ].update(readOnlyRootFilesystem=False),
+            "pytorchjob pods: container pytorch: readOnlyRootFilesystem",
+        ),
+        (
+            lambda o, j: k8s_check.training_pod_specs_ref(j["pytorchjob"])[0].pop("automountServiceAccountToken"),
+            "pytorchjob pods: automountServiceAccountToken must be false",
+        ),
+        (
+            lambda o, j: k8s_check.training_pod_specs_ref(j["trainjob"])[0]["securityContext"].pop("seccompProfile"),
+            "trainjob pods: seccompProfile",
+        ),
+        (
+            lambda o, j: find(o, "ServiceAccount", "ganforge-training").pop("automountServiceAccountToken"),
+            "ServiceAccount ganforge-training mounts its token",
+        ),
+        (
+            lambda o, j: find(o, "Job", "mlflow-auth-init")["spec"]["template"]["spec"].pop(
+                "automountServiceAccountToken"
+            ),
+            "Job/ganforge/mlflow-auth-init: automountServiceAccountToken must be false",
+        ),
+        (
+            lambda o, j: find(o, "Deployment", "mlflow")["spec"]["template"]["spec"]["volumes"].append(
+                {"name": "host", "hostPath": {"path": "/var"}}
+            ),
+            "volume host: type hostPath is not allowed",
+        ),
+        (
+            lambda o, j: find(o, "Namespace", "ganforge")["metadata"]["labels"].pop(
+                "pod-security.kubernetes.io/enforce"
+            ),
+            "pod-security.kubernetes.io/enforce must be baseline or restricted",
+        ),
+    ],
+)
 def test_pod_security_check_fails_on_a_violation(renders, runtime, breakage, expected):
     objects, jobs = copy.deepcopy(renders["base"]), copy.deepcopy(runtime.jobs)
     breakage(objects, jobs)
@@ -297,13 +363,19 @@ def test_compiled_pipeline_tasks_run_non_root_with_required_mlflow_credentials(r
     assert {"exec-train", "exec-register", "exec-end-run"} <= set(executors)
     for name, settings in executors.items():
         assert settings["securityContext"] == {"runAsUser": "1000", "runAsGroup": "1000", "runAsNonRoot": True}, name
-        mlflow_refs = [r for r in settings["secretAsEnv"] if r.get("secretName") == "ganforge-mlflow"
-                       or (r.get("secretNameParameter") or {}).get("runtimeValue", {}).get("constant") == "ganforge-mlflow"]
+        mlflow_refs = [
+            r
+            for r in settings["secretAsEnv"]
+            if r.get("secretName") == "ganforge-mlflow"
+            or (r.get("secretNameParameter") or {}).get("runtimeValue", {}).get("constant") == "ganforge-mlflow"
+        ]
         assert len(mlflow_refs) == 1 and not mlflow_refs[0].get("optional"), name
     assert k8s_check.task_security_problems(executors) == []
     assert k8s_check.runtime_secret_problems(renders["base"], runtime.jobs, executors) == []
     # Without the Secret in k8s/ (as before issue 13) the check names it, for tasks and training pods.
-    no_secret = [o for o in renders["base"] if not (o["kind"] == "Secret" and o["metadata"]["name"] == "ganforge-mlflow")]
+    no_secret = [
+        o for o in renders["base"] if not (o["kind"] == "Secret" and o["metadata"]["name"] == "ganforge-mlflow")
+    ]
     problems = " | ".join(k8s_check.runtime_secret_problems(no_secret, runtime.jobs, executors))
     assert "pipeline task exec-register: reads Secret ganforge-mlflow, which k8s/ does not define" in problems
     assert "pytorchjob pods: read Secret ganforge-mlflow, which k8s/ does not define" in problems
@@ -315,7 +387,9 @@ def test_compiled_pipeline_tasks_run_non_root_with_required_mlflow_credentials(r
     optional = copy.deepcopy(executors)
     for ref in optional["exec-register"]["secretAsEnv"]:
         ref["optional"] = True
-    assert "exec-register: Secret" in " ".join(k8s_check.runtime_secret_problems(renders["base"], runtime.jobs, optional))
+    assert "exec-register: Secret" in " ".join(
+        k8s_check.runtime_secret_problems(renders["base"], runtime.jobs, optional)
+    )
 
 
 def _endpoints(objects, runtime):
@@ -336,28 +410,54 @@ def test_network_default_deny_with_exactly_the_needed_exceptions(renders, runtim
     assert allowed(objects, e["other-pod"], e["kube-dns"], 53, "UDP")
 
 
-@pytest.mark.parametrize("breakage, expected", [
-    (lambda o: o.remove(find(o, "NetworkPolicy", "default-deny")), "no default-deny NetworkPolicy"),
-    (lambda o: o.remove(find(o, "NetworkPolicy", "default-deny")), "allow other-namespace-pod -> kfp-task:8080/TCP"),
-    # dns-egress alone already limits every pod's egress to DNS; without both, anything goes out.
-    (lambda o: [o.remove(find(o, "NetworkPolicy", n)) for n in ("default-deny", "dns-egress")],
-     "allow other-pod -> internet:443/TCP"),
-    (lambda o: o.remove(find(o, "NetworkPolicy", "dns-egress")), "block kfp-task -> kube-dns:53/UDP"),
-    # Egress rules of the clients still keep them off Postgres: open both sides to see the check fail.
-    (lambda o: find(o, "NetworkPolicy", "postgres-ingress")["spec"]["ingress"][0]["from"].append({"namespaceSelector": {}}),
-     "allow other-namespace-pod -> postgres:5432/TCP"),
-    (lambda o: [find(o, "NetworkPolicy", "postgres-ingress")["spec"]["ingress"][0]["from"].append({"podSelector": {}}),
-                find(o, "NetworkPolicy", "kfp-task-egress")["spec"]["egress"].append({"to": [{"podSelector": {}}]})],
-     "allow kfp-task -> postgres:5432/TCP"),
-    (lambda o: o.remove(find(o, "NetworkPolicy", "kfp-task-egress")), "block kfp-task -> kube-apiserver:443/TCP"),
-    (lambda o: o.remove(find(o, "NetworkPolicy", "mlflow-egress")), "block mlflow -> postgres:5432/TCP"),
-    (lambda o: find(o, "NetworkPolicy", "training")["spec"]["egress"].append({"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]}),
-     "allow pytorchjob-pod -> internet:443/TCP"),
-    (lambda o: find(o, "NetworkPolicy", "mlflow-ingress")["spec"]["ingress"][0]["from"].append(
-        {"namespaceSelector": {}, "podSelector": {"matchLabels": {"ganforge.io/storage-client": "true"}}}),
-     "allow other-namespace-pod -> mlflow:5000/TCP"),
-    (lambda o: find(o, "NetworkPolicy", "training")["spec"].pop("ingress"), "block pytorchjob-pod -> pytorchjob-pod:23456"),
-])
+@pytest.mark.parametrize(
+    "breakage, expected",
+    [
+        (lambda o: o.remove(find(o, "NetworkPolicy", "default-deny")), "no default-deny NetworkPolicy"),
+        (
+            lambda o: o.remove(find(o, "NetworkPolicy", "default-deny")),
+            "allow other-namespace-pod -> kfp-task:8080/TCP",
+        ),
+        # dns-egress alone already limits every pod's egress to DNS; without both, anything goes out.
+        (
+            lambda o: [o.remove(find(o, "NetworkPolicy", n)) for n in ("default-deny", "dns-egress")],
+            "allow other-pod -> internet:443/TCP",
+        ),
+        (lambda o: o.remove(find(o, "NetworkPolicy", "dns-egress")), "block kfp-task -> kube-dns:53/UDP"),
+        # Egress rules of the clients still keep them off Postgres: open both sides to see the check fail.
+        (
+            lambda o: find(o, "NetworkPolicy", "postgres-ingress")["spec"]["ingress"][0]["from"].append(
+                {"namespaceSelector": {}}
+            ),
+            "allow other-namespace-pod -> postgres:5432/TCP",
+        ),
+        (
+            lambda o: [
+                find(o, "NetworkPolicy", "postgres-ingress")["spec"]["ingress"][0]["from"].append({"podSelector": {}}),
+                find(o, "NetworkPolicy", "kfp-task-egress")["spec"]["egress"].append({"to": [{"podSelector": {}}]}),
+            ],
+            "allow kfp-task -> postgres:5432/TCP",
+        ),
+        (lambda o: o.remove(find(o, "NetworkPolicy", "kfp-task-egress")), "block kfp-task -> kube-apiserver:443/TCP"),
+        (lambda o: o.remove(find(o, "NetworkPolicy", "mlflow-egress")), "block mlflow -> postgres:5432/TCP"),
+        (
+            lambda o: find(o, "NetworkPolicy", "training")["spec"]["egress"].append(
+                {"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]}
+            ),
+            "allow pytorchjob-pod -> internet:443/TCP",
+        ),
+        (
+            lambda o: find(o, "NetworkPolicy", "mlflow-ingress")["spec"]["ingress"][0]["from"].append(
+                {"namespaceSelector": {}, "podSelector": {"matchLabels": {"ganforge.io/storage-client": "true"}}}
+            ),
+            "allow other-namespace-pod -> mlflow:5000/TCP",
+        ),
+        (
+            lambda o: find(o, "NetworkPolicy", "training")["spec"].pop("ingress"),
+            "block pytorchjob-pod -> pytorchjob-pod:23456",
+        ),
+    ],
+)
 def test_network_check_fails_on_a_broken_policy(renders, runtime, breakage, expected):
     objects = copy.deepcopy(renders["base"])
     breakage(objects)
@@ -376,14 +476,17 @@ def test_no_credential_on_a_command_line(renders):
     assert "@" in env["MLFLOW_BACKEND_STORE_URI"]["value"] and ":$(" not in env["MLFLOW_BACKEND_STORE_URI"]["value"]
     container["args"].append("--backend-store-uri=postgresql://u:$(PGPASSWORD)@postgres/mlflow")
     assert "$(PGPASSWORD) from a Secret is on the command line" in " ".join(
-        k8s_check.command_line_problems(mlflow, objects))
+        k8s_check.command_line_problems(mlflow, objects)
+    )
     container["args"].pop()
     env["MLFLOW_BACKEND_STORE_URI"]["value"] = "postgresql+psycopg2://$(POSTGRES_USER):$(PGPASSWORD)@postgres/db"
     assert "embeds the credential PGPASSWORD" in " ".join(k8s_check.command_line_problems(mlflow, objects))
     postgres = find(objects, "StatefulSet", "postgres")  # envFrom: every key of the Secret counts
     probe = postgres["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["exec"]["command"]
     probe[-1] += ' && PGPASSWORD="$POSTGRES_PASSWORD" psql -c "select 1"'
-    assert "$POSTGRES_PASSWORD from a Secret is expanded" in " ".join(k8s_check.command_line_problems(postgres, objects))
+    assert "$POSTGRES_PASSWORD from a Secret is expanded" in " ".join(
+        k8s_check.command_line_problems(postgres, objects)
+    )
 
 
 def test_mlflow_runs_basic_auth_from_secrets_with_its_own_s3_keys(renders):
@@ -398,22 +501,43 @@ def test_mlflow_runs_basic_auth_from_secrets_with_its_own_s3_keys(renders):
     assert k8s_check.auth_ini_problems(ini) == []
 
 
-@pytest.mark.parametrize("breakage, expected", [
-    (lambda o: _mlflow_container(o)["args"].remove("--app-name=basic-auth"), "without --app-name=basic-auth"),
-    (lambda o: _mlflow_env(o, "AWS_SECRET_ACCESS_KEY")["valueFrom"]["secretKeyRef"].update(name="ganforge-s3"),
-     "MLflow uses the pipeline tasks' S3 Secret ganforge-s3"),
-    (lambda o: _mlflow_env(o, "MLFLOW_AUTH_ADMIN_PASSWORD").update(value="hunter2", valueFrom=None) or
-     _mlflow_env(o, "MLFLOW_AUTH_ADMIN_PASSWORD").pop("valueFrom"), "MLFLOW_AUTH_ADMIN_PASSWORD must come from a Secret"),
-    (lambda o: _mlflow_container(o)["env"].remove(_mlflow_env(o, "MLFLOW_AUTH_CONFIG_PATH")),
-     "MLFLOW_AUTH_CONFIG_PATH is not set"),
-    (lambda o: _auth_ini(o, lambda t: t.replace("default_permission = READ", "default_permission = MANAGE")),
-     "default_permission=MANAGE"),
-    (lambda o: _auth_ini(o, lambda t: t.replace("postgresql+psycopg2://postgres:5432", "sqlite:///basic_auth.db")),
-     "users must persist in Postgres"),
-    (lambda o: _auth_ini(o, lambda t: t.replace("database_uri", "database")), "MLflow cannot read it"),
-    (lambda o: _auth_ini(o, lambda t: t + "admin_password = x\n"), "holds the admin account"),
-    (lambda o: o.remove(find(o, "Secret", "ganforge-mlflow")), "Secret ganforge-mlflow (the pipeline's MLflow user)"),
-])
+@pytest.mark.parametrize(
+    "breakage, expected",
+    [
+        (lambda o: _mlflow_container(o)["args"].remove("--app-name=basic-auth"), "without --app-name=basic-auth"),
+        (
+            lambda o: _mlflow_env(o, "AWS_SECRET_ACCESS_KEY")["valueFrom"]["secretKeyRef"].update(name="ganforge-s3"),
+            "MLflow uses the pipeline tasks' S3 Secret ganforge-s3",
+        ),
+        (
+            lambda o: (
+                _mlflow_env(o, "MLFLOW_AUTH_ADMIN_PASSWORD").update(value="hunter2", valueFrom=None)
+                or _mlflow_env(o, "MLFLOW_AUTH_ADMIN_PASSWORD").pop("valueFrom")
+            ),
+            "MLFLOW_AUTH_ADMIN_PASSWORD must come from a Secret",
+        ),
+        (
+            lambda o: _mlflow_container(o)["env"].remove(_mlflow_env(o, "MLFLOW_AUTH_CONFIG_PATH")),
+            "MLFLOW_AUTH_CONFIG_PATH is not set",
+        ),
+        (
+            lambda o: _auth_ini(o, lambda t: t.replace("default_permission = READ", "default_permission = MANAGE")),
+            "default_permission=MANAGE",
+        ),
+        (
+            lambda o: _auth_ini(
+                o, lambda t: t.replace("postgresql+psycopg2://postgres:5432", "sqlite:///basic_auth.db")
+            ),
+            "users must persist in Postgres",
+        ),
+        (lambda o: _auth_ini(o, lambda t: t.replace("database_uri", "database")), "MLflow cannot read it"),
+        (lambda o: _auth_ini(o, lambda t: t + "admin_password = x\n"), "holds the admin account"),
+        (
+            lambda o: o.remove(find(o, "Secret", "ganforge-mlflow")),
+            "Secret ganforge-mlflow (the pipeline's MLflow user)",
+        ),
+    ],
+)
 def test_mlflow_auth_check_fails_on_a_violation(renders, breakage, expected):
     objects = copy.deepcopy(renders["base"])
     breakage(objects)
@@ -443,8 +567,11 @@ def test_only_the_mlflow_server_keys_write_the_mlflow_bucket(renders):
     broken = copy.deepcopy(objects)
     data = find(broken, "ConfigMap", "minio-bucket-init")["data"]
     data["ganforge-artifacts-policy.json"] = data["ganforge-artifacts-policy.json"].replace(
-        '"arn:aws:s3:::ganforge-artifacts/*"', '"arn:aws:s3:::ganforge-artifacts/*", "arn:aws:s3:::mlflow/*"')
-    assert "can write the mlflow bucket: a task could replace" in " ".join(k8s_check.bucket_problems(broken, "ganforge-s3"))
+        '"arn:aws:s3:::ganforge-artifacts/*"', '"arn:aws:s3:::ganforge-artifacts/*", "arn:aws:s3:::mlflow/*"'
+    )
+    assert "can write the mlflow bucket: a task could replace" in " ".join(
+        k8s_check.bucket_problems(broken, "ganforge-s3")
+    )
     broken = copy.deepcopy(objects)
     env = find(broken, "Job", "minio-bucket-init")["spec"]["template"]["spec"]["containers"][0]["env"]
     next(e for e in env if e["name"] == "MLFLOW_ACCESS_KEY_ID")["valueFrom"]["secretKeyRef"]["name"] = "ganforge-s3"
@@ -453,13 +580,18 @@ def test_only_the_mlflow_server_keys_write_the_mlflow_bucket(renders):
 
 # --- MLflow basic-auth for real: the shipped ini and init script against a real server ----------
 
+
 def _http(url: str, method: str = "GET", auth: tuple[str, str] | None = None, body: dict | None = None) -> int:
     import json
     import urllib.error
     import urllib.request
 
-    request = urllib.request.Request(url, method=method, data=json.dumps(body).encode() if body else None,
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url,
+        method=method,
+        data=json.dumps(body).encode() if body else None,
+        headers={"Content-Type": "application/json"},
+    )
     if auth:
         request.add_header("Authorization", "Basic " + base64.b64encode(":".join(auth).encode()).decode())
     try:
@@ -481,23 +613,43 @@ def test_mlflow_basic_auth_with_the_shipped_config_and_init_job(renders, tmp_pat
     # The shipped config, with the auth store in sqlite here instead of the cluster's Postgres.
     assert "database_uri = postgresql+psycopg2://postgres:5432" in ini
     (tmp_path / "basic_auth.ini").write_text(
-        ini.replace("postgresql+psycopg2://postgres:5432", f"sqlite:///{tmp_path / 'auth.db'}"))
+        ini.replace("postgresql+psycopg2://postgres:5432", f"sqlite:///{tmp_path / 'auth.db'}")
+    )
     admin, user = ("admin-x", "admin-password-01"), ("ganforge-pipeline", "pipeline-password-1")
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
     container = find(objects, "Deployment", "mlflow")["spec"]["template"]["spec"]["containers"][0]
     flags = [a for a in container["args"] if a.startswith("--app-name") or a == "--serve-artifacts"]
-    env = {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(tmp_path / "basic_auth.ini"),
-           "MLFLOW_AUTH_ADMIN_USERNAME": admin[0], "MLFLOW_AUTH_ADMIN_PASSWORD": admin[1],
-           "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-secret-key"}
+    env = {
+        **os.environ,
+        "MLFLOW_AUTH_CONFIG_PATH": str(tmp_path / "basic_auth.ini"),
+        "MLFLOW_AUTH_ADMIN_USERNAME": admin[0],
+        "MLFLOW_AUTH_ADMIN_PASSWORD": admin[1],
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-secret-key",
+    }
     env.pop("MLFLOW_TRACKING_URI", None)
-    command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-               "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
-               "--artifacts-destination", (tmp_path / "artifacts").as_uri(), *flags]
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "--artifacts-destination",
+        (tmp_path / "artifacts").as_uri(),
+        *flags,
+    ]
     log = tmp_path / "server.log"
     with open(log, "wb") as out:
-        server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
-                                  start_new_session=True)
+        server = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path, start_new_session=True
+        )
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while not is_healthy(uri):
@@ -512,9 +664,15 @@ def test_mlflow_basic_auth_with_the_shipped_config_and_init_job(renders, tmp_pat
         # The mlflow-auth-init Job's script, exactly as shipped, creates the pipeline user...
         script = tmp_path / "init_user.py"
         script.write_text(find(objects, "ConfigMap", "mlflow-auth-init")["data"]["init_user.py"])
-        job_env = {"PATH": os.environ["PATH"], "MLFLOW_TRACKING_URI": uri, "MLFLOW_WAIT_S": "30",
-                   "MLFLOW_AUTH_ADMIN_USERNAME": admin[0], "MLFLOW_AUTH_ADMIN_PASSWORD": admin[1],
-                   "MLFLOW_TRACKING_USERNAME": user[0], "MLFLOW_TRACKING_PASSWORD": user[1]}
+        job_env = {
+            "PATH": os.environ["PATH"],
+            "MLFLOW_TRACKING_URI": uri,
+            "MLFLOW_WAIT_S": "30",
+            "MLFLOW_AUTH_ADMIN_USERNAME": admin[0],
+            "MLFLOW_AUTH_ADMIN_PASSWORD": admin[1],
+            "MLFLOW_TRACKING_USERNAME": user[0],
+            "MLFLOW_TRACKING_PASSWORD": user[1],
+        }
         run = subprocess.run([sys.executable, str(script)], env=job_env, capture_output=True, text=True, timeout=120)
         assert run.returncode == 0 and "created; it logs in" in run.stdout, run.stdout + run.stderr
         assert _http(search, "POST", user, {"max_results": 1}) == 200
@@ -523,14 +681,24 @@ def test_mlflow_basic_auth_with_the_shipped_config_and_init_job(renders, tmp_pat
         # ...is not an admin (cannot create users)...
         assert _http(f"{uri}/api/2.0/mlflow/users/create", "POST", user, {"username": "x", "password": "y"}) == 403
         # ...and a re-run after the Secret changed makes the Secret's password the valid one.
-        run = subprocess.run([sys.executable, str(script)], env={**job_env, "MLFLOW_TRACKING_PASSWORD": "pipeline-password-2"},
-                             capture_output=True, text=True, timeout=120)
+        run = subprocess.run(
+            [sys.executable, str(script)],
+            env={**job_env, "MLFLOW_TRACKING_PASSWORD": "pipeline-password-2"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert run.returncode == 0 and "password reset" in run.stdout, run.stdout + run.stderr
         assert _http(search, "POST", user, {"max_results": 1}) == 401
         assert _http(search, "POST", (user[0], "pipeline-password-2"), {"max_results": 1}) == 200
         # The script refuses to hand out the admin account as the pipeline's user.
-        run = subprocess.run([sys.executable, str(script)], env={**job_env, "MLFLOW_TRACKING_USERNAME": admin[0]},
-                             capture_output=True, text=True, timeout=60)
+        run = subprocess.run(
+            [sys.executable, str(script)],
+            env={**job_env, "MLFLOW_TRACKING_USERNAME": admin[0]},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert run.returncode != 0 and "not the MLflow admin" in run.stderr
     finally:
         stop(server)

@@ -29,6 +29,7 @@ def test_hinge_and_wgan_losses():
 def test_gradient_penalty_known_case():
     # D(x) = w·x has gradient w everywhere: penalty = (‖w‖ - 1)².
     w = torch.tensor([3.0, 4.0])
+
     def critic(x):
         return (x.flatten(1) * w).sum(1)
 

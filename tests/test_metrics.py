@@ -2,6 +2,7 @@
 
 Extraction runs at ~10 img/s on 2 CPU cores, so every test uses a few dozen 28-px images.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,13 @@ def write_dataset(directory: Path, images: np.ndarray) -> Path:
     """A prepared-dataset directory as ganforge.data writes it: data.npy + manifest.json."""
     directory.mkdir(parents=True)
     np.save(directory / "data.npy", images)
-    manifest = {"shape": list(images.shape), "dtype": "uint8", "count": len(images),
-                "sha256": sha256_of_array(images), "source": "test"}
+    manifest = {
+        "shape": list(images.shape),
+        "dtype": "uint8",
+        "count": len(images),
+        "sha256": sha256_of_array(images),
+        "source": "test",
+    }
     (directory / "manifest.json").write_text(json.dumps(manifest))
     return directory
 
@@ -228,11 +234,24 @@ def test_registered_extractor_runs_through_torch_fidelity_calculate_metrics(torc
 
     fake, real = textured_images(4, seed=7), textured_images(4, seed=8)
     through_fidelity = torch_fidelity.calculate_metrics(
-        input1=metrics.UInt8Images(fake), input2=metrics.UInt8Images(real), kid=True, kid_subset_size=4,
-        kid_subsets=1, feature_extractor=EXTRACTOR_TORCHSCRIPT, feature_extractor_weights_path=str(torchscript.path),
-        cuda=False, cache=False, save_cpu_ram=True, verbose=False)
-    ours = metrics.features_to_kid(metrics.images_to_features(fake, choice=torchscript),
-                                   metrics.images_to_features(real, choice=torchscript), subset_size=4, subsets=1)
+        input1=metrics.UInt8Images(fake),
+        input2=metrics.UInt8Images(real),
+        kid=True,
+        kid_subset_size=4,
+        kid_subsets=1,
+        feature_extractor=EXTRACTOR_TORCHSCRIPT,
+        feature_extractor_weights_path=str(torchscript.path),
+        cuda=False,
+        cache=False,
+        save_cpu_ram=True,
+        verbose=False,
+    )
+    ours = metrics.features_to_kid(
+        metrics.images_to_features(fake, choice=torchscript),
+        metrics.images_to_features(real, choice=torchscript),
+        subset_size=4,
+        subsets=1,
+    )
     assert through_fidelity["kernel_inception_distance_mean"] == pytest.approx(ours[0], rel=1e-3, abs=1e-6)
 
 
@@ -258,10 +277,14 @@ def numpy_resize_bilinear(image: np.ndarray, size_out: int, centres: str) -> np.
     the FID protocol) at j·in/out, ``half-pixel`` (torch/PIL/TF2) at (j + ½)·in/out − ½,
     ``align-corners`` at j·(in − 1)/(out − 1). Samples are clamped to the image, as all three do.
     """
+
     def axis_weights(size_in: int) -> np.ndarray:
         j = np.arange(size_out, dtype=np.float64)
-        src = {"tf1": j * size_in / size_out, "half-pixel": (j + 0.5) * size_in / size_out - 0.5,
-               "align-corners": j * (size_in - 1) / (size_out - 1)}[centres]
+        src = {
+            "tf1": j * size_in / size_out,
+            "half-pixel": (j + 0.5) * size_in / size_out - 0.5,
+            "align-corners": j * (size_in - 1) / (size_out - 1),
+        }[centres]
         src = np.clip(src, 0, size_in - 1)
         lo = np.floor(src).astype(int)
         hi = np.minimum(lo + 1, size_in - 1)
@@ -310,9 +333,13 @@ def test_fid_end_to_end_equals_an_independent_computation(torchscript, tmp_path)
     """evaluate_images (ganforge's resize, default Inception runtime, feature cache, FID) against numpy's
     TF1 resize, the untouched TorchScript network and scipy's sqrtm, on 4 + 4 fixed images."""
     fake, real = textured_images(4, seed=11), textured_images(4, seed=12)
-    result = metrics.evaluate_images(fake, write_dataset(tmp_path / "real", real),
-                                     EvalConfig(n_samples=4, batch_size=4, kid_subset_size=4, kid_subsets=1),
-                                     tmp_path / "cache", choice=torchscript)
+    result = metrics.evaluate_images(
+        fake,
+        write_dataset(tmp_path / "real", real),
+        EvalConfig(n_samples=4, batch_size=4, kid_subset_size=4, kid_subsets=1),
+        tmp_path / "cache",
+        choice=torchscript,
+    )
     network = torch.jit.load(str(torchscript.path), map_location="cpu").eval()
     resized = np.stack([numpy_resize_bilinear(image[0], 299, "tf1") for image in np.concatenate([fake, real])])
     x = torch.from_numpy((resized - 128) / 128).float()[:, None].expand(-1, 3, -1, -1).contiguous()

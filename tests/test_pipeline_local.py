@@ -4,6 +4,7 @@ Two full runs: one with the local defaults (sqlite MLflow, local artifacts), one
 `mlflow server` process whose artifacts go to a real S3 server process (moto), with every step
 output mirrored to that S3 as well. Both use the tiny profile.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,13 +24,28 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 # Every credential-looking variable the code names (test_credential_variables_of_the_code_have_sentinels
 # keeps this list complete); compiled with these set, the pipeline YAML must hold none of their values.
-COMPILE_SENTINELS = {name: f"sentinel-{name.lower().replace('_', '-')}-7f3a" for name in (
-    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SHARED_CREDENTIALS_FILE",
-    "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-    "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "KF_PIPELINES_TOKEN",
-    "KF_PIPELINES_SA_TOKEN_PATH", "PGPASSWORD")}
-CREDENTIAL_NAME = re.compile(r"""["']([A-Z][A-Z0-9_]*(?:TOKEN|SECRET|PASSWORD|PASSWD|USERNAME|ACCESS_KEY|KEY_ID"""
-                             r"""|API_KEY|CREDENTIAL)[A-Z0-9_]*)["']""")
+COMPILE_SENTINELS = {
+    name: f"sentinel-{name.lower().replace('_', '-')}-7f3a"
+    for name in (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_SHARED_CREDENTIALS_FILE",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "MLFLOW_TRACKING_USERNAME",
+        "MLFLOW_TRACKING_PASSWORD",
+        "MLFLOW_TRACKING_TOKEN",
+        "KF_PIPELINES_TOKEN",
+        "KF_PIPELINES_SA_TOKEN_PATH",
+        "PGPASSWORD",
+    )
+}
+CREDENTIAL_NAME = re.compile(
+    r"""["']([A-Z][A-Z0-9_]*(?:TOKEN|SECRET|PASSWORD|PASSWD|USERNAME|ACCESS_KEY|KEY_ID"""
+    r"""|API_KEY|CREDENTIAL)[A-Z0-9_]*)["']"""
+)
 
 
 def _run_pipeline(home: Path, name: str = "dcgan", **params) -> dict:
@@ -79,8 +95,14 @@ def _assert_run_recorded(client, summary: dict, cfg_name: str = "dcgan") -> None
     # The run is ended (register finishes it, the exit task confirms it), every step recorded as done.
     assert run.info.status == "FINISHED" and run.info.end_time >= run.info.start_time
     steps = {k.removeprefix("ganforge.step."): v for k, v in run.data.tags.items() if k.startswith("ganforge.step.")}
-    expected_steps = {"start-run", "train", "evaluate", "register", f"prep-{cfg.data.split}",
-                      f"prep-{cfg.data.reference_split}"}
+    expected_steps = {
+        "start-run",
+        "train",
+        "evaluate",
+        "register",
+        f"prep-{cfg.data.split}",
+        f"prep-{cfg.data.reference_split}",
+    }
     assert steps == dict.fromkeys(expected_steps, "done"), steps
     assert "ganforge.failed_step" not in run.data.tags and run.data.tags["ganforge.kfp_state"] == "SUCCEEDED"
     # The logged model (MLflow 3 LoggedModel) is in the pipeline's experiment, not in "Default".
@@ -93,7 +115,9 @@ def _assert_run_recorded(client, summary: dict, cfg_name: str = "dcgan") -> None
     assert params.get(f"dataset.{cfg.data.reference_split}.sha256")
     history = client.get_metric_history(run.info.run_id, "loss_d")
     n_steps = total_steps(int(params["dataset.train.count"]), cfg)
-    assert [m.step for m in history] == [s for s in range(1, n_steps + 1) if s % cfg.train.log_every == 0 or s == n_steps]
+    assert [m.step for m in history] == [
+        s for s in range(1, n_steps + 1) if s % cfg.train.log_every == 0 or s == n_steps
+    ]
     quality = "kid_mean" if cfg.data.kind == "image" else "inception_score"
     assert 0 < run.data.metrics["fid"] < 1000 and quality in run.data.metrics
     artifacts = _artifact_paths(client, run.info.run_id)
@@ -129,7 +153,9 @@ def test_local_dag_records_run_and_registers_champion(local_run):
     # Nothing in the working directory (MLflow's "Default" experiment would put ./mlruns there) ...
     assert list(cwd.iterdir()) == []
     # ... the logged model's files are under GANFORGE_HOME, beside the run's artifacts.
-    (logged,) = client.search_logged_models(experiment_ids=[client.get_run(summary["mlflow_run_id"]).info.experiment_id])
+    (logged,) = client.search_logged_models(
+        experiment_ids=[client.get_run(summary["mlflow_run_id"]).info.experiment_id]
+    )
     assert logged.artifact_location.startswith((home / "mlartifacts" / "dcgan").as_uri()), logged.artifact_location
     assert any((home / "mlartifacts" / "dcgan").glob(f"models/{logged.model_id}/artifacts/MLmodel"))
 
@@ -161,21 +187,40 @@ def test_failed_step_ends_the_run_failed_and_names_the_step(tmp_path, monkeypatc
 
 def test_champion_loads_in_a_fresh_process(local_run):
     home, summary, _ = local_run
-    code = ("import mlflow.pytorch, torch; m = mlflow.pytorch.load_model('models:/dcgan@champion'); "
-            "print(tuple(m(torch.randn(5, 100)).shape))")
-    out = subprocess.run([sys.executable, "-c", code], env=cli_env(MLFLOW_TRACKING_URI=summary["tracking_uri"]),
-                         capture_output=True, text=True, check=True, timeout=300)
+    code = (
+        "import mlflow.pytorch, torch; m = mlflow.pytorch.load_model('models:/dcgan@champion'); "
+        "print(tuple(m(torch.randn(5, 100)).shape))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=cli_env(MLFLOW_TRACKING_URI=summary["tracking_uri"]),
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
     assert out.stdout.strip().splitlines()[-1] == "(5, 1, 28, 28)"
 
 
 def test_registry_show_and_manual_promote_cli(local_run):
     home, summary, _ = local_run
     env = cli_env(GANFORGE_HOME=str(home))
-    shown = subprocess.run([sys.executable, "-m", "ganforge.cli", "registry", "show", "dcgan"], env=env,
-                           capture_output=True, text=True, check=True, timeout=300).stdout
+    shown = subprocess.run(
+        [sys.executable, "-m", "ganforge.cli", "registry", "show", "dcgan"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    ).stdout
     assert "champion" in shown and "1" in shown
-    refused = subprocess.run([sys.executable, "-m", "ganforge.cli", "promote", "dcgan", "7"], env=env,
-                             capture_output=True, text=True, timeout=300)
+    refused = subprocess.run(
+        [sys.executable, "-m", "ganforge.cli", "promote", "dcgan", "7"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert refused.returncode != 0 and "7" in refused.stderr
 
 
@@ -196,8 +241,11 @@ def test_dag_against_mlflow_server_with_s3_artifacts(tmp_path):
             client = _client(uri)
             _assert_run_recorded(client, summary, "wgan-gp")
             assert client.get_metric_history(summary["mlflow_run_id"], "gp"), "the gradient penalty is logged"
-            keys = [o["Key"] for page in s3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=s3.bucket)
-                    for o in page.get("Contents", [])]
+            keys = [
+                o["Key"]
+                for page in s3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=s3.bucket)
+                for o in page.get("Contents", [])
+            ]
             run_id = summary["mlflow_run_id"]
             # MLflow's artifacts (samples, plots, the logged model) went through the server into S3 ...
             assert any(k.startswith("mlflow/") and k.endswith(".png") for k in keys), keys
@@ -242,8 +290,17 @@ def test_every_pipeline_compiles_and_loads_back(tmp_path, monkeypatch):
         assert loaded.name == f"ganforge-{name}"
         docs = list(yaml.safe_load_all(text))
         root_params = set(docs[0]["root"]["inputDefinitions"]["parameters"])
-        assert root_params == {"profile", "epochs", "source", "nproc", "nnodes", "launcher",
-                               "fid_samples", "promotion_margin", "overrides"}
+        assert root_params == {
+            "profile",
+            "epochs",
+            "source",
+            "nproc",
+            "nnodes",
+            "launcher",
+            "fid_samples",
+            "promotion_margin",
+            "overrides",
+        }
         # The body runs inside a dsl.ExitHandler whose exit task ends the MLflow run.
         root_tasks = docs[0]["root"]["dag"]["tasks"]
         (handler,) = [t for t in root_tasks.values() if t["componentRef"]["name"].startswith("comp-exit-handler")]

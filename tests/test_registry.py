@@ -1,4 +1,5 @@
 """Model registry and the FID-gated promotion rule, on sqlite and on a real `mlflow server`."""
+
 from __future__ import annotations
 
 import itertools
@@ -70,18 +71,21 @@ class Model:
     """A fresh registered-model name with one pipeline run to register versions from."""
 
     def __init__(self):
-        self.cfg = build_config("dcgan", "tiny", {"model": {"nz": NZ},
-                                                  "registry": {"model_name": f"g-{uuid.uuid4().hex[:8]}"}})
+        self.cfg = build_config(
+            "dcgan", "tiny", {"model": {"nz": NZ}, "registry": {"model_name": f"g-{uuid.uuid4().hex[:8]}"}}
+        )
         self.name = self.cfg.model_name
         self.run_id = tracking.start_pipeline_run(self.cfg)
 
     def register(self, fid=None, seed: int = 0, margin: float = 0.0) -> int:
         """A new version, registered as a run whose ``registry.promotion_margin`` is ``margin``."""
         metrics = {} if fid is None else {"fid": fid, "kid_mean": fid / 1000, "kid_std": 0.001, "checkpoint": "c.pt"}
-        cfg = build_config("dcgan", "tiny", {"model": {"nz": NZ},
-                                             "registry": {"model_name": self.name, "promotion_margin": margin}})
-        return registry.register_generator(self.run_id, tiny_generator(seed), cfg, metrics,
-                                           tags={"dataset_sha256": "d" * 64, "kfp_run_id": ""})
+        cfg = build_config(
+            "dcgan", "tiny", {"model": {"nz": NZ}, "registry": {"model_name": self.name, "promotion_margin": margin}}
+        )
+        return registry.register_generator(
+            self.run_id, tiny_generator(seed), cfg, metrics, tags={"dataset_sha256": "d" * 64, "kfp_run_id": ""}
+        )
 
     def aliases(self) -> dict[str, int]:
         return {a: int(v) for a, v in MlflowClient().get_registered_model(self.name).aliases.items()}
@@ -104,8 +108,13 @@ def test_choose_champion_rule():
     assert registry.choose_champion(c50, [strict]) == c50
     # Stable: once the rule's choice is champion, the same rivals never move it again; and the
     # champion's fid never goes up.
-    for rivals in ([a30, b40], [a49, b40], [Candidate(5, 60.0)], [strict, lenient],
-                   [Candidate(8, 44.0, 5.0), Candidate(9, 47.0, 0.0), Candidate(10, 43.0, 8.0)]):
+    for rivals in (
+        [a30, b40],
+        [a49, b40],
+        [Candidate(5, 60.0)],
+        [strict, lenient],
+        [Candidate(8, 44.0, 5.0), Candidate(9, 47.0, 0.0), Candidate(10, 43.0, 8.0)],
+    ):
         chosen = registry.choose_champion(c50, rivals)
         assert chosen.fid <= c50.fid
         assert registry.choose_champion(chosen, rivals) == chosen
@@ -153,14 +162,19 @@ def test_scores_are_metrics_of_the_logged_model(store):
     versions = [c.get_model_version(m.name, str(v)) for v in (better, worse)]
     model_ids = [registry.logged_model_id(v) for v in versions]
     linked = [registry.version_metrics(c, v) for v in versions]
-    assert linked == [{"fid": 42.0, "kid_mean": 0.042, "kid_std": 0.001},
-                      {"fid": 61.0, "kid_mean": 0.061, "kid_std": 0.001}]
+    assert linked == [
+        {"fid": 42.0, "kid_mean": 0.042, "kid_std": 0.001},
+        {"fid": 61.0, "kid_mean": 0.061, "kid_std": 0.001},
+    ]
     # The evaluate step's entry is linked, not repeated: the run's history holds each value once.
     assert tracking.metric_histories(m.run_id)["fid"] == [(0, 61.0), (9, 42.0)]
     experiment = c.get_logged_model(model_ids[0]).experiment_id
     for ascending in (True, False):
-        ranked = mlflow.search_logged_models(experiment_ids=[experiment], output_format="list",
-                                             order_by=[{"field_name": "metrics.fid", "ascending": ascending}])
+        ranked = mlflow.search_logged_models(
+            experiment_ids=[experiment],
+            output_format="list",
+            order_by=[{"field_name": "metrics.fid", "ascending": ascending}],
+        )
         assert [x.model_id for x in ranked if x.model_id in model_ids] == (model_ids if ascending else model_ids[::-1])
 
     commit = git_commit()
@@ -269,9 +283,9 @@ def test_interleaved_promoters_with_different_margins_end_as_the_rule_says(sqlit
     m = Model()
     c = MlflowClient()
     base = m.register(fid=100.0)
-    strict_good = m.register(fid=94.0, margin=5.0)   # beats 100 by its margin 5 (94 < 95)
-    lenient = m.register(fid=96.0, margin=0.0)       # beats 100 by its margin 0, but not 94
-    strict_bad = m.register(fid=97.0, margin=5.0)    # 97 is not < 95: never champion
+    strict_good = m.register(fid=94.0, margin=5.0)  # beats 100 by its margin 5 (94 < 95)
+    lenient = m.register(fid=96.0, margin=0.0)  # beats 100 by its margin 0, but not 94
+    strict_bad = m.register(fid=97.0, margin=5.0)  # 97 is not < 95: never champion
     awful = m.register(fid=500.0, margin=0.0)
     promoters = [strict_good, lenient, strict_bad, awful]
     fid = {strict_good: 94.0, lenient: 96.0, strict_bad: 97.0, awful: 500.0}
@@ -355,8 +369,9 @@ def test_champion_loads_in_a_fresh_process(store):
     version = m.register(fid=20.0, seed=7)
     registry.promote(m.name, version, margin=0.0)
     uri = f"models:/{m.name}@champion"
-    out = subprocess.run([sys.executable, "-c", LOAD_CHAMPION, uri], env=dict(os.environ),
-                         capture_output=True, text=True, timeout=240)
+    out = subprocess.run(
+        [sys.executable, "-c", LOAD_CHAMPION, uri], env=dict(os.environ), capture_output=True, text=True, timeout=240
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     loaded = json.loads(out.stdout.strip().splitlines()[-1])
     expected = tiny_generator(7)(torch.linspace(-1, 1, 3 * NZ).reshape(3, NZ)).detach()

@@ -3,6 +3,7 @@
 The stand-in (tests/kfp_standin.py) is a real HTTP server that records requests; it is not KFP
 and nothing runs. These tests check what ganforge sends and how it explains refusals.
 """
+
 # No `from __future__ import annotations` here: kfp reads the component's annotations as types.
 import json
 import os
@@ -21,8 +22,17 @@ from pipelines.remote import SubmitError
 sys.path.insert(0, str(Path(__file__).parent))
 from kfp_standin import KFPStandin  # noqa: E402
 
-PIPELINE_PARAMETERS = {"profile", "epochs", "source", "nproc", "nnodes", "launcher", "fid_samples", "promotion_margin",
-                       "overrides"}
+PIPELINE_PARAMETERS = {
+    "profile",
+    "epochs",
+    "source",
+    "nproc",
+    "nnodes",
+    "launcher",
+    "fid_samples",
+    "promotion_margin",
+    "overrides",
+}
 TOKEN = "sa-token-from-file"
 
 
@@ -77,8 +87,11 @@ def test_submit_sends_the_compiled_spec_parameters_experiment_run_name_and_token
     assert run["experiment_id"] == experiment["experiment_id"]
     assert re.fullmatch(r"ganforge-dcgan-abc1234-\d{8}T\d{6}Z", run["display_name"])
     (run_id,) = kfp_api.state.runs
-    assert result == {"run_id": run_id, "run_url": f"{kfp_api.url}/#/runs/details/{run_id}",
-                      "experiment": "ganforge-dcgan"}
+    assert result == {
+        "run_id": run_id,
+        "run_url": f"{kfp_api.url}/#/runs/details/{run_id}",
+        "experiment": "ganforge-dcgan",
+    }
 
 
 def test_submit_reuses_the_experiment_of_the_pipeline(kfp_api, package):
@@ -86,7 +99,9 @@ def test_submit_reuses_the_experiment_of_the_pipeline(kfp_api, package):
     remote.submit(package, "dcgan", {}, experiment="sweeps")
     remote.submit(package, "dcgan", {})
     assert [r.body["display_name"] for r in kfp_api.calls("POST", "/apis/v2beta1/experiments")] == [
-        "ganforge-dcgan", "sweeps"]
+        "ganforge-dcgan",
+        "sweeps",
+    ]
     experiment_of_run = [r.body["experiment_id"] for r in kfp_api.calls("POST", "/apis/v2beta1/runs")]
     assert experiment_of_run[0] == experiment_of_run[2] != experiment_of_run[1]
 
@@ -114,8 +129,11 @@ def test_schedule_sends_cron_no_overlap_no_catchup_and_no_caching(kfp_api, packa
     assert body["service_account"] == "ganforge-pipeline-runner"
     assert {"start-run", "train", "register", "end-run"} <= set(tasks)
     assert not any(t.get("cachingOptions", {}).get("enableCache") for t in tasks.values())
-    assert result == {"recurring_run_id": next(iter(kfp_api.state.recurring_runs)),
-                      "job_name": "ganforge-dcgan-retrain", "cron": "0 0 3 * * 0"}
+    assert result == {
+        "recurring_run_id": next(iter(kfp_api.state.recurring_runs)),
+        "job_name": "ganforge-dcgan-retrain",
+        "cron": "0 0 3 * * 0",
+    }
 
 
 def test_schedule_refuses_a_second_schedule_with_the_same_name(kfp_api, package):
@@ -147,8 +165,10 @@ def test_unknown_schedule_or_experiment_is_a_clear_error(kfp_api, package):
         remote.delete_schedule("hourly", "dcgan")
 
 
-@pytest.mark.parametrize("expr", ["0 0 3 * * 0", "0 */15 * * * ?", "0 0 9 ? * MON-FRI", "30 5 3 1,15 jan-jun *",
-                                  "0 0/30 8-18 * * 1-5", "@weekly"])
+@pytest.mark.parametrize(
+    "expr",
+    ["0 0 3 * * 0", "0 */15 * * * ?", "0 0 9 ? * MON-FRI", "30 5 3 1,15 jan-jun *", "0 0/30 8-18 * * 1-5", "@weekly"],
+)
 def test_validate_cron_accepts_six_field_expressions(expr):
     assert remote.validate_cron(expr) == expr
 
@@ -159,20 +179,23 @@ def test_validate_cron_rejects_five_fields_with_the_seconds_first_suggestion():
     assert "6 fields, seconds first" in str(e.value) and "'0 0 3 * * 0'" in str(e.value)
 
 
-@pytest.mark.parametrize("expr, problem", [
-    ("60 0 3 * * 0", "seconds value 60 is out of range 0-59"),
-    ("0 60 3 * * 0", "minutes value 60 is out of range 0-59"),
-    ("0 0 24 * * 0", "hours value 24 is out of range 0-23"),
-    ("0 0 3 0 * *", "day-of-month value 0 is out of range 1-31"),
-    ("0 0 3 * 13 *", "month value 13 is out of range 1-12"),
-    ("0 0 3 * * 7", "day-of-week value 7 is out of range 0-6"),
-    ("0 0 3 * * FUN", "day-of-week value 'FUN' is not a number"),
-    ("0 */0 * * * *", "minutes step '0'"),
-    ("0 0 5-3 * * *", "hours range '5-3' runs backwards"),
-    ("? 0 3 * * *", "seconds cannot be '?'"),
-    ("0 0 3 1,,2 * *", "empty list item"),
-    ("0 0 3 * * 0 2026", "has 7 fields; KFP needs 6"),
-])
+@pytest.mark.parametrize(
+    "expr, problem",
+    [
+        ("60 0 3 * * 0", "seconds value 60 is out of range 0-59"),
+        ("0 60 3 * * 0", "minutes value 60 is out of range 0-59"),
+        ("0 0 24 * * 0", "hours value 24 is out of range 0-23"),
+        ("0 0 3 0 * *", "day-of-month value 0 is out of range 1-31"),
+        ("0 0 3 * 13 *", "month value 13 is out of range 1-12"),
+        ("0 0 3 * * 7", "day-of-week value 7 is out of range 0-6"),
+        ("0 0 3 * * FUN", "day-of-week value 'FUN' is not a number"),
+        ("0 */0 * * * *", "minutes step '0'"),
+        ("0 0 5-3 * * *", "hours range '5-3' runs backwards"),
+        ("? 0 3 * * *", "seconds cannot be '?'"),
+        ("0 0 3 1,,2 * *", "empty list item"),
+        ("0 0 3 * * 0 2026", "has 7 fields; KFP needs 6"),
+    ],
+)
 def test_validate_cron_rejects_out_of_range_fields(expr, problem):
     with pytest.raises(SubmitError, match=re.escape(problem)):
         remote.validate_cron(expr)
@@ -251,8 +274,9 @@ def test_param_arguments_are_typed_by_the_compiled_pipeline(package):
 
 
 def test_cli_schedule_then_unschedule(kfp_api, package, capsys):
-    assert remote.main_schedule(["dcgan", "--package", str(package), "--cron", "0 0 3 * * 0",
-                                 "--param", "epochs=4"]) == 0
+    assert (
+        remote.main_schedule(["dcgan", "--package", str(package), "--cron", "0 0 3 * * 0", "--param", "epochs=4"]) == 0
+    )
     created = json.loads(capsys.readouterr().out)  # kfp.Client's printed links go to stderr
     (body,) = [r.body for r in kfp_api.calls("POST", "/apis/v2beta1/recurringruns")]
     assert body["runtime_config"]["parameters"] == {"epochs": 4}
@@ -293,17 +317,28 @@ def test_cli_submit_and_schedule_send_set_as_the_overrides_parameter(kfp_api, pa
 
 @pytest.mark.parametrize("command", [["submit", "dcgan"], ["schedule", "dcgan", "--cron", "0 0 3 * * 0"]])
 def test_cli_refuses_a_bad_set_before_compiling_or_contacting_kfp(kfp_api, tmp_path, command):
-    done = subprocess.run([sys.executable, "-m", "pipelines", *command, "--set", "train.channels_last=yes"],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines", *command, "--set", "train.channels_last=yes"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )
     assert done.returncode == 2 and done.stderr.strip().splitlines() == [
-        "error: train.channels_last='yes': train.channels_last is a boolean, write true, false, 1 or 0"], done.stderr
+        "error: train.channels_last='yes': train.channels_last is a boolean, write true, false, 1 or 0"
+    ], done.stderr
     assert kfp_api.requests == [] and not (tmp_path / "build").exists()
 
 
 def test_command_line_without_host_prints_the_fix_not_a_traceback(env):
-    done = subprocess.run([sys.executable, "-m", "pipelines", "submit", "dcgan"], capture_output=True, text=True,
-                          cwd=Path(__file__).parents[1], timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines", "submit", "dcgan"],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parents[1],
+        timeout=120,
+    )
     assert done.returncode == 2
     assert "no KFP endpoint configured: set KFP_HOST" in done.stderr and "Traceback" not in done.stderr
 
@@ -311,22 +346,28 @@ def test_command_line_without_host_prints_the_fix_not_a_traceback(env):
 LOCAL_IMAGE = "localhost:5001/ganforge/ganforge-gpu:0.1.0"
 
 
-@pytest.mark.parametrize("host, image, refused", [
-    ("https://kfp.example.com", LOCAL_IMAGE, True),
-    ("https://kfp.example.com", "localhost/ganforge-cpu:dev", True),
-    ("https://kfp.example.com", "127.0.0.1:5001/ganforge/ganforge-gpu:0.1.0", True),
-    ("https://kfp.example.com", "[::1]:5001/ganforge/ganforge-gpu:0.1.0", True),
-    ("https://kfp.example.com", "registry.example.com/ganforge/ganforge-gpu:0.1.0", False),
-    ("https://kfp.example.com", "localhostregistry.example.com/ganforge:1", False),
-    ("http://localhost:8080", LOCAL_IMAGE, False),
-    ("http://127.0.0.1:8080", LOCAL_IMAGE, False),
-    ("http://[::1]:8080", LOCAL_IMAGE, False),
-])
+@pytest.mark.parametrize(
+    "host, image, refused",
+    [
+        ("https://kfp.example.com", LOCAL_IMAGE, True),
+        ("https://kfp.example.com", "localhost/ganforge-cpu:dev", True),
+        ("https://kfp.example.com", "127.0.0.1:5001/ganforge/ganforge-gpu:0.1.0", True),
+        ("https://kfp.example.com", "[::1]:5001/ganforge/ganforge-gpu:0.1.0", True),
+        ("https://kfp.example.com", "registry.example.com/ganforge/ganforge-gpu:0.1.0", False),
+        ("https://kfp.example.com", "localhostregistry.example.com/ganforge:1", False),
+        ("http://localhost:8080", LOCAL_IMAGE, False),
+        ("http://127.0.0.1:8080", LOCAL_IMAGE, False),
+        ("http://[::1]:8080", LOCAL_IMAGE, False),
+    ],
+)
 def test_localhost_image_is_refused_only_for_a_remote_kfp_host(host, image, refused):
     if refused:
-        with pytest.raises(SubmitError, match=rf"image {re.escape(image)} is on this machine's registry, which the "
-                                              rf"KFP cluster at {re.escape(host)} cannot pull from: .*IMAGE_REGISTRY="
-                                              r".*--force-image \(make: FORCE_IMAGE=1\)"):
+        with pytest.raises(
+            SubmitError,
+            match=rf"image {re.escape(image)} is on this machine's registry, which the "
+            rf"KFP cluster at {re.escape(host)} cannot pull from: .*IMAGE_REGISTRY="
+            r".*--force-image \(make: FORCE_IMAGE=1\)",
+        ):
             remote.check_images(host, [image])
         remote.check_images(host, [image], force=True)
     else:
@@ -340,13 +381,20 @@ def test_compiled_package_images_are_the_tasks_images(package):
 @pytest.mark.parametrize("command", [["submit", "dcgan"], ["schedule", "dcgan", "--cron", "0 0 3 * * 0"]])
 def test_cli_refuses_a_localhost_image_for_a_remote_host_in_one_line(kfp_api, package, command):
     env = {k: v for k, v in os.environ.items() if k != "GANFORGE_IMAGE"}
-    done = subprocess.run([sys.executable, "-m", "pipelines", *command, "--package", str(package)],
-                          capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=120,
-                          env={**env, "KFP_HOST": "https://kfp.example.com"})
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines", *command, "--package", str(package)],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parents[1],
+        timeout=120,
+        env={**env, "KFP_HOST": "https://kfp.example.com"},
+    )
     assert done.returncode == 2
     (line,) = done.stderr.strip().splitlines()
-    assert line.startswith(f"error: image {LOCAL_IMAGE} is on this machine's registry, which the KFP cluster at "
-                           "https://kfp.example.com cannot pull from"), line
+    assert line.startswith(
+        f"error: image {LOCAL_IMAGE} is on this machine's registry, which the KFP cluster at "
+        "https://kfp.example.com cannot pull from"
+    ), line
     assert "IMAGE_REGISTRY=" in line and "--force-image" in line
     assert kfp_api.requests == []
 
@@ -368,16 +416,26 @@ def test_force_image_sends_a_localhost_image_to_a_remote_host(kfp_api, package, 
     assert kfp_api.requests == []
     assert remote.main_submit(["dcgan", "--package", str(package), "--host", host, "--force-image"]) == 0
     assert len(kfp_api.calls("POST", "/apis/v2beta1/runs")) == 1
-    assert remote.main_schedule(["dcgan", "--package", str(package), "--host", host, "--force-image",
-                                 "--cron", "0 0 3 * * 0"]) == 0
+    assert (
+        remote.main_schedule(
+            ["dcgan", "--package", str(package), "--host", host, "--force-image", "--cron", "0 0 3 * * 0"]
+        )
+        == 0
+    )
     assert len(kfp_api.calls("POST", "/apis/v2beta1/recurringruns")) == 1
 
 
 def test_make_passes_force_image_to_submit_and_schedule():
     for target, extra in (("submit", []), ("schedule", ["CRON=0 0 3 * * 0"])):
         for force, expected in (([], False), (["FORCE_IMAGE=1"], True)):
-            done = subprocess.run(["make", "-n", target, "PIPELINE=dcgan", *extra, *force], cwd=Path(__file__).parents[1],
-                                  capture_output=True, text=True, timeout=60, check=True)
+            done = subprocess.run(
+                ["make", "-n", target, "PIPELINE=dcgan", *extra, *force],
+                cwd=Path(__file__).parents[1],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=True,
+            )
             (line,) = [ln for ln in done.stdout.splitlines() if f"-m pipelines {target} dcgan" in ln]
             assert ("--force-image" in line.split()) == expected, line
 
@@ -390,7 +448,8 @@ def test_pipelines_entry_lists_submit_and_turns_only_ganforge_errors_into_one_li
     assert all(command in usage for command in ("run", "submit", "schedule", "unschedule")), usage
     assert entry.main(["run", "dcgan", "--runner", "bogus"]) == 2  # ConfigError: one line, exit 2
     assert capsys.readouterr().err.strip().splitlines() == [
-        "error: unknown runner 'bogus': choose one of subprocess, docker (e.g. RUNNER=docker)"]
+        "error: unknown runner 'bogus': choose one of subprocess, docker (e.g. RUNNER=docker)"
+    ]
 
     def bug(argv):
         raise ValueError("a bug")

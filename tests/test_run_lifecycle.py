@@ -3,6 +3,7 @@
 The DAG-level proof (a real kfp.local run that fails in prep-test, and one that succeeds) is in
 test_pipeline_local.py; these tests pin the pieces the DAG's steps and exit task call.
 """
+
 from __future__ import annotations
 
 import os
@@ -80,8 +81,12 @@ def test_exit_task_finds_the_run_by_kfp_run_and_ends_it(store):
     assert steps.end_run_step("dcgan", kfp_run[cancelled], "CANCELLED")["status"] == "KILLED"
     assert steps.end_run_step("dcgan", "no-such-kfp-run", "FAILED") == {"run_id": "", "status": "", "version": 0}
 
-    for run_id, status, failed_step in ((ok, "FINISHED", None), (failed, "FAILED", "evaluate"),
-                                        (killed, "FAILED", "train"), (cancelled, "KILLED", "unknown")):
+    for run_id, status, failed_step in (
+        (ok, "FINISHED", None),
+        (failed, "FAILED", "evaluate"),
+        (killed, "FAILED", "train"),
+        (cancelled, "KILLED", "unknown"),
+    ):
         run = _run(run_id)
         assert run.info.status == status and run.info.end_time >= run.info.start_time, run_id
         assert run.data.tags.get("ganforge.failed_step") == failed_step, run_id
@@ -102,8 +107,9 @@ def test_register_step_finishes_the_run(store, fashion_train, tmp_path):
     assert run.data.tags["ganforge.step.register"] == "done"
 
 
-def test_logged_model_goes_to_the_runs_experiment_not_the_working_directory(store, ganforge_home, tmp_path,
-                                                                            monkeypatch):
+def test_logged_model_goes_to_the_runs_experiment_not_the_working_directory(
+    store, ganforge_home, tmp_path, monkeypatch
+):
     """MLflow puts a LoggedModel in the *active* experiment; without care that is "Default", whose
     artifact root on sqlite is ./mlruns in the current directory."""
     from mlflow.tracking import fluent
@@ -122,7 +128,7 @@ def test_logged_model_goes_to_the_runs_experiment_not_the_working_directory(stor
     experiment_id = _run(run_id).info.experiment_id
     (logged,) = c.search_logged_models(experiment_ids=[experiment_id])
     assert logged.source_run_id == run_id and c.get_experiment(experiment_id).name == "dcgan"
-    root = (Path(os.environ["GANFORGE_HOME"]).resolve() / "mlartifacts" / "dcgan")
+    root = Path(os.environ["GANFORGE_HOME"]).resolve() / "mlartifacts" / "dcgan"
     assert logged.artifact_location.startswith(root.as_uri())
     assert (root / "models" / logged.model_id / "artifacts" / "MLmodel").is_file()
     assert c.search_logged_models(experiment_ids=["0"]) == []

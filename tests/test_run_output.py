@@ -3,6 +3,7 @@
 One real kfp.local run (SubprocessRunner, tiny profile) of `python -m pipelines run dcgan` (the command
 `make run` runs) with its stdout on a pseudo-terminal, as in a shell, read in full.
 """
+
 from __future__ import annotations
 
 import os
@@ -43,8 +44,7 @@ def run_on_a_terminal(argv: list[str], env: dict, cwd: Path, timeout: float) -> 
     reader = threading.Thread(target=drain, daemon=True)
     reader.start()
     try:
-        proc = subprocess.Popen(argv, stdout=slave, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env,
-                                cwd=cwd)
+        proc = subprocess.Popen(argv, stdout=slave, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env, cwd=cwd)
         os.close(slave)
         try:
             _, err = proc.communicate(timeout=timeout)
@@ -64,8 +64,9 @@ def terminal_run(tmp_path_factory):
     env = cli_env(GANFORGE_HOME=str(home), COLUMNS="220")
     for name in ("MLFLOW_TRACKING_URI", "GANFORGE_PROGRESS"):
         env.pop(name, None)
-    code, screen, err = run_on_a_terminal([sys.executable, "-m", "pipelines", "run", "dcgan", "--profile", "tiny"],
-                                          env, cwd, timeout=1500)
+    code, screen, err = run_on_a_terminal(
+        [sys.executable, "-m", "pipelines", "run", "dcgan", "--profile", "tiny"], env, cwd, timeout=1500
+    )
     assert code == 0, screen[-3000:] + err[-3000:]
     return home, screen, err
 
@@ -86,7 +87,7 @@ def test_one_line_per_task_with_times_status_duration_and_log(terminal_run):
     assert names.index("prep-train") < names.index("train") < names.index("evaluate") < names.index("register")
     assert all(m.group(4) == "SUCCESS" for m in tasks)
     summary = lines.index("== ganforge run finished ==")
-    assert all(ln == "" for ln in lines[len(tasks):summary]), "nothing but the task lines before the summary"
+    assert all(ln == "" for ln in lines[len(tasks) : summary]), "nothing but the task lines before the summary"
     (logs,) = [ln.split(": ", 1)[1] for ln in lines[summary:] if ln.strip().startswith("logs:")]
     assert Path(logs).parent == home / "logs" / "runs"
     for m in tasks:
@@ -97,8 +98,16 @@ def test_one_line_per_task_with_times_status_duration_and_log(terminal_run):
 @pytest.mark.slow
 def test_no_executor_input_or_runner_chatter_on_the_terminal(terminal_run):
     _, screen, err = terminal_run
-    for noise in ("executor_input", '"inputs"', "Executing task", "Streamed logs", "UserWarning",
-                  "RuntimeWarning", "Running pipeline", "KFP Executor"):
+    for noise in (
+        "executor_input",
+        '"inputs"',
+        "Executing task",
+        "Streamed logs",
+        "UserWarning",
+        "RuntimeWarning",
+        "Running pipeline",
+        "KFP Executor",
+    ):
         assert noise not in screen and noise not in err, noise
     assert len(final_lines(screen)) < 40
 
@@ -123,8 +132,10 @@ def test_running_task_line_shows_its_progress_bar_with_eta(terminal_run):
     """While train and evaluate run, their line is redrawn with the task's latest bar: elapsed<remaining."""
     _, screen, _ = terminal_run
     redraws = [seg.replace("\x1b[K", "") for line in screen.split("\n") for seg in line.split("\r")]
-    live = {task: [m.group(1) for s in redraws if (m := re.match(rf"\d\d:\d\d:\d\d → +{task} +running +\S+  (.*)", s))]
-            for task in ("train", "evaluate")}  # what follows the elapsed time on the task's own line
+    live = {
+        task: [m.group(1) for s in redraws if (m := re.match(rf"\d\d:\d\d:\d\d → +{task} +running +\S+  (.*)", s))]
+        for task in ("train", "evaluate")
+    }  # what follows the elapsed time on the task's own line
     assert any(bar.startswith("train:") and ETA.search(bar) for bar in live["train"]), live["train"]
     assert any(bar.startswith("Processing samples:") and ETA.search(bar) for bar in live["evaluate"]), live["evaluate"]
 
@@ -132,8 +143,10 @@ def test_running_task_line_shows_its_progress_bar_with_eta(terminal_run):
 def test_last_progress_is_the_newest_bar_of_the_log_tail():
     from pipelines.console import last_progress
 
-    text = ("train:  12%|█▎ | 1/8 [00:02<00:14,  2.11s/step]\rtrain:  25%|██▌ | 2/8 [00:04<00:12,  2.08s/step]\n"
-            "some log line\n")
+    text = (
+        "train:  12%|█▎ | 1/8 [00:02<00:14,  2.11s/step]\rtrain:  25%|██▌ | 2/8 [00:04<00:12,  2.08s/step]\n"
+        "some log line\n"
+    )
     assert last_progress(text) == "train:  25%|██▌ | 2/8 [00:04<00:12,  2.08s/step]"
     assert last_progress("no bar here\n") is None
 
@@ -147,13 +160,19 @@ def test_progress_env_switches_bars_on_and_off(monkeypatch, value, enabled):
 
 
 def test_bad_progress_value_is_one_line_exit_2(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "pipelines", "run", "dcgan", "--profile", "tiny"], cwd=tmp_path,
-                          env=cli_env(GANFORGE_HOME=str(tmp_path / "home"), GANFORGE_PROGRESS="yes"),
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines", "run", "dcgan", "--profile", "tiny"],
+        cwd=tmp_path,
+        env=cli_env(GANFORGE_HOME=str(tmp_path / "home"), GANFORGE_PROGRESS="yes"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         "error: GANFORGE_PROGRESS='yes': write 1 (progress bars on), 0 (off), or leave it unset "
-        "(bars only when stderr is a terminal)"], done.stderr
+        "(bars only when stderr is a terminal)"
+    ], done.stderr
     assert not (tmp_path / "home" / "logs").exists()
 
 
@@ -169,16 +188,35 @@ def test_failed_task_line_log_tail_and_error_off_a_terminal(tmp_path):
         (source / f.name).symlink_to(f)
     env = cli_env(GANFORGE_HOME=str(tmp_path / "home"))
     env.pop("MLFLOW_TRACKING_URI", None)
-    done = subprocess.run([sys.executable, "-m", "pipelines", "run", "dcgan", "--profile", "tiny", "--source",
-                           str(source), "--set", "train.max_steps=2"], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=1200)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipelines",
+            "run",
+            "dcgan",
+            "--profile",
+            "tiny",
+            "--source",
+            str(source),
+            "--set",
+            "train.max_steps=2",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert done.returncode == 2, done.stdout + done.stderr
     assert "\r" not in done.stdout and "\x1b" not in done.stdout
     finals = {m.group(3): m for m in map(FINAL.fullmatch, done.stdout.splitlines()) if m}
     assert finals["prep-test"].group(4) == "FAILURE" and finals["end-run"].group(4) == "SUCCESS"
     assert "evaluate" not in finals and "register" not in finals  # train does not need prep-test
     tail = done.stdout.split(finals["prep-test"].group(0) + "\n", 1)[1].splitlines()
-    assert tail[0].startswith("    | ") and any("t10k-images-idx3-ubyte" in ln for ln in tail if ln.startswith("    | "))
+    assert tail[0].startswith("    | ") and any(
+        "t10k-images-idx3-ubyte" in ln for ln in tail if ln.startswith("    | ")
+    )
     (error,) = done.stderr.strip().splitlines()
     logs = Path(finals["prep-test"].group(6)).parent
     assert error.startswith("error: ") and error.endswith(f"Task logs: {logs}"), error

@@ -4,6 +4,7 @@ Real parts only: a sqlite MLflow store, real tiny DCGAN and WaveGAN generators r
 ``registry.register_generator`` (pt2), the README's serving snippet run verbatim in an
 interpreter that cannot import ganforge, and a real pickle payload planted in a stored model.
 """
+
 from __future__ import annotations
 
 import io
@@ -110,7 +111,7 @@ def stored_archive(name: str, version: int) -> Path:
     c = MlflowClient()
     model_id = registry.logged_model_id(c.get_model_version(name, str(version)))
     location = c.get_logged_model(model_id).artifact_location
-    path = Path(location[len("file://"):] if location.startswith("file://") else location)
+    path = Path(location[len("file://") :] if location.startswith("file://") else location)
     assert path.is_dir(), location
     return path / "data" / "model.pt2"
 
@@ -130,8 +131,9 @@ def plant_payload(archive: Path, marker: Path) -> None:
 
 
 def isolated_python(code: str, env: dict, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-I", "-S", "-c", code], env=env, cwd=cwd,
-                          capture_output=True, text=True, timeout=240)
+    return subprocess.run(
+        [sys.executable, "-I", "-S", "-c", code], env=env, cwd=cwd, capture_output=True, text=True, timeout=240
+    )
 
 
 def serving_env(home: Path) -> dict:
@@ -159,8 +161,7 @@ def test_readme_serving_snippet_loads_the_champion_without_ganforge(preset, cham
     latents = np.random.default_rng(0).standard_normal((16, champion["cfg"].model.nz)).astype(np.float32)
     with torch.no_grad():
         expected = champion["generator"](torch.from_numpy(latents)).numpy()
-    assert served["shape"] == list(expected.shape) == (
-        [16, 1, 28, 28] if preset == "dcgan" else [16, 1, 16384])
+    assert served["shape"] == list(expected.shape) == ([16, 1, 28, 28] if preset == "dcgan" else [16, 1, 16384])
     assert served["dtype"] == "float32"
     assert np.allclose(np.array(served["values"], dtype=np.float32).reshape(expected.shape), expected, atol=1e-5)
 
@@ -209,12 +210,30 @@ def test_a_planted_pickle_is_never_run(champions, store, home, tmp_path):
     env = cli_env(GANFORGE_HOME=str(home))
     env.pop("MLFLOW_TRACKING_URI", None)
     out = tmp_path / "out"
-    done = subprocess.run([sys.executable, "-m", "ganforge.cli", "generate", "--model", f"models:/{name}@champion",
-                           "--out", str(out), "-n", "2"], env=env, cwd=ROOT, capture_output=True, text=True,
-                          timeout=240)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ganforge.cli",
+            "generate",
+            "--model",
+            f"models:/{name}@champion",
+            "--out",
+            str(out),
+            "-n",
+            "2",
+        ],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert done.returncode == 2, done.stderr[-3000:]
     assert done.stderr.strip().splitlines() == [done.stderr.strip()]  # one line, no traceback
-    assert "do not match the sha256 recorded at registration" in done.stderr and f"models:/{name}/{version}" in done.stderr
+    assert (
+        "do not match the sha256 recorded at registration" in done.stderr and f"models:/{name}/{version}" in done.stderr
+    )
     assert not out.exists() and not marker.exists()
 
     # 2. Someone who can change the file can perhaps change the tag too: MLflow's pickle-free
@@ -234,8 +253,12 @@ def test_a_planted_pickle_is_never_run(champions, store, home, tmp_path):
     assert not marker.exists()
 
     # Control: the planted record is a live payload — torch.export.load on its own runs it.
-    subprocess.run([sys.executable, "-c", f"import torch; torch.export.load({str(archive)!r})"],
-                   capture_output=True, text=True, timeout=240)
+    subprocess.run(
+        [sys.executable, "-c", f"import torch; torch.export.load({str(archive)!r})"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert marker.read_text() == "payload ran"
 
 
@@ -274,8 +297,11 @@ def test_a_registered_generator_moves_to_another_device(champions, store):
     """ganforge's non-CPU branch (torch.export's move_to_device_pass on the verified archive),
     run on the meta device because this machine has no GPU."""
     for preset, champion in champions.items():
-        generator = registry.load_registered_generator(f"models:/{champion['name']}/{champion['version']}", map_location="meta")
+        generator = registry.load_registered_generator(
+            f"models:/{champion['name']}/{champion['version']}", map_location="meta"
+        )
         assert {p.device.type for p in generator.parameters()} == {"meta"}, preset
         out = generator(torch.zeros(3, 100, device="meta"))
         assert out.device.type == "meta" and tuple(out.shape) == (
-            (3, 1, 28, 28) if preset == "dcgan" else (3, 1, 16384)), preset
+            (3, 1, 28, 28) if preset == "dcgan" else (3, 1, 16384)
+        ), preset

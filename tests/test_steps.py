@@ -1,4 +1,5 @@
 """The pipeline steps as plain functions (what the components call), without KFP."""
+
 import pytest
 
 from conftest import cli_env
@@ -9,8 +10,11 @@ from ganforge.train import TrainingError
 
 
 def test_settle_config_treats_zero_and_empty_knobs_as_profile_defaults():
-    cfg = settle_config("dcgan", "tiny", {"train": {"epochs": 0, "nproc": 0, "launcher": ""}, "data": {"source": ""},
-                                          "eval": {"n_samples": 32}})
+    cfg = settle_config(
+        "dcgan",
+        "tiny",
+        {"train": {"epochs": 0, "nproc": 0, "launcher": ""}, "data": {"source": ""}, "eval": {"n_samples": 32}},
+    )
     assert cfg == build_config("dcgan", "tiny", {"eval": {"n_samples": 32}})
 
 

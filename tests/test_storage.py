@@ -1,4 +1,5 @@
 """Storage against the real file system and a real S3 endpoint (moto's server process)."""
+
 from __future__ import annotations
 
 import json
@@ -36,18 +37,20 @@ def leftovers(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir() if p.name.startswith("."))
 
 
-
 def test_split_s3_returns_bucket_and_key() -> None:
     assert storage.split_s3("s3://my-bucket/a/b.txt") == ("my-bucket", "a/b.txt")
     assert storage.split_s3("s3://my.bucket") == ("my.bucket", "")
 
 
-@pytest.mark.parametrize("uri, message", [
-    ("/tmp/x", "not an S3 URI"),
-    ("s3:///key", "has no bucket"),
-    ("s3://My_Bucket/key", "not a valid S3 bucket name"),
-    ("s3://ab/key", "not a valid S3 bucket name"),
-])
+@pytest.mark.parametrize(
+    "uri, message",
+    [
+        ("/tmp/x", "not an S3 URI"),
+        ("s3:///key", "has no bucket"),
+        ("s3://My_Bucket/key", "not a valid S3 bucket name"),
+        ("s3://ab/key", "not a valid S3 bucket name"),
+    ],
+)
 def test_split_s3_rejects_malformed_uris(uri: str, message: str) -> None:
     with pytest.raises(StorageError, match=message):
         storage.split_s3(uri)
@@ -76,7 +79,6 @@ def test_client_uses_standard_bounded_retries(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.delenv("AWS_MAX_ATTEMPTS", raising=False)
     retries = storage.s3_client().meta.config.retries
     assert retries["mode"] == "standard" and retries["total_max_attempts"] == 3
-
 
 
 def test_local_round_trips(tmp_path: Path) -> None:
@@ -123,7 +125,6 @@ def test_failed_atomic_file_block_keeps_old_file(tmp_path: Path) -> None:
     assert target.read_bytes() == b"old" and leftovers(tmp_path) == []
 
 
-
 def test_s3_bytes_and_text_round_trip(s3) -> None:
     data = bytes(range(256)) * 10
     storage.write_bytes(s3.uri("rt/blob.bin"), data)
@@ -165,8 +166,9 @@ def test_failed_multipart_upload_is_aborted(s3, tmp_path: Path) -> None:
         raise RuntimeError("reading the checkpoint failed")
 
     with pytest.raises(RuntimeError, match="reading the checkpoint failed"):
-        storage.upload_file(src, s3.uri("mp/aborted.bin"), progress=fail_while_sending,
-                            transfer_config=multipart_config())
+        storage.upload_file(
+            src, s3.uri("mp/aborted.bin"), progress=fail_while_sending, transfer_config=multipart_config()
+        )
     assert s3.client().list_multipart_uploads(Bucket=s3.bucket).get("Uploads", []) == []
     assert not storage.exists(s3.uri("mp/aborted.bin"))
 
@@ -207,11 +209,17 @@ def test_s3_directory_round_trip_with_marker(s3, tmp_path: Path) -> None:
     (src / "shards" / "empty").write_bytes(b"")
     storage.upload_dir(src, s3.uri("dirs/ds"))
     marker = json.loads(storage.read_text(s3.uri("dirs/ds/_COMPLETE")))
-    assert marker["files"] == [{"key": "manifest.json", "size": 12}, {"key": "shards/0.npy", "size": 1000},
-                               {"key": "shards/empty", "size": 0}]
+    assert marker["files"] == [
+        {"key": "manifest.json", "size": 12},
+        {"key": "shards/0.npy", "size": 1000},
+        {"key": "shards/empty", "size": 0},
+    ]
     out = storage.download_prefix(s3.uri("dirs/ds/"), tmp_path / "copy")
-    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == \
-        ["manifest.json", "shards/0.npy", "shards/empty"]
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
+        "manifest.json",
+        "shards/0.npy",
+        "shards/empty",
+    ]
     assert (out / "shards" / "0.npy").read_bytes() == b"\x00" * 1000
     assert leftovers(tmp_path) == []
 
@@ -222,16 +230,19 @@ def test_interrupted_upload_leaves_no_marker_old_or_new(s3, monkeypatch, tmp_pat
     so no reader takes the half-written prefix for either upload; the rerun completes it."""
     client = s3.client()
     old, new = tmp_path / "old", tmp_path / "new"
-    for directory, contents in ((old, {"a.txt": "old a", "b.bin": "old b"}),
-                                (new, {"a.txt": "new a", "b.bin": "new b", "c.txt": "new c"})):
+    for directory, contents in (
+        (old, {"a.txt": "old a", "b.bin": "old b"}),
+        (new, {"a.txt": "new a", "b.bin": "new b", "c.txt": "new c"}),
+    ):
         directory.mkdir()
         for name, text in contents.items():
             (directory / name).write_text(text)
     storage.upload_dir(old, s3.uri("redo"))
     assert storage.exists(s3.uri("redo", storage.COMPLETE_MARKER))
 
-    with flaky_http_proxy(s3.endpoint_url, fail_first=0, status=403, error_code="AccessDenied",
-                          fail_path="/redo/b.bin") as proxy:
+    with flaky_http_proxy(
+        s3.endpoint_url, fail_first=0, status=403, error_code="AccessDenied", fail_path="/redo/b.bin"
+    ) as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
         with pytest.raises(StorageError, match="AccessDenied"):
             storage.upload_dir(new, s3.uri("redo"))
@@ -262,8 +273,10 @@ def test_download_prefix_refuses_upload_without_marker(s3, tmp_path: Path) -> No
     (previous / "old.txt").write_text("previous download")
     with pytest.raises(StorageError) as info:
         storage.download_prefix(s3.uri("partial"), previous)
-    assert str(info.value) == (f"incomplete upload at s3://{s3.bucket}/partial: _COMPLETE marker missing; "
-                               "the writer was interrupted (or never ran) — rerun the step")
+    assert str(info.value) == (
+        f"incomplete upload at s3://{s3.bucket}/partial: _COMPLETE marker missing; "
+        "the writer was interrupted (or never ran) — rerun the step"
+    )
     assert (previous / "old.txt").read_text() == "previous download" and leftovers(tmp_path) == []
 
 
@@ -282,7 +295,6 @@ def test_mlflow_endpoint_variable_is_enough(s3, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", s3.endpoint_url)
     storage.write_text(s3.uri("mlflow-env.txt"), "ok")
     assert storage.read_text(s3.uri("mlflow-env.txt")) == "ok"
-
 
 
 def test_missing_bucket_error_names_bucket_endpoint_and_fix(s3, tmp_path: Path) -> None:
@@ -335,7 +347,6 @@ def test_no_credentials_error_says_what_to_set(s3, monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     with pytest.raises(StorageError, match="no usable AWS credentials.*set AWS_ACCESS_KEY_ID"):
         storage.read_bytes(s3.uri("anything"))
-
 
 
 def test_transient_503_is_retried_until_success(s3, fast_retries, monkeypatch, caplog) -> None:
@@ -420,6 +431,7 @@ def test_s3_environment_restores_variables(monkeypatch: pytest.MonkeyPatch) -> N
 
 # --- object names from the bucket never choose where a local file lands (issue 13, finding 2) ---
 
+
 def _hostile_keys(s3: S3Server, prefix: str, base: Path, tag: str) -> list[Path]:
     """Put objects whose names would escape a download directory two levels below ``base``: one
     with ``..`` segments, one with an absolute path after ``//``. Returns where they would land."""
@@ -440,10 +452,17 @@ def _png_bytes() -> bytes:
     return buffer.getvalue()
 
 
-@pytest.mark.parametrize("key, problem", [
-    ("../x", "'..'"), ("a/../../x", "'..'"), ("/abs/x", "absolute"), ("a//x", "empty"), ("./x", "'.'"),
-    ("", "empty"),
-])
+@pytest.mark.parametrize(
+    "key, problem",
+    [
+        ("../x", "'..'"),
+        ("a/../../x", "'..'"),
+        ("/abs/x", "absolute"),
+        ("a//x", "empty"),
+        ("./x", "'.'"),
+        ("", "empty"),
+    ],
+)
 def test_unsafe_key_is_refused_before_it_becomes_a_path(tmp_path: Path, key: str, problem: str) -> None:
     with pytest.raises(StorageError, match=rf"refusing to download s3://b/p/.*{re.escape(problem)}"):
         storage.local_path_for_key(tmp_path, key, f"s3://b/p/{key}")
@@ -462,7 +481,8 @@ def test_listing_download_refuses_keys_that_leave_the_directory(s3, tmp_path: Pa
 
 
 def test_prep_from_s3_with_hostile_keys_is_one_line_and_writes_nothing_outside(
-        s3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    s3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     import tempfile
 
     from ganforge import cli
@@ -481,8 +501,8 @@ def test_prep_from_s3_with_hostile_keys_is_one_line_and_writes_nothing_outside(
 
 
 def test_resume_pull_refuses_keys_that_leave_the_staging_directory(
-        s3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
-        fashion_train: Path) -> None:
+    s3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, fashion_train: Path
+) -> None:
     from ganforge import cli
     from ganforge.platform.cluster_train import pull_run
 
@@ -496,14 +516,16 @@ def test_resume_pull_refuses_keys_that_leave_the_staging_directory(
     # The same through `ganforge train --resume --out s3://…` (staging under GANFORGE_CACHE/staging/run-…).
     monkeypatch.setenv("GANFORGE_CACHE", str(tmp_path / "cache"))
     escapes = _hostile_keys(s3, "run-h", tmp_path / "cache", "train")  # cache/staging/run-…/../../
-    status = cli.main(["train", "--profile", "tiny", "--data", str(fashion_train), "--out", s3.uri("run-h"),
-                       "--resume"])
+    status = cli.main(
+        ["train", "--profile", "tiny", "--data", str(fashion_train), "--out", s3.uri("run-h"), "--resume"]
+    )
     err = capsys.readouterr().err
     assert status == 2 and "refusing to download s3://ganforge-test/run-h/" in err and "Traceback" not in err, err
     assert [p for p in escapes if p.exists()] == []
 
 
 # --- an endpoint that accepts connections and never answers (issue 13, finding 7) ---
+
 
 class _SilentServer:
     """Accepts TCP connections, reads what comes, never answers; closes everything on exit."""
@@ -542,9 +564,11 @@ class _SilentServer:
 def test_silent_endpoint_fails_within_the_time_budget_naming_it(s3, monkeypatch, tmp_path, operation) -> None:
     budget = 2.0
     (tmp_path / "f.bin").write_bytes(b"x" * 100)
-    calls = {"read": lambda: storage.read_bytes(s3.uri("x")),
-             "upload": lambda: storage.upload_file(tmp_path / "f.bin", s3.uri("f.bin")),
-             "download_prefix": lambda: storage.download_prefix(s3.uri("p"), tmp_path / "d", require_marker=False)}
+    calls = {
+        "read": lambda: storage.read_bytes(s3.uri("x")),
+        "upload": lambda: storage.upload_file(tmp_path / "f.bin", s3.uri("f.bin")),
+        "download_prefix": lambda: storage.download_prefix(s3.uri("p"), tmp_path / "d", require_marker=False),
+    }
     outcome: dict = {}
 
     def call() -> None:

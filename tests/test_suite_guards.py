@@ -2,6 +2,7 @@
 
 pytest-timeout bounds every test (pyproject.toml); these checks read the tests' source with ``ast``.
 """
+
 from __future__ import annotations
 
 import ast
@@ -63,17 +64,23 @@ def test_every_test_runs_under_a_timeout(request):
 
 def test_the_timeout_scan_finds_each_kind_of_unbounded_wait(tmp_path):
     sample = tmp_path / "sample.py"
-    sample.write_text("import subprocess\n"
-                      "subprocess.run(['true'], check=True)\n"
-                      "subprocess.check_output(['true'], timeout=5)\n"
-                      "p = subprocess.Popen(['true'])\n"
-                      "p.wait()\n"
-                      "p.wait(timeout=5)\n"
-                      "p.communicate()\n"
-                      "with subprocess.Popen(['true']) as q:\n"
-                      "    pass\n")
-    assert sorted(line.split()[0] for line in subprocess_calls_without_timeout(sample)) == \
-        ["sample.py:2", "sample.py:5", "sample.py:7", "sample.py:8"]
+    sample.write_text(
+        "import subprocess\n"
+        "subprocess.run(['true'], check=True)\n"
+        "subprocess.check_output(['true'], timeout=5)\n"
+        "p = subprocess.Popen(['true'])\n"
+        "p.wait()\n"
+        "p.wait(timeout=5)\n"
+        "p.communicate()\n"
+        "with subprocess.Popen(['true']) as q:\n"
+        "    pass\n"
+    )
+    assert sorted(line.split()[0] for line in subprocess_calls_without_timeout(sample)) == [
+        "sample.py:2",
+        "sample.py:5",
+        "sample.py:7",
+        "sample.py:8",
+    ]
 
 
 def test_missing_tools_are_never_skipped_by_hand():
@@ -82,14 +89,16 @@ def test_missing_tools_are_never_skipped_by_hand():
     for path in sorted(TESTS.glob("*.py")):
         for call in _calls(path):
             text = ast.unparse(call)
-            if ast.unparse(call.func) in ("pytest.skip", "pytest.mark.skipif", "pytest.importorskip") \
-                    and any(tool in text.lower() for tool in TOOLS):
+            if ast.unparse(call.func) in ("pytest.skip", "pytest.mark.skipif", "pytest.importorskip") and any(
+                tool in text.lower() for tool in TOOLS
+            ):
                 raw.append(f"{path.name}:{call.lineno} {text[:100]}")
     assert not raw, "use conftest.skip_or_fail_in_ci for a missing tool:\n" + "\n".join(raw)
 
 
-@pytest.mark.parametrize("ci, outcome", [("true", pytest.fail.Exception), ("", pytest.skip.Exception),
-                                         ("false", pytest.skip.Exception)])
+@pytest.mark.parametrize(
+    "ci, outcome", [("true", pytest.fail.Exception), ("", pytest.skip.Exception), ("false", pytest.skip.Exception)]
+)
 def test_a_missing_tool_fails_under_ci_and_skips_elsewhere(monkeypatch, ci, outcome):
     monkeypatch.setenv("CI", ci)
     with pytest.raises(outcome, match="needs kubectl"):

@@ -1,4 +1,5 @@
 """MLflow tracking against real stores: sqlite under GANFORGE_HOME and an `mlflow server` process."""
+
 from __future__ import annotations
 
 import json
@@ -54,8 +55,13 @@ def store(request, sqlite_home, monkeypatch) -> str:
 
 
 def run_python(code: str, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", code, *args], env=dict(os.environ),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        env=dict(os.environ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def finish(process: subprocess.Popen) -> None:
@@ -92,8 +98,9 @@ def test_bad_inputs_get_clear_errors(tmp_path):
 
 
 def test_plot_curves_without_quality_metrics_still_writes_png(tmp_path):
-    png = tracking.plot_curves({"loss_d": [(0, 1.0), (10, 0.5)], "loss_g": [(0, 2.0), (10, 1.0)]},
-                               tmp_path / "curves.png")
+    png = tracking.plot_curves(
+        {"loss_d": [(0, 1.0), (10, 0.5)], "loss_g": [(0, 2.0), (10, 1.0)]}, tmp_path / "curves.png"
+    )
     assert png.read_bytes().startswith(PNG_MAGIC)
     assert [p.name for p in tmp_path.iterdir()] == ["curves.png"]  # no temporary left behind
 
@@ -125,8 +132,9 @@ def test_pipeline_run_records_steps_from_separate_processes(store, tmp_path):
         home = Path(os.environ["GANFORGE_HOME"]).resolve()
         assert run.info.artifact_uri.startswith((home / "mlartifacts" / "dcgan").as_uri())
 
-    config_json = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="config.json",
-                                                      dst_path=str(tmp_path / "dl"))
+    config_json = mlflow.artifacts.download_artifacts(
+        run_id=run_id, artifact_path="config.json", dst_path=str(tmp_path / "dl")
+    )
     assert json.loads(Path(config_json).read_text()) == cfg.to_dict()
 
     histories = tracking.metric_histories(run_id)
@@ -137,7 +145,8 @@ def test_pipeline_run_records_steps_from_separate_processes(store, tmp_path):
     png = tracking.log_curves(run_id, str(tmp_path / "my-curves.png"))
     assert png.read_bytes().startswith(PNG_MAGIC)
     artifacts = {a.path for a in c.list_artifacts(run_id)} | {
-        a.path for d in ("samples", "grids", "plots") for a in c.list_artifacts(run_id, d)}
+        a.path for d in ("samples", "grids", "plots") for a in c.list_artifacts(run_id, d)
+    }
     assert {"config.json", "samples/sample.txt", "grids/step_000010.txt", "plots/curves.png"} <= artifacts
 
     assert c.get_run(run_id).info.status == "RUNNING" and c.get_run(run_id).data.metrics["fid"] == 41.5

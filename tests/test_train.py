@@ -1,4 +1,5 @@
 """Training: checkpoints, resume after SIGKILL (bitwise), DDP on gloo ranks, two torchrun nodes."""
+
 from __future__ import annotations
 
 import json
@@ -91,8 +92,18 @@ def test_damaged_checkpoint_is_a_clear_error(tmp_path):
 
 
 def _train_cmd(cfg_path: Path, data: Path, out: Path, resume: bool = False) -> list[str]:
-    return [sys.executable, "-m", "ganforge.cli", "train", "--config-json", str(cfg_path), "--data", str(data),
-            "--out", str(out)] + (["--resume"] if resume else [])
+    return [
+        sys.executable,
+        "-m",
+        "ganforge.cli",
+        "train",
+        "--config-json",
+        str(cfg_path),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+    ] + (["--resume"] if resume else [])
 
 
 def _sigkill_then_resume(cfg, fashion_train: Path, tmp_path: Path) -> None:
@@ -100,11 +111,17 @@ def _sigkill_then_resume(cfg, fashion_train: Path, tmp_path: Path) -> None:
     cfg_path = tmp_path / "config.json"
     cfg_path.write_text(cfg.to_json())
     env = cli_env()
-    subprocess.run(_train_cmd(cfg_path, fashion_train, tmp_path / "ref"), env=env, check=True,
-                   capture_output=True, timeout=600)
+    subprocess.run(
+        _train_cmd(cfg_path, fashion_train, tmp_path / "ref"), env=env, check=True, capture_output=True, timeout=600
+    )
     out = tmp_path / "killed"
-    proc = subprocess.Popen(_train_cmd(cfg_path, fashion_train, out), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        _train_cmd(cfg_path, fashion_train, out),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 120
     while not (out / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
@@ -112,8 +129,9 @@ def _sigkill_then_resume(cfg, fashion_train: Path, tmp_path: Path) -> None:
     proc.wait(timeout=60)
     killed_at = read_checkpoint(out / "checkpoint.pt")["step"]
     assert killed_at < cfg.train.max_steps, "the run finished before it was killed; the test proved nothing"
-    subprocess.run(_train_cmd(cfg_path, fashion_train, out, resume=True), env=env, check=True, capture_output=True,
-                   timeout=600)
+    subprocess.run(
+        _train_cmd(cfg_path, fashion_train, out, resume=True), env=env, check=True, capture_output=True, timeout=600
+    )
     ref, resumed = read_checkpoint(tmp_path / "ref" / "checkpoint.pt"), read_checkpoint(out / "checkpoint.pt")
     assert resumed["step"] == ref["step"] == cfg.train.max_steps
     for key in ("G", "G_ema", "D"):
@@ -134,12 +152,30 @@ def _torchrun_worker(cfg, data: Path, out: Path, report: Path, nproc: int) -> di
     cfg_path = out.parent / f"{out.name}.json"
     cfg_path.parent.mkdir(parents=True, exist_ok=True)
     cfg_path.write_text(cfg.to_json())
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-                           str(ROOT / "tests" / "ddp_worker.py"), str(cfg_path), str(data), str(out), str(report)],
-                          env=cli_env(), check=True, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={nproc}",
+            str(ROOT / "tests" / "ddp_worker.py"),
+            str(cfg_path),
+            str(data),
+            str(out),
+            str(report),
+        ],
+        env=cli_env(),
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     # each rank's own line when it finished training (the report is rank 0's)
-    return {**json.loads(report.read_text()),
-            "ranks": sorted(line for line in done.stderr.splitlines() if ": trained steps " in line)}
+    return {
+        **json.loads(report.read_text()),
+        "ranks": sorted(line for line in done.stderr.splitlines() if ": trained steps " in line),
+    }
 
 
 def test_two_gloo_ranks_stay_identical_and_match_single_rank_curve(fashion_train, tmp_path):
@@ -166,12 +202,35 @@ def test_two_torchrun_nodes_on_localhost(fashion_train, tmp_path):
     cfg_path = tmp_path / "config.json"
     cfg_path.write_text(cfg.to_json())
     endpoint = f"127.0.0.1:{_free_port()}"
-    procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1",
-                               f"--node-rank={rank}", "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}",
-                               "--rdzv-id=ganforge-test", "-m", "ganforge.cli", "train", "--config-json",
-                               str(cfg_path), "--data", str(fashion_train), "--out", str(tmp_path / f"node{rank}")],
-                              env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for rank in (0, 1)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes=2",
+                "--nproc-per-node=1",
+                f"--node-rank={rank}",
+                "--rdzv-backend=c10d",
+                f"--rdzv-endpoint={endpoint}",
+                "--rdzv-id=ganforge-test",
+                "-m",
+                "ganforge.cli",
+                "train",
+                "--config-json",
+                str(cfg_path),
+                "--data",
+                str(fashion_train),
+                "--out",
+                str(tmp_path / f"node{rank}"),
+            ],
+            env=cli_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     for rank, output in enumerate(outputs):  # each node's rank trained all 4 steps
@@ -181,6 +240,7 @@ def test_two_torchrun_nodes_on_localhost(fashion_train, tmp_path):
 
 
 # --- resume with a changed config (issue 13, finding 5) ---
+
 
 def _tiny(**train_fields):
     return build_config("dcgan", "tiny", {"train": {"max_steps": 4, "checkpoint_every": 2, **train_fields}})
@@ -213,9 +273,14 @@ def test_allow_config_change_makes_the_optimiser_use_the_new_values(fashion_trai
 
 def test_resume_accepts_schedule_and_cadence_changes_without_the_flag(fashion_train, tmp_path):
     train(_tiny(), fashion_train, tmp_path)
-    longer = build_config("dcgan", "tiny", {"train": {"max_steps": 6, "epochs": 3, "checkpoint_every": 3,
-                                                      "log_every": 1, "snapshot_every": 2},
-                                            "eval": {"n_samples": 100}})
+    longer = build_config(
+        "dcgan",
+        "tiny",
+        {
+            "train": {"max_steps": 6, "epochs": 3, "checkpoint_every": 3, "log_every": 1, "snapshot_every": 2},
+            "eval": {"n_samples": 100},
+        },
+    )
     assert train(longer, fashion_train, tmp_path, resume=True).step == 6
 
 
@@ -240,6 +305,7 @@ def test_resume_at_another_thread_count_says_so(fashion_train, tmp_path, capsys)
 
 # --- checkpoints: checksum, snapshots, full disks (issue 13, finding 9) ---
 
+
 def test_flipped_byte_in_a_checkpoint_is_caught(fashion_train, tmp_path, capsys):
     from ganforge import cli
 
@@ -251,8 +317,22 @@ def test_flipped_byte_in_a_checkpoint_is_caught(fashion_train, tmp_path, capsys)
     with pytest.raises(CheckpointError, match=r"is damaged: its contents hash to sha256 .* but it records"):
         read_checkpoint(path)
     capsys.readouterr()
-    status = cli.main(["train", "--profile", "tiny", "--set", "train.max_steps=4", "--set", "train.checkpoint_every=2",
-                       "--data", str(fashion_train), "--out", str(tmp_path / "run"), "--resume"])
+    status = cli.main(
+        [
+            "train",
+            "--profile",
+            "tiny",
+            "--set",
+            "train.max_steps=4",
+            "--set",
+            "train.checkpoint_every=2",
+            "--data",
+            str(fashion_train),
+            "--out",
+            str(tmp_path / "run"),
+            "--resume",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert status == 2 and len(err) == 1 and f"checkpoint {path} is damaged" in err[0] and "Fix:" in err[0], err
 
@@ -280,8 +360,9 @@ def small_tmpfs(tmp_path):
     """A 4 MiB tmpfs: a real file system that fills up (needs root; skipped otherwise)."""
     mount = tmp_path / "small"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True,
-                          timeout=30)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True, timeout=30
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
     try:

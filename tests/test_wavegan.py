@@ -80,7 +80,7 @@ def test_shift_with_reflection_matches_numpy_reflect_padding():
     out = shift_with_reflection(x, shifts, 2)
     for b, k in enumerate(shifts.tolist()):
         padded = np.pad(np.arange(10.0), 2, mode="reflect")
-        expected = padded[2 - k:2 - k + 10]
+        expected = padded[2 - k : 2 - k + 10]
         assert np.array_equal(out[b, 0].numpy(), expected)
         assert np.array_equal(out[b, 1].numpy(), expected)
     assert out[4, 0, :3].tolist() == [2.0, 1.0, 0.0]  # shifted right by 2: the left edge is reflected

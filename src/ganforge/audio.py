@@ -4,6 +4,7 @@ The output directory has the same layout as an image dataset (``data.npy``, ``la
 every clip has a digit label, ``manifest.json``) and is written atomically. Clips are mono at
 ``cfg.sample_rate``, the voiced part centred in ``cfg.audio_length`` samples, peak-normalised.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -41,8 +42,20 @@ ESPEAK_SOURCE = "espeak:sc09"
 DEFAULT_SYNTH_CLIPS = 2000
 SYNTH_WORKERS = 2
 
-ESPEAK_VOICES = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd",
-                 "en-029", "en-us-nyc", "de", "nl", "sv", "af")
+ESPEAK_VOICES = (
+    "en-us",
+    "en-gb",
+    "en-gb-scotland",
+    "en-gb-x-rp",
+    "en-gb-x-gbclan",
+    "en-gb-x-gbcwmd",
+    "en-029",
+    "en-us-nyc",
+    "de",
+    "nl",
+    "sv",
+    "af",
+)
 """eSpeak NG's English accents plus a few languages that read the English words with their own
 letter-to-sound rules (accented speakers). All ship with the Debian espeak-ng-data package."""
 ESPEAK_VARIANTS = ("", "+m1", "+m2", "+m3", "+m4", "+m5", "+m6", "+m7", "+f1", "+f2", "+f3", "+f4", "+f5", "+croak")
@@ -85,7 +98,7 @@ def prepare_audio(cfg: DataConfig, out_dir: str | os.PathLike, split: str | None
             clips, labels, recorded_split = read_wav_folder(Path(local), cfg, split, shown_as=source)
         extra = {}
     else:
-        folder = Path(source[len("file://"):] if source.startswith("file://") else source)
+        folder = Path(source[len("file://") :] if source.startswith("file://") else source)
         clips, labels, recorded_split = read_wav_folder(folder, cfg, split, shown_as=source)
         extra = {}
     manifest = build_audio_manifest(source, recorded_split, clips, labels, cfg.sample_rate) | extra
@@ -97,8 +110,9 @@ def prepare_audio(cfg: DataConfig, out_dir: str | os.PathLike, split: str | None
     return manifest
 
 
-def build_audio_manifest(source: str, split: str, clips: np.ndarray, labels: np.ndarray | None,
-                         sample_rate: int) -> dict:
+def build_audio_manifest(
+    source: str, split: str, clips: np.ndarray, labels: np.ndarray | None, sample_rate: int
+) -> dict:
     """The manifest of an audio dataset: the image manifest's keys plus ``sample_rate``."""
     return {
         "source": source,
@@ -116,21 +130,26 @@ def build_audio_manifest(source: str, split: str, clips: np.ndarray, labels: np.
     }
 
 
-def read_wav_folder(folder: Path, cfg: DataConfig, split: str, shown_as: str
-                    ) -> tuple[np.ndarray, np.ndarray | None, str]:
+def read_wav_folder(
+    folder: Path, cfg: DataConfig, split: str, shown_as: str
+) -> tuple[np.ndarray, np.ndarray | None, str]:
     """All ``*.wav`` under ``folder`` (recursively, sorted, first ``cfg.limit``) → clips, labels, split."""
     if not folder.is_dir():
         problem = "is a file, not a directory" if folder.exists() else "does not exist"
-        raise DataError(f"audio source {shown_as!r} {problem}; point data.source at a folder of .wav files "
-                        f"or use {ESPEAK_SOURCE!r} to synthesise spoken digits")
+        raise DataError(
+            f"audio source {shown_as!r} {problem}; point data.source at a folder of .wav files "
+            f"or use {ESPEAK_SOURCE!r} to synthesise spoken digits"
+        )
     recorded_split = "all"
     if (folder / split).is_dir():
         folder, recorded_split = folder / split, split
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() == ".wav" and p.is_file())
     if not files:
-        raise DataError(f"no .wav files found in {shown_as} (searched recursively); add WAV files or use "
-                        f"data.source={ESPEAK_SOURCE!r}")
-    files = files[:cfg.limit]
+        raise DataError(
+            f"no .wav files found in {shown_as} (searched recursively); add WAV files or use "
+            f"data.source={ESPEAK_SOURCE!r}"
+        )
+    files = files[: cfg.limit]
     clips = np.stack([fit_clip(read_wav(f), f, cfg) for f in files])
     labels = [label_from_path(f, folder) for f in files]
     label_array = np.array(labels, dtype=np.int64) if all(v is not None for v in labels) else None
@@ -155,8 +174,10 @@ def read_wav(path: Path) -> tuple[np.ndarray, int]:
     try:
         rate, data = wavfile.read(path)
     except Exception as e:  # scipy raises ValueError, EOFError, struct.error… for non-WAV bytes
-        raise DataError(f"{path} is not a readable WAV file ({type(e).__name__}: {e}); "
-                        "convert it to PCM WAV (e.g. `sox in.ext -b 16 out.wav`) or remove it") from e
+        raise DataError(
+            f"{path} is not a readable WAV file ({type(e).__name__}: {e}); "
+            "convert it to PCM WAV (e.g. `sox in.ext -b 16 out.wav`) or remove it"
+        ) from e
     samples = pcm_to_float(data, path)
     if samples.ndim == 2:
         samples = samples.mean(axis=1)
@@ -200,14 +221,14 @@ def resample(samples: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
 def trim_silence(samples: np.ndarray) -> np.ndarray:
     """Drop leading and trailing samples quieter than SILENCE_FRACTION of the peak."""
     loud = np.flatnonzero(np.abs(samples) >= SILENCE_FRACTION * np.max(np.abs(samples)))
-    return samples[loud[0]:loud[-1] + 1] if loud.size else samples
+    return samples[loud[0] : loud[-1] + 1] if loud.size else samples
 
 
 def centre_in_length(samples: np.ndarray, length: int) -> np.ndarray:
     """The middle ``length`` samples of a longer clip, or a shorter clip zero-padded equally on both sides."""
     if samples.size >= length:
         start = (samples.size - length) // 2
-        return samples[start:start + length]
+        return samples[start : start + length]
     left = (length - samples.size) // 2
     return np.pad(samples, (left, length - samples.size - left))
 
@@ -219,12 +240,17 @@ def to_int16(samples: np.ndarray) -> np.ndarray:
 
 def all_speakers() -> list[Speaker]:
     """Every (voice, variant, speed, pitch) combination, in a fixed order."""
-    return [Speaker(v, var, s, p) for v in ESPEAK_VOICES for var in ESPEAK_VARIANTS
-            for s in ESPEAK_SPEEDS for p in ESPEAK_PITCHES]
+    return [
+        Speaker(v, var, s, p)
+        for v in ESPEAK_VOICES
+        for var in ESPEAK_VARIANTS
+        for s in ESPEAK_SPEEDS
+        for p in ESPEAK_PITCHES
+    ]
 
 
 def speaker_split(speaker: Speaker) -> str:
-    """"test" for a fixed ~20% of speakers chosen by hash, "train" for the rest: the splits never share a speaker."""
+    """ "test" for a fixed ~20% of speakers chosen by hash, "train" for the rest: the splits never share a speaker."""
     bucket = int(hashlib.sha256(speaker.key.encode()).hexdigest(), 16) % 100
     return "test" if bucket < TEST_SPEAKER_PERCENT else "train"
 
@@ -236,8 +262,10 @@ def sc09_plan(n_clips: int, split: str, seed: int) -> list[tuple[Speaker, int]]:
     speakers = [s for s in all_speakers() if speaker_split(s) == split]
     n_speakers = -(-n_clips // len(DIGIT_WORDS))
     if n_speakers > len(speakers):
-        raise DataError(f"espeak:sc09 has {len(speakers)} {split} speakers, enough for "
-                        f"{len(speakers) * len(DIGIT_WORDS)} clips; lower data.limit from {n_clips}")
+        raise DataError(
+            f"espeak:sc09 has {len(speakers)} {split} speakers, enough for "
+            f"{len(speakers) * len(DIGIT_WORDS)} clips; lower data.limit from {n_clips}"
+        )
     chosen = [speakers[i] for i in rng.permutation(len(speakers))[:n_speakers]]
     return [(speaker, int(digit)) for speaker in chosen for digit in rng.permutation(len(DIGIT_WORDS))][:n_clips]
 
@@ -256,12 +284,23 @@ def synthesise_sc09(cfg: DataConfig, split: str, seed: int) -> tuple[np.ndarray,
 def speak_digit(espeak: str, speaker: Speaker, digit: int, cfg: DataConfig) -> np.ndarray:
     """One espeak-ng utterance of a digit word, fitted like a WAV from a folder → (1, L) int16."""
     word = DIGIT_WORDS[digit]
-    command = [espeak, "-v", speaker.voice + speaker.variant, "-s", str(speaker.speed), "-p", str(speaker.pitch),
-               "--stdout", word]
+    command = [
+        espeak,
+        "-v",
+        speaker.voice + speaker.variant,
+        "-s",
+        str(speaker.speed),
+        "-p",
+        str(speaker.pitch),
+        "--stdout",
+        word,
+    ]
     result = subprocess.run(command, capture_output=True, timeout=60)
     if result.returncode != 0 or not result.stdout:
-        raise DataError(f"`{' '.join(command)}` failed (exit {result.returncode}): "
-                        f"{result.stderr.decode(errors='replace').strip()}; check `espeak-ng --voices`")
+        raise DataError(
+            f"`{' '.join(command)}` failed (exit {result.returncode}): "
+            f"{result.stderr.decode(errors='replace').strip()}; check `espeak-ng --voices`"
+        )
     samples, rate = wav_stream_samples(result.stdout)
     shown_as = Path(f"espeak-ng {speaker.key} {word}")
     if not np.any(samples):
@@ -285,6 +324,12 @@ def wav_stream_samples(stream: bytes) -> tuple[np.ndarray, int]:
 def synthesis_description(seed: int) -> dict:
     """What the synthetic corpus was made from, for the manifest (reproducibility)."""
     version = subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True).stdout.strip()
-    return {"engine": version, "voices": list(ESPEAK_VOICES), "variants": list(ESPEAK_VARIANTS),
-            "speeds_wpm": list(ESPEAK_SPEEDS), "pitches": list(ESPEAK_PITCHES), "seed": seed,
-            "test_speaker_percent": TEST_SPEAKER_PERCENT}
+    return {
+        "engine": version,
+        "voices": list(ESPEAK_VOICES),
+        "variants": list(ESPEAK_VARIANTS),
+        "speeds_wpm": list(ESPEAK_SPEEDS),
+        "pitches": list(ESPEAK_PITCHES),
+        "seed": seed,
+        "test_speaker_percent": TEST_SPEAKER_PERCENT,
+    }

@@ -7,6 +7,7 @@ the prepared dataset itself and cached on disk keyed by the dataset's sha256, so
 evaluation of models trained on that dataset uses the same extractor. Its held-out clips give the
 ceilings: IS of real audio and the FID of real against real at the same N.
 """
+
 from __future__ import annotations
 
 import math
@@ -49,6 +50,7 @@ TRAIN_SEED = 0
 
 def mel_filterbank(sample_rate: int, n_fft: int = N_FFT, n_mels: int = N_MELS) -> torch.Tensor:
     """Triangular HTK-mel filters, (n_mels, n_fft // 2 + 1)."""
+
     def hz_to_mel(f):
         return 2595.0 * np.log10(1.0 + np.asarray(f) / 700.0)
 
@@ -76,9 +78,16 @@ class DigitClassifier(nn.Module):
 
         # 1-D convolutions over time with mel bins as channels: ~10x cheaper than 2-D on CPU
         # and plenty for telling ten words apart.
-        self.body = nn.Sequential(nn.BatchNorm1d(N_MELS), block(N_MELS, 2 * width, 5), nn.MaxPool1d(2),
-                                  block(2 * width, 4 * width, 5), nn.MaxPool1d(2), block(4 * width, 8 * width, 3),
-                                  nn.AdaptiveAvgPool1d(1), nn.Flatten())
+        self.body = nn.Sequential(
+            nn.BatchNorm1d(N_MELS),
+            block(N_MELS, 2 * width, 5),
+            nn.MaxPool1d(2),
+            block(2 * width, 4 * width, 5),
+            nn.MaxPool1d(2),
+            block(4 * width, 8 * width, 3),
+            nn.AdaptiveAvgPool1d(1),
+            nn.Flatten(),
+        )
         self.head = nn.Linear(8 * width, N_CLASSES)
 
     def log_mel(self, x: torch.Tensor) -> torch.Tensor:
@@ -121,7 +130,7 @@ def heldout_mask(n: int, fraction: float = HELDOUT_FRACTION, seed: int = SPLIT_S
 def log_mels(model: DigitClassifier, clips: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """Log-mel spectrograms of all clips, computed once before training (the front end has no weights)."""
     with torch.no_grad():
-        return torch.cat([model.log_mel(clips[i:i + batch_size]) for i in range(0, len(clips), batch_size)])
+        return torch.cat([model.log_mel(clips[i : i + batch_size]) for i in range(0, len(clips), batch_size)])
 
 
 def augment_spectrograms(spec: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -135,11 +144,12 @@ def shuffled_batches(n: int, steps: int, generator: torch.Generator) -> list[tor
     """``steps`` index batches of TRAIN_BATCH (or n, if smaller), epoch after reshuffled epoch."""
     order = torch.cat([torch.randperm(n, generator=generator) for _ in range(math.ceil(steps * TRAIN_BATCH / n) + 1)])
     size = min(TRAIN_BATCH, n)
-    return [order[i * size:(i + 1) * size] for i in range(steps)]
+    return [order[i * size : (i + 1) * size] for i in range(steps)]
 
 
-def train_digit_classifier(clips: np.ndarray, labels: np.ndarray, sample_rate: int = 16000,
-                           steps: int = TRAIN_STEPS, seed: int = TRAIN_SEED) -> DigitClassifier:
+def train_digit_classifier(
+    clips: np.ndarray, labels: np.ndarray, sample_rate: int = 16000, steps: int = TRAIN_STEPS, seed: int = TRAIN_SEED
+) -> DigitClassifier:
     """Train a DigitClassifier on labelled clips (deterministic given the seed); returns it in eval mode."""
     labels_t = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     if labels_t.min() < 0 or labels_t.max() >= N_CLASSES:
@@ -176,7 +186,7 @@ def _run_in_batches(clips, classifier, batch_size, fn) -> np.ndarray:
     x = clips_to_float(clips)
     classifier.eval()
     with torch.no_grad():
-        return torch.cat([fn(classifier, x[i:i + batch_size]) for i in range(0, len(x), batch_size)]).double().numpy()
+        return torch.cat([fn(classifier, x[i : i + batch_size]) for i in range(0, len(x), batch_size)]).double().numpy()
 
 
 def classifier_accuracy(clips: np.ndarray, labels: np.ndarray, classifier: DigitClassifier) -> float:
@@ -202,8 +212,9 @@ def audio_inception_score(logits_or_probs: np.ndarray, splits: int = 10) -> tupl
     return float(np.mean(scores)), float(np.std(scores))
 
 
-def cached_classifier(real_dataset_dir: str | os.PathLike,
-                      cache_dir: str | os.PathLike) -> tuple[TrainedClassifier, dict]:
+def cached_classifier(
+    real_dataset_dir: str | os.PathLike, cache_dir: str | os.PathLike
+) -> tuple[TrainedClassifier, dict]:
     """The digit classifier of a prepared audio dataset, trained once per dataset sha256 and cached.
 
     Also returns the cached real-data facts: held-out features and logits, reference statistics
@@ -211,8 +222,10 @@ def cached_classifier(real_dataset_dir: str | os.PathLike,
     """
     dataset = load_dataset(real_dataset_dir)
     if dataset.manifest.get("kind") != "audio" or dataset.labels is None:
-        raise DataError(f"{real_dataset_dir} is not a labelled audio dataset (needs kind 'audio' and labels.npy "
-                        "with digits 0-9); prepare one with data.source='espeak:sc09' or a WAV folder named by digit")
+        raise DataError(
+            f"{real_dataset_dir} is not a labelled audio dataset (needs kind 'audio' and labels.npy "
+            "with digits 0-9); prepare one with data.source='espeak:sc09' or a WAV folder named by digit"
+        )
     sha = verify_sha256(dataset)
     path = Path(cache_dir) / f"sc09-classifier-{sha[:12]}-r{RECIPE_VERSION}.pt"
     sample_rate = int(dataset.manifest.get("sample_rate", 16000))
@@ -221,28 +234,42 @@ def cached_classifier(real_dataset_dir: str | os.PathLike,
         model = DigitClassifier(sample_rate)
         model.load_state_dict(saved["state_dict"])
         classifier = TrainedClassifier(model.eval(), sha, saved["heldout_accuracy"], saved["train_seconds"], True)
-        return classifier, {k: saved[k].numpy() for k in ("heldout_features", "heldout_logits", "reference_mu",
-                                                          "reference_sigma")}
+        return classifier, {
+            k: saved[k].numpy() for k in ("heldout_features", "heldout_logits", "reference_mu", "reference_sigma")
+        }
     clips, labels = np.asarray(dataset.images), np.asarray(dataset.labels)
     heldout = heldout_mask(len(clips))
     if heldout.all() or not heldout.any():
-        raise DataError(f"{real_dataset_dir} has {len(clips)} clips; the SC09 evaluation needs at least "
-                        f"{2 * BLOCK} to hold some out")
+        raise DataError(
+            f"{real_dataset_dir} has {len(clips)} clips; the SC09 evaluation needs at least "
+            f"{2 * BLOCK} to hold some out"
+        )
     started = time.perf_counter()
     model = train_digit_classifier(clips[~heldout], labels[~heldout], sample_rate)
     train_seconds = time.perf_counter() - started
-    real = {"heldout_features": classifier_features(clips[heldout], model),
-            "heldout_logits": classifier_logits(clips[heldout], model)}
+    real = {
+        "heldout_features": classifier_features(clips[heldout], model),
+        "heldout_logits": classifier_logits(clips[heldout], model),
+    }
     real["reference_mu"], real["reference_sigma"] = features_to_statistics(classifier_features(clips[~heldout], model))
     accuracy = float(np.mean(real["heldout_logits"].argmax(1) == labels[heldout]))
     with atomic_file(path) as tmp:
-        torch.save({"state_dict": model.state_dict(), "heldout_accuracy": accuracy, "train_seconds": train_seconds,
-                    "dataset_sha256": sha, **{k: torch.from_numpy(v) for k, v in real.items()}}, tmp)
+        torch.save(
+            {
+                "state_dict": model.state_dict(),
+                "heldout_accuracy": accuracy,
+                "train_seconds": train_seconds,
+                "dataset_sha256": sha,
+                **{k: torch.from_numpy(v) for k, v in real.items()},
+            },
+            tmp,
+        )
     return TrainedClassifier(model, sha, accuracy, train_seconds, False), real
 
 
-def evaluate_audio(fake: np.ndarray, real_dataset_dir: str | os.PathLike, eval_cfg: EvalConfig,
-                   cache_dir: str | os.PathLike) -> dict:
+def evaluate_audio(
+    fake: np.ndarray, real_dataset_dir: str | os.PathLike, eval_cfg: EvalConfig, cache_dir: str | os.PathLike
+) -> dict:
     """SC09 metrics of generated clips (N×1×L, float in [-1, 1] or int16) against a prepared dataset.
 
     FID is against the statistics of the classifier's training clips; ``real_fid_ceiling`` is the
@@ -250,7 +277,7 @@ def evaluate_audio(fake: np.ndarray, real_dataset_dir: str | os.PathLike, eval_c
     since small-N FID is biased. ``real_inception_score`` is the IS of the held-out real clips at
     the fakes' chunk size (n / 10 clips).
     """
-    fake = np.asarray(fake)[:eval_cfg.n_samples]
+    fake = np.asarray(fake)[: eval_cfg.n_samples]
     if len(fake) < 2:
         raise ValueError(f"evaluate_audio needs at least 2 generated clips, got {len(fake)}")
     classifier, real = cached_classifier(real_dataset_dir, cache_dir)

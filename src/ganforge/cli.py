@@ -7,6 +7,7 @@ Each command imports the library modules it uses when it runs, so ``ganforge --h
 errors answer without loading torch; the platform layer comes in through ``errors.require_platform``
 (one line naming ``pip install 'ganforge[platform]'`` when it is not installed).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,10 @@ def _config_from_args(args) -> PipelineConfig:
     nproc = getattr(args, "nproc", None)
     if nproc is not None:
         if nproc < 1:
-            raise ConfigError(f"--nproc {nproc}: give the number of training processes on this machine, 1 or more "
-                              "(e.g. --nproc 2), or leave it out to use the config's train.nproc")
+            raise ConfigError(
+                f"--nproc {nproc}: give the number of training processes on this machine, 1 or more "
+                "(e.g. --nproc 2), or leave it out to use the config's train.nproc"
+            )
         sets.append(f"train.nproc={nproc}")
     if getattr(args, "config_json", None):
         path = Path(args.config_json)
@@ -42,8 +45,10 @@ def _config_from_args(args) -> PipelineConfig:
                 d[group][key] = value
             return PipelineConfig.from_dict(d)
         except (ConfigError, TypeError) as e:
-            raise ConfigError(f"--config-json {path}: {e}. Fix: use the config.json a ganforge run wrote, "
-                              "or --preset/--profile with --set") from e
+            raise ConfigError(
+                f"--config-json {path}: {e}. Fix: use the config.json a ganforge run wrote, "
+                "or --preset/--profile with --set"
+            ) from e
     return build_config(args.preset, args.profile, sets)
 
 
@@ -56,13 +61,16 @@ def _read_config_json(path: Path) -> dict:
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"--config-json {path} cannot be read ({e}); check the path and its permissions") from None
     except json.JSONDecodeError as e:
-        raise ConfigError(f"--config-json {path} is not valid JSON ({e}); pass the config.json a ganforge run "
-                          "wrote") from None
+        raise ConfigError(
+            f"--config-json {path} is not valid JSON ({e}); pass the config.json a ganforge run wrote"
+        ) from None
     missing = [k for k in ("name", "profile") if not isinstance(d, dict) or k not in d]
     if missing:
-        raise ConfigError(f"--config-json {path} has no {' or '.join(repr(k) for k in missing)}: it is not a ganforge "
-                          "config. Fix: pass the config.json a ganforge run wrote (it names the preset and profile), "
-                          "or use --preset/--profile")
+        raise ConfigError(
+            f"--config-json {path} has no {' or '.join(repr(k) for k in missing)}: it is not a ganforge "
+            "config. Fix: pass the config.json a ganforge run wrote (it names the preset and profile), "
+            "or use --preset/--profile"
+        )
     return d
 
 
@@ -70,8 +78,12 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="dcgan", choices=sorted(PRESETS), help="named pipeline (default dcgan)")
     p.add_argument("--profile", default="local", choices=sorted(PROFILES), help="compute profile (default local)")
     p.add_argument("--config-json", help="a saved config.json (overrides --preset/--profile)")
-    p.add_argument("--set", action="append", metavar="GROUP.FIELD=VALUE",
-                   help="override one config field, e.g. --set train.epochs=3 (repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="GROUP.FIELD=VALUE",
+        help="override one config field, e.g. --set train.epochs=3 (repeatable)",
+    )
 
 
 def cmd_prep(args) -> int:
@@ -100,10 +112,21 @@ def _relaunch_under_torchrun(cfg: PipelineConfig, args) -> int:
     with tempfile.TemporaryDirectory(prefix="ganforge-ranks-") as tmp:
         config_path = Path(tmp) / "config.json"
         config_path.write_text(cfg.to_json())
-        cmd = torchrun_command(cfg.train.nproc, [
-            "train", "--config-json", str(config_path), "--data", args.data, "--out", args.out,
-            *(["--resume"] if args.resume else []), *(["--mlflow"] if args.mlflow else []),
-            *(["--allow-config-change"] if getattr(args, "allow_config_change", False) else [])])
+        cmd = torchrun_command(
+            cfg.train.nproc,
+            [
+                "train",
+                "--config-json",
+                str(config_path),
+                "--data",
+                args.data,
+                "--out",
+                args.out,
+                *(["--resume"] if args.resume else []),
+                *(["--mlflow"] if args.mlflow else []),
+                *(["--allow-config-change"] if getattr(args, "allow_config_change", False) else []),
+            ],
+        )
         from . import threads
 
         return subprocess.call(cmd, env=threads.env_for_ranks(cfg.train.nproc))
@@ -127,9 +150,11 @@ def cmd_train(args) -> int:
     world = cfg.train.nproc * cfg.train.nnodes
     if world > 1 and not _under_torchrun():
         if cfg.train.nnodes > 1:
-            raise ConfigError(f"train.nnodes={cfg.train.nnodes}: start one `torchrun --nnodes {cfg.train.nnodes} "
-                              "--rdzv-backend c10d --rdzv-endpoint HOST:PORT -m ganforge.cli train …` per node "
-                              "(the cluster launchers do this), or train on one node with --nproc")
+            raise ConfigError(
+                f"train.nnodes={cfg.train.nnodes}: start one `torchrun --nnodes {cfg.train.nnodes} "
+                "--rdzv-backend c10d --rdzv-endpoint HOST:PORT -m ganforge.cli train …` per node "
+                "(the cluster launchers do this), or train on one node with --nproc"
+            )
         return _relaunch_under_torchrun(cfg, args)
     from .train import train
 
@@ -138,8 +163,10 @@ def cmd_train(args) -> int:
     run_id = os.environ.get("GANFORGE_MLFLOW_RUN_ID")  # set by the pipeline's train step for torchrun ranks
     if args.mlflow and not run_id and is_main:
         if is_s3(args.out):
-            raise ConfigError("--mlflow keeps the MLflow run id in the run directory: use a local --out "
-                              "(cluster runs are tracked by the pipeline)")
+            raise ConfigError(
+                "--mlflow keeps the MLflow run id in the run directory: use a local --out "
+                "(cluster runs are tracked by the pipeline)"
+            )
         run_id = _cli_mlflow_run(cfg, Path(args.out), args.resume)
     if run_id and is_main:
         tracking = require_platform("tracking", "train --mlflow")
@@ -148,22 +175,46 @@ def cmd_train(args) -> int:
     if is_s3(args.data) or is_s3(args.out):
         # Cluster job pods: stage s3:// data and output locally, push checkpoints back (cluster_train).
         cluster_train = require_platform("cluster_train", "train with an s3:// --data or --out")
-        result = cluster_train.train_staged(cfg, args.data, args.out, resume=args.resume, on_metrics=callback,
-                              allow_config_change=args.allow_config_change)
-        checkpoint = str(result.checkpoint) if not is_s3(args.out) else f"{args.out.rstrip('/')}/{result.checkpoint.name}"
+        result = cluster_train.train_staged(
+            cfg,
+            args.data,
+            args.out,
+            resume=args.resume,
+            on_metrics=callback,
+            allow_config_change=args.allow_config_change,
+        )
+        checkpoint = (
+            str(result.checkpoint) if not is_s3(args.out) else f"{args.out.rstrip('/')}/{result.checkpoint.name}"
+        )
     else:
-        result = train(cfg, args.data, args.out, resume=args.resume, on_metrics=callback,
-                       allow_config_change=args.allow_config_change)
+        result = train(
+            cfg,
+            args.data,
+            args.out,
+            resume=args.resume,
+            on_metrics=callback,
+            allow_config_change=args.allow_config_change,
+        )
         checkpoint = str(result.checkpoint)
     if callback is not None:
         callback.flush()
         if args.mlflow:
-            tracking.log_metrics(run_id, {"train_wall_s": result.total_seconds, "train_epochs": result.epoch},
-                                 step=result.step)
+            tracking.log_metrics(
+                run_id, {"train_wall_s": result.total_seconds, "train_epochs": result.epoch}, step=result.step
+            )
     if is_main:
-        print(json.dumps({"step": result.step, "epoch": result.epoch, "seconds": round(result.seconds, 2),
-                          "total_seconds": round(result.total_seconds, 2),
-                          "img_per_s": round(result.img_per_s, 1), "checkpoint": checkpoint}))
+        print(
+            json.dumps(
+                {
+                    "step": result.step,
+                    "epoch": result.epoch,
+                    "seconds": round(result.seconds, 2),
+                    "total_seconds": round(result.total_seconds, 2),
+                    "img_per_s": round(result.img_per_s, 1),
+                    "checkpoint": checkpoint,
+                }
+            )
+        )
     return 0
 
 
@@ -190,23 +241,36 @@ def _cli_mlflow_run(cfg: PipelineConfig, out: Path, resume: bool) -> str:
 
 def cmd_evaluate(args) -> int:
     if bool(args.checkpoint) == bool(args.run):
-        raise ConfigError("give either --checkpoint FILE (one generator) or --run DIR (a training run: final "
-                          "evaluation plus the FID curve over its snapshots)")
+        raise ConfigError(
+            "give either --checkpoint FILE (one generator) or --run DIR (a training run: final "
+            "evaluation plus the FID curve over its snapshots)"
+        )
     if args.run and (args.n_real or args.raw_generator):
-        raise ConfigError("--n-real and --raw-generator go with --checkpoint FILE; --run scores the EMA generator "
-                          "against as many real images as it generates")
+        raise ConfigError(
+            "--n-real and --raw-generator go with --checkpoint FILE; --run scores the EMA generator "
+            "against as many real images as it generates"
+        )
     if args.checkpoint:
         from .evaluate import evaluate_checkpoint
 
-        metrics = evaluate_checkpoint(args.checkpoint, args.data, n=args.n, out=args.out, n_real=args.n_real,
-                                      ema=not args.raw_generator, train_dir=args.train_data, workers=args.workers)
+        metrics = evaluate_checkpoint(
+            args.checkpoint,
+            args.data,
+            n=args.n,
+            out=args.out,
+            n_real=args.n_real,
+            ema=not args.raw_generator,
+            train_dir=args.train_data,
+            workers=args.workers,
+        )
         print(json.dumps(metrics, indent=2, default=str))
         return 0
     from .curve import evaluate_run, print_point
 
     run = Path(args.run)
-    metrics, rows = evaluate_run(run, args.data, args.out or run, n=args.n, curve=args.curve,
-                                 train_dir=args.train_data, workers=args.workers)
+    metrics, rows = evaluate_run(
+        run, args.data, args.out or run, n=args.n, curve=args.curve, train_dir=args.train_data, workers=args.workers
+    )
     for row in rows:
         print_point(row)
     if run_id := _recorded_mlflow_run(run):  # trained with --mlflow: the scores and the curve join its MLflow run
@@ -221,8 +285,17 @@ def cmd_curve(args) -> int:
     from .curve import CURVE_CSV, CURVE_PNG, fid_curve, plot_curve, print_point
 
     run = Path(args.run)
-    rows = fid_curve(run, args.data, n=args.n, n_real=args.n_real, follow=args.follow, train_data_dir=args.train_data,
-                     max_epoch=args.max_epoch, on_point=print_point, workers=args.workers)
+    rows = fid_curve(
+        run,
+        args.data,
+        n=args.n,
+        n_real=args.n_real,
+        follow=args.follow,
+        train_data_dir=args.train_data,
+        max_epoch=args.max_epoch,
+        on_point=print_point,
+        workers=args.workers,
+    )
     plot_curve(rows, run / CURVE_PNG)
     out = {"csv": str(run / CURVE_CSV), "png": str(run / CURVE_PNG), "points": len(rows)}
     if (run_id := _recorded_mlflow_run(run)) and rows:  # trained with --mlflow: the curve joins its MLflow run
@@ -252,8 +325,15 @@ def cmd_promote(args) -> int:
 def cmd_generate(args) -> int:
     from .generate import generate_to_dir
 
-    written = generate_to_dir(args.model, args.out, n=args.n, seed=args.seed, interpolate=args.interpolate,
-                              class_=args.class_, per_class=args.per_class)
+    written = generate_to_dir(
+        args.model,
+        args.out,
+        n=args.n,
+        seed=args.seed,
+        interpolate=args.interpolate,
+        class_=args.class_,
+        per_class=args.per_class,
+    )
     print(json.dumps({k: str(v) for k, v in written.items()}, indent=2))
     return 0
 
@@ -274,34 +354,64 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="dataset directory from `ganforge prep`, or its s3:// copy")
     p.add_argument("--out", required=True, help="run directory or s3:// prefix: checkpoint.pt, config.json, samples/")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if it exists")
-    p.add_argument("--allow-config-change", action="store_true",
-                   help="--resume with a config that differs from the checkpoint's beyond epochs/max_steps/cadences/"
-                        "ranks: go on with the new values (learning rates and betas included) instead of refusing")
+    p.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="--resume with a config that differs from the checkpoint's beyond epochs/max_steps/cadences/"
+        "ranks: go on with the new values (learning rates and betas included) instead of refusing",
+    )
     p.add_argument("--nproc", type=int, help="ranks on this machine (torchrun); default from the config")
-    p.add_argument("--mlflow", action="store_true",
-                   help="log params and training curves to an MLflow run (GANFORGE_HOME or MLFLOW_TRACKING_URI); "
-                        "--resume continues the same run")
+    p.add_argument(
+        "--mlflow",
+        action="store_true",
+        help="log params and training curves to an MLflow run (GANFORGE_HOME or MLFLOW_TRACKING_URI); "
+        "--resume continues the same run",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="FID/KID of a checkpoint's EMA generator (or of a run, with its FID curve)")
     p.add_argument("--checkpoint", help="one checkpoint.pt (or snapshot) to score")
-    p.add_argument("--run", help="a training run directory: score checkpoint.pt, add the FID curve over "
-                                 "snapshots/, log both to the run's MLflow run if it was trained with --mlflow")
+    p.add_argument(
+        "--run",
+        help="a training run directory: score checkpoint.pt, add the FID curve over "
+        "snapshots/, log both to the run's MLflow run if it was trained with --mlflow",
+    )
     p.add_argument("--data", required=True, help="reference dataset directory")
-    p.add_argument("--train-data", help="class-conditional models: the training split, for the class accuracy of "
-                   "the samples (a classifier trained on it once, cached)")
+    p.add_argument(
+        "--train-data",
+        help="class-conditional models: the training split, for the class accuracy of "
+        "the samples (a classifier trained on it once, cached)",
+    )
     p.add_argument("--n", type=int, help="samples (default: the config's eval.n_samples)")
-    p.add_argument("--out", help="--checkpoint: write metrics.json here; --run: directory for metrics.json and "
-                                 "fid_curve.{csv,png} (default: the run directory)")
-    p.add_argument("--workers", type=int, help="CPU processes for Inception features (default GANFORGE_EVAL_WORKERS "
-                                                "or 1; on a small CPU, one per core beats threads)")
-    p.add_argument("--n-real", type=int, help="--checkpoint: real reference images (default: --n), e.g. --n 2000 "
-                                              "--n-real 10000 for an FID-2k point comparable with the curve's")
-    p.add_argument("--raw-generator", action="store_true",
-                   help="--checkpoint: score the raw generator instead of its EMA (a training checkpoint.pt has both)")
-    p.add_argument("--no-curve", dest="curve", action="store_false",
-                   help="--run: score only the final model (the curve keeps its CSV's points plus the free one "
-                        "from the final samples; `ganforge curve --run` adds the rest later)")
+    p.add_argument(
+        "--out",
+        help="--checkpoint: write metrics.json here; --run: directory for metrics.json and "
+        "fid_curve.{csv,png} (default: the run directory)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="CPU processes for Inception features (default GANFORGE_EVAL_WORKERS "
+        "or 1; on a small CPU, one per core beats threads)",
+    )
+    p.add_argument(
+        "--n-real",
+        type=int,
+        help="--checkpoint: real reference images (default: --n), e.g. --n 2000 "
+        "--n-real 10000 for an FID-2k point comparable with the curve's",
+    )
+    p.add_argument(
+        "--raw-generator",
+        action="store_true",
+        help="--checkpoint: score the raw generator instead of its EMA (a training checkpoint.pt has both)",
+    )
+    p.add_argument(
+        "--no-curve",
+        dest="curve",
+        action="store_false",
+        help="--run: score only the final model (the curve keeps its CSV's points plus the free one "
+        "from the final samples; `ganforge curve --run` adds the rest later)",
+    )
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("curve", help="FID curve over a run's snapshots (resumable; --follow trails a live run)")
@@ -333,10 +443,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--interpolate", type=int, default=0, metavar="K", help="also write K-step latent interpolations")
-    p.add_argument("--class", dest="class_", metavar="CLASS",
-                   help="class-conditional models: draw this class (a name such as sneaker, or an id)")
-    p.add_argument("--per-class", action="store_true",
-                   help="class-conditional models: -n samples of every class, one grid row per class")
+    p.add_argument(
+        "--class",
+        dest="class_",
+        metavar="CLASS",
+        help="class-conditional models: draw this class (a name such as sneaker, or an id)",
+    )
+    p.add_argument(
+        "--per-class",
+        action="store_true",
+        help="class-conditional models: -n samples of every class, one grid row per class",
+    )
     p.set_defaults(func=cmd_generate)
     return parser
 
@@ -357,10 +474,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         if os.environ.get("GANFORGE_DEBUG"):
             raise
-        print(f"ganforge {args.command}: interrupted (Ctrl-C); outputs are written to temporary files and renamed "
-              "into place, so nothing half-written was left — run the command again"
-              + (" with --resume to continue from the last checkpoint" if args.command == "train" else ""),
-              file=sys.stderr)
+        print(
+            f"ganforge {args.command}: interrupted (Ctrl-C); outputs are written to temporary files and renamed "
+            "into place, so nothing half-written was left — run the command again"
+            + (" with --resume to continue from the last checkpoint" if args.command == "train" else ""),
+            file=sys.stderr,
+        )
         return 130
 
 

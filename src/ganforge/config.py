@@ -5,6 +5,7 @@ overrides), validated in ``__post_init__``, saved with the run (``config.json`` 
 checkpoint, MLflow params) and passed to KFP components as JSON. Nothing downstream
 re-reads the command line or the environment for training settings.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -92,9 +93,11 @@ class ModelConfig:
         _one_of("model.d_norm", self.d_norm, ("batch", "layer", "none", "spectral"))
         _check(self.nz > 0 and self.ngf > 0 and self.ndf > 0, "model.nz, ngf, ndf must be positive")
         _check(self.phase_shuffle >= 0, "model.phase_shuffle must be >= 0")
-        _check(self.num_classes == 0 or (self.num_classes >= 2 and self.arch == "dcgan"),
-               f"model.num_classes={self.num_classes}: 0 (unconditional) or >= 2 with model.arch='dcgan' "
-               "(the class-conditional DCGAN)")
+        _check(
+            self.num_classes == 0 or (self.num_classes >= 2 and self.arch == "dcgan"),
+            f"model.num_classes={self.num_classes}: 0 (unconditional) or >= 2 with model.arch='dcgan' "
+            "(the class-conditional DCGAN)",
+        )
 
 
 @dataclass(frozen=True)
@@ -156,9 +159,11 @@ class TrainConfig:
         _check(self.checkpoint_every > 0 and self.log_every > 0, "train.checkpoint_every/log_every must be positive")
         _check(self.nproc >= 1 and self.nnodes >= 1, "train.nproc and nnodes must be >= 1")
         world = self.nproc * self.nnodes
-        _check(self.batch_size % world == 0,
-               f"train.batch_size={self.batch_size} must be divisible by nproc*nnodes={world} "
-               "(the global batch is split evenly across ranks)")
+        _check(
+            self.batch_size % world == 0,
+            f"train.batch_size={self.batch_size} must be divisible by nproc*nnodes={world} "
+            "(the global batch is split evenly across ranks)",
+        )
         for policy in filter(None, self.diffaugment.split(",")):
             _one_of("train.diffaugment policy", policy, ("color", "translation", "cutout"))
         _check(self.r1_gamma >= 0, "train.r1_gamma must be >= 0")
@@ -182,8 +187,10 @@ class EvalConfig:
     def __post_init__(self) -> None:
         _check(self.n_samples >= 2, "eval.n_samples must be >= 2")
         _check(self.curve_samples >= 2, "eval.curve_samples must be >= 2")
-        _check(self.batch_size > 0 and self.kid_subset_size > 1 and self.kid_subsets > 0,
-               "eval.batch_size, kid_subset_size, kid_subsets must be positive")
+        _check(
+            self.batch_size > 0 and self.kid_subset_size > 1 and self.kid_subsets > 0,
+            "eval.batch_size, kid_subset_size, kid_subsets must be positive",
+        )
 
 
 @dataclass(frozen=True)
@@ -213,18 +220,24 @@ class PipelineConfig:
         _one_of("name", self.name, tuple(PRESETS))
         _one_of("profile", self.profile, tuple(PROFILES))
         audio_model = self.model.arch == "wavegan"
-        _check(audio_model == (self.data.kind == "audio"),
-               f"model.arch={self.model.arch!r} does not fit data.kind={self.data.kind!r}")
+        _check(
+            audio_model == (self.data.kind == "audio"),
+            f"model.arch={self.model.arch!r} does not fit data.kind={self.data.kind!r}",
+        )
         if self.model.arch == "dcgan":
             _one_of("data.resolution for dcgan", self.data.resolution, (28, 32, 64))
         if self.model.num_classes:
-            _check(self.train.loss != "wgan-gp",
-                   "train.loss='wgan-gp' is not supported with model.num_classes (the penalty would interpolate "
-                   "between images of different classes); use bce or hinge")
+            _check(
+                self.train.loss != "wgan-gp",
+                "train.loss='wgan-gp' is not supported with model.num_classes (the penalty would interpolate "
+                "between images of different classes); use bce or hinge",
+            )
         if self.train.loss == "wgan-gp":
-            _check(self.model.d_norm != "batch",
-                   "train.loss='wgan-gp' needs a critic without BatchNorm: set model.d_norm to 'layer' or 'none' "
-                   "(the gradient penalty is per-sample; BatchNorm couples samples)")
+            _check(
+                self.model.d_norm != "batch",
+                "train.loss='wgan-gp' needs a critic without BatchNorm: set model.d_norm to 'layer' or 'none' "
+                "(the gradient penalty is per-sample; BatchNorm couples samples)",
+            )
 
     @property
     def model_name(self) -> str:
@@ -277,8 +290,13 @@ class PipelineConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> PipelineConfig:
-        groups = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig,
-                  "eval": EvalConfig, "registry": RegistryConfig}
+        groups = {
+            "data": DataConfig,
+            "model": ModelConfig,
+            "train": TrainConfig,
+            "eval": EvalConfig,
+            "registry": RegistryConfig,
+        }
         unknown = set(d) - set(groups) - {"name", "profile"}
         _check(not unknown, f"unknown config keys: {sorted(unknown)}")
         kwargs = {"name": d["name"], "profile": d["profile"]}
@@ -295,10 +313,19 @@ class PipelineConfig:
         return cls.from_dict(json.loads(s))
 
 
-BOOKKEEPING_FIELDS = frozenset({
-    "profile", "train.log_every", "train.checkpoint_every", "train.snapshot_every", "train.launcher",
-    "train.compile", "data.reference_split", "eval", "registry",
-})
+BOOKKEEPING_FIELDS = frozenset(
+    {
+        "profile",
+        "train.log_every",
+        "train.checkpoint_every",
+        "train.snapshot_every",
+        "train.launcher",
+        "train.compile",
+        "data.reference_split",
+        "eval",
+        "registry",
+    }
+)
 """What ``config_hash`` leaves out: how a run is logged, saved, launched, evaluated and promoted, not
 what it trains (``eval``/``registry``: the whole group)."""
 ADDED_FIELDS: dict[str, Any] = {"model.num_classes": 0}
@@ -313,8 +340,15 @@ PRESETS: dict[str, dict] = {
     "dcgan": {"model": {"arch": "dcgan"}, "train": {"loss": "bce"}},
     "wgan-gp": {
         "model": {"arch": "dcgan", "d_norm": "layer"},
-        "train": {"loss": "wgan-gp", "n_critic": 5, "gp_weight": 10.0,
-                  "lr_g": 1e-4, "lr_d": 1e-4, "beta1": 0.5, "beta2": 0.9},
+        "train": {
+            "loss": "wgan-gp",
+            "n_critic": 5,
+            "gp_weight": 10.0,
+            "lr_g": 1e-4,
+            "lr_d": 1e-4,
+            "beta1": 0.5,
+            "beta2": 0.9,
+        },
     },
     # SNGAN-style (Miyato et al. 2018) DCGAN: spectral norm in D instead of BatchNorm, hinge
     # loss, two time-scale learning rates (Heusel et al. 2017: D twice as fast as G), EMA of G.
@@ -322,8 +356,7 @@ PRESETS: dict[str, dict] = {
     # discriminator is too shallow once every layer is 1-Lipschitz.
     "sngan": {
         "model": {"arch": "dcgan", "d_norm": "spectral"},
-        "train": {"loss": "hinge", "lr_g": 2e-4, "lr_d": 4e-4, "beta1": 0.5, "beta2": 0.999,
-                  "ema_decay": 0.999},
+        "train": {"loss": "hinge", "lr_g": 2e-4, "lr_d": 4e-4, "beta1": 0.5, "beta2": 0.999, "ema_decay": 0.999},
     },
     # Class-conditional DCGAN (issue 17): class-conditional BatchNorm in G, a projection discriminator
     # (Miyato & Koyama 2018) on the DCGAN D; otherwise the dcgan recipe (BCE, Adam 2e-4, β = (0.5, 0.999)).
@@ -332,8 +365,16 @@ PRESETS: dict[str, dict] = {
     "wavegan": {
         "data": {"kind": "audio", "source": "espeak:sc09", "reference_split": "train"},
         "model": {"arch": "wavegan", "d_norm": "none", "ngf": 64, "ndf": 64, "phase_shuffle": 2},
-        "train": {"loss": "wgan-gp", "n_critic": 5, "gp_weight": 10.0,
-                  "lr_g": 1e-4, "lr_d": 1e-4, "beta1": 0.5, "beta2": 0.9, "channels_last": False},
+        "train": {
+            "loss": "wgan-gp",
+            "n_critic": 5,
+            "gp_weight": 10.0,
+            "lr_g": 1e-4,
+            "lr_d": 1e-4,
+            "beta1": 0.5,
+            "beta2": 0.9,
+            "channels_last": False,
+        },
     },
 }
 
@@ -343,8 +384,14 @@ PROFILES: dict[str, dict] = {
     "tiny": {
         "data": {"limit": 512},
         "model": {"ngf": 8, "ndf": 8},
-        "train": {"batch_size": 32, "epochs": 1, "max_steps": 8, "checkpoint_every": 4, "log_every": 2,
-                  "snapshot_every": 1},
+        "train": {
+            "batch_size": 32,
+            "epochs": 1,
+            "max_steps": 8,
+            "checkpoint_every": 4,
+            "log_every": 2,
+            "snapshot_every": 1,
+        },
         # a one-point FID curve, taken from the final evaluation's samples: the curve path at no cost
         "eval": {"n_samples": 64, "kid_subset_size": 32, "kid_subsets": 10, "curve_samples": 32},
     },
@@ -364,18 +411,30 @@ PROFILES: dict[str, dict] = {
         "eval": {"n_samples": 10000, "curve_samples": 2000},
     },
     "full": {
-        "train": {"batch_size": 128, "epochs": 50, "checkpoint_every": 1000, "amp": "bf16", "nproc": 1,
-                  "snapshot_every": 5},
+        "train": {
+            "batch_size": 128,
+            "epochs": 50,
+            "checkpoint_every": 1000,
+            "amp": "bf16",
+            "nproc": 1,
+            "snapshot_every": 5,
+        },
         "eval": {"n_samples": 10000, "curve_samples": 2000},
     },
 }
 
 # Per-preset adjustments to a profile where the generic one does not fit.
 _PRESET_PROFILE: dict[tuple[str, str], dict] = {
-    ("wavegan", "tiny"): {"data": {"limit": 64}, "train": {"batch_size": 4, "max_steps": 3},
-                          "eval": {"n_samples": 32, "kid_subset_size": 16, "curve_samples": 16}},
-    ("wavegan", "local"): {"data": {"limit": None}, "train": {"batch_size": 32, "epochs": 20},
-                           "eval": {"n_samples": 500, "kid_subset_size": 250}},
+    ("wavegan", "tiny"): {
+        "data": {"limit": 64},
+        "train": {"batch_size": 4, "max_steps": 3},
+        "eval": {"n_samples": 32, "kid_subset_size": 16, "curve_samples": 16},
+    },
+    ("wavegan", "local"): {
+        "data": {"limit": None},
+        "train": {"batch_size": 32, "epochs": 20},
+        "eval": {"n_samples": 500, "kid_subset_size": 250},
+    },
     ("wgan-gp", "local"): {"train": {"epochs": 3, "batch_size": 64}},
 }
 
@@ -390,8 +449,13 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
-CONFIG_GROUPS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig,
-                                  "eval": EvalConfig, "registry": RegistryConfig}
+CONFIG_GROUPS: dict[str, type] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "eval": EvalConfig,
+    "registry": RegistryConfig,
+}
 _TRUE, _FALSE, _NONE = ("true", "1"), ("false", "0"), ("none", "null")
 
 
@@ -476,11 +540,13 @@ def overrides_from_json(text: str) -> list[str]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ConfigError(f"overrides {text!r} is not JSON ({e}); write a JSON list such as "
-                          '["train.epochs=2", "eval.n_samples=200"]') from None
+        raise ConfigError(
+            f'overrides {text!r} is not JSON ({e}); write a JSON list such as ["train.epochs=2", "eval.n_samples=200"]'
+        ) from None
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ConfigError(f"overrides {text!r} must be a JSON list of group.field=value strings, "
-                          'e.g. ["train.epochs=2"]')
+        raise ConfigError(
+            f'overrides {text!r} must be a JSON list of group.field=value strings, e.g. ["train.epochs=2"]'
+        )
     parse_overrides(value)  # every key and type checked here, before any work
     return value
 

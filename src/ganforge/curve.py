@@ -14,6 +14,7 @@ samples (the first ``curve_samples`` of its draw are the curve's draw), at no ex
 ``evaluate_run`` is a run's whole evaluation: its final model (``evaluate.evaluate_checkpoint``)
 and this curve.
 """
+
 from __future__ import annotations
 
 import csv
@@ -52,9 +53,13 @@ def read_curve(path: str | os.PathLike) -> list[dict]:
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
         if tuple(reader.fieldnames or ()) != FIELDS:
-            raise CurveError(f"{path} is not a ganforge FID curve (columns {reader.fieldnames}, expected {list(FIELDS)});"
-                             " move it away or delete it to recompute the curve")
-        rows = [{k: (int(v) if k in ("epoch", "step", "n", "n_real") else float(v)) for k, v in r.items()} for r in reader]
+            raise CurveError(
+                f"{path} is not a ganforge FID curve (columns {reader.fieldnames}, expected {list(FIELDS)});"
+                " move it away or delete it to recompute the curve"
+            )
+        rows = [
+            {k: (int(v) if k in ("epoch", "step", "n", "n_real") else float(v)) for k, v in r.items()} for r in reader
+        ]
     return sorted(rows, key=lambda r: r["epoch"])
 
 
@@ -74,22 +79,46 @@ def _final_epoch(run_dir: Path, data_dir: str | os.PathLike, cfg: PipelineConfig
     return math.ceil(total_steps(n, cfg) / steps_per_epoch(n, cfg))
 
 
-def curve_point(snapshot: str | os.PathLike, reference_dir: str | os.PathLike, n: int, n_real: int,
-                cache: str | os.PathLike, workers: int | None = None) -> dict:
+def curve_point(
+    snapshot: str | os.PathLike,
+    reference_dir: str | os.PathLike,
+    n: int,
+    n_real: int,
+    cache: str | os.PathLike,
+    workers: int | None = None,
+) -> dict:
     """FID/KID of one snapshot's generator: n generated images vs n_real reference images."""
     started = time.perf_counter()
     ckpt = read_checkpoint(snapshot)
     m = evaluate_checkpoint(snapshot, reference_dir, n=n, n_real=n_real, cache=cache, ckpt=ckpt, workers=workers)
-    return {"epoch": int(ckpt["epoch"]), "step": int(ckpt["step"]), "n": n, "n_real": m["n_real"], "fid": m["fid"],
-            "kid_mean": m["kid_mean"], "kid_std": m["kid_std"], "seconds": time.perf_counter() - started}
+    return {
+        "epoch": int(ckpt["epoch"]),
+        "step": int(ckpt["step"]),
+        "n": n,
+        "n_real": m["n_real"],
+        "fid": m["fid"],
+        "kid_mean": m["kid_mean"],
+        "kid_std": m["kid_std"],
+        "seconds": time.perf_counter() - started,
+    }
 
 
-def fid_curve(run_dir: str | os.PathLike, reference_dir: str | os.PathLike, *, n: int | None = None,
-              n_real: int | None = None, cache: str | os.PathLike | None = None,
-              out: str | os.PathLike | None = None, known: list[dict] | None = None, follow: bool = False,
-              train_data_dir: str | os.PathLike | None = None, poll_s: float = 30.0,
-              max_epoch: int | None = None, on_point: Callable[[dict], None] | None = None,
-              workers: int | None = None) -> list[dict]:
+def fid_curve(
+    run_dir: str | os.PathLike,
+    reference_dir: str | os.PathLike,
+    *,
+    n: int | None = None,
+    n_real: int | None = None,
+    cache: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
+    known: list[dict] | None = None,
+    follow: bool = False,
+    train_data_dir: str | os.PathLike | None = None,
+    poll_s: float = 30.0,
+    max_epoch: int | None = None,
+    on_point: Callable[[dict], None] | None = None,
+    workers: int | None = None,
+) -> list[dict]:
     """Evaluate every snapshot of run_dir not yet in the curve CSV; return all rows by epoch.
 
     ``known``: points already measured elsewhere (the final evaluation's) to add without
@@ -100,8 +129,9 @@ def fid_curve(run_dir: str | os.PathLike, reference_dir: str | os.PathLike, *, n
     run_dir = Path(run_dir)
     config_path = run_dir / CONFIG_NAME
     if not config_path.is_file():
-        raise CurveError(f"{run_dir} has no config.json: point --run at a training output directory "
-                         "(the --out of `ganforge train`)")
+        raise CurveError(
+            f"{run_dir} has no config.json: point --run at a training output directory (the --out of `ganforge train`)"
+        )
     cfg = PipelineConfig.from_json(config_path.read_text())
     n = n or cfg.eval.curve_samples
     n_real = n_real or cfg.eval.n_samples
@@ -112,8 +142,10 @@ def fid_curve(run_dir: str | os.PathLike, reference_dir: str | os.PathLike, *, n
         if r["n"] == n and r["n_real"] == n_real:
             rows[r["epoch"]] = r
     if not follow and not list_snapshots(run_dir) and not rows:
-        raise CurveError(f"{run_dir} has no snapshots/: train with train.snapshot_every > 0 (e.g. --set "
-                         "train.snapshot_every=4) to get an FID curve")
+        raise CurveError(
+            f"{run_dir} has no snapshots/: train with train.snapshot_every > 0 (e.g. --set "
+            "train.snapshot_every=4) to get an FID curve"
+        )
     if follow and train_data_dir is None and max_epoch is None:
         raise CurveError("follow needs the training dataset directory (or a max epoch) to know when to stop")
     last_epoch = _final_epoch(run_dir, train_data_dir, cfg) if follow and train_data_dir is not None else None
@@ -135,10 +167,16 @@ def fid_curve(run_dir: str | os.PathLike, reference_dir: str | os.PathLike, *, n
     return sorted(rows.values(), key=lambda r: r["epoch"])
 
 
-def evaluate_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
-                 n: int | None = None, cache: str | os.PathLike | None = None,
-                 curve: bool = True, train_dir: str | os.PathLike | None = None,
-                 workers: int | None = None) -> tuple[dict, list[dict]]:
+def evaluate_run(
+    run_dir: str | os.PathLike,
+    data_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    n: int | None = None,
+    cache: str | os.PathLike | None = None,
+    curve: bool = True,
+    train_dir: str | os.PathLike | None = None,
+    workers: int | None = None,
+) -> tuple[dict, list[dict]]:
     """The final evaluation of a training run, plus its FID curve when the run kept snapshots.
 
     Writes ``metrics.json`` and, with snapshots, ``fid_curve.csv`` and ``fid_curve.png`` to
@@ -156,9 +194,16 @@ def evaluate_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike, out_di
     n = n or cfg.eval.n_samples
     snapshots = list_snapshots(run_dir) if cfg.data.kind == "image" else []
     curve_n = cfg.eval.curve_samples
-    metrics = evaluate_checkpoint(ckpt_path, data_dir, n=n, cache=cache,
-                                  prefix_n=curve_n if snapshots and curve_n < n else None, ckpt=ckpt,
-                                  train_dir=train_dir, workers=workers)
+    metrics = evaluate_checkpoint(
+        ckpt_path,
+        data_dir,
+        n=n,
+        cache=cache,
+        prefix_n=curve_n if snapshots and curve_n < n else None,
+        ckpt=ckpt,
+        train_dir=train_dir,
+        workers=workers,
+    )
     prefix = metrics.pop("prefix", None)
     metrics["step"] = int(ckpt["step"])
     rows: list[dict] = []
@@ -167,23 +212,45 @@ def evaluate_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike, out_di
         last_epoch, last_path = snapshots[-1]
         known = []
         if prefix and int(read_checkpoint(last_path)["step"]) == metrics["step"]:
-            known = [{"epoch": last_epoch, "step": metrics["step"], "n": prefix["n"], "n_real": metrics["n_real"],
-                      "fid": prefix["fid"], "kid_mean": prefix["kid_mean"], "kid_std": prefix["kid_std"],
-                      "seconds": 0.0}]
+            known = [
+                {
+                    "epoch": last_epoch,
+                    "step": metrics["step"],
+                    "n": prefix["n"],
+                    "n_real": metrics["n_real"],
+                    "fid": prefix["fid"],
+                    "kid_mean": prefix["kid_mean"],
+                    "kid_std": prefix["kid_std"],
+                    "seconds": 0.0,
+                }
+            ]
         # max_epoch=0 (snapshots are numbered from epoch 1): keep the known points, score none
-        rows = fid_curve(run_dir, data_dir, n=curve_n, n_real=n, cache=cache, out=out_dir / CURVE_CSV, known=known,
-                         max_epoch=None if curve else 0, workers=workers)
-        plot_curve(rows, out_dir / CURVE_PNG, final={"epoch": last_epoch, "n": metrics["n"], "fid": metrics["fid"]},
-                   title=f"{cfg.name} ({cfg.profile}): FID over training")
+        rows = fid_curve(
+            run_dir,
+            data_dir,
+            n=curve_n,
+            n_real=n,
+            cache=cache,
+            out=out_dir / CURVE_CSV,
+            known=known,
+            max_epoch=None if curve else 0,
+            workers=workers,
+        )
+        plot_curve(
+            rows,
+            out_dir / CURVE_PNG,
+            final={"epoch": last_epoch, "n": metrics["n"], "fid": metrics["fid"]},
+            title=f"{cfg.name} ({cfg.profile}): FID over training",
+        )
         metrics["curve_points"] = len(rows)
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True, default=str))
     return metrics, rows
 
 
-def plot_curve(rows: list[dict], out_png: str | os.PathLike, final: dict | None = None,
-               title: str = "") -> Path:
+def plot_curve(rows: list[dict], out_png: str | os.PathLike, final: dict | None = None, title: str = "") -> Path:
     """FID-n (left axis) and KID (right axis) against epoch; the final FID as a labelled marker."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -196,8 +263,15 @@ def plot_curve(rows: list[dict], out_png: str | os.PathLike, final: dict | None 
         ax2.set_ylabel("KID")
         ax2.legend(loc="upper center", fontsize="small")
     if final:
-        ax.scatter([final["epoch"]], [final["fid"]], marker="*", s=150, color="tab:red", zorder=3,
-                   label=f"FID-{final['n']} = {final['fid']:.2f}")
+        ax.scatter(
+            [final["epoch"]],
+            [final["fid"]],
+            marker="*",
+            s=150,
+            color="tab:red",
+            zorder=3,
+            label=f"FID-{final['n']} = {final['fid']:.2f}",
+        )
     ax.set_xlabel("epoch")
     ax.set_ylabel("FID")
     ax.set_title(title or "FID over training")
@@ -211,5 +285,9 @@ def plot_curve(rows: list[dict], out_png: str | os.PathLike, final: dict | None 
 
 
 def print_point(row: dict) -> None:
-    print(f"epoch {row['epoch']:3d} step {row['step']:6d}  FID-{row['n']} {row['fid']:.3f}  "
-          f"KID {row['kid_mean']:.5f} ± {row['kid_std']:.5f}  ({row['seconds']:.0f} s)", file=sys.stderr, flush=True)
+    print(
+        f"epoch {row['epoch']:3d} step {row['step']:6d}  FID-{row['n']} {row['fid']:.3f}  "
+        f"KID {row['kid_mean']:.5f} ± {row['kid_std']:.5f}  ({row['seconds']:.0f} s)",
+        file=sys.stderr,
+        flush=True,
+    )

@@ -6,6 +6,7 @@ A prepared dataset directory holds ``data.npy``, optionally ``labels.npy`` (int6
 directory and leaves a previous one intact. Every bad input raises :class:`DataError`, whose
 message names the file, the problem and the fix.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -76,8 +77,13 @@ def prepare(cfg: DataConfig, out_dir: str | os.PathLike, split: str | None = Non
     split = split or cfg.split
     if split not in IDX_STEMS:
         raise DataError(f"split={split!r} is not valid; choose 'train' or 'test'")
-    check_output_dir(out_dir, command="ganforge prep", manifest="manifest.json", owned_files=prepared_files,
-                     protect=local_sources(cfg.source))
+    check_output_dir(
+        out_dir,
+        command="ganforge prep",
+        manifest="manifest.json",
+        owned_files=prepared_files,
+        protect=local_sources(cfg.source),
+    )
     if cfg.kind == "audio":
         from ganforge.audio import prepare_audio  # audio deps load only for audio runs
 
@@ -104,7 +110,7 @@ def local_sources(source: str) -> list[Path]:
     """The local folder a source names (to protect it from ``--out``), or none for s3://, torchvision:, espeak:."""
     source = str(source)
     if source.startswith("file://"):
-        source = source[len("file://"):]
+        source = source[len("file://") :]
     return [] if ":" in source.split("/", 1)[0] else [Path(source)]
 
 
@@ -115,7 +121,7 @@ def read_source(cfg: DataConfig, split: str) -> tuple[RawDataset, str]:
         return read_torchvision(source.partition(":")[2], cfg, split), split
     if source.startswith("s3://"):
         return read_s3_prefix(source, cfg, split)
-    path = Path(source[len("file://"):] if source.startswith("file://") else source)
+    path = Path(source[len("file://") :] if source.startswith("file://") else source)
     if not path.is_dir():
         problem = "is a file, not a directory" if path.exists() else "does not exist"
         default_missing = source == DEFAULT_IDX_DIR
@@ -132,7 +138,8 @@ def read_s3_prefix(source: str, cfg: DataConfig, split: str) -> tuple[RawDataset
         except StorageError as e:
             raise DataError(
                 f"could not fetch data source {source}: {e}. An s3:// source must be uploaded with "
-                "ganforge.platform.s3.upload_dir (which writes the _COMPLETE marker listing its files)") from e
+                "ganforge.platform.s3.upload_dir (which writes the _COMPLETE marker listing its files)"
+            ) from e
         try:
             return read_local_dir(Path(local), cfg, split, shown_as=source)
         except DataError as e:
@@ -158,7 +165,8 @@ def read_local_dir(path: Path, cfg: DataConfig, split: str, shown_as: str) -> tu
         raise DataError(
             f"no images found in {shown_as}: looked for {', '.join('*' + e for e in IMAGE_EXTENSIONS)} "
             f"(recursively) and for IDX files ({looked_for}). Point data.source at a folder of images "
-            "or an IDX directory (`apt-get install dataset-fashion-mnist` provides one)")
+            "or an IDX directory (`apt-get install dataset-fashion-mnist` provides one)"
+        )
     return read_image_folder(path, files, cfg), "all"
 
 
@@ -176,7 +184,8 @@ def find_idx_file(directory: Path, stem: str) -> Path:
     raise DataError(
         f"IDX file missing in {directory}: looked for {stem} and {stem}.gz. Put both the images and the "
         "labels file of the split there (Fashion-MNIST: `apt-get install dataset-fashion-mnist` installs "
-        f"them in {DEFAULT_IDX_DIR})")
+        f"them in {DEFAULT_IDX_DIR})"
+    )
 
 
 MAX_IDX_BYTES = 1 << 36
@@ -201,37 +210,49 @@ def read_idx(path: Path, expected_magic: int) -> np.ndarray:
     header_len = 4 + 4 * ndim
     kind = "images" if expected_magic == IDX_IMAGES_MAGIC else "labels"
     try:
-        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+        with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
             header = f.read(header_len)
             if len(header) < header_len:
-                raise DataError(f"{path} is truncated: {len(header)} bytes, shorter than the {header_len}-byte IDX "
-                                "header; download the file again")
+                raise DataError(
+                    f"{path} is truncated: {len(header)} bytes, shorter than the {header_len}-byte IDX "
+                    "header; download the file again"
+                )
             magic = int.from_bytes(header[:4], "big")
             if magic != expected_magic:
-                raise DataError(f"{path} has IDX magic 0x{magic:08x}, expected 0x{expected_magic:08x} ({kind}); "
-                                "is it the right file, or an undecompressed/renamed one?")
-            dims = tuple(int.from_bytes(header[i:i + 4], "big") for i in range(4, header_len, 4))
+                raise DataError(
+                    f"{path} has IDX magic 0x{magic:08x}, expected 0x{expected_magic:08x} ({kind}); "
+                    "is it the right file, or an undecompressed/renamed one?"
+                )
+            dims = tuple(int.from_bytes(header[i : i + 4], "big") for i in range(4, header_len, 4))
             promised = math.prod(dims)
             shown = "×".join(map(str, dims))
             if promised == 0:
-                raise DataError(f"{path}: its IDX header promises {shown} = no data; the file is corrupt or empty: "
-                                "download it again")
+                raise DataError(
+                    f"{path}: its IDX header promises {shown} = no data; the file is corrupt or empty: "
+                    "download it again"
+                )
             if promised > MAX_IDX_BYTES:
-                raise DataError(f"{path}: its IDX header promises {shown} = {promised} bytes, more than the "
-                                f"{MAX_IDX_BYTES >> 30} GiB ganforge reads; the header is corrupt: download the file again")
+                raise DataError(
+                    f"{path}: its IDX header promises {shown} = {promised} bytes, more than the "
+                    f"{MAX_IDX_BYTES >> 30} GiB ganforge reads; the header is corrupt: download the file again"
+                )
             out = np.empty(promised, np.uint8)
             view, got = memoryview(out), 0
             while got < promised:
-                n = f.readinto(view[got:got + _READ_CHUNK])
+                n = f.readinto(view[got : got + _READ_CHUNK])
                 if not n:
                     break
                 got += n
             if got < promised:
-                raise DataError(f"{path} is truncated: header promises {shown} = {promised} bytes of data but only "
-                                f"{got} follow; download the file again")
+                raise DataError(
+                    f"{path} is truncated: header promises {shown} = {promised} bytes of data but only "
+                    f"{got} follow; download the file again"
+                )
             if f.read(1):
-                raise DataError(f"{path} has more bytes after the {promised} its header ({shown}) promises; the "
-                                "file is corrupt: download it again")
+                raise DataError(
+                    f"{path} has more bytes after the {promised} its header ({shown}) promises; the "
+                    "file is corrupt: download it again"
+                )
     except (EOFError, zlib.error, gzip.BadGzipFile) as e:
         raise _corrupt_gzip(path, e) from e
     except OSError as e:
@@ -249,24 +270,27 @@ def read_idx_dir(directory: Path, split: str, cfg: DataConfig) -> RawDataset:
     images = read_idx(images_path, IDX_IMAGES_MAGIC)
     labels = read_idx(labels_path, IDX_LABELS_MAGIC)
     if len(images) != len(labels):
-        raise DataError(f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels; "
-                        f"the two files must come from the same dataset release. Fix: replace {labels_path.name} "
-                        f"with the labels file released with {images_path.name} (Fashion-MNIST: "
-                        "`apt-get install --reinstall dataset-fashion-mnist`)")
+        raise DataError(
+            f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels; "
+            f"the two files must come from the same dataset release. Fix: replace {labels_path.name} "
+            f"with the labels file released with {images_path.name} (Fashion-MNIST: "
+            "`apt-get install --reinstall dataset-fashion-mnist`)"
+        )
     from ganforge.labels import check_labels, idx_class_names
 
     class_names = idx_class_names(directory)
     check_labels(labels, class_names, labels_path)
     images, labels = images[: cfg.limit], labels[: cfg.limit]
-    return RawDataset(fit_batch(images[:, None], cfg, shown_as=str(images_path)), labels.astype(np.int64),
-                      class_names)
+    return RawDataset(fit_batch(images[:, None], cfg, shown_as=str(images_path)), labels.astype(np.int64), class_names)
 
 
 def read_torchvision(name: str, cfg: DataConfig, split: str) -> RawDataset:
     """A torchvision dataset, downloaded into the cache dir (``GANFORGE_CACHE``) when not there yet."""
     if name not in TORCHVISION_DATASETS:
-        raise DataError(f"torchvision:{name} is not supported; use one of "
-                        f"{', '.join('torchvision:' + n for n in TORCHVISION_DATASETS)}")
+        raise DataError(
+            f"torchvision:{name} is not supported; use one of "
+            f"{', '.join('torchvision:' + n for n in TORCHVISION_DATASETS)}"
+        )
     import torchvision  # heavy; only this source needs it
 
     root = cache_dir() / "torchvision"
@@ -279,7 +303,8 @@ def read_torchvision(name: str, cfg: DataConfig, split: str) -> RawDataset:
             f"({type(e).__name__}: {' '.join(str(e).split())}); "
             f"this machine looks offline. Use the local IDX directory instead: data.source={DEFAULT_IDX_DIR} "
             f"(`apt-get install dataset-fashion-mnist`), or put the files torchvision expects under {root} "
-            "(the cache dir is $GANFORGE_CACHE, default ~/.cache/ganforge)") from e
+            "(the cache dir is $GANFORGE_CACHE, default ~/.cache/ganforge)"
+        ) from e
     images = nchw_from_hwc(np.asarray(dataset.data))
     labels = np.asarray(dataset.targets, dtype=np.int64)
     images, labels = images[: cfg.limit], labels[: cfg.limit]
@@ -344,8 +369,10 @@ def fit_square(img, resolution: int):
 def list_image_files(folder: Path) -> list[Path]:
     """PNG/JPEG files under ``folder`` (recursive, hidden entries skipped), sorted for determinism."""
     return sorted(
-        p for p in folder.rglob("*")
-        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+        p
+        for p in folder.rglob("*")
+        if p.suffix.lower() in IMAGE_EXTENSIONS
+        and p.is_file()
         and not any(part.startswith(".") for part in p.relative_to(folder).parts)
     )
 
@@ -358,9 +385,11 @@ def open_image(path: Path):
         with Image.open(path) as img:
             w, h = img.size
             if Image.MAX_IMAGE_PIXELS and w * h > Image.MAX_IMAGE_PIXELS:  # checked before decoding a byte
-                raise DataError(f"cannot read image {path}: it is {w}×{h} = {w * h} pixels, more than the "
-                                f"{Image.MAX_IMAGE_PIXELS} ganforge decodes (a decompression bomb, or far larger than "
-                                "any training image); shrink it or remove it from the folder")
+                raise DataError(
+                    f"cannot read image {path}: it is {w}×{h} = {w * h} pixels, more than the "
+                    f"{Image.MAX_IMAGE_PIXELS} ganforge decodes (a decompression bomb, or far larger than "
+                    "any training image); shrink it or remove it from the folder"
+                )
             img.load()
             return ImageOps.exif_transpose(img)
     except Image.DecompressionBombError as e:
@@ -392,8 +421,10 @@ def check_channels(first_color: Path | None, first_gray: Path | None, channels: 
     if first_color and channels == 1:
         raise DataError(f"{folder} has RGB images (e.g. {first_color}) but data.channels=1; set data.channels=3")
     if first_color and first_gray:
-        raise DataError(f"{folder} mixes channel counts: grayscale images (e.g. {first_gray}) and RGB images "
-                        f"(e.g. {first_color}); convert them all to RGB (or all to grayscale with data.channels=1)")
+        raise DataError(
+            f"{folder} mixes channel counts: grayscale images (e.g. {first_gray}) and RGB images "
+            f"(e.g. {first_color}); convert them all to RGB (or all to grayscale with data.channels=1)"
+        )
 
 
 def class_folders(folder: Path, files: list[Path]) -> list[str] | None:
@@ -403,8 +434,10 @@ def class_folders(folder: Path, files: list[Path]) -> list[str] | None:
         return None
     loose = [f for f in files if len(f.relative_to(folder).parts) == 1]
     if loose:
-        raise DataError(f"{folder} has class subfolders ({', '.join(tops[:5])}) but also images at its top level "
-                        f"(e.g. {loose[0]}); move those into a class subfolder or remove them")
+        raise DataError(
+            f"{folder} has class subfolders ({', '.join(tops[:5])}) but also images at its top level "
+            f"(e.g. {loose[0]}); move those into a class subfolder or remove them"
+        )
     return tops
 
 
@@ -438,8 +471,11 @@ def label_summary(labels: np.ndarray | None, class_names: list[str] | None) -> d
     from ganforge.labels import class_counts
 
     num_classes = len(class_names) if class_names else int(labels.max()) + 1 if labels.size else 0
-    return {"num_classes": num_classes, "class_counts": class_counts(labels, class_names),
-            "labels_sha256": sha256_of_array(np.asarray(labels, dtype=np.int64))}
+    return {
+        "num_classes": num_classes,
+        "class_counts": class_counts(labels, class_names),
+        "labels_sha256": sha256_of_array(np.asarray(labels, dtype=np.int64)),
+    }
 
 
 def build_manifest(source: str, split: str, raw: RawDataset) -> dict:
@@ -483,15 +519,19 @@ def load_dataset(path: str | os.PathLike) -> LoadedDataset:
         raise DataError(f"{manifest_path} lacks {', '.join(missing)}; re-create the dataset with `ganforge prep`")
     images = load_array(root / "data.npy")
     if list(images.shape) != list(manifest["shape"]) or str(images.dtype) != manifest["dtype"]:
-        raise DataError(f"{root / 'data.npy'} is {images.dtype} {list(images.shape)} but {manifest_path} says "
-                        f"{manifest['dtype']} {manifest['shape']}; the dataset was changed after prep: "
-                        "re-create it with `ganforge prep`")
+        raise DataError(
+            f"{root / 'data.npy'} is {images.dtype} {list(images.shape)} but {manifest_path} says "
+            f"{manifest['dtype']} {manifest['shape']}; the dataset was changed after prep: "
+            "re-create it with `ganforge prep`"
+        )
     labels = None
     if (root / "labels.npy").exists():
         labels = load_array(root / "labels.npy")
         if labels.shape != (images.shape[0],) or labels.dtype != np.int64:
-            raise DataError(f"{root / 'labels.npy'} is {labels.dtype} {list(labels.shape)}, expected int64 "
-                            f"[{images.shape[0]}]; re-create the dataset with `ganforge prep`")
+            raise DataError(
+                f"{root / 'labels.npy'} is {labels.dtype} {list(labels.shape)}, expected int64 "
+                f"[{images.shape[0]}]; re-create the dataset with `ganforge prep`"
+            )
     return LoadedDataset(images=images, labels=labels, manifest=manifest, path=root)
 
 
@@ -509,6 +549,8 @@ def verify_sha256(ds: LoadedDataset) -> str:
     """Full check (reads every byte): the images' sha256 equals the manifest's. Returns the digest."""
     digest = sha256_of_array(ds.images)
     if digest != ds.manifest["sha256"]:
-        raise DataError(f"{ds.path / 'data.npy'} has sha256 {digest} but its manifest says "
-                        f"{ds.manifest['sha256']}; the data changed after prep: re-create it with `ganforge prep`")
+        raise DataError(
+            f"{ds.path / 'data.npy'} has sha256 {digest} but its manifest says "
+            f"{ds.manifest['sha256']}; the data changed after prep: re-create it with `ganforge prep`"
+        )
     return digest

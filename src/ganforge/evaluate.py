@@ -1,4 +1,5 @@
 """Evaluate a trained generator: draw samples with a fixed seed, compare with real data."""
+
 from __future__ import annotations
 
 import json
@@ -48,15 +49,24 @@ def eval_labels(n: int, cfg: PipelineConfig) -> torch.Tensor | None:
 
 
 def sample_for_eval(G: torch.nn.Module, cfg: PipelineConfig, n: int, seed: int = EVAL_SEED) -> torch.Tensor:
-    return generate(G, eval_latents(n, cfg.model.nz, seed), batch_size=cfg.eval.batch_size * 4,
-                    labels=eval_labels(n, cfg))
+    return generate(
+        G, eval_latents(n, cfg.model.nz, seed), batch_size=cfg.eval.batch_size * 4, labels=eval_labels(n, cfg)
+    )
 
 
-def evaluate_checkpoint(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, n: int | None = None,
-                        cache: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
-                        prefix_n: int | None = None, ckpt: dict | None = None, n_real: int | None = None,
-                        ema: bool = True, train_dir: str | os.PathLike | None = None,
-                        workers: int | None = None) -> dict:
+def evaluate_checkpoint(
+    checkpoint: str | os.PathLike,
+    data_dir: str | os.PathLike,
+    n: int | None = None,
+    cache: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
+    prefix_n: int | None = None,
+    ckpt: dict | None = None,
+    n_real: int | None = None,
+    ema: bool = True,
+    train_dir: str | os.PathLike | None = None,
+    workers: int | None = None,
+) -> dict:
     """FID/KID (images) or the SC09 classifier scores (audio) of a checkpoint's generator; metrics.json if out.
 
     ``n`` generated samples against ``n_real`` real ones (images; default n, else the config's).
@@ -70,8 +80,10 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data_dir: str | os.PathLi
     if ckpt is None:
         ckpt = read_checkpoint(checkpoint)
     if not ema and "G" not in ckpt:
-        raise EvaluationError(f"{checkpoint} holds only the EMA generator (a snapshot): score the raw generator "
-                              "from a training run's checkpoint.pt instead")
+        raise EvaluationError(
+            f"{checkpoint} holds only the EMA generator (a snapshot): score the raw generator "
+            "from a training run's checkpoint.pt instead"
+        )
     G, cfg = generator_from_checkpoint(ckpt, checkpoint, ema=ema)
     if n_real is not None and cfg.data.kind != "image":
         raise EvaluationError("n_real applies to image FID/KID only: leave it out for audio")
@@ -87,15 +99,31 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data_dir: str | os.PathLi
         from .metrics import evaluate_images, fake_to_uint8
 
         fake_u8, features = fake_to_uint8(fake), {}
-        metrics = evaluate_images(fake_u8, data_dir, cfg.eval, cache, prefix_n=prefix_n, features_out=features,
-                                   workers=workers)
+        metrics = evaluate_images(
+            fake_u8, data_dir, cfg.eval, cache, prefix_n=prefix_n, features_out=features, workers=workers
+        )
         if cfg.model.num_classes:
             from .class_metrics import class_scores
 
-            metrics.update(class_scores(fake_u8, eval_labels(n_fake, cfg).numpy(), features["fake"], features["real"],
-                                        data_dir, cfg.model.num_classes, cache, train_dir=train_dir))
-    metrics = {"pipeline": cfg.name, "profile": cfg.profile, "checkpoint": str(checkpoint),
-               "generator": "ema" if ema else "raw", **metrics}
+            metrics.update(
+                class_scores(
+                    fake_u8,
+                    eval_labels(n_fake, cfg).numpy(),
+                    features["fake"],
+                    features["real"],
+                    data_dir,
+                    cfg.model.num_classes,
+                    cache,
+                    train_dir=train_dir,
+                )
+            )
+    metrics = {
+        "pipeline": cfg.name,
+        "profile": cfg.profile,
+        "checkpoint": str(checkpoint),
+        "generator": "ema" if ema else "raw",
+        **metrics,
+    }
     if out:
         atomic_write_text(out, json.dumps(metrics, indent=2, sort_keys=True, default=str))
     return metrics

@@ -9,6 +9,7 @@ Reproducible by seed: latents come from a ``torch.Generator`` seeded with ``seed
 manifest holds no timestamps, so the same model, seed and options give byte-identical files
 (on the same device and library versions).
 """
+
 from __future__ import annotations
 
 import io
@@ -50,15 +51,17 @@ class LoadedModel:
 
 def parse_registry_uri(uri: str) -> tuple[str, str | None, int | None]:
     """``models:/NAME@ALIAS`` → (NAME, ALIAS, None); ``models:/NAME/VERSION`` → (NAME, None, VERSION)."""
-    body = uri[len(REGISTRY_SCHEME):]
+    body = uri[len(REGISTRY_SCHEME) :]
     name, at, alias = body.partition("@")
     if at and name and alias and "/" not in name:
         return name, alias, None
     name, slash, version = body.partition("/")
     if slash and name and version.isdigit():
         return name, None, int(version)
-    raise GenerationError(f"{uri!r} is not a registry URI ganforge understands; write models:/NAME@ALIAS "
-                          "(e.g. models:/dcgan@champion) or models:/NAME/VERSION (e.g. models:/dcgan/3)")
+    raise GenerationError(
+        f"{uri!r} is not a registry URI ganforge understands; write models:/NAME@ALIAS "
+        "(e.g. models:/dcgan@champion) or models:/NAME/VERSION (e.g. models:/dcgan/3)"
+    )
 
 
 def load_registered(uri: str, device: str = "cpu") -> LoadedModel:
@@ -74,8 +77,9 @@ def load_registered(uri: str, device: str = "cpu") -> LoadedModel:
     if cfg.model.num_classes:
         from .labels import class_names_or_ids
 
-        class_names = class_names_or_ids(json.loads(version.tags.get(registry.CLASS_NAMES_TAG) or "null"),
-                                         cfg.model.num_classes)
+        class_names = class_names_or_ids(
+            json.loads(version.tags.get(registry.CLASS_NAMES_TAG) or "null"), cfg.model.num_classes
+        )
     return LoadedModel(generator, cfg, provenance, class_names)
 
 
@@ -85,8 +89,10 @@ def checkpoint_file(model: str) -> Path:
     if path.is_dir():
         path = path / CHECKPOINT_NAME
     if not path.is_file():
-        raise GenerationError(f"no checkpoint at {path}: pass a checkpoint.pt written by `ganforge train`, "
-                              "or a registered model as models:/NAME@ALIAS or models:/NAME/VERSION")
+        raise GenerationError(
+            f"no checkpoint at {path}: pass a checkpoint.pt written by `ganforge train`, "
+            "or a registered model as models:/NAME@ALIAS or models:/NAME/VERSION"
+        )
     return path
 
 
@@ -165,7 +171,7 @@ def tile_grid(images_u8: torch.Tensor, ncol: int, gutter: int = 2) -> torch.Tens
     canvas = torch.zeros(c, nrow * (h + gutter) + gutter, ncol * (w + gutter) + gutter, dtype=torch.uint8)
     for i, image in enumerate(images_u8):
         top, left = gutter + (i // ncol) * (h + gutter), gutter + (i % ncol) * (w + gutter)
-        canvas[:, top:top + h, left:left + w] = image
+        canvas[:, top : top + h, left : left + w] = image
     return canvas
 
 
@@ -174,8 +180,9 @@ def grid_columns(n: int) -> int:
     return math.ceil(math.sqrt(n))
 
 
-def write_image_outputs(samples: torch.Tensor, interpolation: torch.Tensor | None, steps: int,
-                        out: Path, ncol: int | None = None) -> dict[str, Path]:
+def write_image_outputs(
+    samples: torch.Tensor, interpolation: torch.Tensor | None, steps: int, out: Path, ncol: int | None = None
+) -> dict[str, Path]:
     """grid.png (``ncol`` per row, default near-square), images/NNNNN.png and (with interpolations)
     interpolation.png under ``out``."""
     images = to_uint8_images(samples)
@@ -190,8 +197,9 @@ def write_image_outputs(samples: torch.Tensor, interpolation: torch.Tensor | Non
     return written
 
 
-def write_audio_outputs(samples: torch.Tensor, interpolation: torch.Tensor | None, steps: int,
-                        out: Path, sample_rate: int) -> dict[str, Path]:
+def write_audio_outputs(
+    samples: torch.Tensor, interpolation: torch.Tensor | None, steps: int, out: Path, sample_rate: int
+) -> dict[str, Path]:
     """wavs/sample_NNNN.wav (16-bit PCM), spectrograms.png and (with interpolations)
     interpolation/sample_NNNN.wav (row-major: row r, step k is number r·steps + k) and interpolation.png."""
     clips = samples.numpy()
@@ -210,8 +218,9 @@ def check_request(n: int, interpolate: int, batch_size: int) -> None:
     if n <= 0:
         raise GenerationError(f"n={n}: ask for at least one sample (-n 64)")
     if interpolate < 0 or interpolate == 1:
-        raise GenerationError(f"--interpolate {interpolate}: give K >= 2 steps per interpolation (both endpoints "
-                              "count), or 0 for none")
+        raise GenerationError(
+            f"--interpolate {interpolate}: give K >= 2 steps per interpolation (both endpoints count), or 0 for none"
+        )
     if batch_size <= 0:
         raise GenerationError(f"batch_size={batch_size} must be positive")
 
@@ -229,36 +238,51 @@ def check_out_dir(out_dir: Path, model: str) -> None:
     checkpoint being read (or a folder holding it), a non-empty folder that is not an earlier
     generation output (generation.json), or one holding files that output did not list."""
     protect = [] if model.startswith(REGISTRY_SCHEME) else [Path(model)]
-    check_output_dir(out_dir, command="ganforge generate", manifest=MANIFEST_NAME, owned_files=generated_files,
-                     protect=protect)
+    check_output_dir(
+        out_dir, command="ganforge generate", manifest=MANIFEST_NAME, owned_files=generated_files, protect=protect
+    )
 
 
 def relative_files(root: Path) -> list[str]:
     return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
 
 
-def generation_manifest(loaded: LoadedModel, seed: int, n: int, interpolate: int, rows: int, files: list[str],
-                        classes: dict | None = None) -> dict:
+def generation_manifest(
+    loaded: LoadedModel, seed: int, n: int, interpolate: int, rows: int, files: list[str], classes: dict | None = None
+) -> dict:
     cfg = loaded.cfg
-    manifest = {**loaded.provenance, "pipeline": cfg.name, "profile": cfg.profile, "config_hash": cfg.config_hash(),
-                "seed": seed, "n": n, "interpolate": interpolate, "interpolation_rows": rows if interpolate else 0,
-                "nz": cfg.model.nz, "kind": cfg.data.kind, **(classes or {})}
+    manifest = {
+        **loaded.provenance,
+        "pipeline": cfg.name,
+        "profile": cfg.profile,
+        "config_hash": cfg.config_hash(),
+        "seed": seed,
+        "n": n,
+        "interpolate": interpolate,
+        "interpolation_rows": rows if interpolate else 0,
+        "nz": cfg.model.nz,
+        "kind": cfg.data.kind,
+        **(classes or {}),
+    }
     if cfg.data.kind == "audio":
         manifest["sample_rate"] = cfg.data.sample_rate
     manifest["files"] = files
     return manifest
 
 
-def sample(generator: nn.Module, z: torch.Tensor, batch_size: int, cfg: PipelineConfig,
-           labels: torch.Tensor | None = None) -> torch.Tensor:
+def sample(
+    generator: nn.Module, z: torch.Tensor, batch_size: int, cfg: PipelineConfig, labels: torch.Tensor | None = None
+) -> torch.Tensor:
     """G(z) (class-conditional: G(z, labels)) in batches; a failure names the latent shape the config
     promised, the usual culprit."""
     try:
         return generate(generator, z, batch_size=batch_size, labels=labels)
     except RuntimeError as e:
-        raise GenerationError(f"the generator failed on latents of shape (B, {cfg.model.nz}) taken from its config "
-                              f"({e}); if that is a shape mismatch, the model and its config.json disagree — "
-                              "re-register or retrain it; if it is out of memory, lower batch_size") from e
+        raise GenerationError(
+            f"the generator failed on latents of shape (B, {cfg.model.nz}) taken from its config "
+            f"({e}); if that is a shape mismatch, the model and its config.json disagree — "
+            "re-register or retrain it; if it is out of memory, lower batch_size"
+        ) from e
 
 
 def class_plan(loaded: LoadedModel, choice: str | None, per_class: bool) -> tuple[int | None, dict]:
@@ -268,8 +292,10 @@ def class_plan(loaded: LoadedModel, choice: str | None, per_class: bool) -> tupl
     cfg = loaded.cfg
     if not cfg.model.num_classes:
         if choice is not None or per_class:
-            raise GenerationError(f"{loaded.provenance['model']} is unconditional ({cfg.name}); --class and "
-                                  "--per-class need a class-conditional model such as models:/cdcgan@champion")
+            raise GenerationError(
+                f"{loaded.provenance['model']} is unconditional ({cfg.name}); --class and "
+                "--per-class need a class-conditional model such as models:/cdcgan@champion"
+            )
         return None, {}
     if choice is not None and per_class:
         raise GenerationError("--class and --per-class exclude each other: one class, or a row for every class")
@@ -280,14 +306,26 @@ def class_plan(loaded: LoadedModel, choice: str | None, per_class: bool) -> tupl
         chosen = None if choice is None else class_id(choice, names, cfg.model.num_classes)
     except LabelError as e:
         raise GenerationError(str(e)) from None
-    entries = {"class_names": names, "per_class": per_class,
-               "class": None if chosen is None else names[chosen], "class_id": chosen}
+    entries = {
+        "class_names": names,
+        "per_class": per_class,
+        "class": None if chosen is None else names[chosen],
+        "class_id": chosen,
+    }
     return chosen, entries
 
 
-def generate_to_dir(model: str, out_dir: str | os.PathLike, n: int = 64, seed: int = 0, interpolate: int = 0,
-                    batch_size: int = 256, device: str = "cpu", class_: str | None = None,
-                    per_class: bool = False) -> dict[str, Path]:
+def generate_to_dir(
+    model: str,
+    out_dir: str | os.PathLike,
+    n: int = 64,
+    seed: int = 0,
+    interpolate: int = 0,
+    batch_size: int = 256,
+    device: str = "cpu",
+    class_: str | None = None,
+    per_class: bool = False,
+) -> dict[str, Path]:
     """Write ``n`` samples (and ``interpolate``-step slerp rows) from ``model`` into ``out_dir``.
 
     ``model`` is ``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` (tracking URI from
@@ -322,7 +360,7 @@ def generate_to_dir(model: str, out_dir: str | os.PathLike, n: int = 64, seed: i
     samples = sample(loaded.generator, z, batch_size, cfg, labels)
     interpolation = None
     if interpolate:
-        path_latents = interpolation_latents(latents[:2 * rows], interpolate)
+        path_latents = interpolation_latents(latents[: 2 * rows], interpolate)
         path_labels = None
         if cfg.model.num_classes:
             k = cfg.model.num_classes

@@ -16,6 +16,7 @@ features stay within ~1e-5 of the TorchScript reference.
 with one log line), ``openvino`` (required: an error if it cannot be used) or ``torchscript``
 (the reference path).
 """
+
 from __future__ import annotations
 
 import functools
@@ -121,9 +122,12 @@ def converted_dir(weights_path: Path, sha1: str, version: str) -> Path:
 def _cached_ir_is_valid(directory: Path, sha1: str, version: str) -> bool:
     try:
         meta = json.loads((directory / META_JSON).read_text())
-        return (meta.get("weights_sha1") == sha1 and meta.get("openvino") == version
-                and (directory / MODEL_XML).stat().st_size == meta["xml_bytes"]
-                and (directory / MODEL_BIN).stat().st_size == meta["bin_bytes"])
+        return (
+            meta.get("weights_sha1") == sha1
+            and meta.get("openvino") == version
+            and (directory / MODEL_XML).stat().st_size == meta["xml_bytes"]
+            and (directory / MODEL_BIN).stat().st_size == meta["bin_bytes"]
+        )
     except (OSError, ValueError, KeyError, TypeError):
         return False
 
@@ -138,15 +142,21 @@ def convert_to_openvino(weights_path: Path, directory: Path, sha1: str) -> None:
     """TorchScript → OpenVINO IR (fp32 weights) into ``directory``, atomically."""
     ov = import_openvino()
     with torchscript_allowed():
-        model = ov.convert_model(load_torchscript(weights_path),
-                                 example_input=torch.zeros(1, 3, INCEPTION_SIZE, INCEPTION_SIZE))
+        model = ov.convert_model(
+            load_torchscript(weights_path), example_input=torch.zeros(1, 3, INCEPTION_SIZE, INCEPTION_SIZE)
+        )
     model.reshape({model.input(0): ov.PartialShape([-1, 3, INCEPTION_SIZE, INCEPTION_SIZE])})
     with atomic_dir(directory) as tmp:
         ov.save_model(model, str(tmp / MODEL_XML), compress_to_fp16=False)
-        meta = {"weights": str(weights_path), "weights_sha1": sha1, "openvino": openvino_version(ov),
-                "openvino_build": ov.__version__,
-                "xml_bytes": (tmp / MODEL_XML).stat().st_size, "bin_bytes": (tmp / MODEL_BIN).stat().st_size,
-                "precision": "f32"}
+        meta = {
+            "weights": str(weights_path),
+            "weights_sha1": sha1,
+            "openvino": openvino_version(ov),
+            "openvino_build": ov.__version__,
+            "xml_bytes": (tmp / MODEL_XML).stat().st_size,
+            "bin_bytes": (tmp / MODEL_BIN).stat().st_size,
+            "precision": "f32",
+        }
         (tmp / META_JSON).write_text(json.dumps(meta, indent=2) + "\n")
         for name in (MODEL_XML, MODEL_BIN, META_JSON):
             os.chmod(tmp / name, 0o644)
@@ -167,8 +177,9 @@ def openvino_ir(weights_path: Path) -> Path:
     directory.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(directory) + ".lock"):
         if not _cached_ir_is_valid(directory, sha1, version):
-            log.info("converting %s to OpenVINO IR in %s (once per weights and OpenVINO version)",
-                     weights_path, directory)
+            log.info(
+                "converting %s to OpenVINO IR in %s (once per weights and OpenVINO version)", weights_path, directory
+            )
             convert_to_openvino(weights_path, directory, sha1)
             _remove_other_conversions(weights_path, directory)
     return directory
@@ -188,8 +199,13 @@ class OpenVINOInception:
         self.version = openvino_version(ov)
         # Denormals flushed to zero: ~1.14x here, features unchanged (< 1e-4, tested). No pinning:
         # single-threaded worker processes would each pin their stream to the same first core.
-        config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": self.threads,
-                  "NUM_STREAMS": self.threads, "ENABLE_CPU_PINNING": False, "CPU_DENORMALS_OPTIMIZATION": True}
+        config = {
+            "INFERENCE_PRECISION_HINT": "f32",
+            "INFERENCE_NUM_THREADS": self.threads,
+            "NUM_STREAMS": self.threads,
+            "ENABLE_CPU_PINNING": False,
+            "CPU_DENORMALS_OPTIMIZATION": True,
+        }
         self.compiled = ov.Core().compile_model(str(ir_dir / MODEL_XML), "CPU", config)
         precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
         if "32" not in precision:

@@ -3,6 +3,7 @@
 BCE works on logits (softplus form) rather than the seeds' Sigmoid + BCELoss, which
 saturates to log(0) once D is confident.
 """
+
 from __future__ import annotations
 
 import torch

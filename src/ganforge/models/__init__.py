@@ -3,6 +3,7 @@
 Every generator maps z of shape (B, nz) to samples in [-1, 1]: images (B, C, H, W) or audio
 (B, 1, L). Every discriminator returns one logit (or critic value) per sample, shape (B,).
 """
+
 from __future__ import annotations
 
 import torch.nn as nn

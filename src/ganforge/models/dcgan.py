@@ -5,6 +5,7 @@ ConvTranspose(4, 2, 1) + BatchNorm + ReLU; the discriminator mirrors it with str
 Conv(4, 2, 1) + norm + LeakyReLU(0.2) and ends in one logit. Weights are drawn from
 N(0, 0.02) as in the paper.
 """
+
 from __future__ import annotations
 
 import torch
@@ -38,9 +39,12 @@ class DCGANGenerator(nn.Module):
         self.nz = nz
         n_up = _levels(resolution)
         start = _START[resolution]
-        widths = [ngf * 2 ** i for i in reversed(range(n_up))]  # e.g. 64 px: 8ngf, 4ngf, 2ngf, ngf
+        widths = [ngf * 2**i for i in reversed(range(n_up))]  # e.g. 64 px: 8ngf, 4ngf, 2ngf, ngf
         layers: list[nn.Module] = [
-            nn.ConvTranspose2d(nz, widths[0], start, 1, 0, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(True)]
+            nn.ConvTranspose2d(nz, widths[0], start, 1, 0, bias=False),
+            nn.BatchNorm2d(widths[0]),
+            nn.ReLU(True),
+        ]
         for c_in, c_out in zip(widths, widths[1:]):
             layers += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(True)]
         layers += [nn.ConvTranspose2d(widths[-1], channels, 4, 2, 1, bias=False), nn.Tanh()]
@@ -65,11 +69,14 @@ class DCGANDiscriminator(nn.Module):
     def __init__(self, ndf: int, channels: int, resolution: int, norm: str = "batch"):
         super().__init__()
         n_down = _levels(resolution)
-        widths = [ndf * 2 ** i for i in range(n_down)]
+        widths = [ndf * 2**i for i in range(n_down)]
         layers: list[nn.Module] = [nn.Conv2d(channels, widths[0], 4, 2, 1), nn.LeakyReLU(0.2, True)]
         for c_in, c_out in zip(widths, widths[1:]):
-            layers += [nn.Conv2d(c_in, c_out, 4, 2, 1, bias=norm != "batch"), *_d_norm(norm, c_out),
-                       nn.LeakyReLU(0.2, True)]
+            layers += [
+                nn.Conv2d(c_in, c_out, 4, 2, 1, bias=norm != "batch"),
+                *_d_norm(norm, c_out),
+                nn.LeakyReLU(0.2, True),
+            ]
         layers += [nn.Conv2d(widths[-1], 1, _START[resolution], 1, 0)]
         self.net = nn.Sequential(*layers)
         dcgan_init_(self)

@@ -1,4 +1,5 @@
 """The vanilla GAN of Goodfellow et al. as in the seed: fully connected G and D."""
+
 from __future__ import annotations
 
 import math
@@ -14,10 +15,14 @@ class MLPGenerator(nn.Module):
         super().__init__()
         self.nz, self.shape = nz, tuple(shape)
         self.net = nn.Sequential(
-            nn.Linear(nz, 256), nn.LeakyReLU(0.2),
-            nn.Linear(256, 512), nn.LeakyReLU(0.2),
-            nn.Linear(512, 1024), nn.LeakyReLU(0.2),
-            nn.Linear(1024, math.prod(self.shape)), nn.Tanh(),
+            nn.Linear(nz, 256),
+            nn.LeakyReLU(0.2),
+            nn.Linear(256, 512),
+            nn.LeakyReLU(0.2),
+            nn.Linear(512, 1024),
+            nn.LeakyReLU(0.2),
+            nn.Linear(1024, math.prod(self.shape)),
+            nn.Tanh(),
         )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -30,9 +35,12 @@ class MLPDiscriminator(nn.Module):
     def __init__(self, shape: tuple[int, int, int]):
         super().__init__()
         self.net = nn.Sequential(
-            nn.Linear(math.prod(shape), 1024), nn.LeakyReLU(0.2),
-            nn.Linear(1024, 512), nn.LeakyReLU(0.2),
-            nn.Linear(512, 256), nn.LeakyReLU(0.2),
+            nn.Linear(math.prod(shape), 1024),
+            nn.LeakyReLU(0.2),
+            nn.Linear(1024, 512),
+            nn.LeakyReLU(0.2),
+            nn.Linear(512, 256),
+            nn.LeakyReLU(0.2),
             nn.Linear(256, 1),
         )
 

@@ -5,6 +5,7 @@ TensorFlow code, chrisdonahue/wavegan ``wavegan.py``: kernel 25, stride 4, no Ba
 shuffle radius 2 in the critic. Weights are initialised as there: ``tf.layers`` defaults, i.e.
 Glorot-uniform kernels and zero biases.
 """
+
 from __future__ import annotations
 
 import torch
@@ -64,8 +65,8 @@ class WaveGANGenerator(nn.Module):
 
     def __init__(self, nz: int = 100, ngf: int = 64, out_length: int = 16384) -> None:
         super().__init__()
-        if out_length != BASE_LENGTH * STRIDE ** N_UPSAMPLE:
-            raise ValueError(f"WaveGAN generates {BASE_LENGTH * STRIDE ** N_UPSAMPLE} samples, not {out_length}")
+        if out_length != BASE_LENGTH * STRIDE**N_UPSAMPLE:
+            raise ValueError(f"WaveGAN generates {BASE_LENGTH * STRIDE**N_UPSAMPLE} samples, not {out_length}")
         self.nz, self.top_channels = nz, 16 * ngf
         self.project = nn.Linear(nz, BASE_LENGTH * self.top_channels)
         widths = [16 * ngf, 8 * ngf, 4 * ngf, 2 * ngf, ngf, 1]

@@ -15,6 +15,7 @@ written to a file in the pod before torchrun starts. Credentials come only from 
 Secrets through ``secretKeyRef``: a manifest never holds a secret value.
 
 """
+
 from __future__ import annotations
 
 import os
@@ -52,14 +53,21 @@ CONFIG_PATH_IN_POD = "/tmp/ganforge-config.json"
 # emptyDir (config file, staging of data and checkpoints: GANFORGE_CACHE, HOME). These settings
 # pass the Pod Security Standard "restricted", and k8s/base/admission-policy.yaml rejects
 # TrainJob/PyTorchJob objects without them in the ganforge namespace.
-POD_SECURITY_CONTEXT = {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000,
-                        "seccompProfile": {"type": "RuntimeDefault"}}
-CONTAINER_SECURITY_CONTEXT = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                              "capabilities": {"drop": ["ALL"]}}
+POD_SECURITY_CONTEXT = {
+    "runAsNonRoot": True,
+    "runAsUser": 1000,
+    "runAsGroup": 1000,
+    "fsGroup": 1000,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+CONTAINER_SECURITY_CONTEXT = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+}
 # The container command points HOME (when the image's is read-only) and GANFORGE_CACHE (unless
 # set) at /tmp, so staging and caches land on the emptyDir.
-WRITABLE_DIRS = ('[ -w "$HOME" ] || export HOME=/tmp; '
-                 'export GANFORGE_CACHE="${GANFORGE_CACHE:-/tmp/ganforge-cache}"; ')
+WRITABLE_DIRS = '[ -w "$HOME" ] || export HOME=/tmp; export GANFORGE_CACHE="${GANFORGE_CACHE:-/tmp/ganforge-cache}"; '
 
 # Set by the engines; a user value would fight them (Trainer rejects PET_* in trainer.env).
 _RESERVED_ENV = re.compile(r"^(PET_.*|MASTER_ADDR|MASTER_PORT|WORLD_SIZE|RANK|LOCAL_RANK|" + CONFIG_ENV + ")$")
@@ -69,7 +77,9 @@ _DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 _SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
-_QUANTITY = re.compile(r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$")
+_QUANTITY = re.compile(
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
 _TOLERATION_KEYS = {"key", "operator", "value", "effect", "tolerationSeconds"}
 
 
@@ -119,48 +129,70 @@ class ClusterTrainSpec:
 
     def __post_init__(self) -> None:
         _require(self.engine in ENGINES, f"engine={self.engine!r} is not valid; choose one of {ENGINES}")
-        _require(bool(_DNS1123_SUBDOMAIN.match(self.namespace)) and len(self.namespace) <= 63,
-                 f"namespace={self.namespace!r} is not a valid Kubernetes namespace (lower-case DNS label)")
-        _require(bool(_DNS1035_LABEL.match(self.name)) and len(self.name) <= 63,
-                 f"name={self.name!r} must be a DNS-1035 label: ≤ 63 chars of a-z, 0-9 and '-', starting "
-                 "with a letter and ending alphanumeric (e.g. 'dcgan-3f9a1c')")
-        _require(bool(self.image) and not any(c.isspace() for c in self.image),
-                 f"image={self.image!r} must be a container image reference such as 'registry/ganforge:0.1.0'")
+        _require(
+            bool(_DNS1123_SUBDOMAIN.match(self.namespace)) and len(self.namespace) <= 63,
+            f"namespace={self.namespace!r} is not a valid Kubernetes namespace (lower-case DNS label)",
+        )
+        _require(
+            bool(_DNS1035_LABEL.match(self.name)) and len(self.name) <= 63,
+            f"name={self.name!r} must be a DNS-1035 label: ≤ 63 chars of a-z, 0-9 and '-', starting "
+            "with a letter and ending alphanumeric (e.g. 'dcgan-3f9a1c')",
+        )
+        _require(
+            bool(self.image) and not any(c.isspace() for c in self.image),
+            f"image={self.image!r} must be a container image reference such as 'registry/ganforge:0.1.0'",
+        )
         _require(bool(self.command), "command must not be empty; build the spec with spec_from_config()")
         _require(self.nnodes >= 1, f"nnodes={self.nnodes} must be >= 1")
         _require(self.gpus_per_node >= 0, f"gpus_per_node={self.gpus_per_node} must be >= 0")
         for label, q in (("cpu", self.cpu), ("memory", self.memory), ("shm_size", self.shm_size)):
-            _require(bool(_QUANTITY.match(str(q))), f"{label}={q!r} is not a Kubernetes quantity (e.g. '4', '500m', '16Gi')")
+            _require(
+                bool(_QUANTITY.match(str(q))), f"{label}={q!r} is not a Kubernetes quantity (e.g. '4', '500m', '16Gi')"
+            )
         _require(self.timeout_s > 0, f"timeout_s={self.timeout_s} must be positive")
         for i, t in enumerate(self.tolerations):
             _check_toleration(i, t)
         for k, v in self.node_selector.items():
-            _require(isinstance(k, str) and isinstance(v, str) and bool(k),
-                     f"node_selector entry {k!r}: {v!r} must map a label key to a string value")
+            _require(
+                isinstance(k, str) and isinstance(v, str) and bool(k),
+                f"node_selector entry {k!r}: {v!r} must map a label key to a string value",
+            )
         for name, value in self.env.items():
             _check_env_name(name)
             _require(isinstance(value, str), f"env[{name!r}] must be a string, got {type(value).__name__}")
-            _require(not _SECRET_LIKE_ENV.search(name),
-                     f"env[{name!r}] looks like a credential; put it in a Secret and pass "
-                     f"env_from_secrets={{{name!r}: (SECRET_NAME, KEY)}} instead")
+            _require(
+                not _SECRET_LIKE_ENV.search(name),
+                f"env[{name!r}] looks like a credential; put it in a Secret and pass "
+                f"env_from_secrets={{{name!r}: (SECRET_NAME, KEY)}} instead",
+            )
         for name, ref in self.env_from_secrets.items():
             _check_env_name(name)
-            _require(isinstance(ref, (tuple, list)) and len(ref) == 2,
-                     f"env_from_secrets[{name!r}] must be a (secret_name, key) pair, got {ref!r}")
+            _require(
+                isinstance(ref, (tuple, list)) and len(ref) == 2,
+                f"env_from_secrets[{name!r}] must be a (secret_name, key) pair, got {ref!r}",
+            )
             secret, key = ref
-            _require(bool(_DNS1123_SUBDOMAIN.match(str(secret))),
-                     f"env_from_secrets[{name!r}]: secret name {secret!r} is not a valid Secret name")
-            _require(bool(_SECRET_KEY.match(str(key))),
-                     f"env_from_secrets[{name!r}]: key {key!r} is not a valid Secret key ([-._a-zA-Z0-9]+)")
+            _require(
+                bool(_DNS1123_SUBDOMAIN.match(str(secret))),
+                f"env_from_secrets[{name!r}]: secret name {secret!r} is not a valid Secret name",
+            )
+            _require(
+                bool(_SECRET_KEY.match(str(key))),
+                f"env_from_secrets[{name!r}]: key {key!r} is not a valid Secret key ([-._a-zA-Z0-9]+)",
+            )
         both = sorted(set(self.env) & set(self.env_from_secrets))
         _require(not both, f"env vars {both} are set both in env and env_from_secrets; keep one")
         if self.service_account:
-            _require(bool(_DNS1123_SUBDOMAIN.match(self.service_account)),
-                     f"service_account={self.service_account!r} is not a valid ServiceAccount name")
+            _require(
+                bool(_DNS1123_SUBDOMAIN.match(self.service_account)),
+                f"service_account={self.service_account!r} is not a valid ServiceAccount name",
+            )
         for claim, path in self.pvc_mounts.items():
             _require(bool(_DNS1123_SUBDOMAIN.match(claim)), f"pvc_mounts: claim name {claim!r} is not valid")
-            _require(path.startswith("/") and path not in ("/", "/dev/shm"),
-                     f"pvc_mounts[{claim!r}]={path!r} must be an absolute path other than / and /dev/shm")
+            _require(
+                path.startswith("/") and path not in ("/", "/dev/shm"),
+                f"pvc_mounts[{claim!r}]={path!r} must be an absolute path other than / and /dev/shm",
+            )
 
     @property
     def nproc_per_node(self) -> int:
@@ -169,21 +201,28 @@ class ClusterTrainSpec:
 
 def _check_env_name(name: str) -> None:
     _require(bool(_ENV_NAME.match(name)), f"env var name {name!r} is not valid ([-._a-zA-Z][-._a-zA-Z0-9]*)")
-    _require(not _RESERVED_ENV.match(name),
-             f"env var {name!r} is set by the training engine or by ganforge; remove it")
+    _require(not _RESERVED_ENV.match(name), f"env var {name!r} is set by the training engine or by ganforge; remove it")
 
 
 def _check_toleration(i: int, t: dict) -> None:
-    _require(isinstance(t, dict), f"tolerations[{i}] must be a dict like {{'key': 'nvidia.com/gpu', "
-                                  "'operator': 'Exists', 'effect': 'NoSchedule'}}")
+    _require(
+        isinstance(t, dict),
+        f"tolerations[{i}] must be a dict like {{'key': 'nvidia.com/gpu', "
+        "'operator': 'Exists', 'effect': 'NoSchedule'}}",
+    )
     unknown = sorted(set(t) - _TOLERATION_KEYS)
     _require(not unknown, f"tolerations[{i}] has unknown keys {unknown}; allowed: {sorted(_TOLERATION_KEYS)}")
-    _require(t.get("operator", "Equal") in ("Equal", "Exists"),
-             f"tolerations[{i}].operator={t.get('operator')!r} must be 'Equal' or 'Exists'")
-    _require(t.get("effect", "") in ("", "NoSchedule", "PreferNoSchedule", "NoExecute"),
-             f"tolerations[{i}].effect={t.get('effect')!r} must be NoSchedule, PreferNoSchedule or NoExecute")
-    _require(not (t.get("operator") == "Exists" and t.get("value")),
-             f"tolerations[{i}]: operator 'Exists' takes no value")
+    _require(
+        t.get("operator", "Equal") in ("Equal", "Exists"),
+        f"tolerations[{i}].operator={t.get('operator')!r} must be 'Equal' or 'Exists'",
+    )
+    _require(
+        t.get("effect", "") in ("", "NoSchedule", "PreferNoSchedule", "NoExecute"),
+        f"tolerations[{i}].effect={t.get('effect')!r} must be NoSchedule, PreferNoSchedule or NoExecute",
+    )
+    _require(
+        not (t.get("operator") == "Exists" and t.get("value")), f"tolerations[{i}]: operator 'Exists' takes no value"
+    )
 
 
 def job_name(pipeline_name: str, short_id: str | None = None) -> str:
@@ -192,7 +231,7 @@ def job_name(pipeline_name: str, short_id: str | None = None) -> str:
     if not base[0].isalpha():
         base = f"gan-{base}"
     suffix = short_id or uuid.uuid4().hex[:6]
-    return f"{base[:62 - len(suffix)].rstrip('-')}-{suffix}"
+    return f"{base[: 62 - len(suffix)].rstrip('-')}-{suffix}"
 
 
 def train_command(engine: str, cli_args: list[str], module: str = "ganforge.cli") -> list[str]:
@@ -203,14 +242,27 @@ def train_command(engine: str, cli_args: list[str], module: str = "ganforge.cli"
     """
     _require(engine in ENGINES, f"engine={engine!r} is not valid; choose one of {ENGINES}")
     rendezvous = '--master-addr "$MASTER_ADDR" --master-port "$MASTER_PORT" ' if engine == "pytorchjob" else ""
-    script = (f'{WRITABLE_DIRS}printf %s "${CONFIG_ENV}" > {CONFIG_PATH_IN_POD} && '
-              f"exec torchrun {rendezvous}-m {shlex.quote(module)} {shlex.join(cli_args)}")
+    script = (
+        f'{WRITABLE_DIRS}printf %s "${CONFIG_ENV}" > {CONFIG_PATH_IN_POD} && '
+        f"exec torchrun {rendezvous}-m {shlex.quote(module)} {shlex.join(cli_args)}"
+    )
     return ["/bin/sh", "-c", script]
 
 
-def spec_from_config(cfg: PipelineConfig, *, image: str, namespace: str, data_uri: str, out_uri: str,
-                     engine: str = "trainjob", gpus_per_node: int = 1, nnodes: int = 1,
-                     name: str | None = None, module: str = "ganforge.cli", **overrides: Any) -> ClusterTrainSpec:
+def spec_from_config(
+    cfg: PipelineConfig,
+    *,
+    image: str,
+    namespace: str,
+    data_uri: str,
+    out_uri: str,
+    engine: str = "trainjob",
+    gpus_per_node: int = 1,
+    nnodes: int = 1,
+    name: str | None = None,
+    module: str = "ganforge.cli",
+    **overrides: Any,
+) -> ClusterTrainSpec:
     """Build the launch spec for ``cfg``: ``torchrun -m ganforge.cli train`` on ``nnodes`` × ``gpus_per_node``.
 
     ``data_uri``/``out_uri`` are ``s3://`` URIs or paths under a ``pvc_mounts`` mount. The run
@@ -220,18 +272,29 @@ def spec_from_config(cfg: PipelineConfig, *, image: str, namespace: str, data_ur
     pvc_mounts = overrides.get("pvc_mounts", {})
     for label, uri in (("data_uri", data_uri), ("out_uri", out_uri)):
         if not uri.startswith("s3://"):
-            _require(uri.startswith("/") and any(uri == m or uri.startswith(m.rstrip("/") + "/")
-                                                 for m in pvc_mounts.values()),
-                     f"{label}={uri!r} must be an s3:// URI or a path under one of pvc_mounts "
-                     f"{sorted(pvc_mounts.values())} (pods see only shared storage)")
+            _require(
+                uri.startswith("/")
+                and any(uri == m or uri.startswith(m.rstrip("/") + "/") for m in pvc_mounts.values()),
+                f"{label}={uri!r} must be an s3:// URI or a path under one of pvc_mounts "
+                f"{sorted(pvc_mounts.values())} (pods see only shared storage)",
+            )
     world = nnodes * max(gpus_per_node, 1)
-    _require(cfg.train.batch_size % world == 0,
-             f"train.batch_size={cfg.train.batch_size} must be divisible by nnodes*gpus_per_node={world}; "
-             "change the batch size or the node/GPU count")
+    _require(
+        cfg.train.batch_size % world == 0,
+        f"train.batch_size={cfg.train.batch_size} must be divisible by nnodes*gpus_per_node={world}; "
+        "change the batch size or the node/GPU count",
+    )
     cli_args = ["train", "--config-json", CONFIG_PATH_IN_POD, "--data", data_uri, "--out", out_uri, "--resume"]
-    spec = ClusterTrainSpec(engine=engine, namespace=namespace, name=name or job_name(cfg.name), image=image,
-                            command=train_command(engine, cli_args, module), nnodes=nnodes,
-                            gpus_per_node=gpus_per_node, **overrides)
+    spec = ClusterTrainSpec(
+        engine=engine,
+        namespace=namespace,
+        name=name or job_name(cfg.name),
+        image=image,
+        command=train_command(engine, cli_args, module),
+        nnodes=nnodes,
+        gpus_per_node=gpus_per_node,
+        **overrides,
+    )
     # CONFIG_ENV is reserved for users, so it is added after validation.
     spec.env = {**spec.env, CONFIG_ENV: cfg.to_json()}
     return spec
@@ -246,28 +309,36 @@ def _resources(spec: ClusterTrainSpec) -> dict:
 
 def _env_list(spec: ClusterTrainSpec) -> list[dict]:
     plain = [{"name": k, "value": v} for k, v in sorted(spec.env.items())]
-    secret = [{"name": k, "valueFrom": {"secretKeyRef": {"name": s, "key": key}}}
-              for k, (s, key) in sorted(spec.env_from_secrets.items())]
+    secret = [
+        {"name": k, "valueFrom": {"secretKeyRef": {"name": s, "key": key}}}
+        for k, (s, key) in sorted(spec.env_from_secrets.items())
+    ]
     return plain + secret
 
 
 def _volumes(spec: ClusterTrainSpec) -> list[dict]:
     shm = {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.shm_size}}
     tmp = {"name": "tmp", "emptyDir": {}}
-    pvcs = [{"name": f"pvc-{i}", "persistentVolumeClaim": {"claimName": claim}}
-            for i, claim in enumerate(sorted(spec.pvc_mounts))]
+    pvcs = [
+        {"name": f"pvc-{i}", "persistentVolumeClaim": {"claimName": claim}}
+        for i, claim in enumerate(sorted(spec.pvc_mounts))
+    ]
     return [shm, tmp, *pvcs]
 
 
 def _volume_mounts(spec: ClusterTrainSpec) -> list[dict]:
-    pvcs = [{"name": f"pvc-{i}", "mountPath": spec.pvc_mounts[claim]}
-            for i, claim in enumerate(sorted(spec.pvc_mounts))]
+    pvcs = [
+        {"name": f"pvc-{i}", "mountPath": spec.pvc_mounts[claim]} for i, claim in enumerate(sorted(spec.pvc_mounts))
+    ]
     return [{"name": "dshm", "mountPath": "/dev/shm"}, {"name": "tmp", "mountPath": "/tmp"}, *pvcs]
 
 
 def _labels(spec: ClusterTrainSpec) -> dict:
-    return {"app.kubernetes.io/name": "ganforge", "app.kubernetes.io/component": "train",
-            "app.kubernetes.io/instance": spec.name}
+    return {
+        "app.kubernetes.io/name": "ganforge",
+        "app.kubernetes.io/component": "train",
+        "app.kubernetes.io/instance": spec.name,
+    }
 
 
 def _pod_scheduling(spec: ClusterTrainSpec) -> dict:
@@ -283,16 +354,27 @@ def _pod_scheduling(spec: ClusterTrainSpec) -> dict:
 
 def _pytorchjob_replica(spec: ClusterTrainSpec, replicas: int) -> dict:
     container = {
-        "name": PYTORCHJOB_CONTAINER, "image": spec.image, "command": list(spec.command),
-        "env": _env_list(spec), "resources": _resources(spec), "volumeMounts": _volume_mounts(spec),
+        "name": PYTORCHJOB_CONTAINER,
+        "image": spec.image,
+        "command": list(spec.command),
+        "env": _env_list(spec),
+        "resources": _resources(spec),
+        "volumeMounts": _volume_mounts(spec),
         "ports": [{"name": "pytorchjob-port", "containerPort": PYTORCHJOB_PORT, "protocol": "TCP"}],
         "securityContext": dict(CONTAINER_SECURITY_CONTEXT),
     }
     # Training talks to S3 and MLflow, never to the Kubernetes API: no token in the pod.
-    pod_spec = {"containers": [container], "volumes": _volumes(spec), "automountServiceAccountToken": False,
-                **_pod_scheduling(spec)}
-    return {"replicas": replicas, "restartPolicy": "OnFailure",
-            "template": {"metadata": {"labels": _labels(spec)}, "spec": pod_spec}}
+    pod_spec = {
+        "containers": [container],
+        "volumes": _volumes(spec),
+        "automountServiceAccountToken": False,
+        **_pod_scheduling(spec),
+    }
+    return {
+        "replicas": replicas,
+        "restartPolicy": "OnFailure",
+        "template": {"metadata": {"labels": _labels(spec)}, "spec": pod_spec},
+    }
 
 
 def pytorchjob_manifest(spec: ClusterTrainSpec) -> dict:
@@ -311,10 +393,14 @@ def pytorchjob_manifest(spec: ClusterTrainSpec) -> dict:
         # Backstop if the watcher dies: the operator removes the finished job after an hour.
         run_policy["ttlSecondsAfterFinished"] = 3600
     return {
-        "apiVersion": f"{group}/{version}", "kind": kind,
+        "apiVersion": f"{group}/{version}",
+        "kind": kind,
         "metadata": {"name": spec.name, "namespace": spec.namespace, "labels": _labels(spec)},
-        "spec": {"nprocPerNode": str(spec.nproc_per_node), "runPolicy": run_policy,
-                 "pytorchReplicaSpecs": replica_specs},
+        "spec": {
+            "nprocPerNode": str(spec.nproc_per_node),
+            "runPolicy": run_policy,
+            "pytorchReplicaSpecs": replica_specs,
+        },
     }
 
 
@@ -328,21 +414,49 @@ def trainjob_manifest(spec: ClusterTrainSpec) -> dict:
     k8s/base sets it to false).
     """
     group, version, _, kind = _RESOURCE["trainjob"]
-    pod_patch = {**_pod_scheduling(spec), "volumes": _volumes(spec),
-                 "containers": [{"name": TRAINJOB_NODE, "volumeMounts": _volume_mounts(spec),
-                                 "securityContext": dict(CONTAINER_SECURITY_CONTEXT)}]}
-    patch = {"manager": PATCH_MANAGER, "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [
-        {"name": TRAINJOB_NODE, "template": {"spec": {"template": {
-            "metadata": {"labels": _labels(spec)}, "spec": pod_patch}}}}]}}}}
+    pod_patch = {
+        **_pod_scheduling(spec),
+        "volumes": _volumes(spec),
+        "containers": [
+            {
+                "name": TRAINJOB_NODE,
+                "volumeMounts": _volume_mounts(spec),
+                "securityContext": dict(CONTAINER_SECURITY_CONTEXT),
+            }
+        ],
+    }
+    patch = {
+        "manager": PATCH_MANAGER,
+        "trainingRuntimeSpec": {
+            "template": {
+                "spec": {
+                    "replicatedJobs": [
+                        {
+                            "name": TRAINJOB_NODE,
+                            "template": {
+                                "spec": {"template": {"metadata": {"labels": _labels(spec)}, "spec": pod_patch}}
+                            },
+                        }
+                    ]
+                }
+            }
+        },
+    }
     return {
-        "apiVersion": f"{group}/{version}", "kind": kind,
+        "apiVersion": f"{group}/{version}",
+        "kind": kind,
         "metadata": {"name": spec.name, "namespace": spec.namespace, "labels": _labels(spec)},
         "spec": {
             "runtimeRef": {"apiGroup": group, "kind": "ClusterTrainingRuntime", "name": TRAINJOB_RUNTIME},
             "activeDeadlineSeconds": int(spec.timeout_s),
-            "trainer": {"image": spec.image, "command": list(spec.command), "env": _env_list(spec),
-                        "numNodes": spec.nnodes, "numProcPerNode": spec.nproc_per_node,
-                        "resourcesPerNode": _resources(spec)},
+            "trainer": {
+                "image": spec.image,
+                "command": list(spec.command),
+                "env": _env_list(spec),
+                "numNodes": spec.nnodes,
+                "numProcPerNode": spec.nproc_per_node,
+                "resourcesPerNode": _resources(spec),
+            },
             "runtimePatches": [patch],
         },
     }
@@ -421,7 +535,8 @@ def kubernetes_apis() -> tuple[Any, Any]:
     except (config.ConfigException, FileNotFoundError, TypeError) as e:
         raise ClusterTrainingError(
             f"no Kubernetes credentials ({kubeconfig}: {e}): run inside a pod with a ServiceAccount allowed to "
-            "create trainjobs/pytorchjobs, or point KUBECONFIG at a cluster") from e
+            "create trainjobs/pytorchjobs, or point KUBECONFIG at a cluster"
+        ) from e
     return client.CustomObjectsApi(api_client), client.CoreV1Api(api_client)
 
 
@@ -432,17 +547,25 @@ def _delete(api: Any, spec: ClusterTrainSpec) -> None:
     group, version, plural, _ = _RESOURCE[spec.engine]
     try:
         # Background propagation: the engine's pods and services go with the job.
-        api.delete_namespaced_custom_object(group, version, spec.namespace, plural, spec.name,
-                                            body=V1DeleteOptions(propagation_policy="Background"))
+        api.delete_namespaced_custom_object(
+            group, version, spec.namespace, plural, spec.name, body=V1DeleteOptions(propagation_policy="Background")
+        )
     except ApiException as e:
         if e.status != 404:
             raise
 
 
-def launch_and_watch(spec: ClusterTrainSpec, api: Any = None, poll_s: float = 5, *, core_api: Any = None,
-                     log_tail_lines: int = 50, on_phase: Callable[[str], None] | None = None,
-                     clock: Callable[[], float] = time.monotonic,
-                     sleep: Callable[[float], None] = time.sleep) -> dict:
+def launch_and_watch(
+    spec: ClusterTrainSpec,
+    api: Any = None,
+    poll_s: float = 5,
+    *,
+    core_api: Any = None,
+    log_tail_lines: int = 50,
+    on_phase: Callable[[str], None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict:
     """Create the job, poll its status until it finishes, clean up; return name, engine, phase, seconds.
 
     ``api`` is a ``kubernetes.client.CustomObjectsApi`` (default: in-cluster config, else
@@ -461,12 +584,15 @@ def launch_and_watch(spec: ClusterTrainSpec, api: Any = None, poll_s: float = 5,
     try:
         api.create_namespaced_custom_object(group, version, spec.namespace, plural, manifest(spec))
     except ApiException as e:
-        hint = {409: f"a {kind} named {spec.name!r} already exists; delete it or choose another name",
-                404: f"the {kind} CRD ({plural}.{group}) is not installed in this cluster; install "
-                     f"{'Kubeflow Trainer' if spec.engine == 'trainjob' else 'the Training Operator'} or pick the other engine",
-                403: f"the ServiceAccount may not create {plural}.{group} in namespace {spec.namespace!r}; grant it RBAC"}
-        raise ClusterTrainingError(f"creating {kind} {spec.namespace}/{spec.name} failed "
-                                   f"({e.status} {e.reason}): {hint.get(e.status, e.body)}") from e
+        hint = {
+            409: f"a {kind} named {spec.name!r} already exists; delete it or choose another name",
+            404: f"the {kind} CRD ({plural}.{group}) is not installed in this cluster; install "
+            f"{'Kubeflow Trainer' if spec.engine == 'trainjob' else 'the Training Operator'} or pick the other engine",
+            403: f"the ServiceAccount may not create {plural}.{group} in namespace {spec.namespace!r}; grant it RBAC",
+        }
+        raise ClusterTrainingError(
+            f"creating {kind} {spec.namespace}/{spec.name} failed ({e.status} {e.reason}): {hint.get(e.status, e.body)}"
+        ) from e
     start = clock()
     phase = last_phase = ""
     while True:
@@ -482,16 +608,20 @@ def launch_and_watch(spec: ClusterTrainSpec, api: Any = None, poll_s: float = 5,
         if elapsed > spec.timeout_s:
             logs = pod_log_tails(core_api, spec, log_tail_lines)
             _delete(api, spec)
-            raise ClusterTrainingError(f"{kind} {spec.namespace}/{spec.name} still {phase} after "
-                                       f"{elapsed:.0f}s > timeout_s={spec.timeout_s}; deleted it.\n{logs}")
+            raise ClusterTrainingError(
+                f"{kind} {spec.namespace}/{spec.name} still {phase} after "
+                f"{elapsed:.0f}s > timeout_s={spec.timeout_s}; deleted it.\n{logs}"
+            )
         sleep(poll_s)
     seconds = round(clock() - start, 3)
     if phase == "Failed":
         logs = pod_log_tails(core_api, spec, log_tail_lines)
         if not spec.keep_on_finish:
             _delete(api, spec)
-        raise ClusterTrainingError(f"{kind} {spec.namespace}/{spec.name} failed after {seconds:.0f}s: "
-                                   f"{failure_message(status) or 'no reason given'}\n{logs}")
+        raise ClusterTrainingError(
+            f"{kind} {spec.namespace}/{spec.name} failed after {seconds:.0f}s: "
+            f"{failure_message(status) or 'no reason given'}\n{logs}"
+        )
     if not spec.keep_on_finish:
         _delete(api, spec)
     return {"name": spec.name, "engine": spec.engine, "phase": phase, "seconds": seconds}

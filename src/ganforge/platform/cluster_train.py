@@ -23,6 +23,7 @@ local disk and S3 holds the state:
 
 No MLflow or KFP here: metrics leave through ``on_metrics`` as in ``train.train``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -56,8 +57,15 @@ MLFLOW_SECRET_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 TRAINING_SERVICE_ACCOUNT = "ganforge-training"
 # Non-secret settings the pods need, copied from the launching step's environment (which
 # gets them from the ganforge-env ConfigMap on the cluster).
-FORWARDED_ENV = ("AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL", "AWS_DEFAULT_REGION", "MLFLOW_TRACKING_URI",
-                 "GANFORGE_S3_ATTEMPTS", "GANFORGE_S3_BACKOFF_S", "GANFORGE_S3_TIMEOUT_S")
+FORWARDED_ENV = (
+    "AWS_ENDPOINT_URL",
+    "MLFLOW_S3_ENDPOINT_URL",
+    "AWS_DEFAULT_REGION",
+    "MLFLOW_TRACKING_URI",
+    "GANFORGE_S3_ATTEMPTS",
+    "GANFORGE_S3_BACKOFF_S",
+    "GANFORGE_S3_TIMEOUT_S",
+)
 
 
 def staging_dir(uri: str, kind: str) -> Path:
@@ -71,7 +79,7 @@ def staging_dir(uri: str, kind: str) -> Path:
 
 
 def _relative_key(object_uri: str, prefix_uri: str) -> str:
-    return object_uri[len(prefix_uri.rstrip("/")) + 1:]
+    return object_uri[len(prefix_uri.rstrip("/")) + 1 :]
 
 
 def pull_run(out_uri: str, local_dir: Path) -> int | None:
@@ -142,8 +150,15 @@ def _reset_dir(path: Path) -> None:
     path.mkdir(parents=True)
 
 
-def train_staged(cfg: PipelineConfig, data: str, out: str, *, resume: bool = False,
-                 on_metrics: MetricsFn | None = None, allow_config_change: bool = False) -> TrainResult:
+def train_staged(
+    cfg: PipelineConfig,
+    data: str,
+    out: str,
+    *,
+    resume: bool = False,
+    on_metrics: MetricsFn | None = None,
+    allow_config_change: bool = False,
+) -> TrainResult:
     """``train.train`` where ``data`` and/or ``out`` may be ``s3://`` URIs (see the module docstring).
 
     Every rank of every node calls it (under torchrun). The returned result's paths are the
@@ -165,8 +180,16 @@ def train_staged(cfg: PipelineConfig, data: str, out: str, *, resume: bool = Fal
         mark_incomplete(out)
     _barrier()  # the node's other ranks read the staged data and checkpoint
     uploader = CheckpointUploader(local_out, out) if out_s3 and dist_info.is_main else None
-    result = train(cfg, local_data, local_out, resume=resume, on_metrics=on_metrics, on_checkpoint=uploader,
-                   dist_info=dist_info, allow_config_change=allow_config_change)
+    result = train(
+        cfg,
+        local_data,
+        local_out,
+        resume=resume,
+        on_metrics=on_metrics,
+        on_checkpoint=uploader,
+        dist_info=dist_info,
+        allow_config_change=allow_config_change,
+    )
     if uploader is not None:
         s3.upload_dir(local_out, out)
     return result
@@ -180,16 +203,19 @@ def cluster_artifact_root(settings: Settings) -> str:
             f"train.launcher trainjob/pytorchjob needs {ARTIFACT_ROOT_ENV} to be an s3:// URI (got {root!r}): the "
             "job's pods reach the data and write checkpoints only through S3. On a cluster the ConfigMap "
             "ganforge-env sets it (k8s/base/cluster-settings.yaml); locally export "
-            f"{ARTIFACT_ROOT_ENV}=s3://BUCKET/PREFIX or use train.launcher=local")
+            f"{ARTIFACT_ROOT_ENV}=s3://BUCKET/PREFIX or use train.launcher=local"
+        )
     return root
 
 
 def training_image(settings: Settings) -> str:
     """GANFORGE_IMAGE: the image the job's nodes run (ganforge installed, torchrun on PATH)."""
     if not settings.image:
-        raise ClusterSpecError("GANFORGE_IMAGE is not set: the cluster training job needs the ganforge image "
-                               "reference (e.g. registry/ganforge-gpu:0.1.0); set it in the ConfigMap ganforge-env "
-                               "or the step's environment")
+        raise ClusterSpecError(
+            "GANFORGE_IMAGE is not set: the cluster training job needs the ganforge image "
+            "reference (e.g. registry/ganforge-gpu:0.1.0); set it in the ConfigMap ganforge-env "
+            "or the step's environment"
+        )
     return settings.image
 
 
@@ -228,8 +254,7 @@ def job_secret_refs() -> dict[str, tuple[str, str]]:
     return refs
 
 
-def launch_cluster_training(cfg: PipelineConfig, data_dir: str, out_dir: str, run_id: str,
-                            settings: Settings) -> dict:
+def launch_cluster_training(cfg: PipelineConfig, data_dir: str, out_dir: str, run_id: str, settings: Settings) -> dict:
     """Run ``cfg``'s training as a TrainJob/PyTorchJob, then download its run directory into ``out_dir``.
 
     The job's output prefix is ARTIFACT_ROOT/runs/RUN_ID/train-job, stable per run, so a retried
@@ -243,24 +268,46 @@ def launch_cluster_training(cfg: PipelineConfig, data_dir: str, out_dir: str, ru
     out_uri = fileio.join(run_prefix, "train-job")
     gpus = gpus_per_node(cfg, settings.gpus_per_node)
     spec = spec_from_config(
-        cfg, image=image, namespace=settings.namespace, data_uri=data_uri, out_uri=out_uri,
-        engine=cfg.train.launcher, gpus_per_node=gpus, nnodes=cfg.train.nnodes,
-        env=job_environment(run_id), env_from_secrets=job_secret_refs(),
+        cfg,
+        image=image,
+        namespace=settings.namespace,
+        data_uri=data_uri,
+        out_uri=out_uri,
+        engine=cfg.train.launcher,
+        gpus_per_node=gpus,
+        nnodes=cfg.train.nnodes,
+        env=job_environment(run_id),
+        env_from_secrets=job_secret_refs(),
         # GPU placement from GANFORGE_GPU_NODE_SELECTOR / GANFORGE_GPU_TOLERATIONS (the compiled task sets both).
         tolerations=list(settings.gpu_tolerations) if gpus else [],
         node_selector=dict(settings.gpu_node_selector) if gpus else {},
         service_account=TRAINING_SERVICE_ACCOUNT,
         # Named after the MLflow run: a retried step that finds its job still running gets a clear
         # 409 instead of starting a second job on the same S3 prefix.
-        name=f"{cfg.name}-{run_id[:12]}" if run_id else None)
-    print(f"launching {spec.engine} {spec.namespace}/{spec.name}: {spec.nnodes} node(s) x {spec.nproc_per_node} "
-          f"rank(s), data {data_uri}, out {out_uri}", file=sys.stderr, flush=True)
+        name=f"{cfg.name}-{run_id[:12]}" if run_id else None,
+    )
+    print(
+        f"launching {spec.engine} {spec.namespace}/{spec.name}: {spec.nnodes} node(s) x {spec.nproc_per_node} "
+        f"rank(s), data {data_uri}, out {out_uri}",
+        file=sys.stderr,
+        flush=True,
+    )
     api, core_api = kubernetes_apis()
-    job = launch_and_watch(spec, api, poll_s=settings.job_poll_s, core_api=core_api,
-                           on_phase=lambda phase: print(f"{spec.name}: {phase}", file=sys.stderr, flush=True))
+    job = launch_and_watch(
+        spec,
+        api,
+        poll_s=settings.job_poll_s,
+        core_api=core_api,
+        on_phase=lambda phase: print(f"{spec.name}: {phase}", file=sys.stderr, flush=True),
+    )
     s3.download_prefix(out_uri, out_dir)
     ckpt = read_checkpoint(Path(out_dir) / CHECKPOINT_NAME)
     step, seconds = int(ckpt["step"]), float(job["seconds"])
-    return {"step": step, "epoch": int(ckpt["epoch"]), "seconds": seconds,
-            "img_per_s": step * cfg.train.batch_size * cfg.train.n_critic / seconds if seconds > 0 else 0.0,
-            "samples": [str(p) for p in sorted((Path(out_dir) / SAMPLES_DIR).glob("*.png"))], "job": job}
+    return {
+        "step": step,
+        "epoch": int(ckpt["epoch"]),
+        "seconds": seconds,
+        "img_per_s": step * cfg.train.batch_size * cfg.train.n_critic / seconds if seconds > 0 else 0.0,
+        "samples": [str(p) for p in sorted((Path(out_dir) / SAMPLES_DIR).glob("*.png"))],
+        "job": job,
+    }

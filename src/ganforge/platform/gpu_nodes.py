@@ -13,6 +13,7 @@ carries both, so the job's pods get what the task got):
 The gpu-cluster overlay's ConfigMap ``ganforge-cluster`` (k8s/overlays/gpu-cluster/
 gpu-node-pool.yaml) holds the same two keys with that cluster's values.
 """
+
 from __future__ import annotations
 
 import os
@@ -44,8 +45,10 @@ def parse_node_selector(text: str, source: str = NODE_SELECTOR_ENV) -> dict[str,
         key, sep, value = item.partition("=")
         key, value = key.strip(), value.strip()
         if not sep or not _KEY.fullmatch(key) or not _VALUE.fullmatch(value):
-            raise ConfigError(f"{source}={text!r}: {item!r} is not a node label key=value; write e.g. "
-                              f"{NODE_SELECTOR_ENV}=nvidia.com/gpu.present=true (comma-separated)")
+            raise ConfigError(
+                f"{source}={text!r}: {item!r} is not a node label key=value; write e.g. "
+                f"{NODE_SELECTOR_ENV}=nvidia.com/gpu.present=true (comma-separated)"
+            )
         out[key] = value
     return out
 
@@ -57,11 +60,17 @@ def parse_tolerations(text: str, source: str = TOLERATIONS_ENV) -> list[dict]:
         taint, colon, effect = item.rpartition(":") if ":" in item else (item, "", "")
         key, eq, value = taint.partition("=")
         key, value, effect = key.strip(), value.strip(), effect.strip()
-        if (not _KEY.fullmatch(key) or (eq and not value) or not _VALUE.fullmatch(value)
-                or (colon and effect not in EFFECTS)):
-            raise ConfigError(f"{source}={text!r}: {item!r} is not a taint key[=value][:Effect] "
-                              f"(Effect one of {', '.join(EFFECTS)}); write e.g. "
-                              f"{TOLERATIONS_ENV}=nvidia.com/gpu:NoSchedule (comma-separated)")
+        if (
+            not _KEY.fullmatch(key)
+            or (eq and not value)
+            or not _VALUE.fullmatch(value)
+            or (colon and effect not in EFFECTS)
+        ):
+            raise ConfigError(
+                f"{source}={text!r}: {item!r} is not a taint key[=value][:Effect] "
+                f"(Effect one of {', '.join(EFFECTS)}); write e.g. "
+                f"{TOLERATIONS_ENV}=nvidia.com/gpu:NoSchedule (comma-separated)"
+            )
         toleration = {"key": key, "operator": "Equal" if value else "Exists"}
         if value:
             toleration["value"] = value
@@ -76,8 +85,10 @@ def format_node_selector(selector: Mapping[str, str]) -> str:
 
 
 def format_tolerations(tolerations) -> str:
-    return ",".join(t["key"] + (f"={t['value']}" if t.get("value") else "") + (f":{t['effect']}" if t.get("effect")
-                                                                             else "") for t in tolerations)
+    return ",".join(
+        t["key"] + (f"={t['value']}" if t.get("value") else "") + (f":{t['effect']}" if t.get("effect") else "")
+        for t in tolerations
+    )
 
 
 def gpu_node_selector(env: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -18,6 +18,7 @@ Serving teams use the same MLflow loader with the same setting (README, "Serving
 champion"). The generator is exported from CPU in eval mode with a dynamic batch dimension;
 another device gets it through ``torch.export.passes.move_to_device_pass``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -106,8 +107,9 @@ def conditional_signature(z: np.ndarray, labels: np.ndarray, out: np.ndarray):
     from mlflow.models.signature import ModelSignature
     from mlflow.types.schema import Schema, TensorSpec
 
-    inputs = Schema([TensorSpec(np.dtype(np.float32), (-1, z.shape[1]), "z"),
-                     TensorSpec(np.dtype(np.int64), (-1,), "labels")])
+    inputs = Schema(
+        [TensorSpec(np.dtype(np.float32), (-1, z.shape[1]), "z"), TensorSpec(np.dtype(np.int64), (-1,), "labels")]
+    )
     return ModelSignature(inputs=inputs, outputs=infer_signature(z, out).outputs)
 
 
@@ -117,8 +119,9 @@ def generator_output(generator: torch.nn.Module, z: np.ndarray, labels: np.ndarr
         with torch.no_grad():
             out = generator(torch.from_numpy(z), *(() if labels is None else (torch.from_numpy(labels),)))
     except Exception as e:  # any shape/type failure inside the user's module
-        raise RegistryError(f"the generator does not accept a latent batch of shape {z.shape} "
-                            f"(cfg.model.nz={z.shape[1]}): {e}") from e
+        raise RegistryError(
+            f"the generator does not accept a latent batch of shape {z.shape} (cfg.model.nz={z.shape[1]}): {e}"
+        ) from e
     if not isinstance(out, torch.Tensor) or out.shape[0] != z.shape[0]:
         raise RegistryError(f"the generator must return a tensor with batch size {z.shape[0]}, got {type(out)}")
     return out.numpy()
@@ -143,7 +146,9 @@ def numeric_metrics(metrics: Mapping[str, object]) -> dict[str, float]:
 
 
 def tag_value(value: object) -> str:
-    text = value if isinstance(value, str) else repr(value) if isinstance(value, float) else json.dumps(value, default=str)
+    text = (
+        value if isinstance(value, str) else repr(value) if isinstance(value, float) else json.dumps(value, default=str)
+    )
     return text[:MAX_TAG_VALUE_CHARS]
 
 
@@ -152,8 +157,9 @@ def dataset_sha256(run_params: Mapping[str, str]) -> str:
     return run_params.get("dataset.train.sha256", "unknown")
 
 
-def version_tags(cfg: PipelineConfig, metrics: Mapping[str, object], tags: Mapping[str, object],
-                 run_params: Mapping[str, str]) -> dict[str, str]:
+def version_tags(
+    cfg: PipelineConfig, metrics: Mapping[str, object], tags: Mapping[str, object], run_params: Mapping[str, str]
+) -> dict[str, str]:
     """Tags of a registered version: evaluation outputs and provenance; explicit non-empty
     ``tags`` win over what is derived here."""
     out = {
@@ -168,8 +174,14 @@ def version_tags(cfg: PipelineConfig, metrics: Mapping[str, object], tags: Mappi
     return out
 
 
-def register_generator(run_id: str, generator: torch.nn.Module, cfg: PipelineConfig,
-                       metrics: dict, tags: dict, class_names: list[str] | None = None) -> int:
+def register_generator(
+    run_id: str,
+    generator: torch.nn.Module,
+    cfg: PipelineConfig,
+    metrics: dict,
+    tags: dict,
+    class_names: list[str] | None = None,
+) -> int:
     """Log the generator into the pipeline run and register it as a new version of
     ``cfg.model_name``; tag the version with its metrics and provenance. Returns the version.
 
@@ -193,8 +205,7 @@ def register_generator(run_id: str, generator: torch.nn.Module, cfg: PipelineCon
     z = latent_example(cfg.model.nz)
     if cfg.model.num_classes:
         labels = label_example(cfg.model.num_classes)
-        example, metadata = (z, labels), {"class_names": list(class_names or []),
-                                          "num_classes": cfg.model.num_classes}
+        example, metadata = (z, labels), {"class_names": list(class_names or []), "num_classes": cfg.model.num_classes}
         signature = conditional_signature(z, labels, generator_output(cpu_generator, z, labels))
     else:
         example, metadata = z, None
@@ -203,22 +214,32 @@ def register_generator(run_id: str, generator: torch.nn.Module, cfg: PipelineCon
     with tracking.run_experiment(run_id):
         try:
             info = mlflow.pytorch.log_model(
-                cpu_generator, name=GENERATOR_ARTIFACT, serialization_format=SERIALIZATION_FORMAT,
-                signature=signature, input_example=example, run_id=run_id, metadata=metadata,
+                cpu_generator,
+                name=GENERATOR_ARTIFACT,
+                serialization_format=SERIALIZATION_FORMAT,
+                signature=signature,
+                input_example=example,
+                run_id=run_id,
+                metadata=metadata,
                 # Explicit requirements skip MLflow's slow inference (it re-loads the model in a subprocess).
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
             )
         except RuntimeError as e:  # torch.export's refusals (its Dynamo errors are RuntimeErrors)
-            raise RegistryError(f"torch.export cannot trace this generator on a (B, {cfg.model.nz}) latent "
-                                f"({one_line(e)}); keep its forward free of data-dependent Python control flow") from e
+            raise RegistryError(
+                f"torch.export cannot trace this generator on a (B, {cfg.model.nz}) latent "
+                f"({one_line(e)}); keep its forward free of data-dependent Python control flow"
+            ) from e
     with tempfile.TemporaryDirectory(prefix="ganforge-model-") as tmp:
         sha256 = artifact_digest(quiet_download(info.model_uri, tmp))
     run = c.get_run(run_id)
     git = git_commit()
     c.set_logged_model_tags(info.model_id, {tracking.MLFLOW_GIT_COMMIT_TAG: git, ARTIFACT_SHA256_TAG: sha256})
     link_metrics(c, run_id, info.model_id, scores)
-    version_tag_values = {**version_tags(cfg, metrics, tags, run.data.params),
-                          ARTIFACT_SHA256_TAG: sha256, MARGIN_TAG: repr(float(cfg.registry.promotion_margin))}
+    version_tag_values = {
+        **version_tags(cfg, metrics, tags, run.data.params),
+        ARTIFACT_SHA256_TAG: sha256,
+        MARGIN_TAG: repr(float(cfg.registry.promotion_margin)),
+    }
     if cfg.model.num_classes:
         version_tag_values[CLASS_NAMES_TAG] = json.dumps(list(class_names or []))
     model_version = mlflow.register_model(info.model_uri, cfg.model_name, tags=version_tag_values)
@@ -249,7 +270,7 @@ def logged_model_id(version) -> str | None:
     if getattr(version, "model_id", None):
         return version.model_id
     source = version.source or ""
-    rest = source[len("models:/"):] if source.startswith("models:/") else ""
+    rest = source[len("models:/") :] if source.startswith("models:/") else ""
     return rest if rest.startswith("m-") and "/" not in rest else None
 
 
@@ -270,8 +291,11 @@ def artifact_digest(model_dir: str | os.PathLike) -> str:
     ``registered_model_meta`` is left out: MLflow's downloader writes it into every download.
     """
     root = Path(model_dir)
-    files = sorted((p.relative_to(root).as_posix(), p) for p in root.rglob("*")
-                   if p.is_file() and p.name not in CLIENT_WRITTEN_FILES)
+    files = sorted(
+        (p.relative_to(root).as_posix(), p)
+        for p in root.rglob("*")
+        if p.is_file() and p.name not in CLIENT_WRITTEN_FILES
+    )
     listing = "".join(f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {rel}\n" for rel, p in files)
     return hashlib.sha256(listing.encode()).hexdigest()
 
@@ -289,8 +313,9 @@ def registered_model(c: MlflowClient, model_name: str):
         if not is_missing(e):
             raise
         known = sorted(m.name for m in c.search_registered_models())
-        raise RegistryError(f"no registered model named {model_name!r} at {mlflow.get_registry_uri()}; "
-                            f"known models: {known or 'none'}") from None
+        raise RegistryError(
+            f"no registered model named {model_name!r} at {mlflow.get_registry_uri()}; known models: {known or 'none'}"
+        ) from None
 
 
 def model_version(c: MlflowClient, model_name: str, version: int):
@@ -342,7 +367,9 @@ def read_state(c: MlflowClient, model_name: str) -> RegistryState:
 def candidate_from_tags(version: int, tags: Mapping[str, str]) -> Candidate:
     """A version's fid and its own margin (0 for a version registered before margins were tagged)."""
     margin = parse_score(tags.get(MARGIN_TAG))
-    return Candidate(int(version), parse_score(tags.get(FID_TAG)), margin if margin is not None and margin >= 0 else 0.0)
+    return Candidate(
+        int(version), parse_score(tags.get(FID_TAG)), margin if margin is not None and margin >= 0 else 0.0
+    )
 
 
 def candidate(c: MlflowClient, model_name: str, version: int) -> Candidate:
@@ -365,8 +392,9 @@ def choose_champion(champion: Candidate | None, rivals: Iterable[Candidate]) -> 
     new champion by its margin would have beaten the old one too, with a lower fid). The
     champion's fid only goes down: a worse model is never promoted.
     """
-    best = min((r for r in rivals if r.fid is not None and beats(r, champion)),
-               key=lambda r: (r.fid, r.version), default=None)
+    best = min(
+        (r for r in rivals if r.fid is not None and beats(r, champion)), key=lambda r: (r.fid, r.version), default=None
+    )
     return champion if best is None else best
 
 
@@ -384,8 +412,10 @@ def promotion_lock(model_name: str) -> Iterator[None]:
     try:
         lock.acquire(timeout=LOCK_TIMEOUT_S)
     except Timeout:
-        raise RegistryError(f"another promotion of {model_name!r} holds {lock.lock_file} for over "
-                            f"{LOCK_TIMEOUT_S:.0f}s; if no ganforge process is running, delete that file") from None
+        raise RegistryError(
+            f"another promotion of {model_name!r} holds {lock.lock_file} for over "
+            f"{LOCK_TIMEOUT_S:.0f}s; if no ganforge process is running, delete that file"
+        ) from None
     try:
         yield
     finally:
@@ -421,8 +451,10 @@ def converge_champion(c: MlflowClient, model_name: str, me: Candidate) -> Candid
         make_champion(c, model_name, target.version)
         # Spread rounds apart so concurrent promoters read each other's writes.
         time.sleep(random.uniform(0.0, 0.05))
-    raise RegistryError(f"the champion of {model_name!r} kept moving for {MAX_CONVERGE_ROUNDS} rounds; "
-                        "retry the promotion (are many promotions running at once?)")
+    raise RegistryError(
+        f"the champion of {model_name!r} kept moving for {MAX_CONVERGE_ROUNDS} rounds; "
+        "retry the promotion (are many promotions running at once?)"
+    )
 
 
 def make_champion(c: MlflowClient, model_name: str, version: int) -> None:
@@ -436,12 +468,16 @@ def announce(c: MlflowClient, model_name: str, version: int, margin: float | Non
     candidate. The margin is written first, so whoever sees the announcement sees the margin."""
     me = candidate(c, model_name, version)
     if me.fid is None:
-        raise RegistryError(f"version {version} of {model_name!r} has no fid tag, so the FID gate cannot judge it; "
-                            f"evaluate it, or decide by hand: ganforge promote {model_name} {version} --force")
+        raise RegistryError(
+            f"version {version} of {model_name!r} has no fid tag, so the FID gate cannot judge it; "
+            f"evaluate it, or decide by hand: ganforge promote {model_name} {version} --force"
+        )
     if margin is not None:
         if not (math.isfinite(margin) and margin >= 0):
-            raise RegistryError(f"promotion margin {margin!r} for version {version} of {model_name!r} must be a "
-                                "finite number >= 0 (registry.promotion_margin)")
+            raise RegistryError(
+                f"promotion margin {margin!r} for version {version} of {model_name!r} must be a "
+                "finite number >= 0 (registry.promotion_margin)"
+            )
         c.set_model_version_tag(model_name, str(version), MARGIN_TAG, repr(float(margin)))
         me = Candidate(me.version, me.fid, float(margin))
     c.set_model_version_tag(model_name, str(version), PROMOTION_REQUESTED_TAG, repr(time.time()))
@@ -509,8 +545,10 @@ def promote_manual(model_name: str, version: int, force: bool = False) -> dict:
     c = tracking.client()
     me = candidate(c, model_name, version)
     if me.fid is None and not force:
-        raise RegistryError(f"version {version} of {model_name!r} has no fid tag (it was never evaluated); "
-                            f"evaluate it first, or pass --force to make it champion anyway")
+        raise RegistryError(
+            f"version {version} of {model_name!r} has no fid tag (it was never evaluated); "
+            f"evaluate it first, or pass --force to make it champion anyway"
+        )
     with promotion_lock(model_name):
         previous = read_state(c, model_name).champion()
         c.set_registered_model_tag(model_name, MANUAL_PROMOTION_TAG, repr(time.time()))
@@ -534,15 +572,18 @@ def show(model_name: str) -> list[dict]:
         aliases_by_version.setdefault(str(v), []).append(alias)
     rows = []
     for v in c.search_model_versions(f"name = '{model_name}'"):
-        rows.append({
-            "version": int(v.version),
-            **{score: parse_score(v.tags.get(score)) for score in QUALITY_TAGS},
-            "aliases": sorted(aliases_by_version.get(str(v.version), [])),
-            "created": datetime.fromtimestamp(v.creation_timestamp / 1000, tz=timezone.utc)
-            .strftime("%Y-%m-%d %H:%M:%S UTC"),
-            "run_id": v.run_id,
-            "profile": v.tags.get("profile", ""),
-        })
+        rows.append(
+            {
+                "version": int(v.version),
+                **{score: parse_score(v.tags.get(score)) for score in QUALITY_TAGS},
+                "aliases": sorted(aliases_by_version.get(str(v.version), [])),
+                "created": datetime.fromtimestamp(v.creation_timestamp / 1000, tz=timezone.utc).strftime(
+                    "%Y-%m-%d %H:%M:%S UTC"
+                ),
+                "run_id": v.run_id,
+                "profile": v.tags.get("profile", ""),
+            }
+        )
     return sorted(rows, key=lambda r: -r["version"])
 
 
@@ -585,8 +626,10 @@ class ExportedGenerator(torch.nn.Module):
 
     def train(self, mode: bool = True) -> ExportedGenerator:
         if mode:
-            raise RegistryError("a registered generator is an exported inference graph and cannot train; "
-                                "resume training from its checkpoint.pt instead")
+            raise RegistryError(
+                "a registered generator is an exported inference graph and cannot train; "
+                "resume training from its checkpoint.pt instead"
+            )
         return self
 
 
@@ -631,9 +674,11 @@ def load_version(version, device: str = "cpu") -> torch.nn.Module:
     uri = f"models:/{version.name}/{version.version}"
     expected = version.tags.get(ARTIFACT_SHA256_TAG, "").strip()
     if not expected:
-        raise RegistryError(f"{uri} has no {ARTIFACT_SHA256_TAG} tag: it was registered by an older ganforge (pickle "
-                            "format, which runs code when loaded), so it is not loaded; re-register it from its "
-                            "checkpoint.pt (ganforge generate --model runs/…/checkpoint.pt works meanwhile)")
+        raise RegistryError(
+            f"{uri} has no {ARTIFACT_SHA256_TAG} tag: it was registered by an older ganforge (pickle "
+            "format, which runs code when loaded), so it is not loaded; re-register it from its "
+            "checkpoint.pt (ganforge generate --model runs/…/checkpoint.pt works meanwhile)"
+        )
     with tempfile.TemporaryDirectory(prefix="ganforge-model-") as tmp:
         try:
             local = quiet_download(uri, tmp)
@@ -641,12 +686,16 @@ def load_version(version, device: str = "cpu") -> torch.nn.Module:
             raise RegistryError(f"cannot download {uri} from {mlflow.get_registry_uri()}: {one_line(e)}") from None
         found = artifact_digest(local)
         if found != expected:
-            raise RegistryError(f"refusing to load {uri}: its files do not match the sha256 recorded at registration "
-                                f"(recorded {expected[:12]}…, found {found[:12]}…), so they were changed afterwards; "
-                                "do not use this version — register the model again from its checkpoint.pt")
+            raise RegistryError(
+                f"refusing to load {uri}: its files do not match the sha256 recorded at registration "
+                f"(recorded {expected[:12]}…, found {found[:12]}…), so they were changed afterwards; "
+                "do not use this version — register the model again from its checkpoint.pt"
+            )
         if not (Path(local) / "data" / "model.pt2").is_file():
-            raise RegistryError(f"refusing to load {uri}: it holds no {SERIALIZATION_FORMAT} archive (data/model.pt2); "
-                                "only generators registered by ganforge's register step can be loaded")
+            raise RegistryError(
+                f"refusing to load {uri}: it holds no {SERIALIZATION_FORMAT} archive (data/model.pt2); "
+                "only generators registered by ganforge's register step can be loaded"
+            )
         try:
             with pickle_deserialization_disallowed():
                 graph = mlflow.pytorch.load_model(local)
@@ -655,8 +704,9 @@ def load_version(version, device: str = "cpu") -> torch.nn.Module:
                     # archive was validated by the load above).
                     from torch.export.passes import move_to_device_pass
 
-                    graph = move_to_device_pass(torch.export.load(str(Path(local) / "data" / "model.pt2")),
-                                                device).module()
+                    graph = move_to_device_pass(
+                        torch.export.load(str(Path(local) / "data" / "model.pt2")), device
+                    ).module()
         except MlflowException as e:
             raise RegistryError(f"refusing to load {uri}: {one_line(e)}") from None
     return ExportedGenerator(graph)
@@ -672,8 +722,10 @@ def resolve(uri: str):
     aliases = dict(registered_model(c, name).aliases)
     if alias not in aliases:
         listed = ", ".join(f"{a} → v{v}" for a, v in sorted(aliases.items())) or "none"
-        raise RegistryError(f"model {name!r} has no alias {alias!r} (its aliases: {listed}); use one of those, "
-                            f"models:/{name}/<version>, or promote a version first (ganforge promote {name} VERSION)")
+        raise RegistryError(
+            f"model {name!r} has no alias {alias!r} (its aliases: {listed}); use one of those, "
+            f"models:/{name}/<version>, or promote a version first (ganforge promote {name} VERSION)"
+        )
     return c.get_model_version_by_alias(name, alias)
 
 
@@ -687,14 +739,18 @@ def registered_config(run_id: str, uri: str, config_hash: str | None) -> Pipelin
         with mlflow_env(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false"):  # stderr stays for errors
             text = mlflow.artifacts.load_text(f"runs:/{run_id}/{tracking.CONFIG_ARTIFACT}")
     except (MlflowException, OSError) as e:
-        raise RegistryError(f"{uri}: its run {run_id} has no readable {tracking.CONFIG_ARTIFACT} artifact ({e}); "
-                            "register versions from runs started with tracking.start_pipeline_run, or generate "
-                            "from the checkpoint.pt instead") from None
+        raise RegistryError(
+            f"{uri}: its run {run_id} has no readable {tracking.CONFIG_ARTIFACT} artifact ({e}); "
+            "register versions from runs started with tracking.start_pipeline_run, or generate "
+            "from the checkpoint.pt instead"
+        ) from None
     cfg = PipelineConfig.from_json(text)
     if config_hash and config_hash not in (cfg.config_hash(), cfg.legacy_config_hash()):
-        raise RegistryError(f"{uri}: the version is tagged config_hash={config_hash} but its run's "
-                            f"{tracking.CONFIG_ARTIFACT} hashes to {cfg.config_hash()}; the version was registered "
-                            "with a config other than its run's — re-register it from the run that trained it")
+        raise RegistryError(
+            f"{uri}: the version is tagged config_hash={config_hash} but its run's "
+            f"{tracking.CONFIG_ARTIFACT} hashes to {cfg.config_hash()}; the version was registered "
+            "with a config other than its run's — re-register it from the run that trained it"
+        )
     return cfg
 
 

@@ -13,6 +13,7 @@ and no retry starts once an operation has spent it, so an endpoint that accepts 
 and never answers fails in about the budget, naming it (a transfer that keeps moving bytes is
 not cut off). Permanent failures raise StorageError at once.
 """
+
 from __future__ import annotations
 
 import functools
@@ -43,11 +44,21 @@ COMPLETE_MARKER = "_COMPLETE"
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 _ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL")
 # Error codes that S3, MinIO and proxies in front of them use for "try again later".
-_TRANSIENT_CODES = frozenset({
-    "RequestTimeout", "RequestTimeoutException", "InternalError", "ServiceUnavailable",
-    "SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded",
-    "TooManyRequestsException", "PriorRequestNotComplete", "XMinioServerNotInitialized",
-})
+_TRANSIENT_CODES = frozenset(
+    {
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "InternalError",
+        "ServiceUnavailable",
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "TooManyRequestsException",
+        "PriorRequestNotComplete",
+        "XMinioServerNotInitialized",
+    }
+)
 _TRANSIENT_EXCEPTIONS = (
     botocore.exceptions.ConnectionError,  # refused, DNS, connect timeout, proxy
     botocore.exceptions.HTTPClientError,  # read timeout, connection closed, broken stream
@@ -60,7 +71,7 @@ def split_s3(uri: str | os.PathLike) -> tuple[str, str]:
     s = os.fspath(uri)
     if not is_s3(s):
         raise StorageError(f"{s!r} is not an S3 URI; write it as s3://BUCKET/KEY")
-    bucket, _, key = s[len("s3://"):].partition("/")
+    bucket, _, key = s[len("s3://") :].partition("/")
     if not bucket:
         raise StorageError(f"{s!r} has no bucket; write it as s3://BUCKET/KEY")
     if not _BUCKET_NAME.match(bucket) or ".." in bucket:
@@ -91,8 +102,9 @@ def time_budget_from_env() -> float:
     except ValueError:
         budget = -1.0
     if not 0 < budget < float("inf"):
-        raise StorageError(f"{TIMEOUT_ENV}={raw!r} must be a positive number of seconds (default "
-                           f"{DEFAULT_TIMEOUT_S:g})")
+        raise StorageError(
+            f"{TIMEOUT_ENV}={raw!r} must be a positive number of seconds (default {DEFAULT_TIMEOUT_S:g})"
+        )
     return budget
 
 
@@ -133,15 +145,21 @@ def _install_budget(client: Any, budget: float) -> None:
     BudgetSpent instead of letting botocore sleep (at most 2^attempts s in its standard mode)
     and wait another socket timeout.
     """
+
     def stamp(context: dict | None = None, **_: Any) -> None:
         if context is not None:
             context.setdefault("ganforge_started", time.monotonic())
 
-    def veto(request_dict: dict | None = None, caught_exception: BaseException | None = None,
-             response: Any = None, attempts: int = 1, **_: Any) -> None:
+    def veto(
+        request_dict: dict | None = None,
+        caught_exception: BaseException | None = None,
+        response: Any = None,
+        attempts: int = 1,
+        **_: Any,
+    ) -> None:
         started = ((request_dict or {}).get("context") or {}).get("ganforge_started")
         failed = caught_exception is not None or (response is not None and response[0].status_code >= 500)
-        next_try_ends = time.monotonic() + min(20.0, 2.0 ** attempts) + socket_timeout(budget)
+        next_try_ends = time.monotonic() + min(20.0, 2.0**attempts) + socket_timeout(budget)
         if failed and started is not None and next_try_ends - started > budget:
             last = caught_exception or f"HTTP {response[0].status_code}"
             raise BudgetSpent(budget=budget, last=last)
@@ -167,11 +185,22 @@ class _Connection:
 
 
 # Everything in the environment that changes which endpoint, keys, retries or timeouts a client uses.
-_CLIENT_ENVIRONMENT = _ENDPOINT_VARIABLES + (TIMEOUT_ENV,
-    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
-    "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE",
-    "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "AWS_EC2_METADATA_DISABLED",
-    "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+_CLIENT_ENVIRONMENT = _ENDPOINT_VARIABLES + (
+    TIMEOUT_ENV,
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_DEFAULT_REGION",
+    "AWS_REGION",
+    "AWS_MAX_ATTEMPTS",
+    "AWS_RETRY_MODE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_CONFIG_FILE",
+    "AWS_EC2_METADATA_DISABLED",
+    "AWS_ROLE_ARN",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
     "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
 )
 
@@ -234,8 +263,10 @@ def _root_cause(error: BaseException) -> BaseException:
 def _error_code_and_status(error: BaseException) -> tuple[str, int]:
     if isinstance(error, botocore.exceptions.ClientError):
         response = error.response
-        return (str(response.get("Error", {}).get("Code", "")),
-                int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0))
+        return (
+            str(response.get("Error", {}).get("Code", "")),
+            int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0),
+        )
     return "", 0
 
 
@@ -275,18 +306,24 @@ def _bucket_exists(target: _Target) -> bool | None:
 def _fix_for(code: str, status: int, target: _Target) -> str:
     if code in ("404", "NoSuchKey", "NoSuchBucket") or status == 404:
         if code == "NoSuchBucket" or _bucket_exists(target) is False:
-            return (f"bucket {target.bucket!r} does not exist at this endpoint: create it "
-                    f"(aws s3 mb s3://{target.bucket}) or fix the bucket name / endpoint")
+            return (
+                f"bucket {target.bucket!r} does not exist at this endpoint: create it "
+                f"(aws s3 mb s3://{target.bucket}) or fix the bucket name / endpoint"
+            )
         return f"no object at {target.uri}: check the key, or run the step that writes it first"
     if code == "InvalidAccessKeyId":
-        return ("the access key id is unknown to this endpoint: check AWS_ACCESS_KEY_ID "
-                "(and that the endpoint is the server those keys belong to)")
+        return (
+            "the access key id is unknown to this endpoint: check AWS_ACCESS_KEY_ID "
+            "(and that the endpoint is the server those keys belong to)"
+        )
     if code == "SignatureDoesNotMatch":
         return "the secret key does not match the access key id: check AWS_SECRET_ACCESS_KEY"
     if code in ("AccessDenied", "403") or status == 403:
-        return (f"these credentials may not {target.operation} in bucket {target.bucket!r}: "
-                "check the access keys, or grant s3:GetObject, s3:PutObject, s3:ListBucket "
-                f"and s3:DeleteObject on arn:aws:s3:::{target.bucket}")
+        return (
+            f"these credentials may not {target.operation} in bucket {target.bucket!r}: "
+            "check the access keys, or grant s3:GetObject, s3:PutObject, s3:ListBucket "
+            f"and s3:DeleteObject on arn:aws:s3:::{target.bucket}"
+        )
     return "check the URI, the endpoint and the credentials"
 
 
@@ -294,8 +331,7 @@ def _explain(error: BaseException, target: _Target) -> StorageError:
     """A StorageError naming the object, endpoint, credential source and the fix."""
     cause = _root_cause(error)
     where = f"endpoint {target.connection.endpoint}"
-    if isinstance(cause, (botocore.exceptions.NoCredentialsError,
-                          botocore.exceptions.PartialCredentialsError)):
+    if isinstance(cause, (botocore.exceptions.NoCredentialsError, botocore.exceptions.PartialCredentialsError)):
         return StorageError(
             f"S3 {target.operation} {target.uri} failed: no usable AWS credentials ({cause}); "
             f"{where}. Fix: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (on the cluster from "
@@ -319,8 +355,12 @@ def _retrying(target: _Target, action: Callable[[], T], policy: RetryPolicy | No
             return action()
         except StorageError:
             raise
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError,
-                S3UploadFailedError, RetriesExceededError) as e:
+        except (
+            botocore.exceptions.BotoCoreError,
+            botocore.exceptions.ClientError,
+            S3UploadFailedError,
+            RetriesExceededError,
+        ) as e:
             cause = _root_cause(e)
             delay = policy.delay_before(attempt + 1)
             out_of_time = time.monotonic() + delay + socket_timeout(budget) > deadline  # no room for another try
@@ -330,7 +370,8 @@ def _retrying(target: _Target, action: Callable[[], T], policy: RetryPolicy | No
                     f"S3 {target.operation} {target.uri} failed: endpoint {target.connection.endpoint} did not answer "
                     f"within the {budget:g} s budget ({TIMEOUT_ENV}; attempt {attempt}, last error: {last}). "
                     "Fix: check that the endpoint is up and answering (AWS_ENDPOINT_URL / MLFLOW_S3_ENDPOINT_URL), "
-                    f"or raise {TIMEOUT_ENV}") from e
+                    f"or raise {TIMEOUT_ENV}"
+                ) from e
             if not is_transient(e):
                 raise _explain(e, target) from e
             if attempt == policy.attempts:
@@ -340,8 +381,15 @@ def _retrying(target: _Target, action: Callable[[], T], policy: RetryPolicy | No
                     f"{_root_cause(e)}; endpoint {target.connection.endpoint}. Fix: check that "
                     "the endpoint is up and reachable, or raise GANFORGE_S3_ATTEMPTS"
                 ) from e
-            log.warning("S3 %s %s: transient error (%s); retry %d/%d in %.2fs", target.operation,
-                        target.uri, _root_cause(e), attempt, policy.attempts - 1, delay)
+            log.warning(
+                "S3 %s %s: transient error (%s); retry %d/%d in %.2fs",
+                target.operation,
+                target.uri,
+                _root_cause(e),
+                attempt,
+                policy.attempts - 1,
+                delay,
+            )
             time.sleep(delay)
     raise AssertionError("unreachable: the loop returns or raises")
 
@@ -404,13 +452,16 @@ def exists(uri: str | os.PathLike) -> bool:
 def _transfer_config() -> TransferConfig:
     # Managed transfers switch to multipart above 64 MiB and abort the multipart upload on
     # failure; concurrency stays small because the nodes are shared with training.
-    return TransferConfig(multipart_threshold=64 * 2**20, multipart_chunksize=16 * 2**20,
-                          max_concurrency=4)
+    return TransferConfig(multipart_threshold=64 * 2**20, multipart_chunksize=16 * 2**20, max_concurrency=4)
 
 
-def upload_file(local: str | os.PathLike, uri: str | os.PathLike, *,
-                progress: Callable[[int], None] | None = None,
-                transfer_config: TransferConfig | None = None) -> str:
+def upload_file(
+    local: str | os.PathLike,
+    uri: str | os.PathLike,
+    *,
+    progress: Callable[[int], None] | None = None,
+    transfer_config: TransferConfig | None = None,
+) -> str:
     """Copy a local file to a local path (atomic) or an S3 object (managed transfer).
 
     ``progress`` is called with the number of bytes sent since the last call.
@@ -424,8 +475,7 @@ def upload_file(local: str | os.PathLike, uri: str | os.PathLike, *,
         return os.fspath(uri)
     t = _s3_target("upload", uri)
     config = transfer_config or _transfer_config()
-    _retrying(t, lambda: t.connection.client.upload_file(
-        str(src), t.bucket, t.key, Config=config, Callback=progress))
+    _retrying(t, lambda: t.connection.client.upload_file(str(src), t.bucket, t.key, Config=config, Callback=progress))
     return os.fspath(uri)
 
 
@@ -440,8 +490,7 @@ def download_file(uri: str | os.PathLike, local: str | os.PathLike) -> Path:
         return local_path(local)
     t = _s3_target("download", uri)
     with atomic_file(local) as tmp:
-        _retrying(t, lambda: t.connection.client.download_file(
-            t.bucket, t.key, str(tmp), Config=_transfer_config()))
+        _retrying(t, lambda: t.connection.client.download_file(t.bucket, t.key, str(tmp), Config=_transfer_config()))
     return local_path(local)
 
 
@@ -481,8 +530,12 @@ def upload_dir(local_dir: str | os.PathLike, uri_prefix: str | os.PathLike) -> s
     _retrying(marker, lambda: connection.client.delete_object(Bucket=bucket, Key=marker.key))
     for relative in files:
         t = _Target("upload", bucket, _key_under(prefix_key, relative), connection)
-        _retrying(t, lambda t=t, relative=relative: connection.client.upload_file(
-            str(src / relative), t.bucket, t.key, Config=_transfer_config()))
+        _retrying(
+            t,
+            lambda t=t, relative=relative: connection.client.upload_file(
+                str(src / relative), t.bucket, t.key, Config=_transfer_config()
+            ),
+        )
     body = json.dumps({"files": [{"key": k, "size": n} for k, n in files.items()]}, indent=1).encode()
     _retrying(marker, lambda: connection.client.put_object(Bucket=bucket, Key=marker.key, Body=body))
     return os.fspath(uri_prefix)
@@ -522,7 +575,8 @@ def local_path_for_key(local_dir: str | os.PathLike, relative: str, uri: str) ->
         raise StorageError(
             f"refusing to download {uri}: its name relative to the prefix, {relative!r}, cannot be a local path "
             f"({problem}), so it could be written outside {root}. Fix: rename or delete that object "
-            "(aws s3 mv / aws s3 rm), or upload the directory again with ganforge.platform.s3.upload_dir")
+            "(aws s3 mv / aws s3 rm), or upload the directory again with ganforge.platform.s3.upload_dir"
+        )
     return dest
 
 
@@ -538,8 +592,7 @@ def _parse_marker(body: bytes, marker_uri: str) -> dict[str, int]:
     return entries
 
 
-def download_prefix(uri_prefix: str | os.PathLike, local_dir: str | os.PathLike,
-                    require_marker: bool = True) -> Path:
+def download_prefix(uri_prefix: str | os.PathLike, local_dir: str | os.PathLike, require_marker: bool = True) -> Path:
     """Copy a completed S3 prefix (or a local directory) to ``local_dir`` atomically.
 
     Only the objects listed in the ``_COMPLETE`` marker are fetched, and their sizes are
@@ -565,14 +618,19 @@ def download_prefix(uri_prefix: str | os.PathLike, local_dir: str | os.PathLike,
             if _error_code_and_status(e)[0] == "NoSuchKey":
                 raise StorageError(
                     f"incomplete upload at {prefix_uri}: {COMPLETE_MARKER} marker missing; the "
-                    "writer was interrupted (or never ran) — rerun the step") from e
+                    "writer was interrupted (or never ran) — rerun the step"
+                ) from e
             raise
 
     def list_sizes() -> dict[str, int]:
         base = prefix_key.rstrip("/") + "/" if prefix_key.strip("/") else ""
         pages = connection.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=base)
-        return {o["Key"][len(base):]: o["Size"] for page in pages for o in page.get("Contents", [])
-                if not o["Key"].endswith("/")}
+        return {
+            o["Key"][len(base) :]: o["Size"]
+            for page in pages
+            for o in page.get("Contents", [])
+            if not o["Key"].endswith("/")
+        }
 
     try:
         entries = _parse_marker(_retrying(marker, read_marker), marker.uri)
@@ -587,12 +645,17 @@ def download_prefix(uri_prefix: str | os.PathLike, local_dir: str | os.PathLike,
             t = _Target("download", bucket, _key_under(prefix_key, relative), connection)
             dest = local_path_for_key(tmp, relative, t.uri)
             dest.parent.mkdir(parents=True, exist_ok=True)
-            _retrying(t, lambda t=t, dest=dest: connection.client.download_file(
-                t.bucket, t.key, str(dest), Config=_transfer_config()))
+            _retrying(
+                t,
+                lambda t=t, dest=dest: connection.client.download_file(
+                    t.bucket, t.key, str(dest), Config=_transfer_config()
+                ),
+            )
             if dest.stat().st_size != size:
                 raise StorageError(
                     f"{t.uri} is {dest.stat().st_size} bytes but {COMPLETE_MARKER} records {size}: "
-                    "the prefix was rewritten after it was completed — rerun the step")
+                    "the prefix was rewritten after it was completed — rerun the step"
+                )
     return local_path(local_dir)
 
 

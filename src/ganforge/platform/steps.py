@@ -5,6 +5,7 @@ the pipeline's single MLflow run and returns a small dict for the component's ou
 metadata. Keeping them here (not inside component bodies) lets tests call them directly and
 keeps the components a few lines each.
 """
+
 from __future__ import annotations
 
 import functools
@@ -55,8 +56,9 @@ def settle_config(pipeline: str, profile: str, knobs: dict | None = None, overri
 START_STEP = "start-run"
 
 
-def start_run_step(pipeline: str, profile: str, knobs: dict | None = None, kfp_run: str = "",
-                   overrides: str = "") -> dict:
+def start_run_step(
+    pipeline: str, profile: str, knobs: dict | None = None, kfp_run: str = "", overrides: str = ""
+) -> dict:
     """Settle the config and open the pipeline's MLflow run. Returns config_json and run_id."""
     cfg = settle_config(pipeline, profile, knobs, overrides)
     tracking.configure()
@@ -70,6 +72,7 @@ def tracked(step: str | Callable[[dict], str]) -> Callable:
     """Run a step inside ``tracking.tracked_step(run_id, name)`` when it has a ``run_id``: its
     ``ganforge.step.<name>`` tag, and ``ganforge.failed_step`` if it raises. ``step`` is the KFP
     task name, or a function of the step's arguments giving it."""
+
     def decorate(fn: Callable) -> Callable:
         signature = inspect.signature(fn)
 
@@ -83,7 +86,9 @@ def tracked(step: str | Callable[[dict], str]) -> Callable:
             tracking.configure()
             with tracking.tracked_step(run_id, step(bound.arguments) if callable(step) else step):
                 return fn(*args, **kwargs)
+
         return wrapper
+
     return decorate
 
 
@@ -107,8 +112,9 @@ def prep_step(config_json: str, split: str, out_dir: str, run_id: str = "") -> d
     manifest["mirror_uri"] = mirror(out_dir, run_id, f"dataset-{split}", Settings.from_env())
     if run_id:
         tracking.configure()
-        tracking.log_params(run_id, {f"dataset.{split}.sha256": manifest["sha256"],
-                                     f"dataset.{split}.count": manifest["count"]})
+        tracking.log_params(
+            run_id, {f"dataset.{split}.sha256": manifest["sha256"], f"dataset.{split}.count": manifest["count"]}
+        )
     return manifest
 
 
@@ -134,8 +140,13 @@ def train_step(config_json: str, data_dir: str, out_dir: str, run_id: str = "", 
         r = train(cfg, data_dir, out_dir, resume=True, on_metrics=callback)
         if callback is not None:
             callback.flush()
-        result = {"step": r.step, "epoch": r.epoch, "seconds": r.seconds, "img_per_s": r.img_per_s,
-                  "samples": [str(p) for p in r.samples]}
+        result = {
+            "step": r.step,
+            "epoch": r.epoch,
+            "seconds": r.seconds,
+            "img_per_s": r.img_per_s,
+            "samples": [str(p) for p in r.samples],
+        }
     samples = sorted((Path(out_dir) / SAMPLES_DIR).glob("*.png"))
     result["mirror_uri"] = mirror(out_dir, run_id, "model", settings)
     if run_id:
@@ -149,22 +160,27 @@ def train_step(config_json: str, data_dir: str, out_dir: str, run_id: str = "", 
 def _train_with_torchrun(cfg: PipelineConfig, data_dir: str, out_dir: str, run_id: str) -> dict:
     """N ranks on this node through torchrun; rank 0 logs to MLflow through the CLI's environment."""
     if cfg.train.nnodes > 1:
-        raise TrainingError(f"train.nnodes={cfg.train.nnodes} needs a cluster launcher: set train.launcher to "
-                            "trainjob or pytorchjob (pipeline parameter launcher), or use nproc ranks on one node")
+        raise TrainingError(
+            f"train.nnodes={cfg.train.nnodes} needs a cluster launcher: set train.launcher to "
+            "trainjob or pytorchjob (pipeline parameter launcher), or use nproc ranks on one node"
+        )
     with tempfile.TemporaryDirectory() as tmp:
         config_path = Path(tmp) / "config.json"
         config_path.write_text(cfg.to_json())
         env = {**threads.env_for_ranks(cfg.train.nproc), MLFLOW_RUN_ID_ENV: run_id}
-        cmd = torchrun_command(cfg.train.nproc, ["train", "--config-json", str(config_path), "--data", data_dir,
-                                                 "--out", out_dir, "--resume"])
+        cmd = torchrun_command(
+            cfg.train.nproc,
+            ["train", "--config-json", str(config_path), "--data", data_dir, "--out", out_dir, "--resume"],
+        )
         subprocess.run(cmd, check=True, env=env)
     ckpt = read_checkpoint(Path(out_dir) / CHECKPOINT_NAME)
     return {"step": int(ckpt["step"]), "epoch": int(ckpt["epoch"])}
 
 
 @tracked("evaluate")
-def evaluate_step(config_json: str, checkpoint_dir: str, reference_dir: str, run_id: str = "",
-                  train_dir: str = "") -> dict:
+def evaluate_step(
+    config_json: str, checkpoint_dir: str, reference_dir: str, run_id: str = "", train_dir: str = ""
+) -> dict:
     """FID/KID of the final EMA generator, and the FID curve over the run's snapshots when it kept any.
 
     Class-conditional presets also get per-class FID and, from ``train_dir`` (the training split),
@@ -176,8 +192,9 @@ def evaluate_step(config_json: str, checkpoint_dir: str, reference_dir: str, run
     threads.configure()  # the thread policy: free cores for the Inception, workers capped at them
     cfg, settings = PipelineConfig.from_json(config_json), Settings.from_env()
     with tempfile.TemporaryDirectory(prefix="ganforge-eval-") as tmp:
-        metrics, rows = evaluate_run(checkpoint_dir, reference_dir, tmp, n=cfg.eval.n_samples,
-                                     train_dir=train_dir or None)
+        metrics, rows = evaluate_run(
+            checkpoint_dir, reference_dir, tmp, n=cfg.eval.n_samples, train_dir=train_dir or None
+        )
         if settings.artifact_root:
             run_prefix = fileio.join(settings.artifact_root, "runs", run_id or "no-run")
             s3.upload_file(Path(tmp) / "metrics.json", fileio.join(run_prefix, "metrics.json"))
@@ -192,9 +209,15 @@ def log_evaluation(run_id: str, metrics: dict, rows: list[dict], eval_dir: str |
     """Scores at the generator step they were measured (same axis as the losses); the curve as
     metric histories and as ``fid_curve/`` artifacts."""
     tracking.configure()
-    tracking.log_metrics(run_id, {k: float(v) for k, v in metrics.items()
-                                  if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"},
-                         step=metrics["step"])
+    tracking.log_metrics(
+        run_id,
+        {
+            k: float(v)
+            for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"
+        },
+        step=metrics["step"],
+    )
     if rows:
         log_curve(run_id, rows, eval_dir)
 
@@ -217,8 +240,14 @@ def log_curve(run_id: str, rows: list[dict], curve_dir: str | Path) -> None:
 
 
 @tracked("register")
-def register_step(config_json: str, checkpoint_dir: str, metrics_json: str, run_id: str,
-                  kfp_run: str = "", plot_path: str | None = None) -> dict:
+def register_step(
+    config_json: str,
+    checkpoint_dir: str,
+    metrics_json: str,
+    run_id: str,
+    kfp_run: str = "",
+    plot_path: str | None = None,
+) -> dict:
     """Log the EMA generator as an MLflow model, register it, apply the FID promotion rule and end
     the pipeline's MLflow run FINISHED."""
     cfg = PipelineConfig.from_json(config_json)
@@ -233,8 +262,9 @@ def register_step(config_json: str, checkpoint_dir: str, metrics_json: str, run_
         from ..train import read_class_names
 
         class_names = read_class_names(checkpoint_dir, cfg)
-    version = registry.register_generator(run_id, G, cfg, metrics, tags={"kfp_run_id": kfp_run},
-                                          class_names=class_names)
+    version = registry.register_generator(
+        run_id, G, cfg, metrics, tags={"kfp_run_id": kfp_run}, class_names=class_names
+    )
     decision = registry.promote(cfg.model_name, version, margin=cfg.registry.promotion_margin)
     if plot_path:
         tracking.log_curves(run_id, plot_path)

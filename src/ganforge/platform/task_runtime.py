@@ -4,6 +4,7 @@ Each KFP component records this on the pipeline's MLflow run (tags ``ganforge.ta
 so a run shows which pod or container did each step, as whom, with which image's code — and
 the local container tests can prove that every task really ran in its own container.
 """
+
 from __future__ import annotations
 
 import os
@@ -39,9 +40,14 @@ def container_kind() -> str:
 
 def describe() -> dict[str, str]:
     """Facts about this process's runtime, all strings (MLflow tag values)."""
-    return {"hostname": socket.gethostname(), "uid": str(os.getuid()), "gid": str(os.getgid()),
-            "cgroup": cgroup(), "container": container_kind(),
-            "image_revision": Settings.from_env().git_sha}
+    return {
+        "hostname": socket.gethostname(),
+        "uid": str(os.getuid()),
+        "gid": str(os.getgid()),
+        "cgroup": cgroup(),
+        "container": container_kind(),
+        "image_revision": Settings.from_env().git_sha,
+    }
 
 
 def record_task(run_id: str, task: str) -> dict[str, str]:

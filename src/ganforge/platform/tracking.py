@@ -10,6 +10,7 @@ Where things go:
   under ``$GANFORGE_HOME/mlartifacts/<experiment>`` (``GANFORGE_HOME`` defaults to
   ``./.ganforge``, made absolute so every step of a local run agrees on it).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -77,7 +78,7 @@ def is_local_store(tracking_uri: str) -> bool:
 def sqlite_path(tracking_uri: str) -> Path | None:
     """The database file of a ``sqlite:///`` URI, or None for any other store."""
     prefix = "sqlite:///"
-    return Path(tracking_uri[len(prefix):]) if tracking_uri.startswith(prefix) else None
+    return Path(tracking_uri[len(prefix) :]) if tracking_uri.startswith(prefix) else None
 
 
 def configure(home: str | None = None) -> str:
@@ -105,7 +106,7 @@ def param_value(value: object) -> str:
 
 
 def chunks(items: list, size: int) -> list[list]:
-    return [items[i:i + size] for i in range(0, len(items), size)]
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def experiment_artifact_location(experiment_name: str, tracking_uri: str) -> str | None:
@@ -163,8 +164,9 @@ def start_pipeline_run(cfg: PipelineConfig, tags: dict | None = None) -> str:
     c = client()
     uri = mlflow.get_tracking_uri()
     experiment_id = get_or_create_experiment(cfg.name, experiment_artifact_location(cfg.name, uri))
-    run = c.create_run(experiment_id, tags=run_tags(cfg, tags),
-                       run_name=f"{cfg.name}-{cfg.profile}-{time.strftime('%Y%m%d-%H%M%S')}")
+    run = c.create_run(
+        experiment_id, tags=run_tags(cfg, tags), run_name=f"{cfg.name}-{cfg.profile}-{time.strftime('%Y%m%d-%H%M%S')}"
+    )
     run_id = run.info.run_id
     log_params(run_id, cfg.flat())
     with tempfile.TemporaryDirectory(prefix="ganforge-config-") as tmp:
@@ -207,12 +209,17 @@ def tracked_step(run_id: str, step: str) -> Iterator[None]:
     except BaseException as e:
         message = (f"{type(e).__name__}: {e}".strip().splitlines() or [type(e).__name__])[0]
         try:
-            for key, value in ((STEP_TAG_PREFIX + step, "failed"), (FAILED_STEP_TAG, step),
-                               (ERROR_TAG, message[:MAX_ERROR_CHARS])):
+            for key, value in (
+                (STEP_TAG_PREFIX + step, "failed"),
+                (FAILED_STEP_TAG, step),
+                (ERROR_TAG, message[:MAX_ERROR_CHARS]),
+            ):
                 c.set_tag(run_id, key, value)
         except Exception as tagging:  # MLflow itself may be what failed: never hide the step's own error
-            print(f"ganforge: could not record the failure of step {step!r} on MLflow run {run_id}: {tagging}",
-                  file=sys.stderr)
+            print(
+                f"ganforge: could not record the failure of step {step!r} on MLflow run {run_id}: {tagging}",
+                file=sys.stderr,
+            )
         raise
     c.set_tag(run_id, STEP_TAG_PREFIX + step, "done")
 
@@ -225,11 +232,14 @@ def find_pipeline_run(experiment_name: str, kfp_run: str) -> str | None:
         return None
     if "'" in kfp_run:
         raise TrackingError(f"KFP run name {kfp_run!r} contains a quote; MLflow's filter syntax cannot match it")
-    runs = c.search_runs([experiment.experiment_id], filter_string=f"tags.`{KFP_RUN_ID_TAG}` = '{kfp_run}'",
-                         max_results=2)
+    runs = c.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.`{KFP_RUN_ID_TAG}` = '{kfp_run}'", max_results=2
+    )
     if len(runs) > 1:
-        raise TrackingError(f"{len(runs)} MLflow runs in experiment {experiment_name!r} carry "
-                            f"{KFP_RUN_ID_TAG}={kfp_run!r}; expected one per KFP run")
+        raise TrackingError(
+            f"{len(runs)} MLflow runs in experiment {experiment_name!r} carry "
+            f"{KFP_RUN_ID_TAG}={kfp_run!r}; expected one per KFP run"
+        )
     return runs[0].info.run_id if runs else None
 
 
@@ -254,8 +264,9 @@ def end_pipeline_run(run_id: str, kfp_state: str) -> str:
             c.set_terminated(run_id, status="FINISHED")
         return "FINISHED"
     if FAILED_STEP_TAG not in tags:
-        running = sorted(k[len(STEP_TAG_PREFIX):] for k, v in tags.items()
-                         if k.startswith(STEP_TAG_PREFIX) and v == "running")
+        running = sorted(
+            k[len(STEP_TAG_PREFIX) :] for k, v in tags.items() if k.startswith(STEP_TAG_PREFIX) and v == "running"
+        )
         c.set_tag(run_id, FAILED_STEP_TAG, ",".join(running) or "unknown")
     status = "KILLED" if state in ("CANCELLED", "CANCELED") else "FAILED"
     c.set_terminated(run_id, status=status)
@@ -369,6 +380,7 @@ def metric_histories(run_id: str) -> dict[str, list[tuple[int, float]]]:
 def plot_curves(histories: Mapping[str, list[tuple[int, float]]], out_png: str | os.PathLike) -> Path:
     """Losses vs step (left) and FID/KID vs step (right) as a PNG, written atomically."""
     import matplotlib
+
     matplotlib.use("Agg")  # no display in a pipeline pod
     import matplotlib.pyplot as plt
 
@@ -402,5 +414,3 @@ def log_curves(run_id: str, out_png: str) -> Path:
         named.write_bytes(png.read_bytes())
         client().log_artifact(run_id, str(named), "plots")
     return png
-
-
