@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -111,3 +112,9 @@ def test_ci_entry_point_runs_under_ci_true_and_lints_before_testing():
     commands = [line.strip() for line in script.splitlines() if line.strip().startswith("make ")]
     assert commands.index("make lint") < commands.index("make test"), commands
     assert os.access(TESTS.parent / ".ci" / "run", os.X_OK)
+
+
+def test_readme_make_lint_passes():
+    """The README's `make lint`, as written: ruff check and ruff format --check over the tree."""
+    done = subprocess.run("make lint", shell=True, cwd=TESTS.parent, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
