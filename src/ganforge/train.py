@@ -749,12 +749,11 @@ def train(
         bar.close()
     if dist_info.world_size > 1:
         dist.barrier()
-        # One line per rank (the step lines are rank 0's): a run can show that every rank trained.
-        print(
-            f"rank {dist_info.rank} of {dist_info.world_size}: trained steps {start_step + 1}-{step}",
-            file=sys.stderr,
-            flush=True,
-        )
+        # One line per rank (the step lines are rank 0's): a run can show that every rank trained. One write
+        # of the whole line: print() writes text and newline apart, and the ranks share one stderr pipe, so
+        # their lines interleaved ("rank 0 …1-8rank 1 …1-8", seen in a CI run).
+        sys.stderr.write(f"rank {dist_info.rank} of {dist_info.world_size}: trained steps {start_step + 1}-{step}\n")
+        sys.stderr.flush()
     seconds = time.perf_counter() - t0
     done = step - start_step
     return TrainResult(
