@@ -69,6 +69,20 @@ def skip_or_fail_in_ci(reason: str) -> None:
     pytest.skip(reason)
 
 
+# The compiled pipeline's root parameters (what `make submit`/`schedule` and the KFP UI may set).
+PIPELINE_PARAMETERS = {
+    "profile",
+    "epochs",
+    "source",
+    "nproc",
+    "nnodes",
+    "launcher",
+    "fid_samples",
+    "promotion_margin",
+    "overrides",
+}
+
+
 def cli_env(**extra) -> dict:
     """Environment for running `python -m ganforge.cli` in a subprocess from the checkout."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT)]), **extra)

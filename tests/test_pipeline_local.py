@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import FASHION_DIR, cli_env
+from conftest import FASHION_DIR, PIPELINE_PARAMETERS, cli_env
 from mlflow_server import mlflow_server
 from s3_server import moto_s3_server, s3_environment
 
@@ -290,17 +290,7 @@ def test_every_pipeline_compiles_and_loads_back(tmp_path, monkeypatch):
         assert loaded.name == f"ganforge-{name}"
         docs = list(yaml.safe_load_all(text))
         root_params = set(docs[0]["root"]["inputDefinitions"]["parameters"])
-        assert root_params == {
-            "profile",
-            "epochs",
-            "source",
-            "nproc",
-            "nnodes",
-            "launcher",
-            "fid_samples",
-            "promotion_margin",
-            "overrides",
-        }
+        assert root_params == PIPELINE_PARAMETERS
         # The body runs inside a dsl.ExitHandler whose exit task ends the MLflow run.
         root_tasks = docs[0]["root"]["dag"]["tasks"]
         (handler,) = [t for t in root_tasks.values() if t["componentRef"]["name"].startswith("comp-exit-handler")]

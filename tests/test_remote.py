@@ -20,19 +20,9 @@ from pipelines import remote
 from pipelines.remote import SubmitError
 
 sys.path.insert(0, str(Path(__file__).parent))
+from conftest import PIPELINE_PARAMETERS  # noqa: E402
 from kfp_standin import KFPStandin  # noqa: E402
 
-PIPELINE_PARAMETERS = {
-    "profile",
-    "epochs",
-    "source",
-    "nproc",
-    "nnodes",
-    "launcher",
-    "fid_samples",
-    "promotion_margin",
-    "overrides",
-}
 TOKEN = "sa-token-from-file"
 
 
