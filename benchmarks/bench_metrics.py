@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import bench_train
 import numpy as np
 import torch
 
@@ -41,6 +42,17 @@ def naive_features(net: torch.jit.ScriptModule, images: torch.Tensor) -> torch.T
     """The plain call: NCHW fp32, no freezing, no folding, autograd off."""
     with torch.no_grad():
         return net(metrics.uint8_to_inception_input(images).contiguous())
+
+
+def inception_flops(net: torch.jit.ScriptModule) -> float:
+    """FLOPs of one 299² image through the network, counted by torch.utils.flop_counter on the reference
+    TorchScript module (convolutions and the matrix product; a multiply-add is 2 FLOPs). Pooling, BatchNorm
+    and activations are left out: they add well under 1 %."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        net(torch.zeros(1, 3, 299, 299))
+    return float(counter.get_total_flops())
 
 
 def timed(fn, *args) -> tuple[torch.Tensor, float]:
@@ -81,6 +93,8 @@ def bench_inception(n: int = 100) -> dict:
 
     reference = torch.cat(outputs["naive"])
     max_diff = {name: (torch.cat(outputs[name]) - reference).abs().max().item() for name in ("fast", "torchscript")}
+    flops = inception_flops(naive)
+    peak = bench_train.fp32_peak(torch.get_num_threads())
     return {
         "inception_img_per_s": round(rate["fast"], 2),
         "inception_torchscript_img_per_s": round(rate["torchscript"], 2),
@@ -88,6 +102,14 @@ def bench_inception(n: int = 100) -> dict:
         "inception_fast_vs_torchscript": round(ratio("fast", "torchscript"), 2),
         "inception_speedup": round(ratio("fast", "naive"), 2),
         "inception_runtime": default.runtime_name("cpu"),
+        "inception_peak_fraction": round(rate["fast"] * flops / 1e9 / peak["gflop_per_s"], 3),
+        "inception_ceiling": {  # what the cores can do at all: the fp32 peak over the network's FLOPs per image
+            "gflop_per_img": round(flops / 1e9, 3),
+            "peak": peak,
+            "img_per_s_at_peak": round(peak["gflop_per_s"] / (flops / 1e9), 2),
+            "img_per_s": round(rate["fast"], 2),
+            "runtime": default.runtime_name("cpu"),
+        },
         "inception_img_per_s_per_batch": {name: [round(1 / s, 2) for s in v] for name, v in seconds.items()},
         "inception_max_abs_feature_diff": max_diff["fast"],
         "inception_torchscript_max_abs_feature_diff": max_diff["torchscript"],

@@ -86,6 +86,12 @@ METRICS: dict[str, Metric] = {
         "ratio", None, "inception", "default extractor / optimised TorchScript reference, same batches"
     ),
     "inception_vs_naive": Metric("ratio", None, "inception", "default extractor / naive TorchScript call"),
+    "inception_peak_fraction": Metric(
+        "ratio",
+        None,
+        "inception",
+        "default extractor's FLOP rate / the cores' fp32 FMA peak (FLOPs counted by torch.utils.flop_counter)",
+    ),
     "fid_eval_cached_speedup": Metric("ratio", 1.8, "fid", "FID evaluation time, real statistics computed / cached"),
 }
 GROUP_ORDER = ("threads", "train", "compile", "ddp", "inception", "fid")
@@ -394,6 +400,15 @@ def format_details(details: dict) -> str:
         parts.append(bench_threads.format_threads(details["threads"]))
     if details.get("train", {}).get("profile"):
         parts.append(bench_train.format_profile(details["train"]))
+    ceiling = details.get("inception", {}).get("other_values", {}).get("inception_ceiling")
+    if ceiling:
+        parts.append(
+            f"Inception (FID features): {ceiling['gflop_per_img']:.2f} GFLOP per 299² image (counted); "
+            f"fp32 peak {ceiling['peak']['how']}\n"
+            f"  → at most {ceiling['img_per_s_at_peak']:.1f} img/s at 100 % of peak; "
+            f"{ceiling['runtime']} ran {ceiling['img_per_s']:.1f} img/s = "
+            f"{ceiling['img_per_s'] * ceiling['gflop_per_img'] / ceiling['peak']['gflop_per_s']:.0%} of peak"
+        )
     return "\n".join(parts)
 
 

@@ -111,3 +111,27 @@ def test_ratio_pairs_rounds_measured_back_to_back():
     m = Measured({"a": [10.0, 40.0, 12.0], "b": [5.0, 10.0, 12.0]})
     assert m.ratio("a", "b") == 2.0  # per-round ratios 2, 4, 1 → median 2 (not 62/27)
     assert m.median("a") == 12.0
+
+
+def test_inception_flop_count_is_the_published_multiply_adds_times_two(torchscript):
+    """The peak fraction's numerator: Inception-v3 at 299² is 5.71 G multiply-adds (torchvision's model table
+    lists it as "GFLOPS 5.71", which counts multiply-adds), so 11.4 G FLOPs. Counting multiply-adds as one FLOP,
+    or a wrong input size, moves it far outside 1 %."""
+    import bench_metrics
+
+    from ganforge import metrics
+
+    net = metrics.load_torchscript(torchscript.path)
+    assert bench_metrics.inception_flops(net) == pytest.approx(2 * 5.71e9, rel=0.01)
+
+
+def test_inception_ceiling_line_divides_the_peak_by_the_flops():
+    ceiling = {
+        "gflop_per_img": 10.0,
+        "peak": {"gflop_per_s": 150.0, "how": "2 core(s) × … = 150.0 GFLOP/s"},
+        "img_per_s_at_peak": 15.0,
+        "img_per_s": 12.0,
+        "runtime": "openvino-x",
+    }
+    text = bench_run.format_details({"inception": {"other_values": {"inception_ceiling": ceiling}}})
+    assert "at most 15.0 img/s at 100 % of peak" in text and "ran 12.0 img/s = 80% of peak" in text
