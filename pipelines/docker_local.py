@@ -19,6 +19,7 @@ every file the build copies), so a run can refuse an image built from other sour
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import hashlib
 import http.server
@@ -358,13 +359,45 @@ def build_target(
     return time.monotonic() - start
 
 
+BUILD_LOCK = "images-local.lock"
+"""In the cache directory, beside the base tarball and the wheelhouse that every build on this machine shares."""
+
+
+@contextlib.contextmanager
+def build_lock(cache: Path, log=print) -> Iterator[None]:
+    """One ``make images-local`` at a time on this machine: a second one (CI builds the images in the background
+    while the first tests run, and the container tests' fixture builds them again) waits, then finds every layer
+    cached. The lock is the kernel's (flock), so a killed build releases it."""
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / BUILD_LOCK, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            log(f"waiting for the image build already running on this machine ({holder}) to finish …")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        fh.truncate(0)
+        fh.write(f"pid {os.getpid()}")
+        fh.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def build_images(targets: tuple[str, ...] = ("cpu", "mlflow-server"), log=print) -> dict:
     """Everything ``make images-local`` does; returns per-image tag, size, seconds and labels."""
-    cache = paths.cache_dir()
-    logs = paths.home() / "logs" / "images"
     unknown = [t for t in targets if t not in IMAGES]
     if unknown:
         raise ImageError(f"unknown image target(s) {unknown}: choose from {sorted(IMAGES)}")
+    with build_lock(paths.cache_dir(), log):
+        return _build_images(targets, log)
+
+
+def _build_images(targets: tuple[str, ...], log) -> dict:
+    cache = paths.cache_dir()
+    logs = paths.home() / "logs" / "images"
     report: dict = {"daemon": ensure_daemon(logs)}
     report["base_seconds"] = round(ensure_base(cache), 1)
     start = time.monotonic()

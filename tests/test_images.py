@@ -272,3 +272,41 @@ def test_dockerignore_keeps_local_state_out_and_build_inputs_in(dockerfile):
         assert not ignored(source, patterns), f"{source} is COPY'd but excluded by .dockerignore"
     assert not ignored("src/ganforge/config.py", patterns)
     assert not ignored("src/ganforge/build.py", patterns), "a root-only pattern must not match deeper paths"
+
+
+def test_a_second_images_local_waits_for_the_build_already_running(tmp_path):
+    """CI builds the images in the background while the first tests run; the container tests' own
+    `make images-local` must then wait for that build (and find its layers cached), not race it."""
+    import os
+    import threading
+
+    from pipelines.docker_local import build_lock
+
+    env = {**os.environ, "GANFORGE_CACHE": str(tmp_path / "cache"), "GANFORGE_HOME": str(tmp_path / "home")}
+    lines: list[str] = []
+    waiting = threading.Event()
+    with build_lock(tmp_path / "cache", log=lambda m: None):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipelines", "images-local"],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+        def read() -> None:
+            for line in proc.stderr:
+                lines.append(line)
+                if "waiting for the image build already running" in line:
+                    waiting.set()
+
+        threading.Thread(target=read, daemon=True).start()
+        try:
+            assert waiting.wait(timeout=60), "".join(lines)
+            assert f"pid {os.getpid()}" in "".join(lines)  # names who holds it
+            with pytest.raises(subprocess.TimeoutExpired):
+                proc.wait(timeout=2)  # still blocked on the lock: nothing built, nothing failed
+        finally:
+            proc.kill()
+            proc.wait(timeout=30)
