@@ -237,11 +237,10 @@ def _train_cyclegan(cfg: PipelineConfig, args) -> int:
 
 
 def cmd_translate(args) -> int:
-    from .cyclegan import load_translators
-    from .translate import translate_to_dir
+    from .translate import load_direction, translate_to_dir
 
-    G_ab, G_ba, cfg = load_translators(args.checkpoint)
-    written = translate_to_dir(G_ab if args.direction == "a2b" else G_ba, cfg, args.direction, args.input, args.out)
+    G, cfg = load_direction(args.model or args.checkpoint, args.direction)
+    written = translate_to_dir(G, cfg, args.direction, args.input, args.out)
     print(json.dumps({"direction": args.direction, "written": len(written), "out": args.out}))
     return 0
 
@@ -487,7 +486,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("translate", help="cyclegan: translate images A→B or B→A with a trained run")
-    p.add_argument("--checkpoint", required=True, help="a cyclegan run directory or its checkpoint.pt")
+    model = p.add_mutually_exclusive_group(required=True)
+    model.add_argument("--checkpoint", help="a cyclegan run directory or its checkpoint.pt")
+    model.add_argument("--model", help="a registered cyclegan model: models:/NAME@ALIAS or models:/NAME/VERSION")
     p.add_argument("--direction", required=True, choices=["a2b", "b2a"])
     p.add_argument("--input", required=True, help="an image file or a folder of images at the model's size")
     p.add_argument("--out", required=True, help="folder for one PNG per input (existing files are never replaced)")

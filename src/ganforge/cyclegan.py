@@ -405,3 +405,29 @@ def load_translators(path: str | Path) -> tuple[nn.Module, nn.Module, PipelineCo
         load_state(G, ckpt[key], key, path)
         gens.append(G.eval().requires_grad_(False))
     return gens[0], gens[1], cfg
+
+
+class CycleTranslator(nn.Module):
+    """Both EMA generators as one program for the registry: images (B, C, H, W) in [-1, 1] →
+    (B, 2, C, H, W), index 0 the A→B translation and 1 the B→A one (``DIRECTION_INDEX``)."""
+
+    def __init__(self, G_ab: nn.Module, G_ba: nn.Module):
+        super().__init__()
+        self.G_ab, self.G_ba = G_ab, G_ba
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.G_ab(x), self.G_ba(x)], dim=1)
+
+
+DIRECTION_INDEX = {"a2b": 0, "b2a": 1}
+
+
+class OneDirection(nn.Module):
+    """One direction of a registered ``CycleTranslator`` program, as a generator image → image."""
+
+    def __init__(self, program: nn.Module, direction: str):
+        super().__init__()
+        self.program, self.index = program, DIRECTION_INDEX[direction]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.program(x)[:, self.index]

@@ -36,6 +36,27 @@ class TranslationError(GanforgeError, ValueError):
     """An input cannot be translated; the message names the file and what the model expects."""
 
 
+def load_direction(model: str, direction: str) -> tuple[nn.Module, PipelineConfig]:
+    """(the generator of ``direction``, its config) from a cyclegan run directory / checkpoint.pt, or from
+    the registry (``models:/NAME@ALIAS``: the pt2 program of both EMA generators, verified and loaded
+    without pickle by ``ganforge.generate.load_registered``)."""
+    from .cyclegan import OneDirection, load_translators
+    from .generate import REGISTRY_SCHEME, load_registered
+
+    if direction not in DIRECTIONS:
+        raise TranslationError(f"--direction {direction!r} is not valid; choose a2b or b2a")
+    if not model.startswith(REGISTRY_SCHEME):
+        G_ab, G_ba, cfg = load_translators(model)
+        return (G_ab if direction == "a2b" else G_ba), cfg
+    loaded = load_registered(model)
+    if loaded.cfg.model.arch != "cyclegan":
+        raise TranslationError(
+            f"{model} is a {loaded.cfg.name} model, not an image translator; translate with a cyclegan model "
+            "(e.g. models:/cyclegan@champion), or use `ganforge generate` for it"
+        )
+    return OneDirection(loaded.generator, direction), loaded.cfg
+
+
 def input_files(path: str | os.PathLike) -> list[Path]:
     """The image files ``--input`` names: the file itself, or the PNG/JPEG files under the folder."""
     p = Path(path)
