@@ -98,3 +98,34 @@ def test_readme_translate_command_uses_the_registered_program(dag, tmp_path):
         expected = ((G_ab(x).clamp(-1, 1) + 1) * 127.5).round().numpy()[:, 0]
     got = np.stack([np.asarray(Image.open(tmp_path / "boots" / f"sneaker{i}.png"), np.float32) for i in range(3)])
     assert np.abs(got - expected).max() <= 1
+
+
+def test_translation_shape_compiles_two_domain_preps_into_train_and_evaluate(tmp_path):
+    """The factory's translation shape: prep A ∥ prep B, both feeding train and evaluate; the generation
+    shape of the other presets is unchanged (one prep per split, train, evaluate)."""
+    import yaml
+
+    from pipelines.compile import compile_pipeline
+
+    def tasks(name: str) -> dict:
+        docs = list(yaml.safe_load_all(compile_pipeline(name, tmp_path / f"{name}.yaml").read_text()))
+        return docs[0]["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+
+    cyclegan = tasks("cyclegan")
+    assert set(cyclegan) == {
+        "start-run",
+        "prep-domain",
+        "prep-domain-2",
+        "train-translation",
+        "evaluate-translation",
+        "register",
+    }
+    domains = {
+        t["inputs"]["parameters"]["domain"]["runtimeValue"]["constant"]
+        for k, t in cyclegan.items()
+        if k.startswith("prep-domain")
+    }
+    assert domains == {"a", "b"}
+    for consumer in ("train-translation", "evaluate-translation"):
+        assert {"prep-domain", "prep-domain-2"} <= set(cyclegan[consumer]["dependentTasks"])
+    assert set(tasks("dcgan")) == {"start-run", "prep-data", "prep-data-2", "train", "evaluate", "register"}
