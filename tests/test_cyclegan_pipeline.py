@@ -73,6 +73,8 @@ def test_dag_preps_two_domains_scores_both_directions_and_registers_a_champion(d
     assert [a.path for a in c.list_artifacts(run.info.run_id, "evaluation")] == ["evaluation/translations.png"]
     version = c.get_model_version_by_alias("cyclegan", "champion")
     assert float(version.tags["fid"]) == pytest.approx(m["fid"])  # promotion reads the mean of the two FIDs
+    p = run.data.params
+    assert version.tags["dataset_sha256"] == f"{p['dataset.a.train.sha256']}+{p['dataset.b.train.sha256']}"
 
 
 def test_readme_translate_command_uses_the_registered_program(dag, tmp_path):

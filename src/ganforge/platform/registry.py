@@ -161,8 +161,12 @@ def tag_value(value: object) -> str:
 
 
 def dataset_sha256(run_params: Mapping[str, str]) -> str:
-    """The training data's sha256, as the prep step logged it into the run."""
-    return run_params.get("dataset.train.sha256", "unknown")
+    """The training data's sha256, as the prep step logged it into the run; a translation run (two domains,
+    ``dataset.a.train.sha256`` and ``dataset.b.train.sha256``) records both, as ``A+B``."""
+    if "dataset.train.sha256" in run_params:
+        return run_params["dataset.train.sha256"]
+    domains = [run_params.get(f"dataset.{d}.train.sha256") for d in ("a", "b")]
+    return "+".join(domains) if all(domains) else "unknown"
 
 
 def version_tags(
