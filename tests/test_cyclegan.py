@@ -234,3 +234,13 @@ def test_evaluation_scores_both_directions_against_held_out_real_images(cyclegan
     grid = Image.open(m["grid"])
     assert grid.size[1] == 6 * 30 + 2  # six rows: A, A→B, A→B→A, B, B→A, B→A→B
     assert len(list((tmp_path / "cache").rglob("*.npz"))) == 2  # the real features of both domains, cached
+
+
+def test_cli_prepares_a_domain_and_train_asks_for_both(tmp_path, capsys):
+    args = ["--preset", "cyclegan", "--profile", "tiny"]
+    assert main(["prep", *args, "--domain", "b", "--split", "test", "--out", str(tmp_path / "b")]) == 0
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert (manifest["domain"], manifest["domain_class"], manifest["split"]) == ("b", 9, "test")
+    capsys.readouterr()
+    assert main(["train", *args, "--data", str(tmp_path / "b"), "--out", str(tmp_path / "run")]) == 2
+    assert "--data DOMAIN_A_DIR --data-b DOMAIN_B_DIR" in capsys.readouterr().err
