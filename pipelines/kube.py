@@ -101,8 +101,8 @@ def use_gpus(task, s: ClusterSettings, gpus: int) -> None:
 def apply_cluster_settings(tasks: dict, s: ClusterSettings) -> None:
     """Resources, GPUs, credentials, /dev/shm, timeouts and retries for the DAG's tasks.
 
-    ``tasks`` maps start_run, prep_train, prep_reference, train, evaluate, register to tasks
-    (prep_reference may be the same task as prep_train).
+    ``tasks`` maps start_run, the prep tasks (names starting ``prep_``: prep_train and prep_reference, which
+    may be one task, or prep_a and prep_b), train, evaluate, register and end_run to tasks.
     """
     for name, task in {id(t): (n, t) for n, t in tasks.items()}.values():
         # Each run must open its own MLflow run and retrain: caching would replay a stale run id.
@@ -130,5 +130,5 @@ def apply_cluster_settings(tasks: dict, s: ClusterSettings) -> None:
             kubernetes.set_timeout(task, s.step_timeout_s)
             if name == "evaluate" and s.gpus_per_node:
                 use_gpus(task, s, 1)
-            if name in ("prep_train", "prep_reference", "register"):
+            if name.startswith("prep_") or name == "register":
                 task.set_retry(num_retries=2, backoff_duration="30s", backoff_factor=2.0)

@@ -296,14 +296,16 @@ def test_every_pipeline_compiles_and_loads_back(tmp_path, monkeypatch):
         (handler,) = [t for t in root_tasks.values() if t["componentRef"]["name"].startswith("comp-exit-handler")]
         assert root_tasks["end-run"]["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
         tasks = docs[0]["components"][handler["componentRef"]["name"]]["dag"]["tasks"]
-        assert {"start-run", "train", "register"} <= set(tasks)
+        assert {"start-run", "register"} <= set(tasks)
+        # the translation shape (cyclegan) trains and evaluates with its own components
+        (train_task,) = {"train", "train-translation"} & set(tasks)
         # class-conditional presets evaluate with evaluate_classes (it also takes the training split)
-        assert len({"evaluate", "evaluate-classes"} & set(tasks)) == 1, sorted(tasks)
+        assert len({"evaluate", "evaluate-classes", "evaluate-translation"} & set(tasks)) == 1, sorted(tasks)
         platform = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-        train_exec = platform["exec-train"]
+        train_exec = platform[f"exec-{train_task}"]
         assert {s["secretName"] for s in train_exec["secretAsEnv"]} >= {"ganforge-s3"}
         assert train_exec["emptyDirMounts"][0]["mountPath"] == "/dev/shm"
-        resources = docs[0]["deploymentSpec"]["executors"]["exec-train"]["container"]["resources"]
+        resources = docs[0]["deploymentSpec"]["executors"][f"exec-{train_task}"]["container"]["resources"]
         assert resources["accelerator"]["resourceCount"] in ("1", 1)
 
 

@@ -50,6 +50,23 @@ CHECKSUM_PREFIX = b"ganforge-sha256:"
 """checkpoint.pt and snapshots are torch.save's zip with this + the hex sha256 of the zip as the zip comment."""
 TRAINING_STATE_KEYS = ("G", "G_ema", "D", "opt_G", "opt_D", "scaler_G", "scaler_D", "step", "rng", "config")
 """What ``--resume`` restores; a snapshot holds only G_ema, step, epoch and config."""
+CYCLEGAN_STATE_KEYS = (
+    "G_ab",
+    "G_ba",
+    "G_ab_ema",
+    "G_ba_ema",
+    "D_a",
+    "D_b",
+    "opt_G",
+    "opt_D",
+    "pool_a",
+    "pool_b",
+    "step",
+    "rng",
+    "config",
+)
+"""A ``cyclegan`` run's checkpoint.pt (``ganforge.cyclegan``): both generators, their EMA copies, both
+discriminators, the joint optimisers and the image pools of past fakes (domain A's and B's)."""
 
 
 class CheckpointError(GanforgeError, RuntimeError):

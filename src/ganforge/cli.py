@@ -1,4 +1,4 @@
-"""``ganforge`` command line: prep | train | evaluate | curve | registry | promote | generate.
+"""``ganforge`` command line: prep | train | evaluate | curve | registry | promote | generate | translate.
 
 The pipeline-level commands (run, compile, submit, schedule) live in ``pipelines/`` of the
 repository (``python -m pipelines …`` or the Makefile), since they need the checkout.
@@ -91,7 +91,12 @@ def cmd_prep(args) -> int:
 
     cfg = _config_from_args(args)
     data_cfg = cfg.data if not args.source else type(cfg.data)(**{**cfg.data.__dict__, "source": args.source})
-    manifest = prepare(data_cfg, args.out, split=args.split)
+    if args.domain:  # cyclegan: one of the two domains (a class of the source, or data.source_b's folder)
+        from .cyclegan import prepare_domain
+
+        manifest = prepare_domain(data_cfg, args.domain, args.out, split=args.split or data_cfg.split)
+    else:
+        manifest = prepare(data_cfg, args.out, split=args.split)
     print(json.dumps({k: manifest[k] for k in ("source", "split", "count", "shape", "sha256")}, indent=2))
     return 0
 
@@ -132,7 +137,7 @@ def _relaunch_under_torchrun(cfg: PipelineConfig, args) -> int:
         return subprocess.call(cmd, env=threads.env_for_ranks(cfg.train.nproc))
 
 
-COMPUTE_COMMANDS = ("train", "evaluate", "curve", "generate")
+COMPUTE_COMMANDS = ("train", "evaluate", "curve", "generate", "translate")
 
 
 def _configure_threads(args) -> None:
@@ -156,6 +161,8 @@ def cmd_train(args) -> int:
                 "(the cluster launchers do this), or train on one node with --nproc"
             )
         return _relaunch_under_torchrun(cfg, args)
+    if cfg.model.arch == "cyclegan":
+        return _train_cyclegan(cfg, args)
     from .train import train
 
     is_main = int(os.environ.get("RANK", "0")) == 0
@@ -215,6 +222,26 @@ def cmd_train(args) -> int:
                 }
             )
         )
+    return 0
+
+
+def _train_cyclegan(cfg: PipelineConfig, args) -> int:
+    """``train`` for the cyclegan preset: two prepared domains, --data (A) and --data-b (B)."""
+    from .cyclegan import train_cyclegan
+
+    if not args.data_b:
+        raise ConfigError("the cyclegan preset trains on two domains: pass --data DOMAIN_A_DIR --data-b DOMAIN_B_DIR")
+    result = train_cyclegan(cfg, args.data, args.data_b, args.out, resume=args.resume)
+    print(json.dumps({"step": result.step, "epoch": result.epoch, "checkpoint": str(result.checkpoint)}))
+    return 0
+
+
+def cmd_translate(args) -> int:
+    from .translate import load_direction, translate_to_dir
+
+    G, cfg = load_direction(args.model or args.checkpoint, args.direction)
+    written = translate_to_dir(G, cfg, args.direction, args.input, args.out)
+    print(json.dumps({"direction": args.direction, "written": len(written), "out": args.out}))
     return 0
 
 
@@ -347,6 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", help="IDX dir, image folder, WAV folder, torchvision:NAME, espeak:sc09 or s3://")
     p.add_argument("--split", choices=["train", "test"], help="default: the config's data.split")
     p.add_argument("--out", required=True)
+    p.add_argument("--domain", choices=["a", "b"], help="cyclegan: prepare domain A or B (data.class_a/b, source_b)")
     p.set_defaults(func=cmd_prep)
 
     p = sub.add_parser("train", help="train a GAN on a prepared dataset")
@@ -354,6 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="dataset directory from `ganforge prep`, or its s3:// copy")
     p.add_argument("--out", required=True, help="run directory or s3:// prefix: checkpoint.pt, config.json, samples/")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if it exists")
+    p.add_argument("--data-b", help="cyclegan: domain B's dataset directory (--data is domain A's)")
     p.add_argument(
         "--allow-config-change",
         action="store_true",
@@ -455,6 +484,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="class-conditional models: -n samples of every class, one grid row per class",
     )
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("translate", help="cyclegan: translate images A→B or B→A with a trained run")
+    model = p.add_mutually_exclusive_group(required=True)
+    model.add_argument("--checkpoint", help="a cyclegan run directory or its checkpoint.pt")
+    model.add_argument("--model", help="a registered cyclegan model: models:/NAME@ALIAS or models:/NAME/VERSION")
+    p.add_argument("--direction", required=True, choices=["a2b", "b2a"])
+    p.add_argument("--input", required=True, help="an image file or a folder of images at the model's size")
+    p.add_argument("--out", required=True, help="folder for one PNG per input (existing files are never replaced)")
+    p.set_defaults(func=cmd_translate)
     return parser
 
 

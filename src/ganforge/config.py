@@ -55,6 +55,12 @@ class DataConfig:
     sample_rate: int = 16000
     limit: int | None = None
     """Keep at most this many examples (the first ones, deterministic); None keeps all."""
+    source_b: str = ""
+    """Unpaired translation (``cyclegan``): domain B's source; empty means ``source`` (then ``class_b`` picks B)."""
+    class_a: int = -1
+    """Unpaired translation: keep only this label of ``source`` as domain A (an IDX class id); -1 keeps all."""
+    class_b: int = -1
+    """Unpaired translation: keep only this label of domain B's source; -1 keeps all."""
 
     def __post_init__(self) -> None:
         _one_of("data.kind", self.kind, ("image", "audio"))
@@ -67,6 +73,7 @@ class DataConfig:
             _check(self.channels == 1, "data.channels must be 1 for audio (mono)")
             _one_of("data.audio_length", self.audio_length, (16384,))
         _check(self.limit is None or self.limit > 0, f"data.limit={self.limit} must be positive or None")
+        _check(self.class_a >= -1 and self.class_b >= -1, "data.class_a/class_b must be a class id >= 0, or -1 (all)")
 
 
 @dataclass(frozen=True)
@@ -74,7 +81,7 @@ class ModelConfig:
     """Network architecture. Resolution and channels come from DataConfig."""
 
     arch: str = "dcgan"
-    """``mlp`` (vanilla GAN), ``dcgan`` or ``wavegan``."""
+    """``mlp`` (vanilla GAN), ``dcgan``, ``wavegan`` or ``cyclegan`` (ResNet generator + PatchGAN, unpaired A↔B)."""
     nz: int = 100
     """Latent size."""
     ngf: int = 64
@@ -87,9 +94,12 @@ class ModelConfig:
     """WaveGAN discriminator phase shuffle radius (samples); 0 disables it."""
     num_classes: int = 0
     """Class-conditional models (``cdcgan``): the number of classes of the labels; 0 is unconditional."""
+    n_blocks: int = 6
+    """``cyclegan``: residual blocks of the ResNet generator (between its 2 down- and 2 up-sampling convs)."""
 
     def __post_init__(self) -> None:
-        _one_of("model.arch", self.arch, ("mlp", "dcgan", "wavegan"))
+        _one_of("model.arch", self.arch, ("mlp", "dcgan", "wavegan", "cyclegan"))
+        _check(self.n_blocks >= 1, f"model.n_blocks={self.n_blocks} must be >= 1")
         _one_of("model.d_norm", self.d_norm, ("batch", "layer", "none", "spectral"))
         _check(self.nz > 0 and self.ngf > 0 and self.ndf > 0, "model.nz, ngf, ndf must be positive")
         _check(self.phase_shuffle >= 0, "model.phase_shuffle must be >= 0")
@@ -105,7 +115,7 @@ class TrainConfig:
     """Optimisation and the training loop."""
 
     loss: str = "bce"
-    """``bce`` (non-saturating, with logits), ``hinge`` or ``wgan-gp``."""
+    """``bce`` (non-saturating, with logits), ``hinge``, ``wgan-gp`` or ``lsgan`` (least squares; ``cyclegan``)."""
     batch_size: int = 64
     """Global batch: split evenly across ranks (each rank takes batch_size // world_size)."""
     epochs: int = 5
@@ -144,9 +154,17 @@ class TrainConfig:
     snapshot_every: int = 0
     """Keep the EMA generator of every this many epochs as ``snapshots/epoch_NNN.pt`` (for the FID
     curve); 0 keeps none."""
+    cycle_weight: float = 10.0
+    """``cyclegan``: λ of the cycle-consistency L1 loss (Zhu et al. 2017: 10)."""
+    identity_weight: float = 0.5
+    """``cyclegan``: identity-loss weight as a fraction of ``cycle_weight`` (0.5 → λ_identity = 5)."""
+    pool_size: int = 50
+    """``cyclegan``: past fakes kept per domain for the discriminators (Shrivastava et al. 2017); 0 disables."""
 
     def __post_init__(self) -> None:
-        _one_of("train.loss", self.loss, ("bce", "hinge", "wgan-gp"))
+        _one_of("train.loss", self.loss, ("bce", "hinge", "wgan-gp", "lsgan"))
+        _check(self.cycle_weight >= 0 and self.identity_weight >= 0, "train.cycle_weight/identity_weight must be >= 0")
+        _check(self.pool_size >= 0, "train.pool_size must be >= 0 (0 disables the pool)")
         _one_of("train.amp", self.amp, ("off", "bf16", "fp16"))
         _one_of("train.launcher", self.launcher, ("local", "trainjob", "pytorchjob"))
         _check(self.batch_size > 0, "train.batch_size must be positive")
@@ -226,6 +244,22 @@ class PipelineConfig:
         )
         if self.model.arch == "dcgan":
             _one_of("data.resolution for dcgan", self.data.resolution, (28, 32, 64))
+        _check(
+            (self.model.arch == "cyclegan") == (self.train.loss == "lsgan"),
+            f"model.arch={self.model.arch!r} with train.loss={self.train.loss!r}: the cyclegan model trains with "
+            "the least-squares loss 'lsgan' and only it does",
+        )
+        if self.model.arch == "cyclegan":
+            d = self.data
+            _check(
+                bool(d.source_b) or (d.class_a >= 0 and d.class_b >= 0 and d.class_a != d.class_b),
+                "cyclegan needs two domains: set data.source_b to domain B's folder, or data.class_a and "
+                "data.class_b to two different class ids of data.source",
+            )
+            _check(
+                self.train.nproc * self.train.nnodes == 1 and self.train.launcher == "local",
+                "cyclegan trains on one rank (train.nproc=1, train.nnodes=1, train.launcher='local')",
+            )
         if self.model.num_classes:
             _check(
                 self.train.loss != "wgan-gp",
@@ -328,7 +362,16 @@ BOOKKEEPING_FIELDS = frozenset(
 )
 """What ``config_hash`` leaves out: how a run is logged, saved, launched, evaluated and promoted, not
 what it trains (``eval``/``registry``: the whole group)."""
-ADDED_FIELDS: dict[str, Any] = {"model.num_classes": 0}
+ADDED_FIELDS: dict[str, Any] = {
+    "model.num_classes": 0,
+    "model.n_blocks": 6,
+    "data.source_b": "",
+    "data.class_a": -1,
+    "data.class_b": -1,
+    "train.cycle_weight": 10.0,
+    "train.identity_weight": 0.5,
+    "train.pool_size": 50,
+}
 """Fields added to the config later, with the default that leaves ``config_hash`` as it was before them."""
 
 
@@ -362,6 +405,15 @@ PRESETS: dict[str, dict] = {
     # (Miyato & Koyama 2018) on the DCGAN D; otherwise the dcgan recipe (BCE, Adam 2e-4, β = (0.5, 0.999)).
     # 10 classes: Fashion-MNIST; another labelled source sets model.num_classes to its class count.
     "cdcgan": {"model": {"arch": "dcgan", "num_classes": 10}, "train": {"loss": "bce"}},
+    # Unpaired image-to-image translation (issue 18), Zhu et al. 2017's recipe: least-squares GAN loss, cycle
+    # λ = 10, identity 0.5·λ, a 50-image pool of past fakes, Adam(2e-4, β1 0.5), ResNet G + PatchGAN D with
+    # instance norm; EMA of both generators. Default domains: Fashion-MNIST sneaker (7) ↔ ankle boot (9),
+    # two shoe shapes with a real, learnable mapping (low-top ↔ high-top) and 6,000 train / 1,000 test each.
+    "cyclegan": {
+        "data": {"class_a": 7, "class_b": 9},
+        "model": {"arch": "cyclegan", "ngf": 32, "ndf": 64, "n_blocks": 6},
+        "train": {"loss": "lsgan", "batch_size": 8, "lr_g": 2e-4, "lr_d": 2e-4, "beta1": 0.5, "beta2": 0.999},
+    },
     "wavegan": {
         "data": {"kind": "audio", "source": "espeak:sc09", "reference_split": "train"},
         "model": {"arch": "wavegan", "d_norm": "none", "ngf": 64, "ndf": 64, "phase_shuffle": 2},
@@ -436,6 +488,23 @@ _PRESET_PROFILE: dict[tuple[str, str], dict] = {
         "eval": {"n_samples": 500, "kid_subset_size": 250},
     },
     ("wgan-gp", "local"): {"train": {"epochs": 3, "batch_size": 64}},
+    ("cyclegan", "tiny"): {
+        "data": {"limit": 64},
+        "model": {"ngf": 4, "ndf": 4, "n_blocks": 1},
+        "train": {"batch_size": 4, "max_steps": 4, "checkpoint_every": 2, "log_every": 2, "pool_size": 6},
+        "eval": {"n_samples": 16, "kid_subset_size": 8},
+    },
+    ("cyclegan", "local"): {
+        "model": {"ngf": 16, "ndf": 32, "n_blocks": 3},
+        "train": {"batch_size": 8, "epochs": 2, "checkpoint_every": 250, "log_every": 50},
+        "eval": {"n_samples": 1000, "kid_subset_size": 500},
+    },
+    ("cyclegan", "quality"): {
+        "model": {"ngf": 32, "ndf": 64, "n_blocks": 6},
+        "train": {"batch_size": 8, "epochs": 10, "checkpoint_every": 500, "log_every": 100, "snapshot_every": 0},
+        "eval": {"n_samples": 1000, "kid_subset_size": 500},
+    },
+    ("cyclegan", "full"): {"train": {"batch_size": 8, "amp": "off"}},
 }
 
 

@@ -97,6 +97,14 @@ def latent_example(nz: int, batch: int = 2, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((batch, nz)).astype(np.float32)
 
 
+def image_example(cfg: PipelineConfig, batch: int = 2, seed: int = 0) -> np.ndarray:
+    """Image-to-image models (``cyclegan``): the input example, (batch, C, H, W) float32 in [-1, 1]."""
+    d = cfg.data
+    return (
+        np.random.default_rng(seed).uniform(-1, 1, (batch, d.channels, d.resolution, d.resolution)).astype(np.float32)
+    )
+
+
 def label_example(num_classes: int, batch: int = 2) -> np.ndarray:
     """Class-conditional generators: the labels logged with the latent example, int64 (batch,)."""
     return (np.arange(batch) % num_classes).astype(np.int64)
@@ -153,8 +161,12 @@ def tag_value(value: object) -> str:
 
 
 def dataset_sha256(run_params: Mapping[str, str]) -> str:
-    """The training data's sha256, as the prep step logged it into the run."""
-    return run_params.get("dataset.train.sha256", "unknown")
+    """The training data's sha256, as the prep step logged it into the run; a translation run (two domains,
+    ``dataset.a.train.sha256`` and ``dataset.b.train.sha256``) records both, as ``A+B``."""
+    if "dataset.train.sha256" in run_params:
+        return run_params["dataset.train.sha256"]
+    domains = [run_params.get(f"dataset.{d}.train.sha256") for d in ("a", "b")]
+    return "+".join(domains) if all(domains) else "unknown"
 
 
 def version_tags(
@@ -203,7 +215,11 @@ def register_generator(
     scores = numeric_metrics(metrics)
     cpu_generator = copy.deepcopy(generator).cpu().eval()
     z = latent_example(cfg.model.nz)
-    if cfg.model.num_classes:
+    if cfg.model.arch == "cyclegan":  # a translator: images in, both directions' translations out
+        example, metadata = image_example(cfg), {"outputs": "dim 1: 0 = A→B, 1 = B→A"}
+        with torch.no_grad():
+            signature = infer_signature(example, cpu_generator(torch.from_numpy(example)).numpy())
+    elif cfg.model.num_classes:
         labels = label_example(cfg.model.num_classes)
         example, metadata = (z, labels), {"class_names": list(class_names or []), "num_classes": cfg.model.num_classes}
         signature = conditional_signature(z, labels, generator_output(cpu_generator, z, labels))

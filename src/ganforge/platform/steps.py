@@ -256,7 +256,12 @@ def register_step(
     if "dataset_sha256" in metrics:
         metrics["reference_dataset_sha256"] = metrics.pop("dataset_sha256")
     tracking.configure()
-    G, _ = load_generator(Path(checkpoint_dir) / CHECKPOINT_NAME)
+    if cfg.model.arch == "cyclegan":  # both EMA generators, one program (ganforge.cyclegan.CycleTranslator)
+        from ..cyclegan import CycleTranslator, load_translators
+
+        G = CycleTranslator(*load_translators(checkpoint_dir)[:2])
+    else:
+        G, _ = load_generator(Path(checkpoint_dir) / CHECKPOINT_NAME)
     class_names = None
     if cfg.model.num_classes:
         from ..train import read_class_names
@@ -270,3 +275,70 @@ def register_step(
         tracking.log_curves(run_id, plot_path)
     tracking.finish_pipeline_run(run_id)  # the last step: the run is complete (the exit task confirms it)
     return {"model_name": cfg.model_name, "version": version, **decision}
+
+
+@tracked(lambda a: f"prep-{a['domain']}")
+def prep_domain_step(config_json: str, domain: str, out_dir: str, run_id: str = "") -> dict:
+    """Unpaired translation: one domain's training split into ``out_dir/train`` and its held-out split (the
+    FID reference) into ``out_dir/test`` (``ganforge.cyclegan.prepare_domain``)."""
+    from ..cyclegan import prepare_domain
+
+    cfg = PipelineConfig.from_json(config_json)
+    manifests = {
+        split: prepare_domain(cfg.data, domain, Path(out_dir) / split, split)
+        for split in (cfg.data.split, cfg.data.reference_split)
+    }
+    if run_id:
+        tracking.configure()
+        tracking.log_params(
+            run_id,
+            {f"dataset.{domain}.{s}.{k}": m[k] for s, m in manifests.items() for k in ("sha256", "count")}
+            | {f"dataset.{domain}.class": manifests[cfg.data.split]["domain_class"]},
+        )
+    return manifests[cfg.data.split]
+
+
+@tracked("train")
+def train_translation_step(config_json: str, domain_a: str, domain_b: str, out_dir: str, run_id: str = "") -> dict:
+    """Train a cyclegan run on the two prepared domains (resuming on a retry), one rank in this process."""
+    from ..cyclegan import train_cyclegan
+
+    cfg, settings = PipelineConfig.from_json(config_json), Settings.from_env()
+    threads.configure()
+    if run_id:
+        tracking.configure()
+    callback = tracking.MlflowMetricsCallback(run_id) if run_id else None
+    split = cfg.data.split
+    r = train_cyclegan(cfg, Path(domain_a) / split, Path(domain_b) / split, out_dir, resume=True, on_metrics=callback)
+    if callback is not None:
+        callback.flush()
+        tracking.log_artifacts(run_id, str(Path(out_dir) / SAMPLES_DIR), "samples")
+        tracking.log_artifact(run_id, str(Path(out_dir) / CONFIG_NAME), "config")
+    return {"step": r.step, "epoch": r.epoch, "mirror_uri": mirror(out_dir, run_id, "model", settings)}
+
+
+@tracked("evaluate")
+def evaluate_translation_step(
+    config_json: str, checkpoint_dir: str, domain_a: str, domain_b: str, run_id: str = ""
+) -> dict:
+    """FID A→B vs held-out B and B→A vs held-out A, their mean ``fid`` (the promotion metric), cycle L1, and
+    the input / translated / reconstructed grid (logged to MLflow as ``evaluation/translations.png``)."""
+    from ..cyclegan import load_translators
+    from ..paths import cache_dir
+    from ..translate import evaluate_translation
+
+    threads.configure()
+    cfg = PipelineConfig.from_json(config_json)
+    G_ab, G_ba, _ = load_translators(checkpoint_dir)
+    split = cfg.data.reference_split
+    with tempfile.TemporaryDirectory(prefix="ganforge-eval-") as tmp:
+        metrics = evaluate_translation(
+            G_ab, G_ba, cfg, Path(domain_a) / split, Path(domain_b) / split, tmp, cache_dir()
+        )
+        metrics["step"] = int(read_checkpoint(Path(checkpoint_dir) / CHECKPOINT_NAME)["step"])
+        if run_id:
+            tracking.configure()
+            tracking.log_artifact(run_id, metrics["grid"], "evaluation")
+            log_evaluation(run_id, metrics, [], tmp)
+    metrics.pop("grid")
+    return metrics
