@@ -25,6 +25,10 @@ def build_models(model_cfg, data_cfg) -> tuple[nn.Module, nn.Module]:
         g = DCGANGenerator(model_cfg.nz, model_cfg.ngf, data_cfg.channels, data_cfg.resolution)
         d = DCGANDiscriminator(model_cfg.ndf, data_cfg.channels, data_cfg.resolution, norm=model_cfg.d_norm)
         return g, d
+    if model_cfg.arch == "stylegan":
+        from .stylegan import build_stylegan
+
+        return build_stylegan(model_cfg, data_cfg)
     if model_cfg.arch == "wavegan":
         from .wavegan import build_wavegan
 
