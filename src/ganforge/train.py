@@ -705,6 +705,7 @@ def train(
     samples: list[Path] = []
     bar = _progress(n_steps, step, dist_info.is_main)
     t0, start_step, last = time.perf_counter(), step, {}
+    last_r1 = None
     G.train(), D.train()
     while step < n_steps:
         epoch, in_epoch = divmod(step, per_epoch)
@@ -722,6 +723,8 @@ def train(
             z = ctx.prepare(global_noise(cfg, step, k, dist_info))
             mixing = _on_device(style_mixing(cfg, step, k, dist_info, num_ws), ctx)
             m = d_step(G_train, D_train, opt_d, real, z, ctx, **cond, apply_r1=r1_due(cfg, step, k), g_kwargs=mixing)
+        if "r1" in m or last_r1 is not None:  # lazy R1: the latest value is logged until the next one
+            m["r1"] = last_r1 = m.get("r1", last_r1)
         cond = {} if labels is None else {"y": global_labels(cfg, step, tc.n_critic, dist_info).to(dist_info.device)}
         z = ctx.prepare(global_noise(cfg, step, tc.n_critic, dist_info))
         mixing = _on_device(style_mixing(cfg, step, tc.n_critic, dist_info, num_ws), ctx)
