@@ -101,8 +101,9 @@ def modulated_conv2d(
     groups. Otherwise the same arithmetic as scale input → shared conv → scale output (stylegan2-ada-pytorch's
     ``fused_modconv=False``), the demodulation factors from (s²)·(Σ_k W²)ᵀ. Measured on this CPU (one thread,
     batch 64, forward + backward, one 3×3 layer, grouped vs shared): 128 channels at 7 px 1006 vs 43 ms, 64 at
-    14 px 157 vs 58 ms, 32 at 28 px 94 vs 64 ms; grouped convolutions are slow on CPU, so the layers use the grouped form on CUDA only. The shared-conv form
-    also keeps the batch out of the graph's shapes, which torch.export's dynamic batch needs."""
+    14 px 157 vs 58 ms, 32 at 28 px 94 vs 64 ms; grouped convolutions are slow on CPU, so the layers use the
+    grouped form on CUDA only. The shared-conv form also keeps the batch out of the graph's shapes, which
+    torch.export's dynamic batch needs."""
     k = weight.shape[-1]
     if grouped:
         batch, c_in, h, w = x.shape
