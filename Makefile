@@ -98,9 +98,9 @@ generate: setup ## Samples from the champion: make generate PIPELINE=dcgan [N=64
 QUALITY_PROFILE = $(if $(filter-out file default undefined,$(origin PROFILE)),$(PROFILE),quality)
 QUALITY_DATA = $(GANFORGE_HOME)/data/fashion-mnist
 QUALITY_RUN ?= $(GANFORGE_HOME)/quality/$(PIPELINE)-$(QUALITY_PROFILE)
-quality: quality-data ## FID-10k vs the test split + FID curve, resumable: make quality PIPELINE=sngan [PROFILE=quality] [CURVE=0]
+quality: quality-data ## FID-10k vs the test split + FID curve, resumable: make quality PIPELINE=sngan [PROFILE=quality] [CURVE=0] [SET="train.seed=1" QUALITY_RUN=…]
 	$(BIN)/ganforge train --preset $(PIPELINE) --profile $(QUALITY_PROFILE) --data $(QUALITY_DATA)/train \
-	  --out $(QUALITY_RUN) --resume --mlflow
+	  --out $(QUALITY_RUN) --resume --mlflow $(SET_ARGS)
 	$(BIN)/ganforge evaluate --run $(QUALITY_RUN) --data $(QUALITY_DATA)/test --n 10000 $(if $(filter 0,$(CURVE)),--no-curve) \
 	  --train-data $(QUALITY_DATA)/train
 

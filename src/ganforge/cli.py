@@ -360,6 +360,9 @@ def cmd_generate(args) -> int:
         interpolate=args.interpolate,
         class_=args.class_,
         per_class=args.per_class,
+        truncation=args.truncation,
+        mix_seed=args.mix_seed,
+        mix_layers=args.mix_layers,
     )
     print(json.dumps({k: str(v) for k, v in written.items()}, indent=2))
     return 0
@@ -482,6 +485,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--per-class",
         action="store_true",
         help="class-conditional models: -n samples of every class, one grid row per class",
+    )
+    p.add_argument(
+        "--truncation",
+        type=float,
+        default=1.0,
+        metavar="PSI",
+        help="stylegan checkpoints: truncation ψ in [0, 1] (1 = none), pulls w towards its mean",
+    )
+    p.add_argument(
+        "--mix-seed",
+        type=int,
+        metavar="S",
+        help="stylegan checkpoints: also write mixing.png, rows = --seed samples, columns = seed S",
+    )
+    p.add_argument(
+        "--mix-layers",
+        choices=("coarse", "middle", "fine"),
+        default="coarse",
+        help="the styles a mixing.png cell takes from its column's seed (default coarse)",
     )
     p.set_defaults(func=cmd_generate)
 

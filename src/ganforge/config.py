@@ -81,7 +81,8 @@ class ModelConfig:
     """Network architecture. Resolution and channels come from DataConfig."""
 
     arch: str = "dcgan"
-    """``mlp`` (vanilla GAN), ``dcgan``, ``wavegan`` or ``cyclegan`` (ResNet generator + PatchGAN, unpaired A↔B)."""
+    """``mlp`` (vanilla GAN), ``dcgan``, ``stylegan`` (StyleGAN2-style, models/stylegan.py), ``wavegan`` or
+    ``cyclegan`` (ResNet generator + PatchGAN, unpaired A↔B)."""
     nz: int = 100
     """Latent size."""
     ngf: int = 64
@@ -96,13 +97,16 @@ class ModelConfig:
     """Class-conditional models (``cdcgan``): the number of classes of the labels; 0 is unconditional."""
     n_blocks: int = 6
     """``cyclegan``: residual blocks of the ResNet generator (between its 2 down- and 2 up-sampling convs)."""
+    mapping_layers: int = 4
+    """``stylegan``: fully connected layers of the mapping network z → w (width nz; the paper has 8)."""
 
     def __post_init__(self) -> None:
-        _one_of("model.arch", self.arch, ("mlp", "dcgan", "wavegan", "cyclegan"))
+        _one_of("model.arch", self.arch, ("mlp", "dcgan", "stylegan", "wavegan", "cyclegan"))
         _check(self.n_blocks >= 1, f"model.n_blocks={self.n_blocks} must be >= 1")
         _one_of("model.d_norm", self.d_norm, ("batch", "layer", "none", "spectral"))
         _check(self.nz > 0 and self.ngf > 0 and self.ndf > 0, "model.nz, ngf, ndf must be positive")
         _check(self.phase_shuffle >= 0, "model.phase_shuffle must be >= 0")
+        _check(self.mapping_layers >= 1, f"model.mapping_layers={self.mapping_layers} must be >= 1")
         _check(
             self.num_classes == 0 or (self.num_classes >= 2 and self.arch == "dcgan"),
             f"model.num_classes={self.num_classes}: 0 (unconditional) or >= 2 with model.arch='dcgan' "
@@ -151,6 +155,12 @@ class TrainConfig:
     """DiffAugment policy, e.g. ``color,translation`` (empty disables it)."""
     r1_gamma: float = 0.0
     """R1 penalty weight on real data (0 disables it)."""
+    r1_interval: int = 1
+    """Lazy R1 (StyleGAN2): the penalty on every this-many-th discriminator step only, its weight
+    multiplied by the interval so its average strength stays r1_gamma; 1 is every step."""
+    style_mixing: float = 0.0
+    """``stylegan``: probability that a generator batch mixes two latents' styles at a random layer
+    (style-mixing regularisation; the paper uses 0.9); 0 disables it."""
     snapshot_every: int = 0
     """Keep the EMA generator of every this many epochs as ``snapshots/epoch_NNN.pt`` (for the FID
     curve); 0 keeps none."""
@@ -185,6 +195,8 @@ class TrainConfig:
         for policy in filter(None, self.diffaugment.split(",")):
             _one_of("train.diffaugment policy", policy, ("color", "translation", "cutout"))
         _check(self.r1_gamma >= 0, "train.r1_gamma must be >= 0")
+        _check(self.r1_interval >= 1, f"train.r1_interval={self.r1_interval} must be >= 1 (1 = R1 on every D step)")
+        _check(0 <= self.style_mixing <= 1, f"train.style_mixing={self.style_mixing} must be a probability in [0, 1]")
         _check(self.snapshot_every >= 0, "train.snapshot_every must be >= 0 (epochs; 0 keeps no snapshots)")
 
 
@@ -260,6 +272,18 @@ class PipelineConfig:
                 self.train.nproc * self.train.nnodes == 1 and self.train.launcher == "local",
                 "cyclegan trains on one rank (train.nproc=1, train.nnodes=1, train.launcher='local')",
             )
+        if self.model.arch == "stylegan":
+            _one_of("data.resolution for stylegan", self.data.resolution, (28, 32))
+            _check(
+                self.model.d_norm == "none" and not self.model.num_classes,
+                "model.arch='stylegan' has its own unnormalised, unconditional discriminator: set model.d_norm='none' "
+                "and model.num_classes=0",
+            )
+        _check(
+            self.train.style_mixing == 0 or self.model.arch == "stylegan",
+            f"train.style_mixing={self.train.style_mixing} needs model.arch='stylegan' (a mapping network and "
+            "per-layer styles); set it to 0",
+        )
         if self.model.num_classes:
             _check(
                 self.train.loss != "wgan-gp",
@@ -371,6 +395,9 @@ ADDED_FIELDS: dict[str, Any] = {
     "train.cycle_weight": 10.0,
     "train.identity_weight": 0.5,
     "train.pool_size": 50,
+    "model.mapping_layers": 4,
+    "train.r1_interval": 1,
+    "train.style_mixing": 0.0,
 }
 """Fields added to the config later, with the default that leaves ``config_hash`` as it was before them."""
 
@@ -413,6 +440,25 @@ PRESETS: dict[str, dict] = {
         "data": {"class_a": 7, "class_b": 9},
         "model": {"arch": "cyclegan", "ngf": 32, "ndf": 64, "n_blocks": 6},
         "train": {"loss": "lsgan", "batch_size": 8, "lr_g": 2e-4, "lr_d": 2e-4, "beta1": 0.5, "beta2": 0.999},
+    },
+    # StyleGAN2-style (issue 19; models/stylegan.py): mapping network, modulated/demodulated convs, noise
+    # inputs, skip G, residual D with minibatch stddev; the StyleGAN2 recipe — non-saturating logistic
+    # loss, lazy R1 every 16 D steps, style mixing 0.9, Adam(0.0025, β = (0, 0.99)) as stylegan2-ada's
+    # small-resolution configs, EMA of G. γ = 0.01: stylegan2-ada's CIFAR-10 setting (its heuristic
+    # 0.0002·res²/batch gives 0.0025 at 28 px, batch 64). Not yet measured against seed noise.
+    "stylegan": {
+        "model": {"arch": "stylegan", "d_norm": "none", "nz": 128, "mapping_layers": 4},
+        "train": {
+            "loss": "bce",
+            "lr_g": 0.0025,
+            "lr_d": 0.0025,
+            "beta1": 0.0,
+            "beta2": 0.99,
+            "r1_gamma": 0.01,
+            "r1_interval": 16,
+            "style_mixing": 0.9,
+            "ema_decay": 0.999,
+        },
     },
     "wavegan": {
         "data": {"kind": "audio", "source": "espeak:sc09", "reference_split": "train"},
@@ -505,6 +551,10 @@ _PRESET_PROFILE: dict[tuple[str, str], dict] = {
         "eval": {"n_samples": 1000, "kid_subset_size": 500},
     },
     ("cyclegan", "full"): {"train": {"batch_size": 8, "amp": "off"}},
+    # stylegan: one step of these nets costs ~2× a dcgan quality step (README, "StyleGAN"), so its profiles are
+    # narrower. local: ~10 min on 2 cores. quality: ~2.5 h of training on one thread at ~55–65 img/s.
+    ("stylegan", "local"): {"model": {"ngf": 16, "ndf": 16}, "train": {"epochs": 1, "checkpoint_every": 200}},
+    ("stylegan", "quality"): {"model": {"ngf": 16, "ndf": 16}, "train": {"epochs": 9, "snapshot_every": 3}},
 }
 
 

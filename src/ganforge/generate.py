@@ -315,6 +315,58 @@ def class_plan(loaded: LoadedModel, choice: str | None, per_class: bool) -> tupl
     return chosen, entries
 
 
+STYLE_GROUPS = ("coarse", "middle", "fine")
+MAX_MIXING_SEEDS = 8
+
+
+class TruncatedGenerator(nn.Module):
+    """G(z) at truncation ψ (the StyleGAN truncation trick), so the sampling code calls it like any G."""
+
+    def __init__(self, generator: nn.Module, psi: float):
+        super().__init__()
+        self.generator, self.psi = generator, psi
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.generator(z, truncation_psi=self.psi)
+
+
+def check_style_request(model: str, truncation: float, mix_seed: int | None, mix_layers: str) -> None:
+    """The StyleGAN options' own checks, before any model is loaded."""
+    if not 0 <= truncation <= 1:
+        raise GenerationError(f"--truncation {truncation}: ψ must be in [0, 1] (1 = no truncation, 0 = the mean w)")
+    if mix_layers not in STYLE_GROUPS:
+        raise GenerationError(f"--mix-layers {mix_layers!r}: choose one of {', '.join(STYLE_GROUPS)}")
+    if model.startswith(REGISTRY_SCHEME) and (truncation != 1 or mix_seed is not None):
+        raise GenerationError(
+            f"{model} is an exported program of G(z) at ψ = 1, without the mapping network's w; --truncation and "
+            "--mix-seed work from the training run: pass --model RUN_DIR/checkpoint.pt"
+        )
+
+
+def check_style_model(loaded: LoadedModel, truncation: float, mix_seed: int | None) -> None:
+    if (truncation != 1 or mix_seed is not None) and not hasattr(loaded.generator, "mapping"):
+        raise GenerationError(
+            f"{loaded.provenance['model']} ({loaded.cfg.name}) has no mapping network: --truncation and --mix-seed "
+            "need a stylegan model (train one with --preset stylegan)"
+        )
+
+
+def mixing_table(
+    generator: nn.Module, rows_z: torch.Tensor, cols_z: torch.Tensor, group: str, psi: float
+) -> torch.Tensor:
+    """The paper's style-mixing figure as (R+1)·(C+1) images, row-major: a blank corner, source B (``cols_z``)
+    along the top, source A (``rows_z``) down the left, and in row i, column j A_i with B_j's ``group`` styles."""
+    from .models.stylegan import style_mixing_images
+
+    truncated = TruncatedGenerator(generator, psi)
+    with torch.no_grad():
+        a, b = truncated(rows_z), truncated(cols_z)
+        cells = style_mixing_images(generator, rows_z, cols_z, group, psi).view(len(rows_z), len(cols_z), *a.shape[1:])
+    corner = torch.full_like(a[:1], -1.0)
+    rows = [torch.cat([corner, b])] + [torch.cat([a[i : i + 1], cells[i]]) for i in range(len(rows_z))]
+    return torch.cat(rows)
+
+
 def generate_to_dir(
     model: str,
     out_dir: str | os.PathLike,
@@ -325,6 +377,9 @@ def generate_to_dir(
     device: str = "cpu",
     class_: str | None = None,
     per_class: bool = False,
+    truncation: float = 1.0,
+    mix_seed: int | None = None,
+    mix_layers: str = "coarse",
 ) -> dict[str, Path]:
     """Write ``n`` samples (and ``interpolate``-step slerp rows) from ``model`` into ``out_dir``.
 
@@ -341,11 +396,23 @@ def generate_to_dir(
     row per class (images/ row-major: class k, sample i is number k·n + i); with neither, sample i
     is of class i % K. An interpolation row stays within one class (the chosen one, else row r's
     class is r % K), so only the latent moves.
+
+    StyleGAN models, from a checkpoint (a registered version is G(z) alone): ``truncation`` ψ pulls
+    every w towards the tracked mean (samples and interpolations); ``mix_seed`` also writes mixing.png,
+    the paper's style-mixing table — source A down the left (the first min(n, 8) samples), source B
+    along the top (as many draws of ``mix_seed``), and each cell A's styles with B's ``mix_layers``
+    (coarse ≤ 8 px, middle 14–16 px, fine ≥ 28 px layers).
     """
     check_request(n, interpolate, batch_size)
+    check_style_request(model, truncation, mix_seed, mix_layers)
     out_dir = Path(out_dir)
     check_out_dir(out_dir, model)
     loaded = load_model(model, device)
+    check_style_model(loaded, truncation, mix_seed)
+    if truncation != 1:
+        loaded = LoadedModel(
+            TruncatedGenerator(loaded.generator, truncation), loaded.cfg, loaded.provenance, loaded.class_names
+        )
     cfg = loaded.cfg
     chosen, class_entries = class_plan(loaded, class_, per_class)
     rows = interpolation_rows(n)
@@ -367,13 +434,28 @@ def generate_to_dir(
             row_class = torch.full((rows,), chosen) if chosen is not None else torch.arange(rows) % k
             path_labels = row_class.repeat_interleave(interpolate)
         interpolation = sample(loaded.generator, path_latents, batch_size, cfg, path_labels)
+    mixing, style_entries = None, {}
+    if truncation != 1 or mix_seed is not None:
+        style_entries = {"truncation": truncation}
+    if mix_seed is not None:
+        seeds = min(n, MAX_MIXING_SEEDS)
+        generator = loaded.generator.generator if truncation != 1 else loaded.generator
+        mixing = mixing_table(
+            generator, z[:seeds], seeded_latents(seeds, cfg.model.nz, mix_seed), mix_layers, truncation
+        )
+        style_entries.update({"mix_seed": mix_seed, "mix_layers": mix_layers, "mix_seeds": seeds})
     with atomic_dir(out_dir) as tmp:
         # Files go straight into the temporary directory: its rename into place is the atomic step.
         if cfg.data.kind == "audio":
             written = write_audio_outputs(samples, interpolation, interpolate, tmp, cfg.data.sample_rate)
         else:
             written = write_image_outputs(samples, interpolation, interpolate, tmp, ncol=ncol)
-        manifest = generation_manifest(loaded, seed, n, interpolate, rows, relative_files(tmp), class_entries)
+        if mixing is not None:
+            written["mixing"] = tmp / "mixing.png"
+            written["mixing"].write_bytes(png_bytes(tile_grid(to_uint8_images(mixing), style_entries["mix_seeds"] + 1)))
+        manifest = generation_manifest(
+            loaded, seed, n, interpolate, rows, relative_files(tmp), {**class_entries, **style_entries}
+        )
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
     written["manifest"] = tmp / MANIFEST_NAME
     return {name: out_dir / path.relative_to(tmp) for name, path in written.items()}

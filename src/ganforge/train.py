@@ -215,6 +215,28 @@ def global_labels(cfg: PipelineConfig, step: int, k: int, dist_info: DistInfo) -
     return y[dist_info.rank * local : (dist_info.rank + 1) * local]
 
 
+def style_mixing(cfg: PipelineConfig, step: int, k: int, dist_info: DistInfo, num_ws: int) -> dict:
+    """Style-mixing regularisation (StyleGAN): G's extra arguments for (step, iteration k) — with probability
+    ``train.style_mixing`` a second latent (this rank's slice of a global batch) whose styles replace the first's
+    from a crossover index drawn uniformly in [1, num_ws), one index for the whole batch as in stylegan2-ada;
+    otherwise none. A function of (seed, step, k) only, like the noise, so a resumed run mixes the same way."""
+    if not cfg.train.style_mixing:
+        return {}
+    g = torch.Generator().manual_seed(_step_seed(cfg.train.seed, 6, step, k))
+    mix, cutoff = torch.rand((), generator=g).item(), int(torch.randint(1, num_ws, (), generator=g))
+    z = torch.randn(cfg.train.batch_size, cfg.model.nz, generator=g)
+    if mix >= cfg.train.style_mixing:
+        return {}
+    local = cfg.train.batch_size // dist_info.world_size
+    return {"mix_z": z[dist_info.rank * local : (dist_info.rank + 1) * local], "mix_cutoff": cutoff}
+
+
+def r1_due(cfg: PipelineConfig, step: int, k: int) -> bool:
+    """Whether discriminator step (step, iteration k) carries the R1 penalty: every ``train.r1_interval``-th D
+    step, counted from the first (lazy regularisation, StyleGAN2; interval 1 is every step)."""
+    return cfg.train.r1_gamma > 0 and (step * cfg.train.n_critic + k) % cfg.train.r1_interval == 0
+
+
 def fixed_labels(cfg: PipelineConfig, n: int = N_FIXED_SAMPLES) -> torch.Tensor | None:
     """Labels of the fixed sample grid: classes 0, 1, …, K-1 in turn; None for an unconditional run."""
     return torch.arange(n) % cfg.model.num_classes if cfg.model.num_classes else None
@@ -262,6 +284,10 @@ def update_ema(g_ema: nn.Module, g: nn.Module, decay: float, step: int) -> None:
         be.copy_(b)
 
 
+def _on_device(kwargs: dict, ctx: _Context) -> dict:
+    return {k: ctx.prepare(v) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+
+
 class _Context:
     """Per-run settings the steps need: autocast, memory format, grad scalers."""
 
@@ -294,15 +320,20 @@ def d_step(
     ctx: _Context,
     y_real: torch.Tensor | None = None,
     y_fake: torch.Tensor | None = None,
+    apply_r1: bool = True,
+    g_kwargs: dict | None = None,
 ) -> dict:
     """One discriminator/critic update on a real batch and G(z) (class-conditional: D(real, y_real) and
-    D(G(z, y_fake), y_fake))."""
+    D(G(z, y_fake), y_fake)). With ``train.r1_gamma`` the R1 penalty is added when ``apply_r1``, weighted
+    γ/2 · ``train.r1_interval`` (lazy R1: the interval's steps' worth at once). ``g_kwargs`` go to G (the
+    style-mixing arguments)."""
     tc = ctx.cfg.train
     real_c, fake_c = (() if y_real is None else (y_real,)), (() if y_fake is None else (y_fake,))
+    apply_r1 = apply_r1 and tc.r1_gamma > 0
     opt_d.zero_grad(set_to_none=True)
     with torch.no_grad(), ctx.autocast():
-        fake = G(z, *fake_c)
-    if tc.r1_gamma > 0:
+        fake = G(z, *fake_c, **(g_kwargs or {}))
+    if apply_r1:
         real = real.detach().requires_grad_(True)
     with ctx.autocast():
         real_logits = D(ctx.augment(real), *real_c).float()
@@ -313,9 +344,9 @@ def d_step(
         gp = gradient_penalty(D, real, fake.float())
         loss = loss + tc.gp_weight * gp
         out["gp"] = gp.detach()
-    if tc.r1_gamma > 0:
+    if apply_r1:
         r1 = r1_penalty(real_logits, real)
-        loss = loss + tc.r1_gamma / 2 * r1
+        loss = loss + tc.r1_gamma / 2 * tc.r1_interval * r1
         out["r1"] = r1.detach()
     ctx.scaler_d.scale(loss).backward()
     average_gradients(D, ctx.dist.world_size)
@@ -333,15 +364,17 @@ def g_step(
     z: torch.Tensor,
     ctx: _Context,
     y: torch.Tensor | None = None,
+    g_kwargs: dict | None = None,
 ) -> dict:
-    """One generator update; D's gradients are computed but discarded (zeroed before its next step)."""
+    """One generator update; D's gradients are computed but discarded (zeroed before its next step).
+    ``g_kwargs`` go to G (the style-mixing arguments)."""
     c = () if y is None else (y,)
     opt_g.zero_grad(set_to_none=True)
     for p in D.parameters():
         p.requires_grad_(False)
     try:
         with ctx.autocast():
-            loss = g_loss(ctx.cfg.train.loss, D(ctx.augment(G(z, *c)), *c).float())
+            loss = g_loss(ctx.cfg.train.loss, D(ctx.augment(G(z, *c, **(g_kwargs or {}))), *c).float())
         ctx.scaler_g.scale(loss).backward()
     finally:
         for p in D.parameters():
@@ -660,6 +693,7 @@ def train(
             file=sys.stderr,
         )
 
+    num_ws = getattr(G, "num_ws", 0)  # style layers (stylegan), for style mixing
     G_train = torch.compile(G) if tc.compile else G
     D_train = torch.compile(D) if tc.compile else D
     batches = _Batches(data, cfg, dist_info, labels)
@@ -671,6 +705,7 @@ def train(
     samples: list[Path] = []
     bar = _progress(n_steps, step, dist_info.is_main)
     t0, start_step, last = time.perf_counter(), step, {}
+    last_r1 = None
     G.train(), D.train()
     while step < n_steps:
         epoch, in_epoch = divmod(step, per_epoch)
@@ -685,11 +720,15 @@ def train(
                     "y_fake": global_labels(cfg, step, k, dist_info).to(dist_info.device),
                 }
             )
-            m = d_step(G_train, D_train, opt_d, real, ctx.prepare(global_noise(cfg, step, k, dist_info)), ctx, **cond)
+            z = ctx.prepare(global_noise(cfg, step, k, dist_info))
+            mixing = _on_device(style_mixing(cfg, step, k, dist_info, num_ws), ctx)
+            m = d_step(G_train, D_train, opt_d, real, z, ctx, **cond, apply_r1=r1_due(cfg, step, k), g_kwargs=mixing)
+        if "r1" in m or last_r1 is not None:  # lazy R1: the latest value is logged until the next one
+            m["r1"] = last_r1 = m.get("r1", last_r1)
         cond = {} if labels is None else {"y": global_labels(cfg, step, tc.n_critic, dist_info).to(dist_info.device)}
-        m.update(
-            g_step(G_train, D_train, opt_g, ctx.prepare(global_noise(cfg, step, tc.n_critic, dist_info)), ctx, **cond)
-        )
+        z = ctx.prepare(global_noise(cfg, step, tc.n_critic, dist_info))
+        mixing = _on_device(style_mixing(cfg, step, tc.n_critic, dist_info, num_ws), ctx)
+        m.update(g_step(G_train, D_train, opt_g, z, ctx, **cond, g_kwargs=mixing))
         update_ema(G_ema, G, tc.ema_decay, step)
         step += 1
         if not all(torch.isfinite(v) for v in m.values()):

@@ -29,6 +29,10 @@ def build_models(model_cfg, data_cfg) -> tuple[nn.Module, nn.Module]:
         from .cyclegan import build_cyclegan
 
         return build_cyclegan(model_cfg, data_cfg)  # G(image) → image, D(image) → patch scores
+    if model_cfg.arch == "stylegan":
+        from .stylegan import build_stylegan
+
+        return build_stylegan(model_cfg, data_cfg)
     if model_cfg.arch == "wavegan":
         from .wavegan import build_wavegan
 

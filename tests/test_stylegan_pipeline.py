@@ -1,0 +1,53 @@
+"""stylegan through the DAG and the CLI (issue 19): the README's commands for it, run exactly as written.
+
+One real tiny DAG run (kfp.local SubprocessRunner, sqlite MLflow, real Fashion-MNIST) that registers a champion,
+sampled from the registry; then prep → train → generate with truncation and style mixing from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ROOT, cli_env
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+
+
+def readme_commands() -> list[str]:
+    section = (ROOT / "README.md").read_text().split("## StyleGAN: `stylegan`", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    return [line for line in block.splitlines() if line.strip()]
+
+
+def test_readme_commands_train_register_and_mix(tmp_path):
+    home = tmp_path / "home"
+    env = cli_env(GANFORGE_HOME=str(home), PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    lines = readme_commands()
+    assert lines[0].startswith("python -m pipelines run stylegan --profile tiny") and len(lines) == 5
+    for line in lines:
+        done = subprocess.run(line, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200)
+        assert done.returncode == 0, line + "\n" + done.stdout[-3000:] + done.stderr[-3000:]
+
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    c = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    (run,) = c.search_runs([c.get_experiment_by_name("stylegan").experiment_id])
+    assert run.info.status == "FINISHED" and np.isfinite(run.data.metrics["fid"])
+    assert int(c.get_model_version_by_alias("stylegan", "champion").version) == 1
+
+    registered = json.loads((tmp_path / "samples" / "stylegan" / "generation.json").read_text())
+    assert registered["pipeline"] == "stylegan" and registered["n"] == 16 and "truncation" not in registered
+    mixed = json.loads((tmp_path / "samples" / "stylegan-mix" / "generation.json").read_text())
+    assert (mixed["truncation"], mixed["mix_seed"], mixed["mix_layers"], mixed["mix_seeds"]) == (0.7, 1, "coarse", 6)
+    side = 2 + 7 * 30  # (6 + 1)² tiles of 28 px with 2-px gutters
+    assert Image.open(tmp_path / "samples" / "stylegan-mix" / "mixing.png").size == (side, side)
