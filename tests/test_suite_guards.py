@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -109,8 +110,14 @@ def test_a_missing_tool_fails_under_ci_and_skips_elsewhere(monkeypatch, ci, outc
 def test_ci_entry_point_runs_under_ci_true_and_lints_before_testing():
     script = (TESTS.parent / ".ci" / "run").read_text()
     assert 'export CI="${CI:-true}"' in script
-    commands = [line.strip() for line in script.splitlines() if line.strip().startswith("make ")]
-    assert commands.index("make lint") < commands.index("make test"), commands
+    # each make line up to its redirection, `||` or `&`: the image build runs in the background beside the tests
+    commands = [
+        re.split(r"\s*(?:\|\||>|&)", line.strip())[0]
+        for line in script.splitlines()
+        if line.strip().startswith("make ")
+    ]
+    assert commands.index("make lint") < commands.index("make images-local") < commands.index("make test"), commands
+    assert 'wait "$images_pid"' in script  # the background build's failure fails CI too
     assert os.access(TESTS.parent / ".ci" / "run", os.X_OK)
 
 
