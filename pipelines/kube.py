@@ -8,7 +8,7 @@ The names match k8s/base (Secret ``ganforge-s3``, ConfigMap ``ganforge-env``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from kfp import kubernetes
 
@@ -40,6 +40,8 @@ class ClusterSettings:
     step_timeout_s: int = 4 * 3600
     train_retries: int = 2
     """Retries of the training task; each resumes from the last checkpoint in its model artifact."""
+    step_retries: int = 2
+    """Retries of the prep and register tasks (S3 or MLflow server hiccups on a cluster)."""
 
     @classmethod
     def from_config(cls, cfg: PipelineConfig) -> ClusterSettings:
@@ -50,6 +52,13 @@ class ClusterSettings:
             node_selector=gpu_nodes.gpu_node_selector(),
             tolerations=tuple(gpu_nodes.gpu_tolerations()),
         )
+
+    @classmethod
+    def for_local(cls, cfg: PipelineConfig) -> ClusterSettings:
+        """A run on this machine (kfp.local): no retries. kfp.local honours them, backoff included, but here
+        nothing is preempted and a failure is the same on the next attempt (a wrong --source failed three
+        times over 2 minutes before the run said so)."""
+        return replace(cls.from_config(cfg), train_retries=0, step_retries=0)
 
 
 S3_KEYS = {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"}
@@ -119,9 +128,13 @@ def apply_cluster_settings(tasks: dict, s: ClusterSettings) -> None:
                 task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit=s.shm_size
             )
             kubernetes.set_timeout(task, s.train_timeout_s)
-            task.set_retry(
-                num_retries=s.train_retries, backoff_duration="60s", backoff_factor=2.0, backoff_max_duration="3600s"
-            )
+            if s.train_retries:
+                task.set_retry(
+                    num_retries=s.train_retries,
+                    backoff_duration="60s",
+                    backoff_factor=2.0,
+                    backoff_max_duration="3600s",
+                )
             if s.gpus_per_node:
                 use_gpus(task, s, s.gpus_per_node)
         else:
@@ -130,5 +143,5 @@ def apply_cluster_settings(tasks: dict, s: ClusterSettings) -> None:
             kubernetes.set_timeout(task, s.step_timeout_s)
             if name == "evaluate" and s.gpus_per_node:
                 use_gpus(task, s, 1)
-            if name.startswith("prep_") or name == "register":
-                task.set_retry(num_retries=2, backoff_duration="30s", backoff_factor=2.0)
+            if (name.startswith("prep_") or name == "register") and s.step_retries:
+                task.set_retry(num_retries=s.step_retries, backoff_duration="30s", backoff_factor=2.0)

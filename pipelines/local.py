@@ -21,13 +21,14 @@ from pathlib import Path
 from kfp import local
 
 from ganforge import paths
-from ganforge.config import ConfigError
+from ganforge.config import ConfigError, build_config
 from ganforge.errors import GanforgeError
 from ganforge.platform import tracking
 from ganforge.progress import progress_enabled
 
 from . import console
 from .factory import build_pipeline
+from .kube import ClusterSettings
 
 RUNNERS = ("subprocess", "docker")
 IMAGE_UID = 1000  # the images' non-root user (images/Dockerfile)
@@ -56,7 +57,6 @@ def check_runner(runner: str) -> str:
 
 def local_sources(name: str, profile: str, source: str | None) -> list[str]:
     """Host paths a task container must read: the data source when it is a local file or folder."""
-    from ganforge.config import build_config
 
     src = source or build_config(name, profile).data.source
     return [str(Path(src).resolve())] if src.startswith("/") and Path(src).exists() else []
@@ -127,7 +127,7 @@ def _run_local(name: str, profile: str, runner: str, home: Path, params: dict) -
     log_dir = console.run_dir(home, name)
     try:
         with console.task_logs(log_dir):
-            pipeline = build_pipeline(name, profile)
+            pipeline = build_pipeline(name, profile, ClusterSettings.for_local(build_config(name, profile)))
             task = pipeline(profile=profile, **{k: v for k, v in params.items() if v is not None})
     except RuntimeError as e:
         raise PipelineRunError(f"{e} Task logs: {log_dir}") from None
@@ -139,8 +139,6 @@ def _run_local(name: str, profile: str, runner: str, home: Path, params: dict) -
 def summarize(name: str, profile: str, version: int, sets: list[str] | None = None) -> dict:
     """What a user looks at after a run, read back from the MLflow registry and run."""
     from mlflow import MlflowClient
-
-    from ganforge.config import build_config
 
     tracking.configure()
     client = MlflowClient()

@@ -178,8 +178,10 @@ def test_bad_progress_value_is_one_line_exit_2(tmp_path):
 
 @pytest.mark.slow
 def test_failed_task_line_log_tail_and_error_off_a_terminal(tmp_path):
-    """stdout a pipe (no live lines): prep-test fails on a source without the test split; its line says
-    FAILURE, the end of its log follows, and the one-line error names the log directory."""
+    """stdout a pipe (no live lines): prep-test fails on a source without the test split (a real DataError);
+    its line says FAILURE, the end of its log follows, and the one-line error names the log directory. The
+    task ran once (no retries on this machine: the same input fails the same way); the exit task ended the
+    MLflow run FAILED with the step named; the --set override reached the run's config."""
     from conftest import FASHION_DIR
 
     source = tmp_path / "train-only"
@@ -220,4 +222,20 @@ def test_failed_task_line_log_tail_and_error_off_a_terminal(tmp_path):
     (error,) = done.stderr.strip().splitlines()
     logs = Path(finals["prep-test"].group(6)).parent
     assert error.startswith("error: ") and error.endswith(f"Task logs: {logs}"), error
-    assert "t10k-images-idx3-ubyte" in (logs / "prep-test.log").read_text()
+    prep_log = (logs / "prep-test.log").read_text()
+    assert "t10k-images-idx3-ubyte" in prep_log
+    assert prep_log.count("Executing task") == 1, "kfp.local retried a task of a local run"
+
+    from mlflow import MlflowClient
+
+    from ganforge.config import build_config
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'home'}/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("dcgan").experiment_id])
+    assert run.info.status == "FAILED" and run.info.end_time >= run.info.start_time
+    tags = run.data.tags
+    assert tags["ganforge.failed_step"] == "prep-test" and tags["ganforge.step.prep-test"] == "failed"
+    assert "t10k-images-idx3-ubyte" in tags["ganforge.error"] and tags["ganforge.kfp_state"] == "FAILED"
+    assert tags["ganforge.step.prep-train"] == "done" and "ganforge.step.register" not in tags
+    assert run.data.params["train.max_steps"] == "2" != str(build_config("dcgan", "tiny").train.max_steps)
+    assert client.search_model_versions("name='dcgan'") == []
