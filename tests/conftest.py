@@ -90,6 +90,25 @@ def cli_env(**extra) -> dict:
     return env
 
 
+@pytest.fixture(scope="session")
+def dcgan_tiny_run(tmp_path_factory):
+    """The whole tiny dcgan DAG through kfp.local, once for the session (test_run_output, test_pipeline_local):
+    `python -m pipelines run dcgan --profile tiny` (what `make run` runs) from an empty working directory, its
+    stdout on a pseudo-terminal as in a shell. Returns (GANFORGE_HOME, the working directory, the screen,
+    stderr)."""
+    from terminal import run_on_a_terminal
+
+    home, cwd = tmp_path_factory.mktemp("home"), tmp_path_factory.mktemp("cwd")
+    env = cli_env(GANFORGE_HOME=str(home), COLUMNS="220")
+    for name in ("MLFLOW_TRACKING_URI", "GANFORGE_PROGRESS"):
+        env.pop(name, None)
+    code, screen, err = run_on_a_terminal(
+        [sys.executable, "-m", "pipelines", "run", "dcgan", "--profile", "tiny"], env, cwd, timeout=1500
+    )
+    assert code == 0, screen[-3000:] + err[-3000:]
+    return home, cwd, screen, err
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _environment_does_not_leak_between_modules():
     """A module-scoped fixture runs before any function-scoped guard can save the environment, so what

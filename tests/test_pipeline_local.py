@@ -56,18 +56,26 @@ def _run_pipeline(home: Path, name: str = "dcgan", **params) -> dict:
 
 
 @pytest.fixture(scope="module")
-def local_run(tmp_path_factory):
-    """The DAG run from an empty working directory (``cwd``), to show it writes nothing there."""
-    home, cwd = tmp_path_factory.mktemp("home"), tmp_path_factory.mktemp("cwd")
+def local_run(dcgan_tiny_run):
+    """The session's tiny dcgan DAG (conftest: the CLI from an empty working directory ``cwd``, to show it
+    writes nothing there) with the summary it printed, read back as a dict by the function that made it."""
+    from pipelines.local import summarize
+
+    home, cwd, screen, _ = dcgan_tiny_run
+    printed = dict(
+        re.fullmatch(r" *(\w+): (.*)", ln).groups()
+        for ln in screen.split("== ganforge run finished ==\n", 1)[1].splitlines()
+        if re.fullmatch(r" *\w+: .*", ln)
+    )
     saved = {k: os.environ.get(k) for k in ("GANFORGE_HOME", "MLFLOW_TRACKING_URI")}
-    saved_cwd = os.getcwd()
     os.environ.pop("MLFLOW_TRACKING_URI", None)
-    os.chdir(cwd)
+    os.environ["GANFORGE_HOME"] = str(home)
     try:
-        summary = _run_pipeline(home)
+        summary = summarize("dcgan", "tiny", int(printed["model"].rsplit("/", 1)[1]))
+        shown = {k: str(v) for k, v in summary.items() if v is not None}  # print_summary leaves out None
+        assert shown == {k: printed[k] for k in shown if k in printed}, (shown, printed)
         yield home, summary, cwd
     finally:
-        os.chdir(saved_cwd)
         for k, v in saved.items():
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
 

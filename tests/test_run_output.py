@@ -6,12 +6,9 @@ One real kfp.local run (SubprocessRunner, tiny profile) of `python -m pipelines 
 
 from __future__ import annotations
 
-import os
-import pty
 import re
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -26,48 +23,10 @@ FINAL = re.compile(r"(\d\d:\d\d:\d\d) → (\d\d:\d\d:\d\d)  (\S+) +(\S+) +(\d+s|
 ETA = re.compile(r"\d+/\d+ \[\d\d:\d\d<\d\d:\d\d")
 
 
-def run_on_a_terminal(argv: list[str], env: dict, cwd: Path, timeout: float) -> tuple[int, str, str]:
-    """Run ``argv`` with stdout on a pty; returns (exit code, everything written to the pty, stderr)."""
-    master, slave = pty.openpty()
-    chunks: list[bytes] = []
-
-    def drain() -> None:
-        while True:
-            try:
-                data = os.read(master, 65536)
-            except OSError:  # EIO: the last writer closed the terminal
-                return
-            if not data:
-                return
-            chunks.append(data)
-
-    reader = threading.Thread(target=drain, daemon=True)
-    reader.start()
-    try:
-        proc = subprocess.Popen(argv, stdout=slave, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env, cwd=cwd)
-        os.close(slave)
-        try:
-            _, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            _, err = proc.communicate(timeout=60)
-            raise
-        reader.join(timeout=30)
-    finally:
-        os.close(master)
-    return proc.returncode, b"".join(chunks).decode("utf-8", "replace").replace("\r\n", "\n"), err.decode()
-
-
 @pytest.fixture(scope="module")
-def terminal_run(tmp_path_factory):
-    home, cwd = tmp_path_factory.mktemp("home"), tmp_path_factory.mktemp("cwd")
-    env = cli_env(GANFORGE_HOME=str(home), COLUMNS="220")
-    for name in ("MLFLOW_TRACKING_URI", "GANFORGE_PROGRESS"):
-        env.pop(name, None)
-    code, screen, err = run_on_a_terminal(
-        [sys.executable, "-m", "pipelines", "run", "dcgan", "--profile", "tiny"], env, cwd, timeout=1500
-    )
-    assert code == 0, screen[-3000:] + err[-3000:]
+def terminal_run(dcgan_tiny_run):
+    """The session's one tiny dcgan DAG (conftest), run as `make run` runs it, on a terminal."""
+    home, _, screen, err = dcgan_tiny_run
     return home, screen, err
 
 
