@@ -244,3 +244,44 @@ def test_cli_prepares_a_domain_and_train_asks_for_both(tmp_path, capsys):
     capsys.readouterr()
     assert main(["train", *args, "--data", str(tmp_path / "b"), "--out", str(tmp_path / "run")]) == 2
     assert "--data DOMAIN_A_DIR --data-b DOMAIN_B_DIR" in capsys.readouterr().err
+
+
+def test_cli_trains_with_mlflow_and_evaluates_a_run_on_both_held_out_domains(domains, tmp_path, capsys, monkeypatch):
+    """`ganforge train --preset cyclegan … --mlflow` then `ganforge evaluate --run RUN --data A --data-b B`: both
+    directions scored, metrics.json and the grid in the run directory, the scores and the grid in the run's
+    MLflow run. A cyclegan run without --data-b, and --data-b with another preset's run, are one line each."""
+    from mlflow import MlflowClient
+
+    from ganforge.platform import tracking
+
+    monkeypatch.setenv("GANFORGE_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    run = tmp_path / "run"
+    args = ["--preset", "cyclegan", "--profile", "tiny"]
+    data = ["--data", str(domains["a", "train"][1]), "--data-b", str(domains["b", "train"][1])]
+    assert main(["train", *args, *data, "--out", str(run), "--mlflow"]) == 0
+    held_out = ["--data", str(domains["a", "test"][1]), "--data-b", str(domains["b", "test"][1])]
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(run), *held_out, "--n", "8"]) == 0
+    m = json.loads(capsys.readouterr().out)
+    assert m["fid"] == pytest.approx((m["fid_a2b"] + m["fid_b2a"]) / 2) and m["n_a"] == m["n_b"] == 8
+    assert (
+        m["step"] == read_checkpoint(run / "checkpoint.pt")["step"] == build_config("cyclegan", "tiny").train.max_steps
+    )
+    assert json.loads((run / "metrics.json").read_text())["fid"] == m["fid"]
+    assert Image.open(run / "translations.png").size[1] == 6 * 30 + 2
+
+    client = MlflowClient(tracking.resolve_tracking_uri(str(tmp_path / "home")))
+    mlflow_run = client.get_run(m["mlflow_run_id"])
+    assert (run / "mlflow_run_id").read_text().strip() == m["mlflow_run_id"]
+    assert mlflow_run.data.metrics["fid"] == pytest.approx(m["fid"]) and "loss_g" in mlflow_run.data.metrics
+    assert [a.path for a in client.list_artifacts(m["mlflow_run_id"], "evaluation")] == ["evaluation/translations.png"]
+
+    assert main(["evaluate", "--run", str(run), "--data", str(domains["a", "test"][1])]) == 2
+    assert "--data A_TEST_DIR --data-b B_TEST_DIR" in capsys.readouterr().err
+    dcgan = tmp_path / "dcgan"
+    assert main(["train", "--preset", "dcgan", "--profile", "tiny", "--set", "train.max_steps=1", "--data",
+                 str(domains["a", "train"][1]), "--out", str(dcgan)]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(dcgan), *held_out]) == 2
+    assert "--data-b goes with a cyclegan run" in capsys.readouterr().err

@@ -231,7 +231,16 @@ def _train_cyclegan(cfg: PipelineConfig, args) -> int:
 
     if not args.data_b:
         raise ConfigError("the cyclegan preset trains on two domains: pass --data DOMAIN_A_DIR --data-b DOMAIN_B_DIR")
-    result = train_cyclegan(cfg, args.data, args.data_b, args.out, resume=args.resume)
+    if is_s3(args.data) or is_s3(args.data_b) or is_s3(args.out):
+        raise ConfigError("the cyclegan preset trains on local directories: --data, --data-b and --out cannot be s3://")
+    callback = None
+    if args.mlflow:  # the losses go to an MLflow run whose id is kept in --out (reused on --resume), as for train
+        run_id = _cli_mlflow_run(cfg, Path(args.out), args.resume)
+        tracking = require_platform("tracking", "train --mlflow")
+        callback = tracking.MlflowMetricsCallback(run_id)
+    result = train_cyclegan(cfg, args.data, args.data_b, args.out, resume=args.resume, on_metrics=callback)
+    if callback is not None:
+        callback.flush()
     print(json.dumps({"step": result.step, "epoch": result.epoch, "checkpoint": str(result.checkpoint)}))
     return 0
 
@@ -277,6 +286,8 @@ def cmd_evaluate(args) -> int:
             "--n-real and --raw-generator go with --checkpoint FILE; --run scores the EMA generator "
             "against as many real images as it generates"
         )
+    if args.data_b or _is_cyclegan(Path(args.checkpoint or args.run)):
+        return _evaluate_translation(args)
     if args.checkpoint:
         from .evaluate import evaluate_checkpoint
 
@@ -303,6 +314,41 @@ def cmd_evaluate(args) -> int:
     if run_id := _recorded_mlflow_run(run):  # trained with --mlflow: the scores and the curve join its MLflow run
         steps = require_platform("steps", f"logging to the MLflow run of {run} (trained with --mlflow)")
         steps.log_evaluation(run_id, metrics, rows, args.out or run)
+        metrics["mlflow_run_id"] = run_id
+    print(json.dumps(metrics, indent=2, default=str))
+    return 0
+
+
+def _is_cyclegan(path: Path) -> bool:
+    """Whether a checkpoint (or a run directory's checkpoint.pt) is a cyclegan one (two generators)."""
+    from .checkpoint import CHECKPOINT_NAME, read_checkpoint
+
+    ckpt = path / CHECKPOINT_NAME if path.is_dir() else path
+    return ckpt.is_file() and read_checkpoint(ckpt)["config"]["model"]["arch"] == "cyclegan"
+
+
+def _evaluate_translation(args) -> int:
+    """``evaluate`` of a cyclegan run: FID A→B vs held-out B and B→A vs held-out A, their mean, cycle L1, the
+    grid (``ganforge.translate.evaluate_translation``), logged to the run's MLflow run as the DAG's step does."""
+    from .paths import cache_dir
+    from .translate import evaluate_translation_run
+
+    path = Path(args.checkpoint or args.run)
+    if not _is_cyclegan(path):
+        raise ConfigError(f"--data-b goes with a cyclegan run (two domains); {path} is not one: drop --data-b")
+    if not args.data_b:
+        raise ConfigError(
+            f"{path} is a cyclegan run, scored on both held-out domains: pass --data A_TEST_DIR --data-b B_TEST_DIR "
+            "(each from `ganforge prep --preset cyclegan --domain a|b --split test`)"
+        )
+    if args.n_real or args.raw_generator or args.train_data:
+        raise ConfigError("--n-real, --raw-generator and --train-data do not apply to a cyclegan run")
+    out = Path(args.out) if args.out else (path if path.is_dir() else path.parent)
+    metrics = evaluate_translation_run(path, args.data, args.data_b, out, cache_dir(), n=args.n)
+    run_id = _recorded_mlflow_run(path) if path.is_dir() else None
+    if run_id:  # trained with --mlflow: the scores and the grid join its MLflow run
+        steps = require_platform("steps", f"logging to the MLflow run of {path} (trained with --mlflow)")
+        steps.log_translation_evaluation(run_id, metrics, out)
         metrics["mlflow_run_id"] = run_id
     print(json.dumps(metrics, indent=2, default=str))
     return 0
@@ -408,7 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="a training run directory: score checkpoint.pt, add the FID curve over "
         "snapshots/, log both to the run's MLflow run if it was trained with --mlflow",
     )
-    p.add_argument("--data", required=True, help="reference dataset directory")
+    p.add_argument("--data", required=True, help="reference dataset directory (cyclegan: domain A's held-out split)")
+    p.add_argument("--data-b", help="cyclegan: domain B's held-out split (--data is domain A's)")
     p.add_argument(
         "--train-data",
         help="class-conditional models: the training split, for the class accuracy of "

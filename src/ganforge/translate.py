@@ -93,7 +93,7 @@ def translate_batch(G: nn.Module, images_u8: np.ndarray, batch_size: int = 64) -
     """uint8 N×C×H×W → translated uint8 N×C×H×W."""
     from .generate import to_uint8_images
 
-    x = torch.from_numpy(np.ascontiguousarray(images_u8))
+    x = torch.from_numpy(np.array(images_u8))  # a copy: the datasets are read-only memory maps
     out = [G(to_float(x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
     return to_uint8_images(torch.cat(out)) if out else torch.empty(0, *x.shape[1:], dtype=torch.uint8)
 
@@ -128,7 +128,7 @@ def translate_to_dir(
 
 def cycle_l1(G_there: nn.Module, G_back: nn.Module, images_u8: np.ndarray, batch_size: int = 64) -> float:
     """Mean |x - G_back(G_there(x))| over pixels, in the [-1, 1] scale the models work in."""
-    x = torch.from_numpy(np.ascontiguousarray(images_u8))
+    x = torch.from_numpy(np.array(images_u8))  # a copy: the datasets are read-only memory maps
     total = 0.0
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
@@ -180,4 +180,30 @@ def evaluate_translation(
         rows = translation_rows(G_ab, G_ba, *(to_float(torch.from_numpy(r[:k].copy())) for r in real))
     metrics["grid"] = str(atomic_write_bytes(out / GRID_NAME, grid_png(rows, k)))
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def evaluate_translation_run(
+    path: str | os.PathLike,
+    test_a: str | os.PathLike,
+    test_b: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    cache_dir: str | os.PathLike,
+    n: int | None = None,
+) -> dict:
+    """``evaluate_translation`` of a cyclegan run directory (or its checkpoint.pt) on held-out domains prepared
+    by ``ganforge prep --domain a|b --split test``; ``n`` held-out images a direction (default eval.n_samples).
+    Adds the checkpoint's ``step``; writes metrics.json and the grid to ``out_dir``."""
+    import dataclasses
+
+    from .checkpoint import CHECKPOINT_NAME, read_checkpoint
+    from .cyclegan import load_translators
+
+    ckpt = Path(path) / CHECKPOINT_NAME if Path(path).is_dir() else Path(path)
+    G_ab, G_ba, cfg = load_translators(ckpt)
+    eval_cfg = dataclasses.replace(cfg.eval, n_samples=n) if n else cfg.eval
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    metrics = evaluate_translation(G_ab, G_ba, cfg, test_a, test_b, out_dir, cache_dir, eval_cfg)
+    metrics["step"] = int(read_checkpoint(ckpt)["step"])
+    atomic_write_text(Path(out_dir) / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return metrics

@@ -350,8 +350,14 @@ def evaluate_translation_step(
         )
         metrics["step"] = int(read_checkpoint(Path(checkpoint_dir) / CHECKPOINT_NAME)["step"])
         if run_id:
-            tracking.configure()
-            tracking.log_artifact(run_id, metrics["grid"], "evaluation")
-            log_evaluation(run_id, metrics, [], tmp)
+            log_translation_evaluation(run_id, metrics, tmp)
     metrics.pop("grid")
     return metrics
+
+
+def log_translation_evaluation(run_id: str, metrics: dict, eval_dir: str | Path) -> None:
+    """A cyclegan evaluation into its MLflow run: the scores at the checkpoint's step, the grid as
+    ``evaluation/translations.png``."""
+    tracking.configure()
+    tracking.log_artifact(run_id, metrics["grid"], "evaluation")
+    log_evaluation(run_id, metrics, [], eval_dir)
