@@ -57,7 +57,6 @@ def check_runner(runner: str) -> str:
 
 def local_sources(name: str, profile: str, source: str | None) -> list[str]:
     """Host paths a task container must read: the data source when it is a local file or folder."""
-
     src = source or build_config(name, profile).data.source
     return [str(Path(src).resolve())] if src.startswith("/") and Path(src).exists() else []
 

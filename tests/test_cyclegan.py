@@ -285,3 +285,5 @@ def test_cli_trains_with_mlflow_and_evaluates_a_run_on_both_held_out_domains(dom
     capsys.readouterr()
     assert main(["evaluate", "--run", str(dcgan), *held_out]) == 2
     assert "--data-b goes with a cyclegan run" in capsys.readouterr().err
+    assert main(["evaluate", "--run", str(tmp_path / "nowhere"), *held_out]) == 2
+    assert f"no checkpoint at {tmp_path / 'nowhere'}" in capsys.readouterr().err

@@ -335,7 +335,12 @@ def _evaluate_translation(args) -> int:
 
     path = Path(args.checkpoint or args.run)
     if not _is_cyclegan(path):
-        raise ConfigError(f"--data-b goes with a cyclegan run (two domains); {path} is not one: drop --data-b")
+        ckpt = path / "checkpoint.pt" if path.is_dir() else path
+        raise ConfigError(
+            f"--data-b goes with a cyclegan run (two domains); {path} is not one: drop --data-b"
+            if ckpt.is_file()
+            else f"no checkpoint at {ckpt}: pass --run RUN_DIR (or --checkpoint FILE) written by `ganforge train`"
+        )
     if not args.data_b:
         raise ConfigError(
             f"{path} is a cyclegan run, scored on both held-out domains: pass --data A_TEST_DIR --data-b B_TEST_DIR "
