@@ -286,8 +286,9 @@ def cmd_evaluate(args) -> int:
             "--n-real and --raw-generator go with --checkpoint FILE; --run scores the EMA generator "
             "against as many real images as it generates"
         )
-    if args.data_b or _is_cyclegan(Path(args.checkpoint or args.run)):
-        return _evaluate_translation(args)
+    arch = _checkpoint_arch(Path(args.checkpoint or args.run))
+    if args.data_b or arch == "cyclegan":
+        return _evaluate_translation(args, arch)
     if args.checkpoint:
         from .evaluate import evaluate_checkpoint
 
@@ -319,27 +320,28 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def _is_cyclegan(path: Path) -> bool:
-    """Whether a checkpoint (or a run directory's checkpoint.pt) is a cyclegan one (two generators)."""
+def _checkpoint_arch(path: Path) -> str | None:
+    """The model arch of a checkpoint (or of a run directory's checkpoint), None where there is no checkpoint."""
     from .checkpoint import CHECKPOINT_NAME, read_checkpoint
 
     ckpt = path / CHECKPOINT_NAME if path.is_dir() else path
-    return ckpt.is_file() and read_checkpoint(ckpt)["config"]["model"]["arch"] == "cyclegan"
+    return read_checkpoint(ckpt)["config"]["model"]["arch"] if ckpt.is_file() else None
 
 
-def _evaluate_translation(args) -> int:
+def _evaluate_translation(args, arch: str | None) -> int:
     """``evaluate`` of a cyclegan run: FID A→B vs held-out B and B→A vs held-out A, their mean, cycle L1, the
     grid (``ganforge.translate.evaluate_translation``), logged to the run's MLflow run as the DAG's step does."""
+    from .checkpoint import CHECKPOINT_NAME
     from .paths import cache_dir
     from .translate import evaluate_translation_run
 
     path = Path(args.checkpoint or args.run)
-    if not _is_cyclegan(path):
-        ckpt = path / "checkpoint.pt" if path.is_dir() else path
+    if arch != "cyclegan":
         raise ConfigError(
             f"--data-b goes with a cyclegan run (two domains); {path} is not one: drop --data-b"
-            if ckpt.is_file()
-            else f"no checkpoint at {ckpt}: pass --run RUN_DIR (or --checkpoint FILE) written by `ganforge train`"
+            if arch
+            else f"no checkpoint at {path / CHECKPOINT_NAME if path.is_dir() else path}: pass --run RUN_DIR "
+            "(or --checkpoint FILE) written by `ganforge train`"
         )
     if not args.data_b:
         raise ConfigError(

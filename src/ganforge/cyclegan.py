@@ -392,7 +392,11 @@ def load_translators(path: str | Path) -> tuple[nn.Module, nn.Module, PipelineCo
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT_NAME
-    ckpt = read_checkpoint(path)
+    return translators_from(read_checkpoint(path), path)
+
+
+def translators_from(ckpt: dict, path: str | Path) -> tuple[nn.Module, nn.Module, PipelineConfig]:
+    """``load_translators`` of a checkpoint already read from ``path`` (named in the error)."""
     cfg = PipelineConfig.from_dict(ckpt["config"])
     if cfg.model.arch != "cyclegan" or "G_ab_ema" not in ckpt:
         raise CheckpointError(

@@ -197,13 +197,14 @@ def evaluate_translation_run(
     import dataclasses
 
     from .checkpoint import CHECKPOINT_NAME, read_checkpoint
-    from .cyclegan import load_translators
+    from .cyclegan import translators_from
 
-    ckpt = Path(path) / CHECKPOINT_NAME if Path(path).is_dir() else Path(path)
-    G_ab, G_ba, cfg = load_translators(ckpt)
+    path = Path(path) / CHECKPOINT_NAME if Path(path).is_dir() else Path(path)
+    ckpt = read_checkpoint(path)
+    G_ab, G_ba, cfg = translators_from(ckpt, path)
     eval_cfg = dataclasses.replace(cfg.eval, n_samples=n) if n else cfg.eval
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     metrics = evaluate_translation(G_ab, G_ba, cfg, test_a, test_b, out_dir, cache_dir, eval_cfg)
-    metrics["step"] = int(read_checkpoint(ckpt)["step"])
+    metrics["step"] = int(ckpt["step"])
     atomic_write_text(Path(out_dir) / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return metrics

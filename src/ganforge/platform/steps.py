@@ -335,20 +335,16 @@ def evaluate_translation_step(
 ) -> dict:
     """FID A→B vs held-out B and B→A vs held-out A, their mean ``fid`` (the promotion metric), cycle L1, and
     the input / translated / reconstructed grid (logged to MLflow as ``evaluation/translations.png``)."""
-    from ..checkpoint import CHECKPOINT_NAME, read_checkpoint
-    from ..cyclegan import load_translators
     from ..paths import cache_dir
-    from ..translate import evaluate_translation
+    from ..translate import evaluate_translation_run
 
     threads.configure()
     cfg = PipelineConfig.from_json(config_json)
-    G_ab, G_ba, _ = load_translators(checkpoint_dir)
     split = cfg.data.reference_split
     with tempfile.TemporaryDirectory(prefix="ganforge-eval-") as tmp:
-        metrics = evaluate_translation(
-            G_ab, G_ba, cfg, Path(domain_a) / split, Path(domain_b) / split, tmp, cache_dir()
+        metrics = evaluate_translation_run(
+            checkpoint_dir, Path(domain_a) / split, Path(domain_b) / split, tmp, cache_dir(), n=cfg.eval.n_samples
         )
-        metrics["step"] = int(read_checkpoint(Path(checkpoint_dir) / CHECKPOINT_NAME)["step"])
         if run_id:
             log_translation_evaluation(run_id, metrics, tmp)
     metrics.pop("grid")
