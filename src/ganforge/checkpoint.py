@@ -73,6 +73,13 @@ class CheckpointError(GanforgeError, RuntimeError):
     """A checkpoint is missing, damaged, of another format or config; the message names the file and the fix."""
 
 
+def checkpoint_file(path: str | os.PathLike) -> Path:
+    """The checkpoint a path names: a run directory means its checkpoint.pt, anything else itself (a
+    checkpoint or snapshot file, or a path that does not exist yet: the caller's error names it)."""
+    path = Path(path).expanduser()
+    return path / CHECKPOINT_NAME if path.is_dir() else path
+
+
 def epoch_number(step: int, steps_per_epoch: int) -> int:
     """The epoch recorded with ``step``: ceil(step / steps_per_epoch) (see the module docstring)."""
     return math.ceil(step / steps_per_epoch)

@@ -322,16 +322,16 @@ def cmd_evaluate(args) -> int:
 
 def _checkpoint_arch(path: Path) -> str | None:
     """The model arch of a checkpoint (or of a run directory's checkpoint), None where there is no checkpoint."""
-    from .checkpoint import CHECKPOINT_NAME, read_checkpoint
+    from .checkpoint import checkpoint_file, read_checkpoint
 
-    ckpt = path / CHECKPOINT_NAME if path.is_dir() else path
+    ckpt = checkpoint_file(path)
     return read_checkpoint(ckpt)["config"]["model"]["arch"] if ckpt.is_file() else None
 
 
 def _evaluate_translation(args, arch: str | None) -> int:
     """``evaluate`` of a cyclegan run: FID A→B vs held-out B and B→A vs held-out A, their mean, cycle L1, the
     grid (``ganforge.translate.evaluate_translation``), logged to the run's MLflow run as the DAG's step does."""
-    from .checkpoint import CHECKPOINT_NAME
+    from .checkpoint import checkpoint_file
     from .paths import cache_dir
     from .translate import evaluate_translation_run
 
@@ -340,7 +340,7 @@ def _evaluate_translation(args, arch: str | None) -> int:
         raise ConfigError(
             f"--data-b goes with a cyclegan run (two domains); {path} is not one: drop --data-b"
             if arch
-            else f"no checkpoint at {path / CHECKPOINT_NAME if path.is_dir() else path}: pass --run RUN_DIR "
+            else f"no checkpoint at {checkpoint_file(path)}: pass --run RUN_DIR "
             "(or --checkpoint FILE) written by `ganforge train`"
         )
     if not args.data_b:

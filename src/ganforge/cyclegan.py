@@ -35,6 +35,7 @@ from .checkpoint import (
     CYCLEGAN_STATE_KEYS,
     SAMPLES_DIR,
     CheckpointError,
+    checkpoint_file,
     epoch_number,
     load_state,
     read_checkpoint,
@@ -389,9 +390,7 @@ def train_cyclegan(
 
 def load_translators(path: str | Path) -> tuple[nn.Module, nn.Module, PipelineConfig]:
     """(A→B, B→A EMA generators in eval mode, config) from a cyclegan checkpoint.pt or its run directory."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / CHECKPOINT_NAME
+    path = checkpoint_file(path)
     return translators_from(read_checkpoint(path), path)
 
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from .audio_io import spectrogram_grid_png, write_wavs
-from .checkpoint import CHECKPOINT_NAME, SNAPSHOT_DIR, load_generator
+from .checkpoint import SNAPSHOT_DIR, checkpoint_file, load_generator
 from .config import PipelineConfig
 from .errors import GanforgeError, require_platform
 from .fileio import atomic_dir, check_output_dir
@@ -83,11 +83,9 @@ def load_registered(uri: str, device: str = "cpu") -> LoadedModel:
     return LoadedModel(generator, cfg, provenance, class_names)
 
 
-def checkpoint_file(model: str) -> Path:
+def _existing_checkpoint(model: str) -> Path:
     """The checkpoint a local path names (a run directory means its checkpoint.pt)."""
-    path = Path(model).expanduser()
-    if path.is_dir():
-        path = path / CHECKPOINT_NAME
+    path = checkpoint_file(model)
     if not path.is_file():
         raise GenerationError(
             f"no checkpoint at {path}: pass a checkpoint.pt written by `ganforge train`, "
@@ -100,7 +98,7 @@ def load_model(model: str, device: str = "cpu") -> LoadedModel:
     """Load a registered model (``models:/…``) or a local checkpoint, EMA generator in eval mode."""
     if model.startswith(REGISTRY_SCHEME):
         return load_registered(model, device)
-    path = checkpoint_file(model)
+    path = _existing_checkpoint(model)
     generator, cfg = load_generator(path, device=device)
     class_names = None
     if cfg.model.num_classes:

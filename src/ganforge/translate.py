@@ -196,10 +196,10 @@ def evaluate_translation_run(
     Adds the checkpoint's ``step``; writes metrics.json and the grid to ``out_dir``."""
     import dataclasses
 
-    from .checkpoint import CHECKPOINT_NAME, read_checkpoint
+    from .checkpoint import checkpoint_file, read_checkpoint
     from .cyclegan import translators_from
 
-    path = Path(path) / CHECKPOINT_NAME if Path(path).is_dir() else Path(path)
+    path = checkpoint_file(path)
     ckpt = read_checkpoint(path)
     G_ab, G_ba, cfg = translators_from(ckpt, path)
     eval_cfg = dataclasses.replace(cfg.eval, n_samples=n) if n else cfg.eval
