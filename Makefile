@@ -108,23 +108,34 @@ quality-data: setup
 	@for split in train test; do [ -f $(QUALITY_DATA)/$$split/manifest.json ] || \
 	  $(BIN)/ganforge prep --preset dcgan --split $$split --out $(QUALITY_DATA)/$$split >/dev/null || exit 1; done
 
-# One switch at a time on the `dcgan` `quality` run, 4 epochs, scored by FID-2k of the epoch-4
-# EMA generator vs the 10,000 test images (README, "Ablations"). `baseline` changes nothing.
-ABLATIONS := baseline ema-off sn-hinge ttur diffaugment r1 seed1
-ABL_baseline :=
-ABL_ema-off := --set train.ema_decay=0
-ABL_sn-hinge := --set model.d_norm=spectral --set train.loss=hinge
-ABL_ttur := --set train.lr_d=4e-4
-ABL_diffaugment := --set train.diffaugment=color,translation,cutout
-ABL_r1 := --set train.r1_gamma=0.01
-ABL_seed1 := --set train.seed=1
-ablation: ablation-name quality-data ## One switch on dcgan/quality for 4 epochs, FID-2k: make ablation ABL=ttur (ABL: baseline ema-off sn-hinge ttur diffaugment r1 seed1)
-	$(BIN)/ganforge train --preset dcgan --profile quality --set train.epochs=4 $(ABL_$(ABL)) \
-	  --data $(QUALITY_DATA)/train --out $(GANFORGE_HOME)/ablation/$(ABL) --resume --mlflow
-	$(BIN)/ganforge curve --run $(GANFORGE_HOME)/ablation/$(ABL) --data $(QUALITY_DATA)/test
+# One switch at a time on a preset's `quality` run, trained to its first snapshot (dcgan: epoch 4,
+# stylegan: epoch 3) and scored by the FID-2k of that snapshot's EMA generator vs the 10,000 test images
+# (README, "Ablations"). `baseline` changes nothing; `seed1` only the seed: the noise to read a switch against.
+ABLATIONS_dcgan := baseline ema-off sn-hinge ttur diffaugment r1 seed1
+ABLATIONS_stylegan := baseline seed1 mixing-off r1-off
+ABL_EPOCHS_dcgan := 4
+ABL_EPOCHS_stylegan := 3
+ABL_dcgan_baseline :=
+ABL_dcgan_ema-off := --set train.ema_decay=0
+ABL_dcgan_sn-hinge := --set model.d_norm=spectral --set train.loss=hinge
+ABL_dcgan_ttur := --set train.lr_d=4e-4
+ABL_dcgan_diffaugment := --set train.diffaugment=color,translation,cutout
+ABL_dcgan_r1 := --set train.r1_gamma=0.01
+ABL_dcgan_seed1 := --set train.seed=1
+ABL_stylegan_baseline :=
+ABL_stylegan_seed1 := --set train.seed=1
+ABL_stylegan_mixing-off := --set train.style_mixing=0
+ABL_stylegan_r1-off := --set train.r1_gamma=0
+# dcgan's runs keep their old place (ablation/ttur); other presets' are prefixed (ablation/stylegan-r1-off)
+ABL_DIR = $(GANFORGE_HOME)/ablation/$(if $(filter-out dcgan,$(PIPELINE)),$(PIPELINE)-)$(ABL)
+ablation: ablation-name quality-data ## One switch on dcgan/quality (4 epochs) or stylegan/quality (3), FID-2k: make ablation [PIPELINE=stylegan] ABL=r1-off
+	$(BIN)/ganforge train --preset $(PIPELINE) --profile quality --set train.epochs=$(ABL_EPOCHS_$(PIPELINE)) \
+	  $(ABL_$(PIPELINE)_$(ABL)) --data $(QUALITY_DATA)/train --out $(ABL_DIR) --resume --mlflow
+	$(BIN)/ganforge curve --run $(ABL_DIR) --data $(QUALITY_DATA)/test
 
 ablation-name:
-	@[ -n "$(filter $(ABL),$(ABLATIONS))" ] || { echo "ABL='$(ABL)': give one of $(ABLATIONS), e.g. make ablation ABL=ttur" >&2; exit 2; }
+	@[ -n "$(ABLATIONS_$(PIPELINE))" ] || { echo "PIPELINE='$(PIPELINE)': ablations are defined for dcgan and stylegan, e.g. make ablation PIPELINE=stylegan ABL=r1-off" >&2; exit 2; }
+	@[ -n "$(filter $(ABL),$(ABLATIONS_$(PIPELINE)))" ] || { echo "ABL='$(ABL)': for PIPELINE=$(PIPELINE) give one of $(ABLATIONS_$(PIPELINE)), e.g. make ablation PIPELINE=$(PIPELINE) ABL=$(word 2,$(ABLATIONS_$(PIPELINE)))" >&2; exit 2; }
 
 bench: setup ## Benchmarks (ratios measured in one run) → build/bench.json
 	$(BIN)/python benchmarks/run.py --out build/bench.json
