@@ -445,7 +445,8 @@ PRESETS: dict[str, dict] = {
     # inputs, skip G, residual D with minibatch stddev; the StyleGAN2 recipe — non-saturating logistic
     # loss, lazy R1 every 16 D steps, style mixing 0.9, Adam(0.0025, β = (0, 0.99)) as stylegan2-ada's
     # small-resolution configs, EMA of G. γ = 0.01: stylegan2-ada's CIFAR-10 setting (its heuristic
-    # 0.0002·res²/batch gives 0.0025 at 28 px, batch 64). Mixing and R1 against seed noise: README, StyleGAN's switches.
+    # 0.0002·res²/batch gives 0.0025 at 28 px, batch 64). Mixing, R1 and mapping depth against the seed
+    # noise: README, "StyleGAN's switches".
     "stylegan": {
         "model": {"arch": "stylegan", "d_norm": "none", "nz": 128, "mapping_layers": 4},
         "train": {
