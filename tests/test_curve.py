@@ -201,6 +201,7 @@ def test_cli_mlflow_run_survives_resume_and_gets_the_curve(
     # `ganforge curve` on the evaluated run recomputes nothing and logs no duplicate points
     assert cli.main(["curve", "--run", str(out), "--data", str(fashion_test)]) == 0
     assert json.loads(capsys.readouterr().out)["mlflow_run_id"] == run_id
+    assert c.get_run(run_id).info.status == "FINISHED"  # closed by train; evaluate and curve log into it anyway
     assert [(m.step, m.value) for m in c.get_metric_history(run_id, "fid_n6")] == history
     assert c.get_metric_history(run_id, "train_wall_s")[-1].step == 20
     loss_steps = [m.step for m in c.get_metric_history(run_id, "loss_d")]

@@ -275,6 +275,7 @@ def test_cli_trains_with_mlflow_and_evaluates_a_run_on_both_held_out_domains(dom
     mlflow_run = client.get_run(m["mlflow_run_id"])
     assert (run / "mlflow_run_id").read_text().strip() == m["mlflow_run_id"]
     assert mlflow_run.data.metrics["fid"] == pytest.approx(m["fid"]) and "loss_g" in mlflow_run.data.metrics
+    assert mlflow_run.info.status == "FINISHED"  # closed when training ended; evaluate still logged into it
     assert [a.path for a in client.list_artifacts(m["mlflow_run_id"], "evaluation")] == ["evaluation/translations.png"]
 
     assert main(["evaluate", "--run", str(run), "--data", str(domains["a", "test"][1])]) == 2

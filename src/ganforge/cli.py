@@ -11,10 +11,12 @@ errors answer without loading torch; the platform layer comes in through ``error
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from .config import PRESETS, PROFILES, ConfigError, PipelineConfig, build_config, parse_override
@@ -163,19 +165,38 @@ def cmd_train(args) -> int:
         return _relaunch_under_torchrun(cfg, args)
     if cfg.model.arch == "cyclegan":
         return _train_cyclegan(cfg, args)
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    run_id = os.environ.get("GANFORGE_MLFLOW_RUN_ID")  # set by the pipeline's train step for torchrun ranks
+    own_run = args.mlflow and not run_id and is_main
+    if own_run and is_s3(args.out):
+        raise ConfigError(
+            "--mlflow keeps the MLflow run id in the run directory: use a local --out "
+            "(cluster runs are tracked by the pipeline)"
+        )
+    with _cli_mlflow_run(cfg, Path(args.out), args.resume) if own_run else contextlib.nullcontext(run_id) as run_id:
+        result, checkpoint = _train_logged(cfg, args, run_id if is_main else None)
+    if is_main:
+        print(
+            json.dumps(
+                {
+                    "step": result.step,
+                    "epoch": result.epoch,
+                    "seconds": round(result.seconds, 2),
+                    "total_seconds": round(result.total_seconds, 2),
+                    "img_per_s": round(result.img_per_s, 1),
+                    "checkpoint": checkpoint,
+                }
+            )
+        )
+    return 0
+
+
+def _train_logged(cfg: PipelineConfig, args, run_id: str | None):
+    """``train``'s body; with ``run_id`` (rank 0 of a tracked run) the losses go to that MLflow run."""
     from .train import train
 
-    is_main = int(os.environ.get("RANK", "0")) == 0
     callback = None
-    run_id = os.environ.get("GANFORGE_MLFLOW_RUN_ID")  # set by the pipeline's train step for torchrun ranks
-    if args.mlflow and not run_id and is_main:
-        if is_s3(args.out):
-            raise ConfigError(
-                "--mlflow keeps the MLflow run id in the run directory: use a local --out "
-                "(cluster runs are tracked by the pipeline)"
-            )
-        run_id = _cli_mlflow_run(cfg, Path(args.out), args.resume)
-    if run_id and is_main:
+    if run_id:
         tracking = require_platform("tracking", "train --mlflow")
         tracking.configure()
         callback = tracking.MlflowMetricsCallback(run_id)
@@ -209,20 +230,7 @@ def cmd_train(args) -> int:
             tracking.log_metrics(
                 run_id, {"train_wall_s": result.total_seconds, "train_epochs": result.epoch}, step=result.step
             )
-    if is_main:
-        print(
-            json.dumps(
-                {
-                    "step": result.step,
-                    "epoch": result.epoch,
-                    "seconds": round(result.seconds, 2),
-                    "total_seconds": round(result.total_seconds, 2),
-                    "img_per_s": round(result.img_per_s, 1),
-                    "checkpoint": checkpoint,
-                }
-            )
-        )
-    return 0
+    return result, checkpoint
 
 
 def _train_cyclegan(cfg: PipelineConfig, args) -> int:
@@ -233,14 +241,15 @@ def _train_cyclegan(cfg: PipelineConfig, args) -> int:
         raise ConfigError("the cyclegan preset trains on two domains: pass --data DOMAIN_A_DIR --data-b DOMAIN_B_DIR")
     if is_s3(args.data) or is_s3(args.data_b) or is_s3(args.out):
         raise ConfigError("the cyclegan preset trains on local directories: --data, --data-b and --out cannot be s3://")
-    callback = None
-    if args.mlflow:  # the losses go to an MLflow run whose id is kept in --out (reused on --resume), as for train
-        run_id = _cli_mlflow_run(cfg, Path(args.out), args.resume)
-        tracking = require_platform("tracking", "train --mlflow")
-        callback = tracking.MlflowMetricsCallback(run_id)
-    result = train_cyclegan(cfg, args.data, args.data_b, args.out, resume=args.resume, on_metrics=callback)
-    if callback is not None:
-        callback.flush()
+    # With --mlflow the losses go to an MLflow run whose id is kept in --out (reused on --resume), as for train.
+    with _cli_mlflow_run(cfg, Path(args.out), args.resume) if args.mlflow else contextlib.nullcontext() as run_id:
+        callback = None
+        if run_id:
+            tracking = require_platform("tracking", "train --mlflow")
+            callback = tracking.MlflowMetricsCallback(run_id)
+        result = train_cyclegan(cfg, args.data, args.data_b, args.out, resume=args.resume, on_metrics=callback)
+        if callback is not None:
+            callback.flush()
     print(json.dumps({"step": result.step, "epoch": result.epoch, "checkpoint": str(result.checkpoint)}))
     return 0
 
@@ -263,16 +272,31 @@ def _recorded_mlflow_run(run: Path) -> str | None:
     return id_file.read_text().strip() if id_file.is_file() else None
 
 
-def _cli_mlflow_run(cfg: PipelineConfig, out: Path, resume: bool) -> str:
-    """The MLflow run of a CLI training run: reused on --resume (its id is kept in OUT/mlflow_run_id)."""
+@contextlib.contextmanager
+def _cli_mlflow_run(cfg: PipelineConfig, out: Path, resume: bool) -> Iterator[str]:
+    """The MLflow run of a CLI training run, open while the block trains: created here (its id kept in
+    OUT/mlflow_run_id) or, on --resume, the recorded one marked RUNNING again; closed on the way out —
+    FINISHED when training returns, KILLED on Ctrl-C, FAILED on an error. Later ``evaluate``/``curve``
+    calls still log into the closed run by its id."""
     tracking = require_platform("tracking", "train --mlflow")
     tracking.configure()
     if resume and (recorded := _recorded_mlflow_run(out)):
-        return recorded
-    run_id = tracking.start_pipeline_run(cfg, tags={"ganforge.launched_by": "cli"})
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / MLFLOW_RUN_FILE, run_id + "\n")
-    return run_id
+        run_id = recorded
+        tracking.reopen_pipeline_run(run_id)
+    else:
+        run_id = tracking.start_pipeline_run(cfg, tags={"ganforge.launched_by": "cli"})
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / MLFLOW_RUN_FILE, run_id + "\n")
+    try:
+        yield run_id
+    except BaseException as e:
+        status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
+        try:
+            tracking.finish_pipeline_run(run_id, status)
+        except Exception as mark_error:  # the training error matters more than its record: never hide it
+            print(f"ganforge: could not mark MLflow run {run_id} {status}: {mark_error}", file=sys.stderr)
+        raise
+    tracking.finish_pipeline_run(run_id, "FINISHED")
 
 
 def cmd_evaluate(args) -> int:

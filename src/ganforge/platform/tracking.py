@@ -180,6 +180,12 @@ def finish_pipeline_run(run_id: str, status: str = "FINISHED") -> None:
     client().set_terminated(run_id, status=status)
 
 
+def reopen_pipeline_run(run_id: str) -> None:
+    """Mark a closed run ``RUNNING`` again (``train --resume`` continues it); its end time is kept
+    until ``finish_pipeline_run`` sets a new one."""
+    client().update_run(run_id, status="RUNNING")
+
+
 FAILED_STEP_TAG = "ganforge.failed_step"
 """Run tag: the pipeline step (KFP task name, e.g. ``train``) that failed the run."""
 ERROR_TAG = "ganforge.error"
