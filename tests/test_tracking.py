@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import mlflow
@@ -165,3 +166,39 @@ def test_metrics_callback_buffers_until_the_interval_or_flush(store):
     eager = tracking.MlflowMetricsCallback(run_id, flush_interval_s=0)
     eager(20, {"loss_d": 0.25})
     assert tracking.metric_histories(run_id)["loss_d"][-1] == (20, 0.25)
+
+
+FIRST_USER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from ganforge.platform import tracking
+    go = Path(sys.argv[1])
+    Path(sys.argv[1] + "-" + sys.argv[2]).touch()  # imported
+    while not go.exists():  # and waiting: all start together
+        time.sleep(0.01)
+    tracking.configure()
+    tracking.client().create_experiment(sys.argv[2])
+""")
+
+
+def test_processes_that_first_use_a_fresh_sqlite_store_together_all_succeed(tmp_path):
+    """Two seeds started at once in a new GANFORGE_HOME: MLflow's schema migrations must not race
+    (unlocked, all but one of 3–4 such processes failed with alembic's "expected to match one row")."""
+    home, go = tmp_path / "home", tmp_path / "go"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | {"GANFORGE_HOME": str(home)}
+    children = [
+        subprocess.Popen([sys.executable, "-c", FIRST_USER, str(go), f"exp{i}"], env=env, stderr=subprocess.PIPE)
+        for i in range(3)
+    ]
+    try:
+        deadline = time.monotonic() + 120
+        while not all((tmp_path / f"go-exp{i}").exists() for i in range(3)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        go.touch()
+        errors = [child.communicate(timeout=120)[1].decode()[-400:] for child in children]
+    finally:
+        for child in children:
+            child.kill()
+    assert [child.returncode for child in children] == [0] * 3, errors
+    names = {e.name for e in MlflowClient(f"sqlite:///{home / 'mlflow.db'}").search_experiments()}
+    assert {f"exp{i}" for i in range(3)} <= names

@@ -14,6 +14,7 @@ Where things go:
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import math
 import os
@@ -89,7 +90,28 @@ def configure(home: str | None = None) -> str:
         db.parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    if db is not None and uri not in _READY_STORES:
+        _create_sqlite_store(db, uri)
+        _READY_STORES.add(uri)
     return uri
+
+
+_READY_STORES: set[str] = set()
+"""The sqlite URIs this process has already created or checked (``_create_sqlite_store``)."""
+
+
+def _create_sqlite_store(db: Path, uri: str) -> None:
+    """Create or upgrade the sqlite store's tables under an exclusive lock on ``<db>.lock``.
+
+    MLflow builds a fresh file's schema on first use, by migrations; two processes doing that at once
+    (two seeds started together in a new GANFORGE_HOME) fail with alembic's "expected to match one
+    row". Under the lock the first creates the tables and the others find them.
+    """
+    with open(db.with_name(db.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        c = MlflowClient(uri, uri)
+        c.search_experiments(max_results=1)
+        c.search_registered_models(max_results=1)
 
 
 def client() -> MlflowClient:
