@@ -59,7 +59,9 @@ def test_a_run_whose_training_fails_is_marked_failed(tmp_path, ganforge_home, ca
 
 def test_ctrl_c_marks_the_run_killed_and_resume_finishes_it(fashion_train, tmp_path, ganforge_home):
     out = tmp_path / "run"
-    args = _train_args(fashion_train, out, "--set", "train.epochs=1000", "--set", "train.log_every=1")
+    # the tiny profile stops at step 8 (seconds on an idle machine): train far longer, logging every step
+    endless = ["train.max_steps=1000000", "train.epochs=1000", "train.log_every=1", "train.checkpoint_every=1000000"]
+    args = _train_args(fashion_train, out, *(a for kv in endless for a in ("--set", kv)))
     child = subprocess.Popen(
         [sys.executable, "-m", "ganforge.cli", *args],
         stderr=subprocess.PIPE,
