@@ -112,7 +112,7 @@ quality-data: setup
 # stylegan: epoch 3) and scored by the FID-2k of that snapshot's EMA generator vs the 10,000 test images
 # (README, "Ablations"). `baseline` changes nothing; `seed1` only the seed: the noise to read a switch against.
 ABLATIONS_dcgan := baseline ema-off sn-hinge ttur diffaugment r1 seed1
-ABLATIONS_stylegan := baseline seed1 mixing-off r1-off r1-10x mapping-8 width-20
+ABLATIONS_stylegan := baseline seed1 mixing-off r1-off r1-10x mapping-8 width-20 width-20-seed1
 ABL_EPOCHS_dcgan := 4
 ABL_EPOCHS_stylegan := 3
 ABL_dcgan_baseline :=
@@ -129,6 +129,7 @@ ABL_stylegan_r1-off := --set train.r1_gamma=0
 ABL_stylegan_r1-10x := --set train.r1_gamma=0.1
 ABL_stylegan_mapping-8 := --set model.mapping_layers=8
 ABL_stylegan_width-20 := --set model.ngf=20 --set model.ndf=20
+ABL_stylegan_width-20-seed1 := $(ABL_stylegan_width-20) --set train.seed=1
 # dcgan's runs keep their old place (ablation/ttur); other presets' are prefixed (ablation/stylegan-r1-off)
 ABL_DIR = $(GANFORGE_HOME)/ablation/$(if $(filter-out dcgan,$(PIPELINE)),$(PIPELINE)-)$(ABL)
 ablation: ablation-name quality-data ## One switch on dcgan/quality (4 epochs) or stylegan/quality (3), FID-2k: make ablation [PIPELINE=stylegan] ABL=r1-off
