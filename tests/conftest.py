@@ -90,6 +90,38 @@ def cli_env(**extra) -> dict:
     return env
 
 
+def make_dry_run(make_args: str, **env) -> dict[str, list[str]]:
+    """The `ganforge` commands `make -n <make_args>` would run, split into words and keyed by subcommand
+    (`train`, `evaluate`, `curve`; each must appear at most once). ``make_args`` goes through bash as a user
+    types it, so `$GANFORGE_HOME` and quoting in a README command expand as they would in a shell."""
+    import shlex
+    import subprocess
+
+    done = subprocess.run(
+        ["bash", "-c", "make -n " + make_args],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, (make_args, done.stderr)
+    commands: dict[str, list[str]] = {}
+    for line in done.stdout.replace("\\\n", " ").splitlines():
+        if not line.lstrip().split(" ", 1)[0].endswith("/ganforge"):
+            continue  # set-up lines (venv, apt, data prep loops) are not what the target runs
+        words = shlex.split(line)
+        if len(words) > 1:
+            assert words[1] not in commands, f"make -n {make_args} runs `ganforge {words[1]}` twice"
+            commands[words[1]] = words
+    return commands
+
+
+def opt(argv: list[str], flag: str) -> str:
+    """The value after ``flag`` in a command's words."""
+    return argv[argv.index(flag) + 1]
+
+
 @pytest.fixture(scope="session")
 def dcgan_tiny_run(tmp_path_factory):
     """The whole tiny dcgan DAG through kfp.local, once for the session (test_run_output, test_pipeline_local):

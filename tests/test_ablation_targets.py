@@ -5,13 +5,12 @@ each, so this reads the commands `make -n` prints and settles every one of their
 
 from __future__ import annotations
 
-import shlex
 import subprocess
 from dataclasses import fields, is_dataclass
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, make_dry_run, opt
 from ganforge.config import build_config
 
 
@@ -29,16 +28,8 @@ def _names(pipeline: str) -> list[str]:
 
 
 def _commands(pipeline: str, abl: str) -> tuple[list[str], list[str]]:
-    done = _make("-n", "ablation", f"PIPELINE={pipeline}", f"ABL={abl}")
-    assert done.returncode == 0, done.stderr
-    text = done.stdout.replace("\\\n", " ")
-    (train,) = [shlex.split(ln) for ln in text.splitlines() if "ganforge train" in ln]
-    (curve,) = [shlex.split(ln) for ln in text.splitlines() if "ganforge curve" in ln]
-    return train, curve
-
-
-def _opt(argv: list[str], flag: str) -> str:
-    return argv[argv.index(flag) + 1]
+    ran = make_dry_run(f"ablation PIPELINE={pipeline} ABL={abl}")
+    return ran["train"], ran["curve"]
 
 
 @pytest.mark.parametrize("pipeline", ["dcgan", "stylegan"])
@@ -49,7 +40,7 @@ def test_every_ablation_is_one_real_switch_at_the_first_snapshot(pipeline):
     outs = set()
     for abl in names:
         train, curve = _commands(pipeline, abl)
-        assert _opt(train, "--preset") == pipeline and _opt(train, "--profile") == "quality", train
+        assert opt(train, "--preset") == pipeline and opt(train, "--profile") == "quality", train
         sets = [train[i + 1] for i, a in enumerate(train) if a == "--set"]
         cfg = build_config(pipeline, "quality", sets)  # a typo in a key or value raises ConfigError here
         # trained to exactly the epoch of the quality run's first snapshot: that snapshot is the baseline
@@ -68,9 +59,9 @@ def test_every_ablation_is_one_real_switch_at_the_first_snapshot(pipeline):
         if abl == "seed1":
             assert changed == {"train.seed"}, changed
         assert "--resume" in train and "--mlflow" in train
-        out = _opt(train, "--out")
-        assert _opt(curve, "--run") == out, (train, curve)
-        assert _opt(train, "--data").endswith("/train") and _opt(curve, "--data").endswith("/test")
+        out = opt(train, "--out")
+        assert opt(curve, "--run") == out, (train, curve)
+        assert opt(train, "--data").endswith("/train") and opt(curve, "--data").endswith("/test")
         outs.add(out)
     assert len(outs) == len(names), "two ablations would share (and resume) one run directory"
 

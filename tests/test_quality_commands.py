@@ -4,37 +4,20 @@ the config for real, the run directory, the evaluation — instead of training."
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
-import subprocess
 
-from conftest import ROOT
+from conftest import ROOT, make_dry_run, opt
 from ganforge.config import build_config
 
 README_QUALITY = re.compile(r"`(make quality [^`]*)`")
 
 
-def _opt(argv: list[str], flag: str) -> str:
-    return argv[argv.index(flag) + 1]
-
-
 def _dry_run(command: str, home) -> tuple[list[str], list[str]]:
     """The train and evaluate lines ``command`` would run (``make -n`` in its place, through bash as typed)."""
     assert command.startswith("make quality ")
-    done = subprocess.run(
-        ["bash", "-c", "make -n " + command.removeprefix("make ")],
-        cwd=ROOT,
-        env={**os.environ, "GANFORGE_HOME": str(home)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, (command, done.stderr)
-    lines = done.stdout.replace("\\\n", " ").splitlines()
-    (train,) = [shlex.split(ln) for ln in lines if "ganforge train" in ln]
-    (evaluate,) = [shlex.split(ln) for ln in lines if "ganforge evaluate" in ln]
-    return train, evaluate
+    ran = make_dry_run(command.removeprefix("make "), GANFORGE_HOME=str(home))
+    return ran["train"], ran["evaluate"]
 
 
 def test_every_readme_quality_command_settles_to_its_own_run(tmp_path):
@@ -44,20 +27,20 @@ def test_every_readme_quality_command_settles_to_its_own_run(tmp_path):
     for command in commands:
         words = dict(w.split("=", 1) for w in shlex.split(command)[2:])
         train, evaluate = _dry_run(command, tmp_path)
-        preset, profile = _opt(train, "--preset"), _opt(train, "--profile")
+        preset, profile = opt(train, "--preset"), opt(train, "--profile")
         assert preset == words["PIPELINE"] and profile == words.get("PROFILE", "quality"), (command, train)
         sets = [train[i + 1] for i, a in enumerate(train) if a == "--set"]
         assert sets == words.get("SET", "").split(), (command, sets)
         cfg = build_config(preset, profile, sets)  # a misspelt key or a bad value raises ConfigError here
         if "SET" in words:
             assert cfg != build_config(preset, profile), f"{command}: SET changes nothing"
-        out = _opt(train, "--out")
+        out = opt(train, "--out")
         assert out.startswith(str(tmp_path)), (command, out)  # under GANFORGE_HOME, as the README says
         if "QUALITY_RUN" in words:
             assert out == words["QUALITY_RUN"].replace("$GANFORGE_HOME", str(tmp_path)), (command, out)
         assert "--resume" in train and "--mlflow" in train, train
-        assert _opt(evaluate, "--run") == out and _opt(evaluate, "--n") == "10000", evaluate
-        assert _opt(train, "--data").endswith("/train") and _opt(evaluate, "--data").endswith("/test")
+        assert opt(evaluate, "--run") == out and opt(evaluate, "--n") == "10000", evaluate
+        assert opt(train, "--data").endswith("/train") and opt(evaluate, "--data").endswith("/test")
         # a second seed must train its own run, not resume (and overwrite) the first seed's
         assert out not in runs, f"{command} and {runs.get(out)} share the run directory {out}"
         runs[out] = command
