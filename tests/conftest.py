@@ -90,6 +90,13 @@ def cli_env(**extra) -> dict:
     return env
 
 
+def shown_commands(pattern) -> list[str]:
+    """Every command the compiled regex ``pattern`` finds in the README and docs/*.md, as written there: a
+    command moved between those pages is still found, and still run by the test that reads it."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    return sorted({c for page in pages for c in pattern.findall(page.read_text())})
+
+
 def make_dry_run(make_args: str, **env) -> dict[str, list[str]]:
     """The `ganforge` commands `make -n <make_args>` would run, split into words and keyed by subcommand
     (`train`, `evaluate`, `curve`; each must appear at most once). ``make_args`` goes through bash as a user

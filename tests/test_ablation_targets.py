@@ -5,13 +5,17 @@ each, so this reads the commands `make -n` prints and settles every one of their
 
 from __future__ import annotations
 
+import re
+import shlex
 import subprocess
 from dataclasses import fields, is_dataclass
 
 import pytest
 
-from conftest import ROOT, make_dry_run, opt
+from conftest import ROOT, make_dry_run, opt, shown_commands
 from ganforge.config import build_config
+
+SHOWN_ABLATION = re.compile(r"`(make ablation (?:PIPELINE=[\w-]+ )?ABL=[\w-]+)`")
 
 
 def _make(*args: str) -> subprocess.CompletedProcess:
@@ -72,3 +76,18 @@ def test_ablation_refuses_a_preset_without_ablations():
     assert done.stderr.splitlines()[0] == (
         "PIPELINE='gan': ablations are defined for dcgan and stylegan, e.g. make ablation PIPELINE=stylegan ABL=r1-off"
     )
+
+
+def test_every_shown_ablation_command_trains_its_named_switch():
+    """Each `make ablation … ABL=name` the README and docs/ show, as written: a name the Makefile offers for that
+    preset, training it and scoring the same run (``make -n`` through bash, as a user types it)."""
+    commands = shown_commands(SHOWN_ABLATION)
+    assert any("PIPELINE=stylegan" in c for c in commands) and any("PIPELINE" not in c for c in commands), commands
+    for command in commands:
+        words = dict(w.split("=", 1) for w in shlex.split(command)[2:])
+        pipeline = words.get("PIPELINE", "dcgan")
+        assert words["ABL"] in _names(pipeline), command
+        train, curve = _commands(pipeline, words["ABL"])
+        ran = make_dry_run(command.removeprefix("make "))
+        assert (ran["train"], ran["curve"]) == (train, curve), command
+        assert opt(train, "--preset") == pipeline and opt(curve, "--run") == opt(train, "--out"), command

@@ -1,16 +1,16 @@
-"""Every `make quality …` command the README shows, as written: the runs take one to three hours of a core each,
-so this expands each one with `make -n` (the shell's `$GANFORGE_HOME` included) and settles what it would run —
-the config for real, the run directory, the evaluation — instead of training."""
+"""Every `make quality …` command the README and docs/ show, as written: the runs take one to three hours of
+a core each, so this expands each one with `make -n` (the shell's `$GANFORGE_HOME` included) and settles what
+it would run — the config for real, the run directory, the evaluation — instead of training."""
 
 from __future__ import annotations
 
 import re
 import shlex
 
-from conftest import ROOT, make_dry_run, opt
+from conftest import make_dry_run, opt, shown_commands
 from ganforge.config import build_config
 
-README_QUALITY = re.compile(r"`(make quality [^`]*)`")
+SHOWN_QUALITY = re.compile(r"`(make quality [^`]*)`")
 
 
 def _dry_run(command: str, home) -> tuple[list[str], list[str]]:
@@ -20,8 +20,8 @@ def _dry_run(command: str, home) -> tuple[list[str], list[str]]:
     return ran["train"], ran["evaluate"]
 
 
-def test_every_readme_quality_command_settles_to_its_own_run(tmp_path):
-    commands = sorted(set(README_QUALITY.findall((ROOT / "README.md").read_text())))
+def test_every_shown_quality_command_settles_to_its_own_run(tmp_path):
+    commands = shown_commands(SHOWN_QUALITY)
     assert len(commands) >= 8 and any("SET=" in c for c in commands), commands
     runs = {}
     for command in commands:
