@@ -22,7 +22,7 @@ export GANFORGE_IMAGE ?= $(IMAGE_REGISTRY)/ganforge-gpu:$(TAG)
 
 .DEFAULT_GOAL := help
 .PHONY: help setup system-deps weights run test test-fast compile submit schedule unschedule promote registry \
-        generate bench quality quality-data ablation ablation-name images lint lint-images k8s-check k8s-secrets-init clean \
+        generate bench docs quality quality-data ablation ablation-name images lint lint-images k8s-check k8s-secrets-init clean \
         images-local images-deps runner-check stack-deps stack-up stack-down
 
 help: ## List the targets
@@ -143,6 +143,9 @@ ablation-name:
 
 bench: setup ## Benchmarks (ratios measured in one run) → build/bench.json
 	$(BIN)/python benchmarks/run.py --out build/bench.json
+
+docs: $(STAMP) ## Render build/bench.json (make bench writes it) into docs/benchmarks.md's table
+	$(BIN)/python benchmarks/render_docs.py --bench build/bench.json --doc docs/benchmarks.md
 
 # While the local stack of GANFORGE_HOME runs (make run RUNNER=docker), generate/registry/promote use
 # its MLflow server; otherwise MLFLOW_TRACKING_URI or the sqlite store, as always.
