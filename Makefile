@@ -110,7 +110,7 @@ quality-data: setup
 
 # One switch at a time on a preset's `quality` run, trained to its first snapshot (dcgan: epoch 4,
 # stylegan: epoch 3) and scored by the FID-2k of that snapshot's EMA generator vs the 10,000 test images
-# (README, "Ablations"). `baseline` changes nothing; `seed1` only the seed: the noise to read a switch against.
+# (docs/ablations.md). `baseline` changes nothing; `seed1` only the seed: the noise to read a switch against.
 ABLATIONS_dcgan := baseline ema-off sn-hinge ttur diffaugment r1 seed1
 ABLATIONS_stylegan := baseline seed1 mixing-off r1-off r1-10x mapping-8 width-20 width-20-seed1
 ABL_EPOCHS_dcgan := 4

@@ -1,4 +1,4 @@
-"""`make ablation [PIPELINE=stylegan] ABL=…` (README, "Ablations"): each name is one real switch on the preset's
+"""`make ablation [PIPELINE=stylegan] ABL=…` (docs/ablations.md): each name is one real switch on the preset's
 `quality` config, trained exactly to the epoch of that profile's first snapshot, so its FID-2k point reads against
 the quality run's own snapshot (the baseline) and the `seed1` row (the noise). The runs take 10–35 min of a core
 each, so this reads the commands `make -n` prints and settles every one of their configs for real."""
