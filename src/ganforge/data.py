@@ -137,10 +137,7 @@ def read_s3_prefix(source: str, cfg: DataConfig, split: str) -> tuple[RawDataset
         try:
             fetch_s3_prefix(source, local)
         except StorageError as e:
-            raise DataError(
-                f"could not fetch data source {source}: {e}. An s3:// source must be uploaded with "
-                "ganforge.platform.s3.upload_dir (which writes the _COMPLETE marker listing its files)"
-            ) from e
+            raise DataError(f"could not fetch data source {source}: {e}") from e
         try:
             return read_local_dir(Path(local), cfg, split, shown_as=source)
         except DataError as e:
