@@ -715,3 +715,25 @@ def test_a_header_that_disagrees_with_the_file_is_caught_even_past_data_limit(tm
     with pytest.raises(DataError, match=words) as err:
         data.prepare(DataConfig(source=str(tmp_path / "idx"), limit=512), tmp_path / "out")
     assert name in str(err.value) and not (tmp_path / "out").exists()
+
+
+def test_disk_full_during_prep_is_one_line_and_keeps_the_previous_dataset(tmp_path, small_tmpfs, capsys):
+    from conftest import fill
+    from ganforge import cli
+
+    write_idx_dir(tmp_path / "few", n=20)
+    write_idx_dir(tmp_path / "big", n=6000, compress=False)  # 4.7 MB of images: more than the 4 MiB file system
+    out = small_tmpfs / "ds"
+    assert _prep_cli(capsys, tmp_path / "few", out)[0] == 0
+    before = _tree(out)
+    for target in (out, small_tmpfs / "fresh"):
+        big = ["prep", "--profile", "tiny", "--set", "data.limit=none", "--source", str(tmp_path / "big")]
+        status, err = cli.main([*big, "--out", str(target)]), capsys.readouterr().err
+        assert status == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+        assert f"cannot write {target}: No space left on device (ENOSPC)" in err and "Fix: free space" in err, err
+    assert _tree(out) == before and not (small_tmpfs / "fresh").exists()
+    assert sorted(p.name for p in small_tmpfs.iterdir()) == ["ds"]  # no half-written temporary directory
+    fill(small_tmpfs)  # full before prep starts: the temporary directory cannot even be made
+    status, err = _prep_cli(capsys, tmp_path / "few", small_tmpfs / "later")
+    assert status == 2 and err.count("\n") == 1 and "No space left on device (ENOSPC)" in err, err
+    assert _tree(out) == before

@@ -28,7 +28,7 @@ import numpy as np
 import ganforge
 from ganforge.config import DEFAULT_IDX_DIR, DataConfig
 from ganforge.fileio import StorageError, atomic_dir, check_output_dir, fetch_s3_prefix
-from ganforge.manifest import DataError, class_histogram, sha256_of_array, write_manifest
+from ganforge.manifest import DataError, class_histogram, save_array, sha256_of_array, write_manifest
 
 IDX_IMAGES_MAGIC = 0x00000803
 """IDX header: unsigned bytes, 3 dimensions (count, rows, cols)."""
@@ -604,9 +604,9 @@ def build_manifest(source: str, split: str, raw: RawDataset) -> dict:
 
 def write_dataset_files(directory: Path, raw: RawDataset, manifest: dict) -> None:
     """Write data.npy, labels.npy (when labelled) and manifest.json into a (temporary) directory."""
-    np.save(directory / "data.npy", raw.images)
+    save_array(directory / "data.npy", raw.images)
     if raw.labels is not None:
-        np.save(directory / "labels.npy", raw.labels)
+        save_array(directory / "labels.npy", raw.labels)
     write_manifest(directory, manifest)
 
 

@@ -31,5 +31,18 @@ def class_histogram(labels: np.ndarray | None) -> dict[str, int] | None:
     return {str(int(v)): int(c) for v, c in zip(values, counts)}
 
 
+def save_array(path: Path, a: np.ndarray) -> None:
+    """``np.save`` (format 1.0, C order) through ordinary file writes.
+
+    numpy writes an array's body with ``ndarray.tofile``, which reports a full disk as an OSError
+    without an errno ("N requested and M written"); a plain write raises ENOSPC, which the atomic
+    writers (``fileio.atomic_dir``) turn into a one-line error naming the output and the fix.
+    """
+    a = np.ascontiguousarray(a)
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, np.lib.format.header_data_from_array_1_0(a))
+        f.write(memoryview(a.reshape(-1).view(np.uint8)))
+
+
 def write_manifest(directory: Path, manifest: dict) -> None:
     (directory / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
