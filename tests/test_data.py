@@ -695,7 +695,7 @@ def test_prep_past_the_memory_budget_is_refused_in_one_line_naming_sizes_and_fix
     assert result["status"] == 2 and len(err) == 1, err
     assert (
         f"reading 5000000 of the 5000000 images of {honest_five_million / 'train-images-idx3-ubyte.gz'} needs "
-        "7,520 MiB of memory, more than the 64 MiB budget (GANFORGE_DATA_MEMORY_MIB=64). "
+        "7,519.7 MiB of memory, more than the 64.0 MiB budget (GANFORGE_DATA_MEMORY_MIB=64). "
         "Fix: keep fewer examples, e.g. --set data.limit=42554, or raise GANFORGE_DATA_MEMORY_MIB" in err[0]
     )
     assert not (tmp_path / "o").exists()
@@ -737,3 +737,20 @@ def test_disk_full_during_prep_is_one_line_and_keeps_the_previous_dataset(tmp_pa
     status, err = _prep_cli(capsys, tmp_path / "few", small_tmpfs / "later")
     assert status == 2 and err.count("\n") == 1 and "No space left on device (ENOSPC)" in err, err
     assert _tree(out) == before
+
+
+def test_image_folder_past_the_memory_budget_is_refused_before_decoding(tmp_path, monkeypatch):
+    for i in range(50):  # 50 images at 64×64 RGB: 2 × 12 KiB each (as fitted, then stacked) = 1.2 MiB
+        save_png(tmp_path / "imgs" / f"{i:02d}.png", np.full((8, 8), i, np.uint8))
+    cfg = DataConfig(source=str(tmp_path / "imgs"), resolution=64, channels=3)
+    monkeypatch.setenv("GANFORGE_DATA_MEMORY_MIB", "1")
+    with pytest.raises(
+        DataError,
+        match=r"reading 50 images of .*imgs needs 1.2 MiB .* than the 1.0 MiB budget .*"
+        r"data\.limit=42, or raise GANFORGE_DATA_MEMORY_MIB",
+    ):
+        data.prepare(cfg, tmp_path / "out")
+    assert data.prepare(DataConfig(**{**cfg.__dict__, "limit": 42}), tmp_path / "out")["count"] == 42
+    monkeypatch.setenv("GANFORGE_DATA_MEMORY_MIB", "lots")
+    with pytest.raises(DataError, match=r"GANFORGE_DATA_MEMORY_MIB='lots' must be a positive whole number of MiB"):
+        data.prepare(cfg, tmp_path / "out2")

@@ -9,7 +9,6 @@ message names the file, the problem and the fix.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import gzip
 import json
@@ -28,7 +27,14 @@ import numpy as np
 import ganforge
 from ganforge.config import DEFAULT_IDX_DIR, DataConfig
 from ganforge.fileio import StorageError, atomic_dir, check_output_dir, fetch_s3_prefix
-from ganforge.manifest import DataError, class_histogram, save_array, sha256_of_array, write_manifest
+from ganforge.manifest import (
+    DataError,
+    check_memory,
+    class_histogram,
+    save_array,
+    sha256_of_array,
+    write_manifest,
+)
 
 IDX_IMAGES_MAGIC = 0x00000803
 """IDX header: unsigned bytes, 3 dimensions (count, rows, cols)."""
@@ -190,55 +196,9 @@ MAX_IDX_BYTES = 1 << 36
 """Largest IDX body a header may promise (64 GiB); beyond that the header is corrupt, not the dataset big."""
 _READ_CHUNK = 1 << 24
 
-MEMORY_ENV = "GANFORGE_DATA_MEMORY_MIB"
-"""Overrides the memory budget of one prep (MiB); the default is half of the machine's (or container's) memory."""
-
 
 def _corrupt_gzip(path: Path, e: BaseException) -> DataError:
     return DataError(f"{path} is a corrupt gzip file ({e}); download it again or gunzip it by hand to check")
-
-
-def _memory_limit_bytes() -> int | None:
-    """This process's memory: the physical memory, or its cgroup's limit (a container's) when lower."""
-    limits = []
-    with contextlib.suppress(ValueError, OSError, AttributeError):
-        limits.append(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    for name in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        with contextlib.suppress(ValueError, OSError):
-            limits.append(int(Path(name).read_text().strip()))  # "max" (no limit) is a ValueError
-    return min(limits) if limits else None
-
-
-def memory_budget() -> tuple[int | None, str]:
-    """Bytes one prep may hold in arrays (None: unknown, unbounded) and where that number comes from."""
-    raw = os.environ.get(MEMORY_ENV, "")
-    if raw:
-        try:
-            mib = int(raw)
-        except ValueError:
-            mib = 0
-        if mib <= 0:
-            raise DataError(f"{MEMORY_ENV}={raw!r} must be a positive whole number of MiB")
-        return mib << 20, f"{MEMORY_ENV}={mib}"
-    limit = _memory_limit_bytes()
-    if limit is None:
-        return None, "unknown"
-    return limit // 2, f"half of this machine's {limit / 2**30:.1f} GiB of memory; {MEMORY_ENV} overrides it"
-
-
-def check_memory(needed: int, per_example: int, what: str) -> None:
-    """Refuse, before allocating anything, a read whose arrays would exceed :func:`memory_budget`.
-
-    ``needed`` bytes for ``what``; ``per_example`` bytes per kept example, to suggest a data.limit that fits.
-    """
-    budget, source = memory_budget()
-    if budget is None or needed <= budget:
-        return
-    fits = max(1, budget // max(1, per_example))
-    raise DataError(
-        f"{what} needs {needed / 2**20:,.0f} MiB of memory, more than the {budget / 2**20:,.0f} MiB budget "
-        f"({source}). Fix: keep fewer examples, e.g. --set data.limit={fits}, or raise {MEMORY_ENV}"
-    )
 
 
 def _idx_header(f, path: Path, expected_magic: int) -> tuple[int, ...]:
@@ -551,6 +511,8 @@ def read_image_folder(folder: Path, files: list[Path], cfg: DataConfig) -> RawDa
     """Images of a folder at target shape; labels from class subfolders when there are ≥2."""
     classes = class_folders(folder, files)
     files = files[: cfg.limit]
+    per_example = 2 * cfg.channels * cfg.resolution**2  # each image as fitted, then in np.stack's array
+    check_memory(len(files) * per_example, per_example, f"reading {len(files)} images of {folder}")
     first_color = first_gray = None
     fitted = []
     for path in files:
