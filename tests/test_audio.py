@@ -189,3 +189,24 @@ def test_sample_artifacts_roundtrip(tmp_path):
     png = spectrogram_grid_png(clips, tmp_path / "grid.png", nrow=3)
     with Image.open(png) as image:
         assert image.format == "PNG" and image.size[0] > image.size[1] > 0
+
+
+def test_disk_full_during_audio_prep_names_the_output_and_writes_nothing(tmp_path, small_tmpfs):
+    from ganforge.fileio import StorageError
+
+    clip = write_wav(tmp_path / "wavs" / "seven_000.wav", tone_burst(16000), 16000).read_bytes()
+    for i in range(1, 140):  # 140 clips of 32 KiB as int16: more than the 4 MiB file system
+        (tmp_path / "wavs" / f"seven_{i:03d}.wav").write_bytes(clip)
+    with pytest.raises(StorageError, match=r"ds: No space left on device \(ENOSPC\).*Fix: free space") as err:
+        prepare_audio(audio_cfg(tmp_path / "wavs"), small_tmpfs / "ds")
+    assert "\n" not in str(err.value) and list(small_tmpfs.iterdir()) == []
+
+
+def test_wav_folder_past_the_memory_budget_is_refused_before_reading(tmp_path, monkeypatch):
+    for i in range(20):  # 20 clips: 2 × 32 KiB each (as fitted, then stacked) = 1.25 MiB
+        (tmp_path / "wavs" / f"seven_{i:02d}.wav").parent.mkdir(exist_ok=True)
+        (tmp_path / "wavs" / f"seven_{i:02d}.wav").write_bytes(b"not read: refused before")
+    monkeypatch.setenv("GANFORGE_DATA_MEMORY_MIB", "1")
+    with pytest.raises(DataError, match=r"reading 20 clips of .*wavs needs 1.2 MiB .*data\.limit=16"):
+        prepare_audio(audio_cfg(tmp_path / "wavs"), tmp_path / "ds")
+    assert not (tmp_path / "ds").exists()

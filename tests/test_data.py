@@ -580,3 +580,177 @@ def test_decompression_bomb_png_is_one_line_naming_the_file(tmp_path, capsys, si
     err = capsys.readouterr().err.strip().splitlines()
     assert status == 2 and len(err) == 1 and "Traceback" not in err[0], err
     assert f"cannot read image {tmp_path / 'imgs' / 'bomb.png'}" in err[0] and "shrink it or remove it" in err[0]
+
+
+# --- decompression bounded by data.limit and by a memory budget ---
+
+
+def _crc32_after_zeros(crc: int, n: int) -> int:
+    """``zlib.crc32(bytes(n), crc)`` without touching n bytes: powers of the one-zero-byte GF(2) operator,
+    as zlib's crc32_combine builds them."""
+
+    def times(matrix: list[int], vector: int) -> int:
+        out = i = 0
+        while vector:
+            if vector & 1:
+                out ^= matrix[i]
+            vector, i = vector >> 1, i + 1
+        return out
+
+    def square(matrix: list[int]) -> list[int]:
+        return [times(matrix, row) for row in matrix]
+
+    operator = [0xEDB88320] + [1 << i for i in range(31)]  # one zero bit
+    for _ in range(3):
+        operator = square(operator)  # one zero byte
+    register = crc ^ 0xFFFFFFFF
+    while n:
+        if n & 1:
+            register = times(operator, register)
+        n, operator = n >> 1, square(operator)
+    return register ^ 0xFFFFFFFF
+
+
+def gzip_of_header_and_zeros(header: bytes, zeros: int, block: int = 16 << 20) -> bytes:
+    """A valid single-member gzip file of ``header`` + ``zeros`` zero bytes, built without compressing them all:
+    after a full flush deflate starts afresh, so every full block of zeros compresses to the same bytes."""
+    import struct
+    import zlib
+
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
+    head = deflate.compress(header) + deflate.flush(zlib.Z_FULL_FLUSH)
+    full, rest = divmod(zeros, block)
+    one = deflate.compress(bytes(block)) + deflate.flush(zlib.Z_FULL_FLUSH) if full else b""
+    if full > 1:
+        assert deflate.compress(bytes(block)) + deflate.flush(zlib.Z_FULL_FLUSH) == one  # the premise
+    tail = deflate.compress(bytes(rest)) + deflate.flush()
+    crc = _crc32_after_zeros(zlib.crc32(header), zeros)
+    trailer = struct.pack("<II", crc, (len(header) + zeros) & 0xFFFFFFFF)
+    return b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff" + head + one * full + tail + trailer
+
+
+@pytest.fixture(scope="module")
+def honest_five_million(tmp_path_factory) -> Path:
+    """An IDX directory whose 3.8 MB .gz honestly holds 5,000,000 images of 28×28 (3.9 GB unpacked)."""
+    check = gzip_of_header_and_zeros(b"hdr", 100_003, block=4096)
+    assert gzip.decompress(check) == b"hdr" + bytes(100_003)  # a valid gzip file: CRC and size check out
+    directory = tmp_path_factory.mktemp("five-million")
+    n = 5_000_000
+    header = (0x803).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in (n, 28, 28))
+    (directory / "train-images-idx3-ubyte.gz").write_bytes(gzip_of_header_and_zeros(header, n * 28 * 28))
+    labels_header = (0x801).to_bytes(4, "big") + n.to_bytes(4, "big")
+    (directory / "train-labels-idx1-ubyte.gz").write_bytes(gzip_of_header_and_zeros(labels_header, n))
+    assert (directory / "train-images-idx3-ubyte.gz").stat().st_size < 4 << 20
+    return directory
+
+
+# Run in a fresh process: its address space is capped at what it uses after imports plus 1 GiB, far below the
+# 3.9 GB an unbounded read allocates, and the bytes it reads (/proc/self/io rchar) while preparing are counted.
+_PREP_CHILD = """
+import json, resource, sys
+import numpy, PIL.Image
+from ganforge import cli, data, labels
+size = next(int(line.split()[1]) for line in open('/proc/self/status') if line.startswith('VmSize')) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (size + (1 << 30), resource.RLIM_INFINITY))
+def rchar():
+    return next(int(line.split()[1]) for line in open('/proc/self/io') if line.startswith('rchar'))
+before = rchar()
+status = cli.main(sys.argv[2:])
+json.dump({"status": status, "read": rchar() - before}, open(sys.argv[1], "w"))
+"""
+
+
+def _prep_in_child(tmp_path: Path, args: list[str], **env: str) -> tuple[dict, list[str]]:
+    import os
+    import subprocess
+    import sys
+
+    result = tmp_path / "result.json"
+    done = subprocess.run(
+        [sys.executable, "-c", _PREP_CHILD, str(result), "prep", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **env},
+    )
+    assert result.exists(), done.stderr[-3000:]
+    return json.loads(result.read_text()), done.stderr.strip().splitlines()
+
+
+def test_tiny_prep_of_a_five_million_image_gzip_reads_only_its_512(honest_five_million, tmp_path):
+    out = tmp_path / "out"
+    result, err = _prep_in_child(
+        tmp_path, ["--profile", "tiny", "--source", str(honest_five_million), "--out", str(out)]
+    )
+    assert result["status"] == 0, err
+    assert result["read"] < 1 << 20, f"{result['read']} bytes read: the 3.8 MB file was decompressed past 512 images"
+    manifest = data.load_dataset(out).manifest
+    assert manifest["count"] == 512 and manifest["shape"] == [512, 1, 28, 28]
+
+
+def test_prep_past_the_memory_budget_is_refused_in_one_line_naming_sizes_and_fix(honest_five_million, tmp_path):
+    source = str(honest_five_million)
+    args = ["--profile", "tiny", "--set", "data.limit=none", "--source", source, "--out", str(tmp_path / "o")]
+    result, err = _prep_in_child(tmp_path, args, GANFORGE_DATA_MEMORY_MIB="64")
+    assert result["status"] == 2 and len(err) == 1, err
+    assert (
+        f"reading 5000000 of the 5000000 images of {honest_five_million / 'train-images-idx3-ubyte.gz'} needs "
+        "7,519.7 MiB of memory, more than the 64.0 MiB budget (GANFORGE_DATA_MEMORY_MIB=64). "
+        "Fix: keep fewer examples, e.g. --set data.limit=42554, or raise GANFORGE_DATA_MEMORY_MIB" in err[0]
+    )
+    assert not (tmp_path / "o").exists()
+    args[3] = "data.limit=42554"  # the suggested limit fits the budget
+    result, err = _prep_in_child(tmp_path, args, GANFORGE_DATA_MEMORY_MIB="64")
+    assert result["status"] == 0 and data.load_dataset(tmp_path / "o").manifest["count"] == 42554, err
+
+
+@pytest.mark.parametrize("compress", [True, False])
+@pytest.mark.parametrize("follow, words", [(550, "is truncated: header promises 600×28×28"), (650, "more bytes after")])
+def test_a_header_that_disagrees_with_the_file_is_caught_even_past_data_limit(tmp_path, compress, follow, words):
+    """data.limit=512 keeps fewer than the 600 images the header promises; the rest still has to agree."""
+    write_idx_dir(tmp_path / "idx", n=600, compress=compress)
+    name = "train-images-idx3-ubyte" + (".gz" if compress else "")
+    body = idx_bytes(np.zeros((600, 28, 28), np.uint8), 0x803)[: 16 + follow * 784] + bytes(max(0, follow - 600) * 784)
+    (tmp_path / "idx" / name).write_bytes(gzip.compress(body) if compress else body)
+    with pytest.raises(DataError, match=words) as err:
+        data.prepare(DataConfig(source=str(tmp_path / "idx"), limit=512), tmp_path / "out")
+    assert name in str(err.value) and not (tmp_path / "out").exists()
+
+
+def test_disk_full_during_prep_is_one_line_and_keeps_the_previous_dataset(tmp_path, small_tmpfs, capsys):
+    from conftest import fill
+    from ganforge import cli
+
+    write_idx_dir(tmp_path / "few", n=20)
+    write_idx_dir(tmp_path / "big", n=6000, compress=False)  # 4.7 MB of images: more than the 4 MiB file system
+    out = small_tmpfs / "ds"
+    assert _prep_cli(capsys, tmp_path / "few", out)[0] == 0
+    before = _tree(out)
+    for target in (out, small_tmpfs / "fresh"):
+        big = ["prep", "--profile", "tiny", "--set", "data.limit=none", "--source", str(tmp_path / "big")]
+        status, err = cli.main([*big, "--out", str(target)]), capsys.readouterr().err
+        assert status == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+        assert f"cannot write {target}: No space left on device (ENOSPC)" in err and "Fix: free space" in err, err
+    assert _tree(out) == before and not (small_tmpfs / "fresh").exists()
+    assert sorted(p.name for p in small_tmpfs.iterdir()) == ["ds"]  # no half-written temporary directory
+    fill(small_tmpfs)  # full before prep starts: the temporary directory cannot even be made
+    status, err = _prep_cli(capsys, tmp_path / "few", small_tmpfs / "later")
+    assert status == 2 and err.count("\n") == 1 and "No space left on device (ENOSPC)" in err, err
+    assert _tree(out) == before
+
+
+def test_image_folder_past_the_memory_budget_is_refused_before_decoding(tmp_path, monkeypatch):
+    for i in range(50):  # 50 images at 64×64 RGB: 2 × 12 KiB each (as fitted, then stacked) = 1.2 MiB
+        save_png(tmp_path / "imgs" / f"{i:02d}.png", np.full((8, 8), i, np.uint8))
+    cfg = DataConfig(source=str(tmp_path / "imgs"), resolution=64, channels=3)
+    monkeypatch.setenv("GANFORGE_DATA_MEMORY_MIB", "1")
+    with pytest.raises(
+        DataError,
+        match=r"reading 50 images of .*imgs needs 1.2 MiB .* than the 1.0 MiB budget .*"
+        r"data\.limit=42, or raise GANFORGE_DATA_MEMORY_MIB",
+    ):
+        data.prepare(cfg, tmp_path / "out")
+    assert data.prepare(DataConfig(**{**cfg.__dict__, "limit": 42}), tmp_path / "out")["count"] == 42
+    monkeypatch.setenv("GANFORGE_DATA_MEMORY_MIB", "lots")
+    with pytest.raises(DataError, match=r"GANFORGE_DATA_MEMORY_MIB='lots' must be a positive whole number of MiB"):
+        data.prepare(cfg, tmp_path / "out2")

@@ -524,6 +524,54 @@ def test_resume_pull_refuses_keys_that_leave_the_staging_directory(
     assert [p for p in escapes if p.exists()] == []
 
 
+@pytest.mark.parametrize(
+    "keys, words",
+    [
+        (["ok.png", "x" * 300 + ".png"], "is 304 bytes, longer than the 239 a local file name can have"),
+        (["coll", "coll/inner.png"], "/coll is an object and also the folder of s3://ganforge-test/"),
+    ],
+    ids=["300-byte name", "file and folder"],
+)
+def test_prep_and_train_from_s3_keys_that_cannot_be_local_paths_are_one_line(
+    s3,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+    fashion_train: Path,
+    keys: list[str],
+    words: str,
+) -> None:
+    """S3 takes keys no local file system does; prep --source, train --data and train --resume --out name the
+    object and the fix."""
+    import tempfile
+
+    from ganforge import cli
+
+    prefix = f"unlocal-{len(keys[1])}"
+    for key in keys:
+        s3.client().put_object(Bucket=s3.bucket, Key=f"{prefix}/{key}", Body=_png_bytes())
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # where prep downloads the source
+    status = cli.main(["prep", "--profile", "tiny", "--source", s3.uri(prefix), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert words in err and "Fix: rename" in err and "aws s3 rm" in err, err
+    assert not (tmp_path / "out").exists() and list((tmp_path / "tmp").iterdir()) == []
+    # The same objects as a completed prepared-dataset prefix (with _COMPLETE), through train --data.
+    marker = {"files": [{"key": key, "size": len(_png_bytes())} for key in keys]}
+    s3.client().put_object(Bucket=s3.bucket, Key=f"{prefix}/{storage.COMPLETE_MARKER}", Body=json.dumps(marker))
+    monkeypatch.setenv("GANFORGE_CACHE", str(tmp_path / "cache"))  # staging under cache/staging/
+    status = cli.main(["train", "--profile", "tiny", "--data", s3.uri(prefix), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert words in err and "Fix: rename" in err, err
+    assert list((tmp_path / "cache" / "staging").iterdir()) == []
+    # The same objects as a run to resume (train --resume --out s3://… pulls every object under it).
+    status = cli.main(["train", "--profile", "tiny", "--data", str(fashion_train), "--out", s3.uri(prefix), "--resume"])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1 and words in err and "Fix: rename" in err, err
+
+
 # --- an endpoint that accepts connections and never answers (issue 13, finding 7) ---
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, cli_env
+from conftest import ROOT, cli_env, fill
 from ganforge.checkpoint import CheckpointError, load_generator, read_checkpoint
 from ganforge.config import build_config
 from ganforge.train import NonFiniteLossError, train
@@ -355,33 +355,6 @@ def test_a_snapshot_given_as_checkpoint_is_named(fashion_train, tmp_path):
         load_generator(snapshot, ema=False)
 
 
-@pytest.fixture
-def small_tmpfs(tmp_path):
-    """A 4 MiB tmpfs: a real file system that fills up (needs root; skipped otherwise)."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True, timeout=30
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], timeout=30)
-
-
-def _fill(directory: Path) -> None:
-    fd = os.open(directory / "filler", os.O_WRONLY | os.O_CREAT)
-    try:
-        while os.write(fd, b"\0" * 4096):
-            pass
-    except OSError:  # ENOSPC: full
-        pass
-    finally:
-        os.close(fd)
-
-
 def test_disk_full_during_a_checkpoint_is_one_line_and_keeps_the_previous_one(fashion_train, small_tmpfs):
     from ganforge.errors import GanforgeError
 
@@ -390,7 +363,7 @@ def test_disk_full_during_a_checkpoint_is_one_line_and_keeps_the_previous_one(fa
 
     def fill_after_first(step, path):
         if step == 4:
-            _fill(small_tmpfs)  # the disk fills up between two checkpoints
+            fill(small_tmpfs)  # the disk fills up between two checkpoints
 
     with pytest.raises(GanforgeError) as info:
         train(cfg, fashion_train, out, on_checkpoint=fill_after_first)

@@ -28,7 +28,14 @@ from scipy.signal import resample_poly
 import ganforge
 from ganforge.config import DataConfig
 from ganforge.fileio import atomic_dir, fetch_s3_prefix
-from ganforge.manifest import DataError, class_histogram, sha256_of_array, write_manifest
+from ganforge.manifest import (
+    DataError,
+    check_memory,
+    class_histogram,
+    save_array,
+    sha256_of_array,
+    write_manifest,
+)
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 LABEL_PATTERN = re.compile(r"^(zero|one|two|three|four|five|six|seven|eight|nine|[0-9])(?![a-z0-9])")
@@ -103,9 +110,9 @@ def prepare_audio(cfg: DataConfig, out_dir: str | os.PathLike, split: str | None
         extra = {}
     manifest = build_audio_manifest(source, recorded_split, clips, labels, cfg.sample_rate) | extra
     with atomic_dir(out_dir) as tmp:
-        np.save(tmp / "data.npy", clips)
+        save_array(tmp / "data.npy", clips)
         if labels is not None:
-            np.save(tmp / "labels.npy", labels)
+            save_array(tmp / "labels.npy", labels)
         write_manifest(tmp, manifest)
     return manifest
 
@@ -150,6 +157,8 @@ def read_wav_folder(
             f"data.source={ESPEAK_SOURCE!r}"
         )
     files = files[: cfg.limit]
+    per_clip = 2 * 2 * cfg.audio_length  # each int16 clip as fitted, then in np.stack's array
+    check_memory(len(files) * per_clip, per_clip, f"reading {len(files)} clips of {shown_as}")
     clips = np.stack([fit_clip(read_wav(f), f, cfg) for f in files])
     labels = [label_from_path(f, folder) for f in files]
     label_array = np.array(labels, dtype=np.int64) if all(v is not None for v in labels) else None

@@ -87,11 +87,12 @@ def pull_run(out_uri: str, local_dir: Path) -> int | None:
 
     Returns the step of the fetched checkpoint.pt, or None when OUT holds no checkpoint yet.
     """
-    for uri in s3.list_prefix(out_uri):
-        relative = _relative_key(uri, out_uri)
-        if relative != s3.COMPLETE_MARKER and not relative.endswith("/"):  # "folder/" placeholder objects
-            # The key decides the local path only if it stays inside local_dir (no "..", no "//abs").
-            s3.download_file(uri, s3.local_path_for_key(local_dir, relative, uri))
+    uris = {_relative_key(uri, out_uri): uri for uri in s3.list_prefix(out_uri)}
+    # "folder/" placeholder objects are skipped; a key decides the local path only if it stays inside local_dir
+    # (no "..", no "//abs"), fits the file system's name length and is not also another key's folder.
+    wanted = [r for r in uris if r != s3.COMPLETE_MARKER and not r.endswith("/")]
+    for relative, dest in s3.local_paths_for_keys(local_dir, wanted, out_uri).items():
+        s3.download_file(uris[relative], dest)
     ckpt = local_dir / CHECKPOINT_NAME
     return int(read_checkpoint(ckpt)["step"]) if ckpt.is_file() else None
 

@@ -24,7 +24,7 @@ import random
 import re
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -559,12 +559,44 @@ def unsafe_key_problem(relative: str) -> str | None:
     return None
 
 
+# A download writes each object to a temporary name beside its final one: s3transfer appends ".XXXXXXXX",
+# fileio.atomic_file wraps the name as ".NAME.XXXXXXXX.tmp"; a file name needs this much room below NAME_MAX.
+_TEMPORARY_NAME_ROOM = 16
+
+
+def _name_max(directory: Path) -> int:
+    """The longest file name (bytes) the file system holding ``directory`` (or its nearest existing parent) takes."""
+    for candidate in (directory, *directory.parents):
+        if candidate.exists():
+            try:
+                return os.pathconf(candidate, "PC_NAME_MAX")
+            except (OSError, ValueError):
+                break
+    return 255
+
+
+def _too_long_segment(root: Path, relative: str) -> str | None:
+    """Why one of the key's segments cannot be a file or folder name under ``root`` (or None)."""
+    name_max = _name_max(root)
+    parts = relative.split("/")
+    for i, part in enumerate(parts):
+        limit = name_max - (_TEMPORARY_NAME_ROOM if i == len(parts) - 1 else 0)
+        size = len(os.fsencode(part))
+        if size > limit:
+            kind = "file name" if i == len(parts) - 1 else "folder name"
+            return (
+                f"its {kind} {part[:24]!r}… is {size} bytes, longer than the {limit} a local {kind} can have "
+                f"({name_max} on this file system{', less room for a temporary name' if kind == 'file name' else ''})"
+            )
+    return None
+
+
 def local_path_for_key(local_dir: str | os.PathLike, relative: str, uri: str) -> Path:
     """``local_dir / relative`` for an S3 object's key relative to the prefix being downloaded.
 
     Object names come from whoever can write to the bucket, so a key must not choose where a
     file lands: StorageError (naming the object and the fix) unless the path, resolved, stays
-    inside ``local_dir``.
+    inside ``local_dir``, and unless every segment fits the local file system's name length.
     """
     root = local_path(local_dir)
     problem = unsafe_key_problem(relative)
@@ -577,7 +609,33 @@ def local_path_for_key(local_dir: str | os.PathLike, relative: str, uri: str) ->
             f"({problem}), so it could be written outside {root}. Fix: rename or delete that object "
             "(aws s3 mv / aws s3 rm), or upload the directory again with ganforge.platform.s3.upload_dir"
         )
+    too_long = _too_long_segment(root, relative)
+    if too_long is not None:
+        raise StorageError(
+            f"cannot download {uri}: {too_long}. Fix: rename that object to a shorter name "
+            "(aws s3 mv) or delete it (aws s3 rm)"
+        )
     return dest
+
+
+def local_paths_for_keys(local_dir: str | os.PathLike, relatives: Iterable[str], prefix_uri: str) -> dict[str, Path]:
+    """:func:`local_path_for_key` for every key of one download, checked before any object is fetched.
+
+    Also refused: a key that is an object and, for another key, a folder (``coll`` and
+    ``coll/inner``), which S3 allows and no local file system does.
+    """
+    prefix = prefix_uri.rstrip("/")
+    paths = {relative: local_path_for_key(local_dir, relative, f"{prefix}/{relative}") for relative in relatives}
+    for relative in sorted(paths):
+        parts = relative.split("/")
+        folder = next(("/".join(parts[:i]) for i in range(1, len(parts)) if "/".join(parts[:i]) in paths), None)
+        if folder is not None:
+            raise StorageError(
+                f"cannot download {prefix}/: {prefix}/{folder} is an object and also the folder of "
+                f"{prefix}/{relative}; a local path cannot be both a file and a folder. Fix: rename one of them "
+                f"(aws s3 mv {prefix}/{folder} {prefix}/{folder}.data) or delete it (aws s3 rm)"
+            )
+    return paths
 
 
 def _parse_marker(body: bytes, marker_uri: str) -> dict[str, int]:
@@ -641,9 +699,10 @@ def download_prefix(uri_prefix: str | os.PathLike, local_dir: str | os.PathLike,
         if not entries:
             raise StorageError(f"nothing under {prefix_uri}: check the bucket and prefix") from None
     with atomic_dir(local_dir) as tmp:
+        destinations = local_paths_for_keys(tmp, entries, prefix_uri)
         for relative, size in entries.items():
             t = _Target("download", bucket, _key_under(prefix_key, relative), connection)
-            dest = local_path_for_key(tmp, relative, t.uri)
+            dest = destinations[relative]
             dest.parent.mkdir(parents=True, exist_ok=True)
             _retrying(
                 t,
