@@ -323,7 +323,13 @@ def check_run_dir(
         )
     if p.is_dir() and not is_run(where):
         keep = set(housekeeping)
-        if any(e.name not in keep for e in where.iterdir()):
+        try:
+            foreign = any(e.name not in keep for e in where.iterdir())
+        except OSError as e:
+            raise StorageError(
+                f"cannot list --out {shown} ({e.strerror or e}); fix its permissions or choose another --out"
+            ) from None
+        if foreign:
             raise OutputPathError(
                 f"--out {shown} is a non-empty folder that is not a ganforge run (no ganforge config.json); "
                 f"{command} would write its files among yours. Fix: choose a new or empty directory "
