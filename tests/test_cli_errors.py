@@ -83,7 +83,10 @@ def test_train_out_under_a_file_is_one_line(fashion_train, tmp_path, capsys):
         capsys, "train", "--profile", "tiny", "--data", str(fashion_train), "--out", str(tmp_path / "afile" / "run")
     )
     assert status == 2 and len(err) == 1, err
-    assert f"cannot write {tmp_path / 'afile' / 'run' / 'config.json'}: {tmp_path / 'afile'} is a file" in err[0]
+    # the first file train writes there is its lock (ganforge.runlock)
+    assert (
+        f"cannot write {tmp_path / 'afile' / 'run' / '.ganforge-train.lock'}: {tmp_path / 'afile'} is a file" in err[0]
+    )
 
 
 @pytest.fixture

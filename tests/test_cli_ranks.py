@@ -39,3 +39,5 @@ def test_train_with_nproc_runs_two_ranks(fashion_train, tmp_path):
     (result,) = [json.loads(ln) for ln in done.stdout.splitlines() if ln.startswith("{")]
     assert result["step"] == 8 and Path(tmp_path, result["checkpoint"]).is_file()
     assert json.loads((tmp_path / "R" / "config.json").read_text())["train"]["nproc"] == 2
+    # The launcher held the run's lock for its ranks (rank 0 recognised it instead of refusing) and released it.
+    assert not (tmp_path / "R" / ".ganforge-train.lock").exists()

@@ -9,6 +9,7 @@ from ganforge import cli, curve
 from ganforge.checkpoint import list_snapshots, load_generator, read_checkpoint
 from ganforge.config import PRESETS, build_config
 from ganforge.curve import evaluate_run
+from ganforge.evaluate import is_metrics_json
 from ganforge.train import train
 
 EVAL = {"n_samples": 12, "curve_samples": 6, "kid_subset_size": 6, "kid_subsets": 5}
@@ -81,6 +82,7 @@ def test_evaluate_run_scores_the_final_model_and_every_snapshot(snap_run, fashio
     assert metrics["n"] == 12 and metrics["curve_points"] == 3 and metrics["step"] == 48
     saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert saved["fid"] == metrics["fid"]
+    assert is_metrics_json(saved)  # so a later `evaluate --out` may replace it (and only such a file)
     assert curve.read_curve(tmp_path / "eval" / curve.CURVE_CSV) == rows
     assert (tmp_path / "eval" / curve.CURVE_PNG).read_bytes()[:4] == b"\x89PNG"
     # The last point came from the final evaluation's first 6 samples; scoring the last

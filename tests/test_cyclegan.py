@@ -18,6 +18,7 @@ from ganforge.cli import main
 from ganforge.config import ConfigError, build_config
 from ganforge.cyclegan import ImagePool, load_translators, prepare_domain, train_cyclegan
 from ganforge.data import load_dataset
+from ganforge.evaluate import is_metrics_json
 from ganforge.models import build_models
 
 
@@ -269,6 +270,7 @@ def test_cli_trains_with_mlflow_and_evaluates_a_run_on_both_held_out_domains(dom
         m["step"] == read_checkpoint(run / "checkpoint.pt")["step"] == build_config("cyclegan", "tiny").train.max_steps
     )
     assert json.loads((run / "metrics.json").read_text())["fid"] == m["fid"]
+    assert is_metrics_json(json.loads((run / "metrics.json").read_text()))  # a later `evaluate --out` may replace it
     assert Image.open(run / "translations.png").size[1] == 6 * 30 + 2
 
     client = MlflowClient(tracking.resolve_tracking_uri(str(tmp_path / "home")))

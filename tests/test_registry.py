@@ -364,6 +364,26 @@ def test_register_refuses_a_generator_of_the_wrong_latent_size(sqlite_store):
         registry.register_generator(m.run_id, tiny_generator(0), m.cfg, {"fid": float("nan")}, {})
 
 
+def test_a_negative_or_non_finite_score_is_refused_and_never_becomes_champion(sqlite_store):
+    m = Model()
+    honest = m.register(fid=50.0)
+    assert registry.promote(m.name, honest, margin=0.0)["alias"] == "champion"
+    for metrics, message in (
+        ({"fid": -1e9, "kid_mean": 0.01, "kid_std": 0.001}, "fid=-1000000000.0 is not a finite number >= 0"),
+        ({"fid": 10.0, "kid_mean": float("inf"), "kid_std": 0.001}, "kid_mean=inf is not a finite number"),
+        ({"fid": 10.0, "kid_mean": 0.01, "kid_std": float("nan")}, "kid_std=nan is not a finite number"),
+    ):
+        with pytest.raises(registry.RegistryError, match=message):
+            registry.register_generator(m.run_id, tiny_generator(1), m.cfg, metrics, {})
+    assert [int(v.version) for v in MlflowClient().search_model_versions(f"name = '{m.name}'")] == [honest]
+    # A version whose fid tag was written negative by other means is no score: the gate will not crown it.
+    forged = m.register(fid=60.0)
+    MlflowClient().set_model_version_tag(m.name, str(forged), "fid", "-1e9")
+    with pytest.raises(registry.RegistryError, match="no fid tag"):
+        registry.promote(m.name, forged, margin=0.0)
+    assert m.aliases() == {"champion": honest}
+
+
 def test_champion_loads_in_a_fresh_process(store):
     m = Model()
     version = m.register(fid=20.0, seed=7)

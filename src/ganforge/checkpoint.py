@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import math
 import os
 from pathlib import Path
@@ -78,6 +79,17 @@ def checkpoint_file(path: str | os.PathLike) -> Path:
     checkpoint or snapshot file, or a path that does not exist yet: the caller's error names it)."""
     path = Path(path).expanduser()
     return path / CHECKPOINT_NAME if path.is_dir() else path
+
+
+def is_run_dir(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a training run directory: its config.json is a ganforge config (an object
+    naming the preset and profile, with a ``train`` group). Training writes it before its first step."""
+    config = Path(path) / CONFIG_NAME
+    try:
+        d = json.loads(config.read_text()) if config.is_file() else None
+    except (OSError, ValueError):
+        return False
+    return isinstance(d, dict) and "name" in d and "profile" in d and isinstance(d.get("train"), dict)
 
 
 def epoch_number(step: int, steps_per_epoch: int) -> int:

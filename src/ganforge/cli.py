@@ -132,6 +132,7 @@ def _relaunch_under_torchrun(cfg: PipelineConfig, args) -> int:
                 *(["--resume"] if args.resume else []),
                 *(["--mlflow"] if args.mlflow else []),
                 *(["--allow-config-change"] if getattr(args, "allow_config_change", False) else []),
+                *(["--allow-data-change"] if getattr(args, "allow_data_change", False) else []),
             ],
         )
         from . import threads
@@ -154,6 +155,36 @@ def _configure_threads(args) -> None:
 def cmd_train(args) -> int:
     """Train on a dataset directory or ``s3://`` prefix into a run directory or ``s3://`` prefix."""
     cfg = _config_from_args(args)
+    with _run_directory(args):
+        return _train_command(cfg, args)
+
+
+@contextlib.contextmanager
+def _run_directory(args) -> Iterator[None]:
+    """A local --out checked (``fileio.check_run_dir``) and locked for one writer (``ganforge.runlock``)
+    by the process that leads the run: this one, or rank 0 under a launcher that holds no lock. An
+    ``s3://`` --out is staged by each pod into its own folder (``cluster_train``) and is not locked."""
+    if is_s3(args.out) or int(os.environ.get("RANK", "0")) != 0:
+        yield
+        return
+    from .checkpoint import is_run_dir
+    from .fileio import check_run_dir
+    from .runlock import LOCK_NAME, run_lock
+
+    inputs = [d for d in (args.data, args.data_b) if d and not is_s3(d)]
+    check_run_dir(
+        args.out,
+        command="ganforge train",
+        inputs=inputs,
+        is_run=is_run_dir,
+        housekeeping=(LOCK_NAME, MLFLOW_RUN_FILE),
+    )
+    with run_lock(args.out):
+        yield
+
+
+def _train_command(cfg: PipelineConfig, args) -> int:
+    """``train`` inside its locked run directory."""
     world = cfg.train.nproc * cfg.train.nnodes
     if world > 1 and not _under_torchrun():
         if cfg.train.nnodes > 1:
@@ -210,6 +241,7 @@ def _train_logged(cfg: PipelineConfig, args, run_id: str | None):
             resume=args.resume,
             on_metrics=callback,
             allow_config_change=args.allow_config_change,
+            allow_data_change=args.allow_data_change,
         )
         checkpoint = (
             str(result.checkpoint) if not is_s3(args.out) else f"{args.out.rstrip('/')}/{result.checkpoint.name}"
@@ -222,6 +254,7 @@ def _train_logged(cfg: PipelineConfig, args, run_id: str | None):
             resume=args.resume,
             on_metrics=callback,
             allow_config_change=args.allow_config_change,
+            allow_data_change=args.allow_data_change,
         )
         checkpoint = str(result.checkpoint)
     if callback is not None:
@@ -311,6 +344,7 @@ def cmd_evaluate(args) -> int:
             "against as many real images as it generates"
         )
     arch = _checkpoint_arch(Path(args.checkpoint or args.run))
+    _check_evaluate_out(args, metrics_dir=bool(args.run) or arch == "cyclegan")
     if args.data_b or arch == "cyclegan":
         return _evaluate_translation(args, arch)
     if args.checkpoint:
@@ -342,6 +376,22 @@ def cmd_evaluate(args) -> int:
         metrics["mlflow_run_id"] = run_id
     print(json.dumps(metrics, indent=2, default=str))
     return 0
+
+
+def _check_evaluate_out(args, metrics_dir: bool) -> None:
+    """Refuse an ``evaluate --out`` that would overwrite an input (the checkpoint, a dataset folder or a file
+    in one), a directory given for the metrics file, or an existing file that is not ganforge's metrics JSON
+    (``fileio.check_output_file``). ``metrics_dir``: --out is the folder of metrics.json (--run, cyclegan)."""
+    if not args.out:
+        return
+    from .checkpoint import checkpoint_file
+    from .evaluate import is_metrics_json
+    from .fileio import check_output_file
+
+    inputs = [p for p in (args.data, args.data_b, args.train_data) if p and not is_s3(p)]
+    inputs.append(checkpoint_file(args.checkpoint or args.run))
+    target = Path(args.out) / "metrics.json" if metrics_dir else args.out
+    check_output_file(target, command="ganforge evaluate", inputs=inputs, is_own=is_metrics_json)
 
 
 def _checkpoint_arch(path: Path) -> str | None:
@@ -468,6 +518,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="--resume with a config that differs from the checkpoint's beyond epochs/max_steps/cadences/"
         "ranks: go on with the new values (learning rates and betas included) instead of refusing",
+    )
+    p.add_argument(
+        "--allow-data-change",
+        action="store_true",
+        help="--resume on a dataset other than the checkpoint's (its manifest sha256 differs): go on with "
+        "the new data instead of refusing",
     )
     p.add_argument("--nproc", type=int, help="ranks on this machine (torchrun); default from the config")
     p.add_argument(

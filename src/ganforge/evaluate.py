@@ -20,6 +20,18 @@ class EvaluationError(GanforgeError, ValueError):
     """Bad evaluation input; the message says what to do."""
 
 
+METRICS_RECORDS = (
+    frozenset({"pipeline", "checkpoint", "generator"}),  # evaluate_checkpoint (and a run's metrics.json)
+    frozenset({"cycle_l1_a", "cycle_l1_b", "grid"}),  # a cyclegan run's (ganforge.translate)
+)
+"""Keys that mark a metrics JSON ganforge wrote: ``evaluate --out`` replaces only a file holding one set."""
+
+
+def is_metrics_json(d: object) -> bool:
+    """Whether parsed JSON ``d`` is a metrics record ganforge's evaluation wrote (``METRICS_RECORDS``)."""
+    return isinstance(d, dict) and any(keys <= d.keys() for keys in METRICS_RECORDS)
+
+
 EVAL_SEED = 12345  # fixed: every checkpoint is judged on the same latent draws
 
 

@@ -233,6 +233,121 @@ def check_output_dir(
     return p
 
 
+def _refuse_input_overlap(p: Path, where: Path, inputs: Iterable[str | os.PathLike], command: str, writes: str) -> None:
+    """OutputPathError when ``where`` (the resolved --out) is, is inside or holds one of ``inputs``."""
+    for source in inputs:
+        src = Path(source).expanduser().resolve()
+        if _inside(where, src) or _inside(src, where):
+            if src == where:
+                relation, fix = "is", "choose another --out"
+            elif _inside(where, src):
+                relation, fix = "is inside", f"choose an --out outside {src}"
+            else:
+                relation, fix = "is a folder holding", f"choose an --out that does not hold {src}"
+            raise OutputPathError(
+                f"--out {p} {relation} the input {src}, and {command} writes {writes} there (the input would be "
+                f"overwritten or mixed with outputs). Fix: {fix}"
+            )
+
+
+def check_output_file(
+    path: str | os.PathLike,
+    *,
+    command: str,
+    inputs: Iterable[str | os.PathLike],
+    is_own: Callable[[object], bool],
+) -> Path:
+    """Refuse an output file whose replacement would destroy something ganforge did not write.
+
+    ``command`` writes one JSON file at ``path`` (atomically, replacing what is there). Allowed: a
+    new path, or an existing file whose parsed JSON ``is_own`` recognises as an earlier output of
+    the command. Refused with an OutputPathError naming the path and the fix: any of ``inputs``
+    (a checkpoint, a dataset folder), a path inside one or a folder holding one, a directory, a
+    link, and an existing file that is not such an output.
+    """
+    p = local_path(path)
+    _refuse_input_overlap(p, p.resolve(), inputs, command, "its metrics JSON")
+    if p.is_symlink():
+        raise OutputPathError(
+            f"--out {p} is a link; {command} will not replace it. Fix: name a new file "
+            f"(e.g. --out {p.parent / 'metrics.json'})"
+        )
+    if p.is_dir():
+        raise OutputPathError(
+            f"--out {p} is a directory; {command} writes one JSON file. Fix: name a file "
+            f"(e.g. --out {p / 'metrics.json'})"
+        )
+    if p.exists():
+        try:
+            own = is_own(json.loads(p.read_text()))
+        except (OSError, ValueError):
+            own = False
+        if not own:
+            raise OutputPathError(
+                f"--out {p} exists and is not a metrics file {command} wrote; it replaces only its own earlier "
+                "output. Fix: choose a new file name (or remove that file yourself)"
+            )
+    return p
+
+
+def check_run_dir(
+    path: str | os.PathLike,
+    *,
+    command: str,
+    inputs: Iterable[str | os.PathLike],
+    is_run: Callable[[Path], bool],
+    housekeeping: Iterable[str] = (),
+) -> Path:
+    """Refuse a run directory that would mix a run's files into something else.
+
+    ``command`` writes its files into the folder at ``path`` (config, checkpoints, samples), one by
+    one, keeping what else is there. A link is followed: the rules apply to the folder it points
+    to, so a run directory kept on another disk through a link works, and a link to a user's or a
+    data folder is refused like that folder. Allowed: a new path, an empty folder, a folder holding
+    only ``housekeeping`` files, and an earlier run (``is_run``). Refused with an OutputPathError
+    naming the path and the fix: any of ``inputs`` (the dataset), a folder inside one or holding
+    one, a file, a link to nothing, and any other non-empty folder (a user's folder, $HOME, /).
+    """
+    p = local_path(path)
+    where = p.resolve()
+    shown = f"{p} (a link to {where})" if p.is_symlink() else str(p)
+    _refuse_input_overlap(p, where, inputs, command, "a training run")
+    if p.is_symlink() and not p.exists():
+        raise OutputPathError(
+            f"--out {p} is a link to {where}, which does not exist. Fix: create that folder, or choose another --out"
+        )
+    if p.exists() and not p.is_dir():
+        raise OutputPathError(
+            f"--out {shown} is a file; {command} writes a run directory. Fix: choose another --out "
+            "(or move the file away yourself)"
+        )
+    if p.is_dir() and not is_run(where):
+        keep = set(housekeeping)
+        try:
+            foreign = any(e.name not in keep for e in where.iterdir())
+        except OSError as e:
+            raise StorageError(
+                f"cannot list --out {shown} ({e.strerror or e}); fix its permissions or choose another --out"
+            ) from None
+        if foreign:
+            raise OutputPathError(
+                f"--out {shown} is a non-empty folder that is not a ganforge run (no ganforge config.json); "
+                f"{command} would write its files among yours. Fix: choose a new or empty directory "
+                f"(e.g. --out {where / 'run'})"
+            )
+    return p
+
+
+def ensure_parent(path: str | os.PathLike) -> None:
+    """Create the parent folders of the output ``path``; StorageError naming it when that is impossible."""
+    _writable_parent(local_path(path))
+
+
+def write_failure(path: str | os.PathLike, error: OSError) -> StorageError:
+    """The StorageError for a failed write of ``path`` (its cause and the fix)."""
+    return _write_failure(local_path(path), error)
+
+
 def is_s3(uri: str | os.PathLike) -> bool:
     """True for an ``s3://`` URI."""
     return os.fspath(uri).startswith("s3://")

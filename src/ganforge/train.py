@@ -438,11 +438,14 @@ def save_checkpoint(
     epoch: int,
     cfg: PipelineConfig,
     train_seconds: float = 0.0,
+    data_sha256: str | None = None,
 ) -> Path:
-    """The training state at ``step`` (``epoch`` = ``epoch_number(step, …)``) into ``path``."""
+    """The training state at ``step`` (``epoch`` = ``epoch_number(step, …)``) into ``path``; ``data_sha256``:
+    the training data's manifest sha256, which ``--resume`` compares (``check_resume_data``)."""
     return write_checkpoint(
         path,
         {
+            **({"data_sha256": data_sha256} if data_sha256 else {}),
             "train_seconds": float(train_seconds),
             "threads": torch.get_num_threads(),  # bitwise resume needs the same count (_note_thread_change)
             "G": G.state_dict(),
@@ -495,6 +498,19 @@ def resume_config_changes(saved: dict, cfg: PipelineConfig) -> list[tuple[str, o
         for k in sorted(new)
         if k in old and old[k] != new[k] and k not in RESUME_SAFE_FIELDS and not k.startswith(("eval.", "registry."))
     ]
+
+
+def check_resume_data(ckpt: dict, ckpt_path: Path, manifest: dict, data_dir, allow_data_change: bool) -> None:
+    """CheckpointError when the checkpoint was trained on other data than ``data_dir`` holds (the manifest
+    sha256s differ), unless ``allow_data_change``. A checkpoint that predates the record passes."""
+    saved, now = ckpt.get("data_sha256"), manifest.get("sha256")
+    if saved is None or saved == now or allow_data_change:
+        return
+    raise CheckpointError(
+        f"--resume from {ckpt_path} (step {ckpt['step']}) on other data: it was trained on a dataset with sha256 "
+        f"{saved}, but {data_dir} has sha256 {now}. Fix: resume with the --data it was trained on, train into a "
+        "new --out, or pass --allow-data-change to go on with this data from this step"
+    )
 
 
 def _restore(
@@ -640,6 +656,7 @@ def train(
     on_checkpoint: Callable[[int, Path], None] | None = None,
     dist_info: DistInfo | None = None,
     allow_config_change: bool = False,
+    allow_data_change: bool = False,
 ) -> TrainResult:
     """Train cfg's GAN on the prepared dataset at data_dir, writing checkpoint.pt and samples/ to out_dir.
 
@@ -649,7 +666,8 @@ def train(
     ``resume`` continues from ``out_dir/checkpoint.pt`` when it exists. A config that differs from
     the checkpoint's in a field outside RESUME_SAFE_FIELDS is refused (CheckpointError naming the
     fields) unless ``allow_config_change``; then the new values apply from the resumed step,
-    learning rates and betas included.
+    learning rates and betas included. A checkpoint trained on other data (its recorded dataset sha256
+    differs from ``data_dir``'s) is refused likewise unless ``allow_data_change``.
     """
     dist_info = dist_info or init_distributed()
     tc = cfg.train
@@ -682,6 +700,7 @@ def train(
     step, seconds_before = 0, 0.0
     if resume and ckpt_path.exists():
         ckpt = read_checkpoint(ckpt_path)
+        check_resume_data(ckpt, ckpt_path, ds.manifest, data_dir, allow_data_change)
         _restore(ckpt, ckpt_path, cfg, G, D, G_ema, opt_g, opt_d, ctx, allow_config_change)
         step = int(ckpt["step"])
         seconds_before = float(ckpt.get("train_seconds", 0.0))
@@ -781,6 +800,7 @@ def train(
                     epoch=epoch_number(step, per_epoch),
                     cfg=cfg,
                     train_seconds=seconds_before + time.perf_counter() - t0,
+                    data_sha256=ds.manifest.get("sha256"),
                 )
                 if on_checkpoint:
                     on_checkpoint(step, ckpt_path)

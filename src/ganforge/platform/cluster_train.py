@@ -159,6 +159,7 @@ def train_staged(
     resume: bool = False,
     on_metrics: MetricsFn | None = None,
     allow_config_change: bool = False,
+    allow_data_change: bool = False,
 ) -> TrainResult:
     """``train.train`` where ``data`` and/or ``out`` may be ``s3://`` URIs (see the module docstring).
 
@@ -190,6 +191,7 @@ def train_staged(
         on_checkpoint=uploader,
         dist_info=dist_info,
         allow_config_change=allow_config_change,
+        allow_data_change=allow_data_change,
     )
     if uploader is not None:
         s3.upload_dir(local_out, out)

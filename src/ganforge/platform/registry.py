@@ -146,10 +146,18 @@ def parse_score(value: str | None) -> float | None:
 
 def numeric_metrics(metrics: Mapping[str, object]) -> dict[str, float]:
     """The numbers among evaluation outputs (which also carry strings such as the checkpoint
-    path); a non-finite fid is an evaluation bug, not a model, so it is refused."""
+    path). A non-finite or negative fid (a squared distance: never below 0) or a non-finite KID is
+    an evaluation bug or a forged record, not a model: refused, since the FID gate would crown it."""
     out = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    if FID_TAG in metrics and not math.isfinite(out.get(FID_TAG, math.nan)):
-        raise RegistryError(f"fid={metrics[FID_TAG]!r} is not a finite number; re-run evaluation before registering")
+    if FID_TAG in metrics and not (math.isfinite(out.get(FID_TAG, math.nan)) and out[FID_TAG] >= 0):
+        raise RegistryError(
+            f"fid={metrics[FID_TAG]!r} is not a finite number >= 0; re-run evaluation before registering"
+        )
+    bad_kid = [k for k in ("kid_mean", "kid_std") if k in metrics and not math.isfinite(out.get(k, math.nan))]
+    if bad_kid:
+        raise RegistryError(
+            f"{bad_kid[0]}={metrics[bad_kid[0]]!r} is not a finite number; re-run evaluation before registering"
+        )
     return out
 
 
@@ -382,9 +390,11 @@ def read_state(c: MlflowClient, model_name: str) -> RegistryState:
 
 def candidate_from_tags(version: int, tags: Mapping[str, str]) -> Candidate:
     """A version's fid and its own margin (0 for a version registered before margins were tagged)."""
-    margin = parse_score(tags.get(MARGIN_TAG))
+    margin, fid = parse_score(tags.get(MARGIN_TAG)), parse_score(tags.get(FID_TAG))
     return Candidate(
-        int(version), parse_score(tags.get(FID_TAG)), margin if margin is not None and margin >= 0 else 0.0
+        int(version),
+        fid if fid is not None and fid >= 0 else None,  # a negative fid is no score (see numeric_metrics)
+        margin if margin is not None and margin >= 0 else 0.0,
     )
 
 
