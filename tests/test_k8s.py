@@ -61,8 +61,14 @@ def rule_table(role: dict) -> dict[tuple, set[str]]:
 
 
 def test_make_k8s_check_passes_on_the_shipped_manifests():
+    import k8s_hardening
+
+    try:
+        k8s_hardening.checkov_binary()
+    except k8s_hardening.CheckovMissing as exc:
+        skip_or_fail_in_ci(str(exc))
     proc = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "scripts" / "k8s_check.py")], capture_output=True, text=True, timeout=400
+        [sys.executable, str(REPO_ROOT / "scripts" / "k8s_check.py")], capture_output=True, text=True, timeout=600
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "k8s-check: OK (3 targets" in proc.stdout
