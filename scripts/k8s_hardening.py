@@ -69,6 +69,9 @@ def checkov_findings(objects: list[dict], binary: str) -> list[tuple[str, str, s
         tail = proc.stderr.strip()[-500:]
         raise RuntimeError(f"checkov exited {proc.returncode} without a JSON report: {tail}") from exc
     reports = report if isinstance(report, list) else [report]
+    # A file checkov cannot parse would pass with no findings.
+    if any((r.get("summary") or r).get("parsing_errors") for r in reports):
+        raise RuntimeError(f"checkov could not parse the render: {proc.stdout[-500:]}")
     return sorted(
         (f["check_id"], f["resource"], f["check_name"])
         for r in reports
