@@ -197,7 +197,7 @@ k8s-secrets-init: $(STAMP) ## Write k8s/base/secrets/*.env from the examples, ge
 
 OVERLAY ?= local-kind
 k8s-apply: $(STAMP) ## Render OVERLAY with the real secrets (placeholders refused but on local-kind) and kubectl apply it
-	set -o pipefail; $(BIN)/python scripts/k8s_deploy.py render $(OVERLAY) | kubectl apply -f -
+	@manifest=$$($(BIN)/python scripts/k8s_deploy.py render $(OVERLAY)) && printf '%s\n' "$$manifest" | kubectl apply -f -
 
 clean: ## Remove build outputs and local run state (.ganforge); keeps the venv and caches
 	rm -rf build .ganforge

@@ -30,7 +30,8 @@ SECRETS_SUBDIR = Path("base") / "secrets"
 # Overlays a laptop deploys to; every other overlay refuses placeholders.
 LOCAL_OVERLAYS = frozenset({"local-kind"})
 PLACEHOLDER = "REPLACE_ME"
-WEAK_VALUES = frozenset({"", "changeme", "change_me", "password", "secret", "admin", "minioadmin", "postgres"})
+# Values no deployment should run with (account names such as "postgres" are fine: only secrets are weak here).
+WEAK_VALUES = frozenset({"", "changeme", "change_me", "password", "secret", "minioadmin"})
 # Values that name an account: fixed, readable names (the keys and passwords are what is secret).
 ACCOUNT_NAMES = {
     "POSTGRES_USER": "postgres",
@@ -167,7 +168,7 @@ def render(overlay: str, k8s_dir: Path = K8S_DIR) -> str:
         raise DeployError(f"secrets {', '.join(missing)} missing in k8s/base/secrets: run make k8s-secrets-init")
     text = kustomize(target)
     if overlay not in LOCAL_OVERLAYS:
-        problems = placeholder_problems([o for o in yaml.safe_load_all(text) if o])
+        problems = placeholder_problems([o for o in yaml.safe_load_all(text) if isinstance(o, dict)])
         if problems:
             raise DeployError(
                 f"overlays/{overlay} refuses placeholders: {'; '.join(problems)}. Fix: make k8s-secrets-init "

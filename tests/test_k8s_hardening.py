@@ -111,12 +111,12 @@ def test_placeholder_secrets_reach_no_cluster_overlay_but_local_kind(k8s_copy, c
 
 def test_secrets_init_generates_every_placeholder_and_keeps_real_values(k8s_copy, capsys):
     secrets_dir = k8s_copy / "base" / "secrets"
-    (secrets_dir / "postgres.env").write_text("POSTGRES_USER=dba\nPOSTGRES_PASSWORD=REPLACE_ME\n")
+    (secrets_dir / "postgres.env").write_text("POSTGRES_USER=REPLACE_ME\nPOSTGRES_PASSWORD=kept-password-01\n")
     assert k8s_deploy.main(["--k8s-dir", str(k8s_copy), "secrets-init"]) == 0
     assert "generated" in capsys.readouterr().out
     values = {f.name: k8s_deploy.read_env(f) for f in secrets_dir.glob("*.env")}
     assert set(values) == {e.name[: -len(".example")] for e in secrets_dir.glob("*.env.example")}
-    assert values["postgres.env"]["POSTGRES_USER"] == "dba"  # a real value stays
+    assert values["postgres.env"]["POSTGRES_PASSWORD"] == "kept-password-01"  # a real value stays
     for name, env in values.items():
         assert env and not any(k8s_deploy.is_placeholder(v) for v in env.values()), name
         assert (secrets_dir / name).stat().st_mode & 0o077 == 0, f"{name} is readable by others"
@@ -264,7 +264,7 @@ def test_k8s_readme_deploys_only_through_the_placeholder_gate():
     assert "kubectl apply -k" not in block
     expected = {
         "make k8s-secrets-init": "scripts/k8s_deploy.py secrets-init",
-        "make k8s-apply OVERLAY=local-kind": "scripts/k8s_deploy.py render local-kind | kubectl apply -f -",
+        "make k8s-apply OVERLAY=local-kind": "scripts/k8s_deploy.py render local-kind) && printf",
     }
     for command in commands:
         dry = subprocess.run(
