@@ -22,13 +22,14 @@ export GANFORGE_IMAGE ?= $(IMAGE_REGISTRY)/ganforge-gpu:$(TAG)
 
 .DEFAULT_GOAL := help
 .PHONY: help setup system-deps weights run test test-fast compile submit schedule unschedule promote registry \
-        generate bench docs quality quality-data ablation ablation-name images lint lint-images k8s-check k8s-secrets-init clean \
+        generate bench docs quality quality-data ablation ablation-name images lint lint-images k8s-check k8s-secrets-init \
+        k8s-apply checkov clean \
         images-local images-deps runner-check stack-deps stack-up stack-down
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
-setup: system-deps $(STAMP) weights ## Everything a fresh machine needs: apt packages, venv with pinned deps, Inception weights
+setup: system-deps $(STAMP) weights checkov ## Everything a fresh machine needs: apt packages, venvs with pinned deps, Inception weights
 
 # $(call apt_install,PACKAGES): install the missing ones as root, else say what to run.
 define apt_install
@@ -179,11 +180,27 @@ lint: $(STAMP) ## Lint the Python code: ruff check and ruff format --check (sett
 lint-images: $(STAMP) ## Lint images/Dockerfile with hadolint
 	PATH=$(CURDIR)/$(BIN):$$PATH scripts/lint_dockerfiles.sh
 
-k8s-check: $(STAMP) ## Render every kustomize overlay and validate it offline (schemas, secrets, hardening)
+# checkov (the manifest scanner of k8s-check) in a venv of its own: its dependencies clash with kfp's pins.
+CHECKOV_VERSION := 3.3.30
+CHECKOV_VENV := .venv-checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.checkov-$(CHECKOV_VERSION)
+
+checkov: $(CHECKOV_STAMP) ## Install checkov $(CHECKOV_VERSION) into $(CHECKOV_VENV) (used by k8s-check)
+
+$(CHECKOV_STAMP):
+	$(PY) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install -q 'checkov==$(CHECKOV_VERSION)'
+	touch $@
+
+k8s-check: $(STAMP) $(CHECKOV_STAMP) ## Render every kustomize overlay and validate it offline (schemas, policies, checkov)
 	$(BIN)/python scripts/k8s_check.py
 
-k8s-secrets-init: ## Copy k8s/base/secrets/*.env.example to git-ignored *.env (keeps existing ones)
-	@for f in k8s/base/secrets/*.env.example; do [ -e "$${f%.example}" ] || cp "$$f" "$${f%.example}"; done
+k8s-secrets-init: $(STAMP) ## Write k8s/base/secrets/*.env from the examples, generating every placeholder value
+	$(BIN)/python scripts/k8s_deploy.py secrets-init
+
+OVERLAY ?= local-kind
+k8s-apply: $(STAMP) ## Render OVERLAY with the real secrets (placeholders refused but on local-kind) and kubectl apply it
+	@manifest=$$($(BIN)/python scripts/k8s_deploy.py render $(OVERLAY)) && printf '%s\n' "$$manifest" | kubectl apply -f -
 
 clean: ## Remove build outputs and local run state (.ganforge); keeps the venv and caches
 	rm -rf build .ganforge

@@ -23,7 +23,8 @@ well formed and names a real Secret. Then the security properties of the namespa
 Prints every problem and exits 1 if there is any.
 
 Rendering happens in a temporary copy of k8s/ whose secrets/*.env files are written from the
-committed *.env.example files, so a developer's real secrets are never read, printed or checked.
+committed *.env.example files, so a developer's real secrets are never rendered or printed; they are
+only read to report placeholders left in them (scripts/k8s_hardening.py, which also runs checkov).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import k8s_hardening
 import kubernetes_validate
 import yaml
 
@@ -546,10 +548,10 @@ def auth_ini_problems(text: str) -> list[str]:
     problems = []
     if parser.has_option("mlflow", "admin_password") or parser.has_option("mlflow", "admin_username"):
         problems.append("holds the admin account; it belongs in Secret mlflow-auth (MLFLOW_AUTH_ADMIN_*)")
-    if config.default_permission not in ("READ", "NO_PERMISSIONS"):
+    if config.default_permission != "NO_PERMISSIONS":
         problems.append(
-            f"default_permission={config.default_permission}: every user could change others' "
-            "models; use READ or NO_PERMISSIONS"
+            f"default_permission={config.default_permission}: every user would reach every experiment and "
+            "model; use NO_PERMISSIONS and grant explicitly (mlflow-auth-init)"
         )
     if not config.database_uri.startswith("postgresql"):
         problems.append(f"database_uri={config.database_uri}: users must persist in Postgres, not a pod's disk")
@@ -1024,6 +1026,17 @@ def _template_labels(objects: list[dict], kind: str, name: str) -> dict:
     return dict(obj["spec"]["template"]["metadata"]["labels"]) if obj else {"missing": f"{kind}/{name}"}
 
 
+def _api_server_address(objects: list[dict]) -> str:
+    """The first address of the ipBlock the overlay names for the API server (kube-apiserver-egress)."""
+    policy = _find(objects, "NetworkPolicy", "kube-apiserver-egress")
+    for rule in (policy or {}).get("spec", {}).get("egress") or []:
+        for peer in rule.get("to") or []:
+            if "ipBlock" in peer:
+                net = ipaddress.ip_network(peer["ipBlock"]["cidr"], strict=False)
+                return str(next(iter(net.hosts()), net.network_address))
+    return "10.0.0.1"
+
+
 def network_endpoints(objects: list[dict], jobs: dict[str, dict]) -> dict[str, Endpoint]:
     """The pods (labels as they will run) and outside addresses the network checks talk about."""
     from pipelines.kube import STORAGE_CLIENT_LABEL
@@ -1038,6 +1051,7 @@ def network_endpoints(objects: list[dict], jobs: dict[str, dict]) -> dict[str, E
         "mlflow": Endpoint.pod(_template_labels(objects, "Deployment", "mlflow")),
         "bucket-init": Endpoint.pod(_template_labels(objects, "Job", "minio-bucket-init")),
         "mlflow-auth-init": Endpoint.pod(_template_labels(objects, "Job", "mlflow-auth-init")),
+        "postgres-roles-init": Endpoint.pod(_template_labels(objects, "Job", "postgres-roles-init")),
         # A KFP v2 task pod: KFP's own label plus the one pipelines/kube.py adds.
         "kfp-task": Endpoint.pod(
             {"pipelines.kubeflow.org/v2_component": "true", STORAGE_CLIENT_LABEL[0]: STORAGE_CLIENT_LABEL[1]}
@@ -1048,7 +1062,7 @@ def network_endpoints(objects: list[dict], jobs: dict[str, dict]) -> dict[str, E
         "kube-dns": Endpoint.pod({"k8s-app": "kube-dns"}, "kube-system"),
         "kfp-api": Endpoint.pod({"app": "ml-pipeline"}, "kubeflow"),
         "kfp-metadata": Endpoint.pod({"component": "metadata-grpc-server"}, "kubeflow"),
-        "kube-apiserver": Endpoint(ip="10.0.0.1"),
+        "kube-apiserver": Endpoint(ip=_api_server_address(objects)),
         "internet": Endpoint(ip="203.0.113.7"),
         "other-namespace-pod": Endpoint.pod({"ganforge.io/storage-client": "true"}, "elsewhere"),
     }
@@ -1058,7 +1072,15 @@ def network_endpoints(objects: list[dict], jobs: dict[str, dict]) -> dict[str, E
 REQUIRED_CONNECTIONS = [
     *[
         (pod, "kube-dns", 53, proto)
-        for pod in ("kfp-task", "pytorchjob-pod", "trainjob-pod", "mlflow", "bucket-init", "mlflow-auth-init")
+        for pod in (
+            "kfp-task",
+            "pytorchjob-pod",
+            "trainjob-pod",
+            "mlflow",
+            "bucket-init",
+            "mlflow-auth-init",
+            "postgres-roles-init",
+        )
         for proto in ("UDP", "TCP")
     ],
     ("kfp-task", "minio", 9000, "TCP"),
@@ -1077,6 +1099,7 @@ REQUIRED_CONNECTIONS = [
     ("mlflow", "minio", 9000, "TCP"),
     ("bucket-init", "minio", 9000, "TCP"),
     ("mlflow-auth-init", "mlflow", 5000, "TCP"),
+    ("postgres-roles-init", "postgres", 5432, "TCP"),
 ]
 FORBIDDEN_CONNECTIONS = [
     ("kfp-task", "postgres", 5432, "TCP"),
@@ -1097,6 +1120,11 @@ FORBIDDEN_CONNECTIONS = [
     ("pytorchjob-pod", "kube-apiserver", 443, "TCP"),
     ("trainjob-pod", "kube-apiserver", 6443, "TCP"),
     ("kfp-task", "internet", 80, "TCP"),
+    ("kfp-task", "internet", 443, "TCP"),
+    ("kfp-task", "internet", 6443, "TCP"),
+    ("postgres-roles-init", "minio", 9000, "TCP"),
+    ("postgres-roles-init", "mlflow", 5000, "TCP"),
+    ("postgres-roles-init", "internet", 443, "TCP"),
     ("kfp-task", "pytorchjob-pod", 23456, "TCP"),
     ("minio", "internet", 443, "TCP"),
     ("postgres", "internet", 443, "TCP"),
@@ -1162,7 +1190,21 @@ def rendered_problems(rendered: Rendered, runtime: Runtime | None = None) -> lis
     problems += bucket_problems(objects, settings.s3_secret)
     problems += pod_security_problems(objects, runtime.jobs) + task_security_problems(runtime.executors)
     problems += admission_problems(objects, runtime.jobs) + network_problems(objects, runtime.jobs)
+    problems += k8s_hardening.image_digest_problems(rendered.target, objects, pod_spec, containers_of)
+    problems += k8s_hardening.egress_block_problems(objects)
+    problems += k8s_hardening.database_role_problems(objects, pod_spec, referenced_keys)
     return [f"{rendered.target}: {p}" for p in problems]
+
+
+def scanner_problems(renders: list[Rendered], skips: list[dict] | None = None) -> list[str]:
+    """checkov's findings over every render that k8s/checkov-skips.yaml does not justify."""
+    binary = k8s_hardening.checkov_binary()
+    skips = k8s_hardening.load_skips() if skips is None else skips
+    problems = k8s_hardening.skip_file_problems(skips)
+    for r in renders:
+        findings = k8s_hardening.checkov_findings(r.objects, binary)
+        problems += [f"{r.target}: {p}" for p in k8s_hardening.checkov_problems(r.target, findings, skips)]
+    return problems
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1176,6 +1218,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     runtime = Runtime.build()
     problems = [p for r in renders for p in rendered_problems(r, runtime)]
+    problems += k8s_hardening.real_secret_problems(args.k8s_dir, [r.target for r in renders])
+    try:
+        problems += scanner_problems(renders)
+    except k8s_hardening.CheckovMissing as exc:
+        print(f"k8s-check: {exc}", file=sys.stderr)
+        return 2
     for r in renders:
         print(f"{r.target}: {len(r.objects)} objects rendered")
     if problems:

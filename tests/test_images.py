@@ -256,6 +256,7 @@ def test_dockerignore_keeps_local_state_out_and_build_inputs_in(dockerfile):
     patterns = dockerignore_patterns()
     for path in (
         ".venv/bin/python",
+        ".venv-checkov/bin/checkov",
         ".git/HEAD",
         ".ganforge/runs/x",
         "build/lib/x.py",
