@@ -11,7 +11,8 @@ So a directory is loaded only if it looks exactly like what ``register_generator
 
 - only the files MLflow's ``pytorch`` flavor writes for a ``pt2`` model (``MODEL_FILES``),
   no other file, folder or link (no ``code/``, no ``*.py``, no ``model.pth``);
-- an ``MLmodel`` with exactly the ``python_function`` and ``pytorch`` flavors, the pyfunc
+- an ``MLmodel`` with the ``pytorch`` flavor and the ``python_function`` one (which MLflow
+  leaves out for a class-conditional program of two inputs) and no other, the pyfunc
   ``loader_module`` ``mlflow.pytorch``, no ``code`` in either, data in ``data``, and only the
   keys MLflow writes for such a model;
 - environment files that pin only ``torch`` and ``mlflow`` (what ``mlflow models serve``
@@ -120,10 +121,12 @@ def check_mlmodel(root: Path, uri: str) -> None:
     if extra := sorted(set(meta) - MLMODEL_KEYS):
         raise _refuse(uri, f"its MLmodel has keys {extra} that ganforge never writes")
     flavors = meta.get("flavors")
-    if not isinstance(flavors, dict) or set(flavors) != {"python_function", "pytorch"}:
+    if not isinstance(flavors, dict) or set(flavors) not in ({"python_function", "pytorch"}, {"pytorch"}):
         found = sorted(flavors) if isinstance(flavors, dict) else flavors
-        raise _refuse(uri, f"its MLmodel flavors are {found}, not exactly ['python_function', 'pytorch']")
-    pyfunc, pytorch = flavors["python_function"], flavors["pytorch"]
+        raise _refuse(uri, f"its MLmodel flavors are {found}, not ['python_function', 'pytorch'] or ['pytorch']")
+    # A class-conditional program (inputs z and labels) is logged without the pyfunc flavor.
+    pyfunc = flavors.get("python_function", {"loader_module": LOADER_MODULE, "data": "data"})
+    pytorch = flavors["pytorch"]
     if not isinstance(pyfunc, dict) or not isinstance(pytorch, dict):
         raise _refuse(uri, "its MLmodel flavors are not mappings")
     if pyfunc.get("code") or pytorch.get("code"):
