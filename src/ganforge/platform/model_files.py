@@ -143,7 +143,9 @@ def check_mlmodel(root: Path, uri: str) -> None:
     if config is not None and not (isinstance(config, dict) and set(config) <= {"device"}):
         raise _refuse(uri, "its MLmodel's pyfunc config holds more than 'device'")
     env = pyfunc.get("env")
-    if env is not None and not (isinstance(env, dict) and set(env.values()) <= {"conda.yaml", "python_env.yaml"}):
+    if env is not None and not (
+        isinstance(env, dict) and all(v in ("conda.yaml", "python_env.yaml") for v in env.values())
+    ):
         raise _refuse(uri, "its MLmodel's environment points at files ganforge never writes")
 
 
