@@ -61,9 +61,11 @@ def local_sources(name: str, profile: str, source: str | None) -> list[str]:
     return [str(Path(src).resolve())] if src.startswith("/") and Path(src).exists() else []
 
 
-def docker_runner(home: Path, sources: list[str], tracking_uri: str):
+def docker_runner(home: Path, sources: list[str], client_env: dict[str, str]):
     """kfp.local's DockerRunner on the local cpu image: host network (the stack listens on 127.0.0.1),
-    the image's non-root user (or this user's uid when not root), data sources mounted read-only."""
+    the image's non-root user (or this user's uid when not root), data sources mounted read-only.
+    ``client_env``: the stack's ``Stack.env()`` (tracking URI and credentials), which reaches the task
+    containers through the Docker API, never a command line."""
     from docker.types import Mount
 
     from components.image import IMAGE
@@ -79,7 +81,7 @@ def docker_runner(home: Path, sources: list[str], tracking_uri: str):
     docker_local.check_fresh(docker_local.CPU_IMAGE)
     root = home / "pipeline-root-docker"
     root.mkdir(parents=True, exist_ok=True)
-    env = {"MLFLOW_TRACKING_URI": tracking_uri}
+    env = dict(client_env)
     env.update({k: os.environ[k] for k in CONTAINER_ENV_PASSTHROUGH if k in os.environ})
     args = {}
     if os.geteuid() == 0:
@@ -113,10 +115,9 @@ def _run_local(name: str, profile: str, runner: str, home: Path, params: dict) -
         from . import docker_local, stack
 
         docker_local.check_fresh(docker_local.CPU_IMAGE)  # before starting anything
-        os.environ["MLFLOW_TRACKING_URI"] = stack.up(home).tracking_uri
-        task_runner, root = docker_runner(
-            home, local_sources(name, profile, params.get("source")), os.environ["MLFLOW_TRACKING_URI"]
-        )
+        client_env = stack.up(home).env()  # URI and the pipeline user's credentials (basic-auth)
+        os.environ.update(client_env)
+        task_runner, root = docker_runner(home, local_sources(name, profile, params.get("source")), client_env)
     else:
         os.environ["MLFLOW_TRACKING_URI"] = tracking.resolve_tracking_uri(str(home))
         task_runner, root = local.SubprocessRunner(use_venv=False), home / "pipeline-root"

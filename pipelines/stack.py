@@ -10,9 +10,18 @@ for ``make generate`` / ``make registry`` until ``make stack-down``:
   tracking + registry from Postgres and proxying artifacts to ``s3://ganforge-mlflow/artifacts``
   — clients (the DAG's task containers, ``ganforge generate``) need no S3 credentials.
 
-No credential is part of any command line: the Postgres password and the S3 keys reach the
-MLflow container as environment variables named on ``docker run -e NAME`` (values taken from
-this process's environment), and the backend URI carries no password (libpq reads PGPASSWORD).
+The MLflow server runs MLflow's basic-auth app as the cluster's does (k8s/base/mlflow.yaml):
+every request but ``/health`` needs a user. ``up`` generates an admin account and the pipeline's
+own (non-admin) user for this GANFORGE_HOME, kept in ``stack/mlflow-auth.json`` (mode 0600, gone
+with ``stack down``); clients get the pipeline user's ``MLFLOW_TRACKING_USERNAME`` and
+``MLFLOW_TRACKING_PASSWORD`` from ``Stack.env()`` (``python -m pipelines stack env``), and the
+DAG's task containers get them through the Docker API's environment.
+
+No credential is part of any command line: the Postgres password, the S3 keys and the auth
+settings reach the MLflow container as environment variables named on ``docker run -e NAME``
+(values taken from this process's environment), and the backend URI carries no password (libpq
+reads PGPASSWORD); the auth config (``stack/mlflow-auth/basic_auth.ini``, mounted read-only)
+holds no secret either.
 
 The stack's state lives as long as the stack: moto keeps objects in memory, so ``stack down``
 (or a stack found dead) discards the Postgres cluster too, keeping registry and artifacts in
@@ -22,6 +31,7 @@ directory and its log live under the system temp dir (the ``postgres`` user must
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -52,6 +62,13 @@ S3_KEYS = {
     "AWS_DEFAULT_REGION": "us-east-1",
 }
 STARTUP_TIMEOUT_S = 120.0
+ADMIN_USER = "ganforge-admin"
+PIPELINE_USER = "ganforge-pipeline"
+AUTH_FILE = "mlflow-auth.json"
+AUTH_CONFIG_DIR = "mlflow-auth"
+AUTH_CONFIG_MOUNT = "/etc/mlflow-auth"
+AUTH_SERVER_ARGS = ("--app-name", "basic-auth")
+"""MLflow's basic-auth app, as the cluster's server runs it (k8s/base/mlflow.yaml)."""
 
 
 class StackError(GanforgeError, RuntimeError):
@@ -71,7 +88,13 @@ class Stack:
     logs: str
 
     def env(self) -> dict[str, str]:
-        return {"MLFLOW_TRACKING_URI": self.tracking_uri}
+        """What a client of the stack needs: its URI and the pipeline user's credentials."""
+        auth = read_auth(Path(self.home))
+        return {
+            "MLFLOW_TRACKING_URI": self.tracking_uri,
+            "MLFLOW_TRACKING_USERNAME": auth["username"],
+            "MLFLOW_TRACKING_PASSWORD": auth["password"],
+        }
 
 
 def stack_dir(home: Path | None = None) -> Path:
@@ -80,6 +103,88 @@ def stack_dir(home: Path | None = None) -> Path:
 
 def container_name(home: Path) -> str:
     return "ganforge-mlflow-" + hashlib.sha256(str(home).encode()).hexdigest()[:10]
+
+
+def new_auth(home: Path) -> dict[str, str]:
+    """Fresh credentials for this GANFORGE_HOME's stack, written to ``stack/mlflow-auth.json`` (0600)."""
+    auth = {
+        "admin_username": ADMIN_USER,
+        "admin_password": secrets.token_urlsafe(24),
+        "username": PIPELINE_USER,
+        "password": secrets.token_urlsafe(24),
+        "flask_secret_key": secrets.token_urlsafe(32),
+    }
+    path = stack_dir(home) / AUTH_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+        f.write(json.dumps(auth, indent=2))
+    tmp.replace(path)
+    return auth
+
+
+def read_auth(home: Path) -> dict[str, str]:
+    try:
+        return json.loads((stack_dir(home) / AUTH_FILE).read_text())
+    except (OSError, ValueError) as e:
+        raise StackError(
+            f"the local stack's MLflow credentials ({stack_dir(home) / AUTH_FILE}) are unreadable ({e}); "
+            "restart the stack: make stack-down && make stack-up"
+        ) from None
+
+
+def write_auth_config(home: Path, database_uri: str) -> Path:
+    """The basic-auth app's config (the cluster's ``basic_auth.ini``: READ by default, users stored
+    in ``database_uri``); no secret in it. Returns its folder (mounted into the container)."""
+    folder = stack_dir(home) / AUTH_CONFIG_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o755)  # the server's uid 1000 reads it through the mount
+    ini = folder / "basic_auth.ini"
+    ini.write_text(
+        "[mlflow]\n"
+        "default_permission = READ\n"
+        f"database_uri = {database_uri}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        "grant_default_workspace_access = false\n"
+    )
+    ini.chmod(0o644)
+    return folder
+
+
+def auth_server_env(auth: dict[str, str], config_path: str) -> dict[str, str]:
+    """The basic-auth app's settings, as environment variables of the server (never arguments)."""
+    return {
+        "MLFLOW_AUTH_CONFIG_PATH": config_path,
+        "MLFLOW_AUTH_ADMIN_USERNAME": auth["admin_username"],
+        "MLFLOW_AUTH_ADMIN_PASSWORD": auth["admin_password"],
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": auth["flask_secret_key"],
+    }
+
+
+def _auth_call(uri: str, method: str, path: str, user: tuple[str, str], body: dict | None = None) -> int:
+    request = urllib.request.Request(
+        uri + path, method=method, data=json.dumps(body).encode() if body is not None else None
+    )
+    request.add_header("Authorization", "Basic " + base64.b64encode(":".join(user).encode()).decode())
+    request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def create_pipeline_user(uri: str, auth: dict[str, str]) -> None:
+    """Create the pipeline's user with the admin account (what the cluster's mlflow-auth-init Job does)."""
+    admin = (auth["admin_username"], auth["admin_password"])
+    user = {"username": auth["username"], "password": auth["password"]}
+    status = _auth_call(uri, "POST", "/api/2.0/mlflow/users/create", admin, user)
+    if status != 200:
+        raise StackError(f"creating the MLflow user {auth['username']} at {uri} failed: HTTP {status}")
+    status = _auth_call(uri, "GET", "/api/2.0/mlflow/users/current", (auth["username"], auth["password"]))
+    if status != 200:
+        raise StackError(f"the MLflow user {auth['username']} cannot log in at {uri}: HTTP {status}")
 
 
 def free_port() -> int:
@@ -244,19 +349,26 @@ def is_our_s3(pid: int) -> bool:
         return False
 
 
-def start_mlflow(home: Path, pg_port: int, password: str, s3_endpoint: str, logs: Path) -> tuple[str, str]:
+def start_mlflow(
+    home: Path, pg_port: int, password: str, s3_endpoint: str, logs: Path, auth: dict[str, str]
+) -> tuple[str, str]:
     docker_local.check_fresh(docker_local.MLFLOW_IMAGE)
     name = container_name(home)
     docker_local.docker("rm", "-f", name, check=False)
     port = free_port()
+    database_uri = f"postgresql+psycopg2://{PG_USER}@127.0.0.1:{pg_port}/{PG_DB}"
+    # Users live in the tracking database, in their own tables (as on the cluster).
+    config = write_auth_config(home, database_uri)
+    auth_env = auth_server_env(auth, f"{AUTH_CONFIG_MOUNT}/basic_auth.ini")
     env = dict(
         os.environ,
         **S3_KEYS,
+        **auth_env,
         PGPASSWORD=password,
         MLFLOW_S3_ENDPOINT_URL=s3_endpoint,
-        MLFLOW_BACKEND_STORE_URI=f"postgresql+psycopg2://{PG_USER}@127.0.0.1:{pg_port}/{PG_DB}",
+        MLFLOW_BACKEND_STORE_URI=database_uri,
     )
-    names = ["PGPASSWORD", "MLFLOW_S3_ENDPOINT_URL", "MLFLOW_BACKEND_STORE_URI", *S3_KEYS]
+    names = ["PGPASSWORD", "MLFLOW_S3_ENDPOINT_URL", "MLFLOW_BACKEND_STORE_URI", *S3_KEYS, *auth_env]
     cmd = [
         "docker",
         "run",
@@ -268,6 +380,8 @@ def start_mlflow(home: Path, pg_port: int, password: str, s3_endpoint: str, logs
         "--label",
         f"dev.ganforge.stack={home}",
         *[a for n in names for a in ("-e", n)],
+        "--volume",
+        f"{config}:{AUTH_CONFIG_MOUNT}:ro",
         docker_local.MLFLOW_IMAGE,
         "mlflow",
         "server",
@@ -279,6 +393,7 @@ def start_mlflow(home: Path, pg_port: int, password: str, s3_endpoint: str, logs
         "1",
         "--artifacts-destination",
         f"s3://{BUCKET}/artifacts",
+        *AUTH_SERVER_ARGS,
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
     if proc.returncode != 0:
@@ -293,6 +408,7 @@ def start_mlflow(home: Path, pg_port: int, password: str, s3_endpoint: str, logs
         return answers(uri + "/health")
 
     wait_until(healthy, f"MLflow server container {name}")
+    create_pipeline_user(uri, auth)
     return uri, name
 
 
@@ -305,7 +421,12 @@ def read(home: Path | None = None) -> Stack | None:
 
 
 def healthy(stack: Stack) -> bool:
-    return is_our_s3(stack.s3_pid) and answers(stack.tracking_uri + "/health")
+    """Running, and with the credentials its clients need (a stack from before auth has none)."""
+    return (
+        (stack_dir(Path(stack.home)) / AUTH_FILE).is_file()
+        and is_our_s3(stack.s3_pid)
+        and answers(stack.tracking_uri + "/health")
+    )
 
 
 def up(home: Path | None = None, log=print) -> Stack:
@@ -326,11 +447,12 @@ def up(home: Path | None = None, log=print) -> Stack:
     pgpass = stack_dir(home) / "pgpass"
     pgpass.touch(mode=0o600)
     pgpass.write_text(password + "\n")
+    auth = new_auth(home)
     pg_port, pg_data = start_postgres(home, password, logs)
     s3_pid, s3_endpoint = None, None
     try:
         s3_pid, s3_endpoint = start_s3(logs)
-        uri, name = start_mlflow(home, pg_port, password, s3_endpoint, logs)
+        uri, name = start_mlflow(home, pg_port, password, s3_endpoint, logs, auth)
     except BaseException:
         if s3_pid:
             os.killpg(s3_pid, signal.SIGTERM)
@@ -372,6 +494,7 @@ def down(home: Path | None = None, log=print) -> bool:
     stop_postgres(Path(stack.postgres_data))
     (stack_dir(home) / "stack.json").unlink(missing_ok=True)
     (stack_dir(home) / "pgpass").unlink(missing_ok=True)
+    (stack_dir(home) / AUTH_FILE).unlink(missing_ok=True)
     log(f"local stack stopped (container {stack.container}); its registry and artifacts are gone")
     return True
 

@@ -24,7 +24,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 STARTUP_TIMEOUT_S = 120.0
@@ -44,7 +44,9 @@ def is_healthy(uri: str) -> bool:
         return False
 
 
-def server_command(port: int, backend_store_uri: str, artifacts_destination: str) -> list[str]:
+def server_command(
+    port: int, backend_store_uri: str, artifacts_destination: str, args: Sequence[str] = ()
+) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -60,6 +62,7 @@ def server_command(port: int, backend_store_uri: str, artifacts_destination: str
         artifacts_destination,
         "--workers",
         "1",
+        *args,
     ]
 
 
@@ -77,12 +80,16 @@ def stop(process: subprocess.Popen) -> None:
 
 @contextlib.contextmanager
 def mlflow_server(
-    workdir: str | os.PathLike, artifacts_destination: str | None = None, env: Mapping[str, str] | None = None
+    workdir: str | os.PathLike,
+    artifacts_destination: str | None = None,
+    env: Mapping[str, str] | None = None,
+    args: Sequence[str] = (),
 ) -> Iterator[str]:
     """Start ``mlflow server`` with state under ``workdir``; yield its http URI; stop it.
 
     ``artifacts_destination`` defaults to ``workdir/artifacts`` (served by the server, so
-    clients never touch that path). ``env`` adds variables for the server (S3 settings).
+    clients never touch that path). ``env`` adds variables for the server (S3 settings, the
+    basic-auth app's); ``args`` adds options (``--app-name basic-auth``).
     """
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -94,7 +101,7 @@ def mlflow_server(
     server_env.pop("MLFLOW_TRACKING_URI", None)
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            server_command(port, f"sqlite:///{workdir / 'mlflow.db'}", destination),
+            server_command(port, f"sqlite:///{workdir / 'mlflow.db'}", destination, args),
             stdout=log,
             stderr=subprocess.STDOUT,
             env=server_env,

@@ -1,8 +1,8 @@
 """cdcgan through the DAG (issue 17): the README's commands for it, run exactly as written.
 
 One real tiny DAG run (`make run PIPELINE=cdcgan PROFILE=tiny`: kfp.local SubprocessRunner, sqlite
-MLflow, real Fashion-MNIST), then the README's two `ganforge generate` commands against its champion
-and the README's serving block in an interpreter that cannot import ganforge.
+MLflow, real Fashion-MNIST), then the README's two `ganforge generate` commands against its champion,
+its `ganforge verify-model` command and its serving block in an interpreter that cannot import ganforge.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from PIL import Image
 
 from conftest import ROOT, cli_env
 from ganforge.labels import FASHION_MNIST_CLASSES
-from test_serving import ISOLATED_PRELUDE, SITE_PACKAGES, isolated_python, serving_env
+from test_serving import ISOLATED_PRELUDE, SITE_PACKAGES, isolated_python, run_serving_command, serving_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # the DAG's subprocess timeout is 1200 s
 
@@ -95,6 +95,10 @@ def test_readme_generate_commands_draw_the_asked_classes(dag, tmp_path):
 
 
 def test_readme_serving_block_runs_without_ganforge_and_matches_ganforge(dag, tmp_path):
+    (command,) = re.findall(r"`(ganforge verify-model [^`]*)`", readme_section())
+    assert command == "ganforge verify-model models:/cdcgan@champion --out served/cdcgan"
+    verified = run_serving_command(command, tmp_path, f"sqlite:///{dag / 'mlflow.db'}")
+    assert verified.returncode == 0, verified.stderr[-3000:]
     snippet = re.search(r"```python\n(.*?)```", readme_section(), re.S).group(1)
     epilogue = textwrap.dedent("""
         import json

@@ -105,7 +105,19 @@ def local_stack(built, home):
         env={**env, "GANFORGE_HOME": str(home)},
     )
     assert status.returncode == 0 and json.loads(status.stdout)["container"] == running.container
-    yield running
+    # The server runs basic-auth: anonymous calls are refused, this process uses the pipeline's user.
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    with pytest.MonkeyPatch.context() as mp:
+        for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+            mp.delenv(key, raising=False)
+        with pytest.raises(MlflowException, match="401|nauthenticated|credentials"):
+            MlflowClient(running.tracking_uri).search_experiments()
+    with pytest.MonkeyPatch.context() as mp:
+        for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+            mp.setenv(key, running.env()[key])
+        yield running
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "GANFORGE_"))}
     proc = make("stack-down", env={**env, "GANFORGE_HOME": str(home)}, timeout=300)
     assert proc.returncode == 0, proc.stderr
@@ -239,6 +251,8 @@ def test_mlflow_server_image_on_postgres_keeps_runs_in_postgres_and_artifacts_in
     # The server runs as the image's non-root user, and no password is on its command line.
     top = docker_local.docker("top", local_stack.container, "-o", "pid,uid,args").stdout
     assert "mlflow" in top and password not in top and stack.S3_KEYS["AWS_SECRET_ACCESS_KEY"] not in top
+    auth = stack.read_auth(Path(local_stack.home))
+    assert "--app-name basic-auth" in top and auth["admin_password"] not in top and auth["password"] not in top
     assert {line.split()[1] for line in top.splitlines()[1:]} == {"1000"}, top
 
 

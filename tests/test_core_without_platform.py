@@ -128,6 +128,7 @@ def test_cli_trains_without_the_platform_and_platform_commands_name_the_extra(tm
     for args in (
         ["registry", "show", "dcgan"],
         ["promote", "dcgan", "1"],
+        ["verify-model", "models:/dcgan@champion", "--out", str(tmp_path / "served")],
         [
             "train",
             "--preset",

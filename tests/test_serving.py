@@ -66,11 +66,32 @@ class Payload:
         return exec, (f"open({str(self.marker)!r}, 'w').write('payload ran')",)
 
 
+def readme_serving_section() -> str:
+    return (ROOT / "README.md").read_text().split("### Serving the champion", 1)[1]
+
+
 def readme_serving_snippet() -> str:
     """The first ```python block under the README's "Serving the champion" heading."""
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("### Serving the champion", 1)[1]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    return re.search(r"```python\n(.*?)```", readme_serving_section(), re.S).group(1)
+
+
+def readme_serving_command() -> str:
+    """The one line of the section's ```bash block: ``ganforge verify-model`` into a folder."""
+    (line,) = re.search(r"```bash\n(.*?)```", readme_serving_section(), re.S).group(1).strip().splitlines()
+    return line
+
+
+def for_model(text: str, name: str) -> str:
+    """The README's serving text for model ``name`` instead of ``dcgan``."""
+    return text.replace("models:/dcgan@champion", f"models:/{name}@champion").replace("served/dcgan", f"served/{name}")
+
+
+def run_serving_command(line: str, cwd: Path, tracking_uri: str) -> subprocess.CompletedProcess:
+    """The README's ``ganforge verify-model`` line through a shell, with this checkout's ganforge."""
+    env = cli_env(
+        MLFLOW_TRACKING_URI=tracking_uri, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    )
+    return subprocess.run(line, shell=True, cwd=cwd, env=env, capture_output=True, text=True, timeout=240)
 
 
 @pytest.fixture(scope="module")
@@ -145,19 +166,28 @@ def serving_env(home: Path) -> dict:
 
 @pytest.mark.parametrize("preset", ["dcgan", "wavegan"])
 def test_readme_serving_snippet_loads_the_champion_without_ganforge(preset, champions, home, tmp_path):
-    """The README's snippet, verbatim (for wavegan with the model name swapped), in an
-    interpreter where ganforge cannot be imported: MLflow's pyfunc loads the champion with
-    pickle deserialization disallowed, and predict(latents) gives the generator's outputs."""
-    snippet = readme_serving_snippet()
-    assert 'mlflow.pyfunc.load_model("models:/dcgan@champion"' in snippet
-    if preset != "dcgan":
-        snippet = snippet.replace("models:/dcgan@champion", f"models:/{preset}@champion")
+    """The README's two blocks, verbatim (for wavegan with the model name swapped): `ganforge
+    verify-model` writes the verified champion into a folder, then, in an interpreter where
+    ganforge cannot be imported, MLflow's pyfunc loads that folder with pickle deserialization
+    disallowed, and predict(latents) gives the generator's outputs."""
+    line, snippet = readme_serving_command(), readme_serving_snippet()
+    assert line == "ganforge verify-model models:/dcgan@champion --out served/dcgan"
+    assert 'mlflow.pyfunc.load_model("served/dcgan"' in snippet
+    line, snippet = for_model(line, preset), for_model(snippet, preset)
+    verified = run_serving_command(line, tmp_path, f"sqlite:///{home / 'mlflow.db'}")
+    assert verified.returncode == 0, verified.stderr[-3000:]
+    champion = champions[preset]
+    manifest = json.loads(verified.stdout)
+    assert (manifest["name"], manifest["version"]) == (champion["name"], champion["version"])
+    assert json.loads((tmp_path / "served" / preset / registry.VERIFIED_MANIFEST).read_text())["files"] == sorted(
+        ["MLmodel", "conda.yaml", "data/model.pt2", "input_example.json", "python_env.yaml"]
+        + ["registered_model_meta", "requirements.txt", "serving_input_example.json"]
+    )
     code = ISOLATED_PRELUDE.format(site=str(SITE_PACKAGES)) + snippet + ISOLATED_EPILOGUE
     done = isolated_python(code, serving_env(home), tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     served = json.loads(done.stdout.strip().splitlines()[-1])
 
-    champion = champions[preset]
     latents = np.random.default_rng(0).standard_normal((16, champion["cfg"].model.nz)).astype(np.float32)
     with torch.no_grad():
         expected = champion["generator"](torch.from_numpy(latents)).numpy()
@@ -165,17 +195,23 @@ def test_readme_serving_snippet_loads_the_champion_without_ganforge(preset, cham
     assert served["dtype"] == "float32"
     assert np.allclose(np.array(served["values"], dtype=np.float32).reshape(expected.shape), expected, atol=1e-5)
 
+    if preset == "dcgan":  # run again (the next deployment): the earlier verified folder is replaced
+        assert run_serving_command(line, tmp_path, f"sqlite:///{home / 'mlflow.db'}").returncode == 0
+        assert sorted(p.name for p in (tmp_path / "served").iterdir()) == [preset]
+
 
 @pytest.mark.slow
 def test_readme_serving_snippet_against_a_real_mlflow_server(tmp_path, monkeypatch):
-    """The same snippet, verbatim, where serving teams meet the model: a real `mlflow server`
-    (artifacts proxied by the server), from an interpreter without ganforge."""
+    """The same blocks, verbatim, where serving teams meet the model: a real `mlflow server`
+    (artifacts proxied by the server); the Python block from an interpreter without ganforge."""
     from mlflow_server import mlflow_server
 
     with mlflow_server(tmp_path / "server") as uri:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
         tracking.configure()
         champion = register("dcgan", 50.0)
+        verified = run_serving_command(readme_serving_command(), tmp_path, uri)
+        assert verified.returncode == 0, verified.stderr[-3000:]
         env = serving_env(tmp_path)
         env["MLFLOW_TRACKING_URI"] = uri
         code = ISOLATED_PRELUDE.format(site=str(SITE_PACKAGES)) + readme_serving_snippet() + ISOLATED_EPILOGUE
@@ -199,7 +235,7 @@ def test_the_isolated_interpreter_really_lacks_ganforge(home, tmp_path):
 def test_a_planted_pickle_is_never_run(champions, store, home, tmp_path):
     """Issue 13.1: a pickle payload planted in the stored model is refused, never executed, by
     ganforge (sha256 mismatch; and MLflow's pickle-free check when the tag is rewritten to
-    match) and by the serving snippet. Control: torch.export.load alone does run it."""
+    match) and by the serving recipe's `ganforge verify-model`. Control: torch.export.load alone does run it."""
     champion = register("dcgan", 70.0)  # a version of its own, so the other tests keep theirs
     name, version = champion["name"], champion["version"]
     archive = stored_archive(name, version)
@@ -246,11 +282,12 @@ def test_a_planted_pickle_is_never_run(champions, store, home, tmp_path):
         generate_to_dir(f"models:/{name}@champion", tmp_path / "out2", n=2)
     assert not marker.exists()
 
-    # 3. The serving snippet (with this model's name) refuses it too.
-    snippet = readme_serving_snippet().replace("models:/dcgan@champion", f"models:/{name}/{version}")
-    done = isolated_python(ISOLATED_PRELUDE.format(site=str(SITE_PACKAGES)) + snippet, serving_env(home), tmp_path)
-    assert done.returncode != 0 and "not a pickle-free payload" in done.stderr, done.stderr[-3000:]
-    assert not marker.exists()
+    # 3. The serving recipe's first step (with this model's name) refuses it too, writing nothing.
+    line = readme_serving_command().replace("models:/dcgan@champion", f"models:/{name}/{version}")
+    done = run_serving_command(line, tmp_path, f"sqlite:///{home / 'mlflow.db'}")
+    assert done.returncode == 2 and "not a pickle-free payload" in done.stderr, done.stderr[-3000:]
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()]
+    assert not marker.exists() and not any((tmp_path / "served").rglob("*"))  # no model, no temporary
 
     # Control: the planted record is a live payload — torch.export.load on its own runs it.
     subprocess.run(

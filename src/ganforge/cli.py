@@ -1,4 +1,5 @@
-"""``ganforge`` command line: prep | train | evaluate | curve | registry | promote | generate | translate.
+"""``ganforge`` command line: prep | train | evaluate | curve | registry | promote | verify-model | generate |
+translate.
 
 The pipeline-level commands (run, compile, submit, schedule) live in ``pipelines/`` of the
 repository (``python -m pipelines …`` or the Makefile), since they need the checkout.
@@ -476,6 +477,12 @@ def cmd_promote(args) -> int:
     return 0
 
 
+def cmd_verify_model(args) -> int:
+    registry = require_platform("registry", "ganforge verify-model")
+    print(json.dumps(registry.save_verified(args.model, args.out), indent=2))
+    return 0
+
+
 def cmd_generate(args) -> int:
     from .generate import generate_to_dir
 
@@ -602,6 +609,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("version", type=int)
     p.add_argument("--force", action="store_true", help="promote even a version without an FID")
     p.set_defaults(func=cmd_promote)
+
+    p = sub.add_parser(
+        "verify-model",
+        help="download a registered version once, verify it (sha256 and content) and write that copy to --out",
+    )
+    p.add_argument("model", help="models:/NAME@ALIAS or models:/NAME/VERSION")
+    p.add_argument("--out", required=True, help="folder for the verified model (replaces an earlier verify-model)")
+    p.set_defaults(func=cmd_verify_model)
 
     p = sub.add_parser("generate", help="samples, grids, interpolations or WAVs from a model")
     p.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION or a checkpoint.pt")

@@ -11,12 +11,16 @@ an archive before ``torch.export.load`` runs when ``MLFLOW_ALLOW_PICKLE_DESERIAL
 (``mlflow.pytorch._validate_pt2_archive_is_pickle_free``: every record must be JSON/text or
 pass ``torch.load(weights_only=True)``); its default (``true``) skips that check.
 
-So loading here (``load_version``) is: download the version's files, compare their digest
-with the ``ganforge.artifact_sha256`` tag written at registration (a changed file is refused
-before anything is parsed), then load through MLflow with pickle deserialization disallowed.
-Serving teams use the same MLflow loader with the same setting (README, "Serving the
-champion"). The generator is exported from CPU in eval mode with a dynamic batch dimension;
-another device gets it through ``torch.export.passes.move_to_device_pass``.
+So loading here (``load_version``) is: download the version's files once, into a private
+temporary directory; compare their digest with the ``ganforge.artifact_sha256`` tag written at
+registration (a changed file is refused before anything is parsed); check their content
+(``model_files``: only the files and ``MLmodel`` entries ganforge registers — no bundled code,
+no loader module but MLflow's pytorch flavor, no pickle format); then load that same verified
+copy through MLflow with pickle deserialization disallowed. The content rules do not rest on
+the tag, which the writer of the files can usually rewrite too. ``save_verified`` writes the
+verified copy to a directory for serving teams, who load it with MLflow alone (README,
+"Serving the champion"). The generator is exported from CPU in eval mode with a dynamic
+batch dimension; another device gets it through ``torch.export.passes.move_to_device_pass``.
 """
 
 from __future__ import annotations
@@ -45,8 +49,10 @@ from mlflow.models import infer_signature
 
 from ganforge.config import PipelineConfig
 from ganforge.errors import GanforgeError
+from ganforge.fileio import atomic_dir, check_output_dir
 from ganforge.generate import parse_registry_uri
 from ganforge.platform import tracking
+from ganforge.platform.model_files import CLIENT_WRITTEN_FILES, ModelContentError, check_model_dir
 from ganforge.platform.settings import git_commit
 
 CHAMPION = "champion"
@@ -74,8 +80,8 @@ MARGIN_TAG = "ganforge.promotion_margin"
 """Version tag: the FID margin this version must beat the champion by (its own run's setting)."""
 CLASS_NAMES_TAG = "ganforge.class_names"
 """Class-conditional versions: their class names (JSON list, label order), for ``generate --class``."""
-CLIENT_WRITTEN_FILES = frozenset({"registered_model_meta"})
-"""Files MLflow's downloader writes into a model directory itself (name/version of the download)."""
+VERIFIED_MANIFEST = "ganforge-verified.json"
+"""Written by ``save_verified`` beside the model files: which version was verified, and its files."""
 
 
 class RegistryError(GanforgeError, RuntimeError):
@@ -254,7 +260,9 @@ def register_generator(
                 f"({one_line(e)}); keep its forward free of data-dependent Python control flow"
             ) from e
     with tempfile.TemporaryDirectory(prefix="ganforge-model-") as tmp:
-        sha256 = artifact_digest(quiet_download(info.model_uri, tmp))
+        local = quiet_download(info.model_uri, tmp)
+        check_model_dir(local, info.model_uri)  # what loading will demand, so a refusal shows up here first
+        sha256 = artifact_digest(local)
     run = c.get_run(run_id)
     git = git_commit()
     c.set_logged_model_tags(info.model_id, {tracking.MLFLOW_GIT_COMMIT_TAG: git, ARTIFACT_SHA256_TAG: sha256})
@@ -685,17 +693,19 @@ def quiet_download(uri: str, dst_path: str) -> str:
         return mlflow.artifacts.download_artifacts(uri, dst_path=dst_path)
 
 
-def load_version(version, device: str = "cpu") -> torch.nn.Module:
-    """Load a registered version (an MLflow ``ModelVersion``) safely; see the module docstring.
+def download_verified(version, dst: str | os.PathLike) -> Path:
+    """Download a registered version (an MLflow ``ModelVersion``) into the empty directory ``dst``,
+    once, and verify that copy; see the module docstring. Returns the model directory.
 
     1. Its ``ganforge.artifact_sha256`` tag must exist (a version registered before it, in
        the pickle format, is refused: re-register it).
-    2. Its files are downloaded into a private temporary directory and their
-       ``artifact_digest`` must equal the tag: a file changed after registration is refused
-       before anything reads it.
-    3. MLflow loads the ``pt2`` archive with pickle deserialization disallowed, so a payload
-       that somehow matched the digest (a tag rewritten by whoever changed the file) is
-       refused too, never unpickled.
+    2. The files' ``artifact_digest`` must equal the tag: a file changed after registration
+       is refused before anything reads it.
+    3. Their content must be what ganforge registers (``model_files.check_model_dir``), which
+       holds even when whoever changed the files rewrote the tag as well.
+
+    Callers load from the returned directory, never from the registry again, so what was
+    checked is what is loaded.
     """
     uri = f"models:/{version.name}/{version.version}"
     expected = version.tags.get(ARTIFACT_SHA256_TAG, "").strip()
@@ -705,37 +715,75 @@ def load_version(version, device: str = "cpu") -> torch.nn.Module:
             "format, which runs code when loaded), so it is not loaded; re-register it from its "
             "checkpoint.pt (ganforge generate --model runs/…/checkpoint.pt works meanwhile)"
         )
-    with tempfile.TemporaryDirectory(prefix="ganforge-model-") as tmp:
-        try:
-            local = quiet_download(uri, tmp)
-        except MlflowException as e:
-            raise RegistryError(f"cannot download {uri} from {mlflow.get_registry_uri()}: {one_line(e)}") from None
-        found = artifact_digest(local)
-        if found != expected:
-            raise RegistryError(
-                f"refusing to load {uri}: its files do not match the sha256 recorded at registration "
-                f"(recorded {expected[:12]}…, found {found[:12]}…), so they were changed afterwards; "
-                "do not use this version — register the model again from its checkpoint.pt"
-            )
-        if not (Path(local) / "data" / "model.pt2").is_file():
-            raise RegistryError(
-                f"refusing to load {uri}: it holds no {SERIALIZATION_FORMAT} archive (data/model.pt2); "
-                "only generators registered by ganforge's register step can be loaded"
-            )
-        try:
-            with pickle_deserialization_disallowed():
-                graph = mlflow.pytorch.load_model(local)
-                if torch.device(device).type != "cpu":
-                    # Exported on CPU; the graph's device constants move with this pass (the
-                    # archive was validated by the load above).
-                    from torch.export.passes import move_to_device_pass
+    try:
+        local = Path(quiet_download(uri, str(dst)))
+    except MlflowException as e:
+        raise RegistryError(f"cannot download {uri} from {mlflow.get_registry_uri()}: {one_line(e)}") from None
+    found = artifact_digest(local)
+    if found != expected:
+        raise RegistryError(
+            f"refusing to load {uri}: its files do not match the sha256 recorded at registration "
+            f"(recorded {expected[:12]}…, found {found[:12]}…), so they were changed afterwards; "
+            "do not use this version — register the model again from its checkpoint.pt"
+        )
+    try:
+        check_model_dir(local, uri)
+    except ModelContentError as e:
+        raise RegistryError(str(e)) from None
+    return local
 
-                    graph = move_to_device_pass(
-                        torch.export.load(str(Path(local) / "data" / "model.pt2")), device
-                    ).module()
-        except MlflowException as e:
-            raise RegistryError(f"refusing to load {uri}: {one_line(e)}") from None
+
+def load_verified_dir(local: Path, uri: str, device: str = "cpu") -> torch.nn.Module:
+    """MLflow's pytorch loader on a ``download_verified`` copy, pickle deserialization disallowed:
+    a payload inside the pt2 archive that somehow matched the digest is refused, never unpickled."""
+    try:
+        with pickle_deserialization_disallowed():
+            graph = mlflow.pytorch.load_model(str(local))
+            if torch.device(device).type != "cpu":
+                # Exported on CPU; the graph's device constants move with this pass (the
+                # archive was validated by the load above).
+                from torch.export.passes import move_to_device_pass
+
+                graph = move_to_device_pass(torch.export.load(str(local / "data" / "model.pt2")), device).module()
+    except MlflowException as e:
+        raise RegistryError(f"refusing to load {uri}: {one_line(e)}") from None
+    return graph
+
+
+def load_version(version, device: str = "cpu") -> torch.nn.Module:
+    """Load a registered version (an MLflow ``ModelVersion``) from its verified copy
+    (``download_verified``, then ``load_verified_dir``)."""
+    with tempfile.TemporaryDirectory(prefix="ganforge-model-") as tmp:
+        graph = load_verified_dir(download_verified(version, tmp), f"models:/{version.name}/{version.version}", device)
     return ExportedGenerator(graph)
+
+
+def verified_files(manifest: dict) -> list[str]:
+    """The files a ``save_verified`` output holds (its manifest lists them)."""
+    return [str(f) for f in manifest["files"]]
+
+
+def save_verified(uri: str, out_dir: str | os.PathLike) -> dict:
+    """Resolve ``uri`` (``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``), download the version
+    once, verify it (``download_verified``) and only then put that copy at ``out_dir`` (written
+    whole beside it and renamed into place; an earlier output there is replaced). Serving
+    loads ``out_dir`` with MLflow alone; the copy is loaded here once the same way, so what
+    serving would refuse (a pickle inside the archive) is refused now. Returns the manifest."""
+    check_output_dir(out_dir, command="ganforge verify-model", manifest=VERIFIED_MANIFEST, owned_files=verified_files)
+    version = resolve(uri)
+    with atomic_dir(out_dir) as tmp:
+        local = download_verified(version, tmp)
+        load_verified_dir(local, f"models:/{version.name}/{version.version}")
+        files = sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file())
+        manifest = {
+            "model": uri,
+            "name": version.name,
+            "version": int(version.version),
+            ARTIFACT_SHA256_TAG: version.tags[ARTIFACT_SHA256_TAG],
+            "files": files,
+        }
+        (local / VERIFIED_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return {**manifest, "path": str(Path(out_dir))}
 
 
 def resolve(uri: str):
