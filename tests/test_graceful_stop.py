@@ -44,13 +44,19 @@ def _default_dispositions() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def _start(args: list[str]) -> subprocess.Popen:
+def _sigint_ignored() -> None:
+    """As a background job of a non-interactive shell starts: SIGINT ignored, SIGTERM at its default."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _start(args: list[str], dispositions=_default_dispositions) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "ganforge.cli", *args],
         stderr=subprocess.PIPE,
         text=True,
         env=cli_env(GANFORGE_THREADS="1"),  # bitwise resume needs the same thread count in every run
-        preexec_fn=_default_dispositions,
+        preexec_fn=dispositions,
     )
 
 
@@ -81,18 +87,20 @@ def _kill(pids: list[int]) -> None:
             os.kill(p, signal.SIGKILL)
 
 
-def _signal_after(child: subprocess.Popen, marker: str, send) -> tuple[int, str]:
-    """Wait for a stderr line starting with ``marker``, call ``send()``, then wait for the exit: (status, stderr)."""
+def _signal_after(child: subprocess.Popen, *sends) -> tuple[int, str]:
+    """For each (marker, send): wait for a stderr line starting with ``marker`` and call ``send()``; then wait
+    for the exit: (status, stderr)."""
     seen, tree, exited = [], [], False
     try:
         deadline = time.monotonic() + LIMIT_S
-        for line in child.stderr:
-            seen.append(line)
-            if line.startswith(marker) or time.monotonic() > deadline:
-                break
-        assert seen and seen[-1].startswith(marker), "".join(seen)[-3000:]
-        tree = _tree(child.pid)  # taken now: a launcher that dies orphans its ranks, which must not train on
-        send()
+        for marker, send in sends:
+            for line in child.stderr:
+                seen.append(line)
+                if line.startswith(marker) or time.monotonic() > deadline:
+                    break
+            assert seen and seen[-1].startswith(marker), "".join(seen)[-3000:]
+            tree = tree or _tree(child.pid)  # taken now: a launcher that dies orphans its ranks, which must not train
+            send()
         with contextlib.suppress(subprocess.TimeoutExpired):
             exited = child.wait(timeout=LIMIT_S) is not None
     finally:
@@ -144,12 +152,18 @@ def test_sigterm_saves_the_step_marks_the_run_killed_and_resume_is_bitwise(fashi
     from ganforge.platform import tracking
 
     out = tmp_path / "run"
-    child = _start(_train_args(fashion_train, out, 100_000, "--mlflow"))
-    status, err = _signal_after(child, "step 4/", lambda: child.send_signal(signal.SIGTERM))
+    # Started as a background job is (SIGINT ignored): ganforge keeps that, so a SIGINT changes nothing and
+    # training goes on; SIGTERM, which such a job does not ignore, stops it.
+    child = _start(_train_args(fashion_train, out, 100_000, "--mlflow"), _sigint_ignored)
+    status, err = _signal_after(
+        child,
+        ("step 4/", lambda: child.send_signal(signal.SIGINT)),
+        ("step 7/", lambda: child.send_signal(signal.SIGTERM)),
+    )
     assert status == 143, err[-3000:]
     stopped = _stopped_step(err)
     saved = read_checkpoint(out / "checkpoint.pt")
-    assert saved["step"] == stopped >= 4  # the stop's own checkpoint, past the periodic one at step 3
+    assert saved["step"] == stopped >= 7  # the stop's own checkpoint, past the periodic one at step 6
     tracking.configure()
     run_id = (out / cli.MLFLOW_RUN_FILE).read_text().strip()
     assert tracking.client().get_run(run_id).info.status == "KILLED"
@@ -165,7 +179,7 @@ def test_sigterm_saves_the_step_marks_the_run_killed_and_resume_is_bitwise(fashi
 def test_sigterm_to_the_launcher_of_two_gloo_ranks_stops_both_at_one_step(fashion_train, tmp_path):
     out = tmp_path / "run"
     child = _start(_train_args(fashion_train, out, 100_000, "--nproc", "2"))
-    status, err = _signal_after(child, "step 4/", lambda: child.send_signal(signal.SIGTERM))  # the launcher only
+    status, err = _signal_after(child, ("step 4/", lambda: child.send_signal(signal.SIGTERM)))  # the launcher only
     assert status == 143, err[-3000:]
     stopped = _stopped_step(err)
     ranks = sorted(line for line in err.splitlines() if re.match(r"rank \d of 2: trained steps ", line))
@@ -189,7 +203,7 @@ def _rank_pid(cli_pid: int, rank: int) -> int:
 def test_sigterm_to_one_rank_stops_every_rank_at_one_step_with_status_143(fashion_train, tmp_path):
     out = tmp_path / "run"
     child = _start(_train_args(fashion_train, out, 100_000, "--nproc", "2"))
-    status, err = _signal_after(child, "step 4/", lambda: os.kill(_rank_pid(child.pid, 1), signal.SIGTERM))
+    status, err = _signal_after(child, ("step 4/", lambda: os.kill(_rank_pid(child.pid, 1), signal.SIGTERM)))
     assert status == 143, err[-3000:]
     stopped = _stopped_step(err)
     ranks = sorted(line for line in err.splitlines() if re.match(r"rank \d of 2: trained steps ", line))
