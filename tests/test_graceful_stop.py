@@ -148,6 +148,7 @@ def _assert_same_weights(ref_dir: Path, got_dir: Path) -> None:
         assert all(torch.equal(ref[key][k], got[key][k]) for k in ref[key]), f"{key} differs after the resume"
 
 
+@pytest.mark.slow  # training subprocesses (torchrun and two ranks for the --nproc ones)
 def test_sigterm_saves_the_step_marks_the_run_killed_and_resume_is_bitwise(fashion_train, tmp_path, ganforge_home):
     from ganforge.platform import tracking
 
@@ -176,6 +177,7 @@ def test_sigterm_saves_the_step_marks_the_run_killed_and_resume_is_bitwise(fashi
     _assert_same_weights(tmp_path / "ref", out)
 
 
+@pytest.mark.slow  # training subprocesses (torchrun and two ranks for the --nproc ones)
 def test_sigterm_to_the_launcher_of_two_gloo_ranks_stops_both_at_one_step(fashion_train, tmp_path):
     out = tmp_path / "run"
     child = _start(_train_args(fashion_train, out, 100_000, "--nproc", "2"))
@@ -200,6 +202,7 @@ def _rank_pid(cli_pid: int, rank: int) -> int:
     raise AssertionError(f"no rank {rank} under process {cli_pid}")
 
 
+@pytest.mark.slow  # training subprocesses (torchrun and two ranks for the --nproc ones)
 def test_sigterm_to_one_rank_stops_every_rank_at_one_step_with_status_143(fashion_train, tmp_path):
     out = tmp_path / "run"
     child = _start(_train_args(fashion_train, out, 100_000, "--nproc", "2"))
