@@ -632,9 +632,9 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
-        stop.install_raising_on_sigterm()
-        _configure_threads(args)
-        return args.func(args)
+        with stop.raising_on_sigterm():
+            _configure_threads(args)
+            return args.func(args)
     except GanforgeError as e:
         # Library errors carry the problem and the fix; a traceback would bury them.
         if os.environ.get("GANFORGE_DEBUG"):
@@ -652,7 +652,6 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 130
     except stop.Stopped as e:
-        stop.stopping()
         if os.environ.get("GANFORGE_DEBUG"):
             raise
         if e.step is not None:

@@ -2,7 +2,7 @@
 
 Two behaviours, both ending in :class:`Stopped` (exit status 128 + the signal: 143, 130):
 
-``raising_on_sigterm()``, installed by the command line for every command: SIGTERM raises
+``raising_on_sigterm()``, around every command of the command line: SIGTERM raises
 ``Stopped`` where the program is, as SIGINT raises KeyboardInterrupt, so ``finally`` blocks and
 the atomic writers' cleanup run (no temporary file is left) instead of the process vanishing.
 
@@ -45,8 +45,9 @@ class Stopped(BaseException):
     def __init__(self, signum: int, step: int | None = None, checkpoint: Path | None = None):
         self.signum, self.step, self.checkpoint = int(signum), step, checkpoint
         name = signal.Signals(self.signum).name
+        what = "interrupted (Ctrl-C)" if self.signum == signal.SIGINT else f"stopped by {name}"
         where = f" at step {step}; checkpoint written to {checkpoint}" if step is not None else ""
-        super().__init__(f"stopped by {name}{where}")
+        super().__init__(what + where)
 
     @property
     def exit_status(self) -> int:
@@ -66,16 +67,23 @@ def _raise_stopped(signum, frame) -> None:
     raise Stopped(signum)
 
 
-def install_raising_on_sigterm() -> None:
-    """SIGTERM raises Stopped from here on (unless SIGTERM was inherited ignored)."""
-    if _in_main_thread() and signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:
-        signal.signal(signal.SIGTERM, _raise_stopped)
-
-
-def stopping() -> None:
-    """Mark this process as on its way out: further SIGTERMs are ignored."""
-    if _in_main_thread() and signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:
-        signal.signal(signal.SIGTERM, _ignore)
+@contextlib.contextmanager
+def raising_on_sigterm() -> Iterator[None]:
+    """SIGTERM raises Stopped while the block runs (unless SIGTERM was inherited ignored); the previous
+    handler returns after it, unless the block was stopped: then further SIGTERMs are ignored, so they
+    cannot cut short the exit of a process on its way out (its status stays 143)."""
+    if not _in_main_thread() or signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, _raise_stopped)
+    try:
+        yield
+    except Stopped:
+        previous = _ignore
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 class StopFlag:
