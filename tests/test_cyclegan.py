@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,7 @@ from ganforge.cyclegan import ImagePool, load_translators, prepare_domain, train
 from ganforge.data import load_dataset
 from ganforge.evaluate import is_metrics_json
 from ganforge.models import build_models
+from ganforge.stop import Stopped
 
 
 def _idx(stem: str) -> np.ndarray:
@@ -124,6 +127,32 @@ def test_resumed_run_equals_an_uninterrupted_one_bitwise(domains, cyclegan_run, 
     assert torch.equal(ref["pool_a"], got["pool_a"]) and len(ref["pool_a"]) == cfg.train.pool_size
     assert not torch.equal(ref["G_ab"]["net.1.weight"], ref["G_ab_ema"]["net.1.weight"])
     assert (cyclegan_run / "samples" / "epoch_001.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_sigterm_stops_at_the_step_with_its_checkpoint_and_resume_is_bitwise(domains, cyclegan_run, tmp_path):
+    """A real SIGTERM, sent to this process by the loss logger at step 1, stops the loop at that step with a
+    checkpoint there (the periodic one would come at step 2); resumed, the run ends as the uninterrupted one."""
+    cfg = build_config("cyclegan", "tiny", ["train.log_every=1"])  # a logger call at step 1; the same steps
+    a, b = domains["a", "train"][1], domains["b", "train"][1]
+
+    def terminate(step, metrics):
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(Stopped) as stopped:
+            train_cyclegan(cfg, a, b, tmp_path, on_metrics=terminate)
+    finally:
+        signal.signal(signal.SIGTERM, previous)  # a stopped process ignores further SIGTERMs; pytest must not
+    assert (stopped.value.signum, stopped.value.step, stopped.value.exit_status) == (signal.SIGTERM, 1, 143)
+    assert read_checkpoint(tmp_path / "checkpoint.pt")["step"] == 1
+    train_cyclegan(cfg, a, b, tmp_path, resume=True)
+    ref, got = read_checkpoint(cyclegan_run / "checkpoint.pt"), read_checkpoint(tmp_path / "checkpoint.pt")
+    assert got["step"] == cfg.train.max_steps
+    for key in ("G_ab", "G_ba", "G_ab_ema", "G_ba_ema", "D_a", "D_b"):
+        assert all(torch.equal(ref[key][k], got[key][k]) for k in ref[key]), key
+    assert torch.equal(ref["pool_a"], got["pool_a"]) and torch.equal(ref["pool_b"], got["pool_b"])
 
 
 def test_translate_writes_one_png_per_input_and_names_bad_files(cyclegan_run, domains, tmp_path, capsys):

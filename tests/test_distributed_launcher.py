@@ -482,7 +482,7 @@ def test_container_command_runs_torchrun_with_the_engine_env(engine, tmp_path):
 @pytest.mark.slow
 def test_local_torchrun_command_starts_the_ranks(tmp_path):
     cmd = torchrun_command(2, ["train", "--out", "a b"], module="kube_standin")
-    assert cmd[1:3] == ["-m", "torch.distributed.run"] and "--standalone" in cmd
+    assert cmd[1:3] == ["-m", "ganforge.launch"] and "--standalone" in cmd
     ranks = _run_pod_command(cmd, {}, tmp_path)
     assert [(r["RANK"], r["WORLD_SIZE"]) for r in ranks] == [("0", "2"), ("1", "2")]
     assert ranks[1]["argv"] == ["train", "--out", "a b"]

@@ -136,9 +136,13 @@ def _relaunch_under_torchrun(cfg: PipelineConfig, args) -> int:
                 *(["--allow-data-change"] if getattr(args, "allow_data_change", False) else []),
             ],
         )
-        from . import threads
+        from . import stop, threads
 
-        return subprocess.call(cmd, env=threads.env_for_ranks(cfg.train.nproc))
+        # SIGTERM/SIGINT sent to this process go to the ranks' launcher, which passes them on: the ranks stop
+        # at one step with a checkpoint, and this process exits with the launcher's status once they have.
+        with subprocess.Popen(cmd, env=threads.env_for_ranks(cfg.train.nproc)) as launcher, stop.forwarding(launcher):
+            status = launcher.wait()
+        return 128 - status if status < 0 else status
 
 
 COMPUTE_COMMANDS = ("train", "evaluate", "curve", "generate", "translate")
@@ -225,13 +229,39 @@ def _train_command(cfg: PipelineConfig, args) -> int:
 
 def _train_logged(cfg: PipelineConfig, args, run_id: str | None):
     """``train``'s body; with ``run_id`` (rank 0 of a tracked run) the losses go to that MLflow run."""
-    from .train import train
-
     callback = None
     if run_id:
         tracking = require_platform("tracking", "train --mlflow")
         tracking.configure()
         callback = tracking.MlflowMetricsCallback(run_id)
+    with _flushed_when_stopped(callback):
+        result, checkpoint = _train_to(cfg, args, callback)
+    if callback is not None:
+        callback.flush()
+        if args.mlflow:
+            tracking.log_metrics(
+                run_id, {"train_wall_s": result.total_seconds, "train_epochs": result.epoch}, step=result.step
+            )
+    return result, checkpoint
+
+
+@contextlib.contextmanager
+def _flushed_when_stopped(callback) -> Iterator[None]:
+    """A training stopped by a signal still sends its buffered curve points to MLflow, up to its last step."""
+    from .stop import Stopped
+
+    try:
+        yield
+    except Stopped:
+        if callback is not None:
+            callback.flush()
+        raise
+
+
+def _train_to(cfg: PipelineConfig, args, callback):
+    """``train`` into a local or ``s3://`` --out: (result, where its checkpoint is)."""
+    from .train import train
+
     if is_s3(args.data) or is_s3(args.out):
         # Cluster job pods: stage s3:// data and output locally, push checkpoints back (cluster_train).
         cluster_train = require_platform("cluster_train", "train with an s3:// --data or --out")
@@ -258,12 +288,6 @@ def _train_logged(cfg: PipelineConfig, args, run_id: str | None):
             allow_data_change=args.allow_data_change,
         )
         checkpoint = str(result.checkpoint)
-    if callback is not None:
-        callback.flush()
-        if args.mlflow:
-            tracking.log_metrics(
-                run_id, {"train_wall_s": result.total_seconds, "train_epochs": result.epoch}, step=result.step
-            )
     return result, checkpoint
 
 
@@ -281,7 +305,8 @@ def _train_cyclegan(cfg: PipelineConfig, args) -> int:
         if run_id:
             tracking = require_platform("tracking", "train --mlflow")
             callback = tracking.MlflowMetricsCallback(run_id)
-        result = train_cyclegan(cfg, args.data, args.data_b, args.out, resume=args.resume, on_metrics=callback)
+        with _flushed_when_stopped(callback):
+            result = train_cyclegan(cfg, args.data, args.data_b, args.out, resume=args.resume, on_metrics=callback)
         if callback is not None:
             callback.flush()
     print(json.dumps({"step": result.step, "epoch": result.epoch, "checkpoint": str(result.checkpoint)}))
@@ -310,7 +335,7 @@ def _recorded_mlflow_run(run: Path) -> str | None:
 def _cli_mlflow_run(cfg: PipelineConfig, out: Path, resume: bool) -> Iterator[str]:
     """The MLflow run of a CLI training run, open while the block trains: created here (its id kept in
     OUT/mlflow_run_id) or, on --resume, the recorded one marked RUNNING again; closed on the way out —
-    FINISHED when training returns, KILLED on Ctrl-C, FAILED on an error. Later ``evaluate``/``curve``
+    FINISHED when training returns, KILLED on Ctrl-C or SIGTERM, FAILED on an error. Later ``evaluate``/``curve``
     calls still log into the closed run by its id."""
     tracking = require_platform("tracking", "train --mlflow")
     tracking.configure()
@@ -324,7 +349,9 @@ def _cli_mlflow_run(cfg: PipelineConfig, out: Path, resume: bool) -> Iterator[st
     try:
         yield run_id
     except BaseException as e:
-        status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
+        from .stop import Stopped
+
+        status = "KILLED" if isinstance(e, (KeyboardInterrupt, Stopped)) else "FAILED"
         try:
             tracking.finish_pipeline_run(run_id, status)
         except Exception as mark_error:  # the training error matters more than its record: never hide it
@@ -669,11 +696,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command. Exit 2 with one line for a GanforgeError (bad input, config, data,
-    checkpoint, storage), 130 for Ctrl-C; any other exception is a bug and keeps its traceback."""
+    checkpoint, storage), 130 for Ctrl-C, 143 for SIGTERM (``ganforge.stop``: training stops at a
+    step with a checkpoint; other commands unwind, removing their temporary files); any other
+    exception is a bug and keeps its traceback."""
+    from . import stop
+
     args = build_parser().parse_args(argv)
     try:
-        _configure_threads(args)
-        return args.func(args)
+        with stop.raising_on_sigterm():
+            _configure_threads(args)
+            return args.func(args)
     except GanforgeError as e:
         # Library errors carry the problem and the fix; a traceback would bury them.
         if os.environ.get("GANFORGE_DEBUG"):
@@ -690,6 +722,20 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+    except stop.Stopped as e:
+        if os.environ.get("GANFORGE_DEBUG"):
+            raise
+        if e.step is not None:
+            if int(os.environ.get("RANK", "0")) == 0:
+                print(f"ganforge {args.command}: {e}; run it again with --resume to continue", file=sys.stderr)
+        else:
+            print(
+                f"ganforge {args.command}: {e}; outputs are written to temporary files and renamed into place, "
+                "so nothing half-written was left — run the command again"
+                + (" with --resume to continue from the last checkpoint" if args.command == "train" else ""),
+                file=sys.stderr,
+            )
+        return e.exit_status
 
 
 if __name__ == "__main__":

@@ -54,6 +54,7 @@ from .data import (
 from .fileio import atomic_dir, atomic_write_bytes, atomic_write_text, check_output_dir
 from .manifest import DataError
 from .models import build_models
+from .stop import StopFlag, Stopped
 from .train import (
     TrainingError,
     TrainResult,
@@ -312,7 +313,13 @@ def train_cyclegan(
 ) -> TrainResult:
     """Train a cyclegan run on the prepared domains ``data_a`` and ``data_b``; writes checkpoint.pt,
     config.json and samples/epoch_NNN.png (input / translated / reconstructed rows) into ``out_dir``.
-    ``resume`` continues from ``out_dir/checkpoint.pt`` when it exists."""
+    ``resume`` continues from ``out_dir/checkpoint.pt`` when it exists. SIGTERM and SIGINT stop it at
+    a step boundary with a checkpoint at that step (``stop.Stopped`` raised), as ``train.train``."""
+    with StopFlag() as flag:
+        return _train_cyclegan(cfg, data_a, data_b, out_dir, resume, on_metrics, flag)
+
+
+def _train_cyclegan(cfg, data_a, data_b, out_dir, resume, on_metrics, stop_flag: StopFlag) -> TrainResult:
     if cfg.model.arch != "cyclegan":
         raise TrainingError(f"train_cyclegan trains the cyclegan preset; {cfg.name} has model.arch={cfg.model.arch!r}")
     tc = cfg.train
@@ -370,9 +377,12 @@ def train_cyclegan(
             png = out_dir / SAMPLES_DIR / f"epoch_{epoch_number(step, per_epoch):03d}.png"
             atomic_write_bytes(png, grid_png(translation_rows(m.G_ab_ema, m.G_ba_ema, *fixed), N_GRID))
             samples.append(png)
-        if step % tc.checkpoint_every == 0 or step == n_steps:
+        stop_signal = stop_flag.agreed()
+        if step % tc.checkpoint_every == 0 or step == n_steps or stop_signal:
             seconds = seconds_before + time.perf_counter() - t0
             save_cycle_checkpoint(ckpt_path, m, opt_g, opt_d, pools, step, epoch_number(step, per_epoch), cfg, seconds)
+        if stop_signal and step < n_steps:
+            raise Stopped(stop_signal, step=step, checkpoint=ckpt_path)
     seconds = time.perf_counter() - t0
     done = step - start_step
     return TrainResult(

@@ -3,17 +3,25 @@
 ``ganforge train --nproc N`` relaunches itself through it, and so does the pipeline's train step;
 the cluster engines (TrainJob, PyTorchJob) start torchrun in their pods from their own variables
 (``ganforge.platform.cluster_jobs.train_command``).
+
+``python -m ganforge.launch`` is torchrun (``torch.distributed.run``) with the exit status of a
+stop: on SIGTERM or SIGINT torchrun passes the signal to the ranks, waits for them (they stop at
+one step and write a checkpoint, ``ganforge.stop``) and then fails with a SignalException (exit
+status 1); here it exits 128 + the signal instead (143, 130), as the ranks do. When the ranks
+themselves were signalled, torchrun reports them failed with 143 or 130; that status is kept too.
 """
 
 from __future__ import annotations
 
 import sys
 
+from .stop import STOP_STATUSES
+
 
 def torchrun_command(
     nproc: int, args: list[str], module: str = "ganforge.cli", python: str = sys.executable
 ) -> list[str]:
-    """``python -m torch.distributed.run --standalone --nproc-per-node=N -m MODULE ARGS``.
+    """``python -m ganforge.launch --standalone --nproc-per-node=N -m MODULE ARGS`` (torchrun, see above).
 
     ``--standalone``: a c10d rendezvous on localhost at a free port, so parallel runs do not
     collide. The ranks get their settings in ``args`` (a ``--config-json``, not torchrun's own
@@ -22,4 +30,26 @@ def torchrun_command(
     """
     if nproc < 1:
         raise ValueError(f"nproc={nproc}: torchrun needs 1 or more processes")
-    return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", module, *args]
+    return [python, "-m", "ganforge.launch", "--standalone", f"--nproc-per-node={nproc}", "-m", module, *args]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """torchrun's ``main`` with the stop statuses described above; any other failure is torchrun's own."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import main as torchrun
+
+    try:
+        torchrun(argv)
+    except SignalException as e:
+        return 128 + int(e.sigval)
+    except ChildFailedError as e:
+        statuses = {failure.exitcode for failure in e.failures.values()}
+        if len(statuses) == 1 and statuses <= STOP_STATUSES:  # every failed rank stopped on the same signal
+            return statuses.pop()
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -54,6 +54,7 @@ from .errors import GanforgeError
 from .fileio import atomic_file, atomic_write_text
 from .losses import d_loss, g_loss, gradient_penalty, r1_penalty
 from .models import build_models
+from .stop import StopFlag, Stopped
 
 N_FIXED_SAMPLES = 64
 RESUME_SAFE_FIELDS = frozenset(
@@ -645,7 +646,16 @@ def read_class_names(run_dir: str | os.PathLike, cfg: PipelineConfig) -> list[st
     return class_names_or_ids(names, cfg.model.num_classes)
 
 
-def train(
+def train(cfg: PipelineConfig, data_dir: str | os.PathLike, out_dir: str | os.PathLike, **kwargs) -> TrainResult:
+    """Train cfg's GAN on the prepared dataset at data_dir (``_train``'s arguments and contract).
+
+    SIGTERM and SIGINT stop it gracefully (``ganforge.stop``): the ranks agree on a step, rank 0 writes
+    the checkpoint at that step (and calls ``on_checkpoint``) and every rank raises ``stop.Stopped``."""
+    with StopFlag() as flag:
+        return _train(cfg, data_dir, out_dir, stop_flag=flag, **kwargs)
+
+
+def _train(
     cfg: PipelineConfig,
     data_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -657,6 +667,7 @@ def train(
     dist_info: DistInfo | None = None,
     allow_config_change: bool = False,
     allow_data_change: bool = False,
+    stop_flag: StopFlag | None = None,
 ) -> TrainResult:
     """Train cfg's GAN on the prepared dataset at data_dir, writing checkpoint.pt and samples/ to out_dir.
 
@@ -724,7 +735,7 @@ def train(
     samples: list[Path] = []
     bar = _progress(n_steps, step, dist_info.is_main)
     t0, start_step, last = time.perf_counter(), step, {}
-    last_r1 = None
+    last_r1, stop_signal = None, 0
     G.train(), D.train()
     while step < n_steps:
         epoch, in_epoch = divmod(step, per_epoch)
@@ -787,23 +798,27 @@ def train(
                     on_samples(step, png)
                 if tc.snapshot_every and (epoch_no % tc.snapshot_every == 0 or step == n_steps):
                     write_snapshot(out_dir, G_ema=G_ema, step=step, epoch=epoch_no, cfg=cfg)
-            if step % tc.checkpoint_every == 0 or step == n_steps:
-                save_checkpoint(
-                    ckpt_path,
-                    G=G,
-                    D=D,
-                    G_ema=G_ema,
-                    opt_g=opt_g,
-                    opt_d=opt_d,
-                    ctx=ctx,
-                    step=step,
-                    epoch=epoch_number(step, per_epoch),
-                    cfg=cfg,
-                    train_seconds=seconds_before + time.perf_counter() - t0,
-                    data_sha256=ds.manifest.get("sha256"),
-                )
-                if on_checkpoint:
-                    on_checkpoint(step, ckpt_path)
+        checkpoint_due = step % tc.checkpoint_every == 0 or step == n_steps
+        stop_signal = stop_flag.agreed(dist_info.world_size, dist_info.device) if stop_flag else 0
+        if dist_info.is_main and (checkpoint_due or stop_signal):  # a stop saves this step, as a periodic one
+            save_checkpoint(
+                ckpt_path,
+                G=G,
+                D=D,
+                G_ema=G_ema,
+                opt_g=opt_g,
+                opt_d=opt_d,
+                ctx=ctx,
+                step=step,
+                epoch=epoch_number(step, per_epoch),
+                cfg=cfg,
+                train_seconds=seconds_before + time.perf_counter() - t0,
+                data_sha256=ds.manifest.get("sha256"),
+            )
+            if on_checkpoint:
+                on_checkpoint(step, ckpt_path)
+        if stop_signal:
+            break
     if bar is not None:
         bar.close()
     if dist_info.world_size > 1:
@@ -813,6 +828,8 @@ def train(
         # their lines interleaved ("rank 0 …1-8rank 1 …1-8", seen in a CI run).
         sys.stderr.write(f"rank {dist_info.rank} of {dist_info.world_size}: trained steps {start_step + 1}-{step}\n")
         sys.stderr.flush()
+    if stop_signal and step < n_steps:  # after the barrier: rank 0's checkpoint is written when any rank leaves
+        raise Stopped(stop_signal, step=step, checkpoint=ckpt_path)
     seconds = time.perf_counter() - t0
     done = step - start_step
     return TrainResult(
