@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -262,12 +261,6 @@ class _Pod:
     """Why the container never started (e.g. a missing Secret key), as the kubelet reports it."""
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _node_containers(obj: dict) -> list[tuple[dict, dict]]:
     """(container with command/env, engine-injected env) per node, in the order of ``_pods_for``.
 
@@ -276,7 +269,10 @@ def _node_containers(obj: dict) -> list[tuple[dict, dict]]:
     plus ``MASTER_ADDR/MASTER_PORT`` and the node-level ``WORLD_SIZE``/``RANK``. The master is
     127.0.0.1 on a free port (on a cluster: the node-0 Service and port 23456).
     """
-    port = str(_free_port())
+    # Imported here: run as a module (the worker), this file may lack the checkout root on its path.
+    from pipelines.stack import free_port
+
+    port = str(free_port())
     if obj["kind"] == "TrainJob":
         trainer = obj["spec"]["trainer"]
         n = trainer.get("numNodes", 1)

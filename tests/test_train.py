@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,12 +17,7 @@ from conftest import ROOT, cli_env, fill
 from ganforge.checkpoint import CheckpointError, load_generator, read_checkpoint
 from ganforge.config import build_config
 from ganforge.train import NonFiniteLossError, train
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from pipelines.stack import free_port
 
 
 def _state_equal(a: dict, b: dict) -> bool:
@@ -201,7 +195,7 @@ def test_two_torchrun_nodes_on_localhost(fashion_train, tmp_path):
     cfg = build_config("dcgan", "tiny", {"train": {"max_steps": 4, "nnodes": 2, "nproc": 1}})
     cfg_path = tmp_path / "config.json"
     cfg_path.write_text(cfg.to_json())
-    endpoint = f"127.0.0.1:{_free_port()}"
+    endpoint = f"127.0.0.1:{free_port()}"
     procs = [
         subprocess.Popen(
             [

@@ -35,6 +35,7 @@ from ganforge.manifest import (
     sha256_of_array,
     write_manifest,
 )
+from ganforge.paths import cache_dir
 
 IDX_IMAGES_MAGIC = 0x00000803
 """IDX header: unsigned bytes, 3 dimensions (count, rows, cols)."""
@@ -375,11 +376,6 @@ def read_torchvision(name: str, cfg: DataConfig, split: str) -> RawDataset:
     labels = np.asarray(dataset.targets, dtype=np.int64)
     images, labels = images[: cfg.limit], labels[: cfg.limit]
     return RawDataset(fit_batch(images, cfg, shown_as=f"torchvision:{name}"), labels, list(dataset.classes))
-
-
-def cache_dir() -> Path:
-    """Download cache: ``$GANFORGE_CACHE``, default ``~/.cache/ganforge``."""
-    return Path(os.environ.get("GANFORGE_CACHE") or Path.home() / ".cache" / "ganforge")
 
 
 @contextmanager

@@ -12,5 +12,6 @@ def home() -> Path:
 
 
 def cache_dir() -> Path:
-    """Reusable downloads and derived data (Inception weights, real-data statistics). Default ~/.cache/ganforge."""
-    return Path(os.environ.get("GANFORGE_CACHE", "~/.cache/ganforge")).expanduser().resolve()
+    """Reusable downloads and derived data (Inception weights, real-data statistics, torchvision datasets).
+    Default ~/.cache/ganforge, also when GANFORGE_CACHE is set but empty."""
+    return Path(os.environ.get("GANFORGE_CACHE") or "~/.cache/ganforge").expanduser().resolve()
