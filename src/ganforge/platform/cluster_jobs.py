@@ -1,6 +1,7 @@
 """Launch training on a cluster (Kubeflow Trainer ``TrainJob`` or Training Operator ``PyTorchJob``).
 
-Both engines start the same image with ``torchrun -m ganforge.cli train ...`` on every node:
+Both engines start the same image with ``python -m ganforge.launch -m ganforge.cli train ...`` (torchrun)
+on every node:
 
 * TrainJob (trainer.kubeflow.org/v1alpha1, runtime ``torch-distributed``): the Trainer's torch
   plugin sets ``PET_NNODES``, ``PET_NPROC_PER_NODE``, ``PET_NODE_RANK``, ``PET_MASTER_ADDR`` and
@@ -235,7 +236,8 @@ def job_name(pipeline_name: str, short_id: str | None = None) -> str:
 
 
 def train_command(engine: str, cli_args: list[str], module: str = "ganforge.cli") -> list[str]:
-    """The container command: write the config from ``GANFORGE_CONFIG_JSON``, then exec torchrun.
+    """The container command: write the config from ``GANFORGE_CONFIG_JSON``, then exec torchrun
+    through ``ganforge.launch`` (torchrun's own parser, so the pod exits 143 when SIGTERM stops it).
 
     torchrun takes nnodes / nproc-per-node / node-rank from the engine's ``PET_*`` variables; on
     a PyTorchJob the master address comes from ``MASTER_ADDR``/``MASTER_PORT``.
@@ -244,7 +246,7 @@ def train_command(engine: str, cli_args: list[str], module: str = "ganforge.cli"
     rendezvous = '--master-addr "$MASTER_ADDR" --master-port "$MASTER_PORT" ' if engine == "pytorchjob" else ""
     script = (
         f'{WRITABLE_DIRS}printf %s "${CONFIG_ENV}" > {CONFIG_PATH_IN_POD} && '
-        f"exec torchrun {rendezvous}-m {shlex.quote(module)} {shlex.join(cli_args)}"
+        f"exec python -m ganforge.launch {rendezvous}-m {shlex.quote(module)} {shlex.join(cli_args)}"
     )
     return ["/bin/sh", "-c", script]
 
