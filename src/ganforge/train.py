@@ -335,13 +335,16 @@ def d_step(
         fake = G(z, *fake_c, **(g_kwargs or {}))
     if apply_r1:
         real = real.detach().requires_grad_(True)
+    # torch.compile'd modules (train.compile) support no double backward, which the penalties need (R1 through
+    # the real logits, WGAN-GP through its own pass): those passes run D's uncompiled module, the same weights.
+    D_eager = getattr(D, "_orig_mod", D)
     with ctx.autocast():
-        real_logits = D(ctx.augment(real), *real_c).float()
+        real_logits = (D_eager if apply_r1 else D)(ctx.augment(real), *real_c).float()
         fake_logits = D(ctx.augment(fake.float()), *fake_c).float()
         loss = d_loss(tc.loss, real_logits, fake_logits)
     out = {"loss_d": loss.detach()}
     if tc.loss == "wgan-gp":
-        gp = gradient_penalty(D, real, fake.float())
+        gp = gradient_penalty(D_eager, real, fake.float())
         loss = loss + tc.gp_weight * gp
         out["gp"] = gp.detach()
     if apply_r1:
