@@ -22,19 +22,23 @@ from pathlib import Path
 from .config import PRESETS, PROFILES, ConfigError, PipelineConfig, build_config, parse_override
 from .errors import GanforgeError, require_platform
 from .fileio import atomic_write_text, is_s3
-from .launch import torchrun_command
+from .launch import AUTO, auto_nproc, check_nproc, torchrun_command, visible_gpus
 
 
 def _config_from_args(args) -> PipelineConfig:
     """Preset + profile (or a saved config.json), then --set overrides: settled once, here."""
     sets = list(args.set or [])
     nproc = getattr(args, "nproc", None)
+    if nproc == AUTO:
+        nproc = auto_nproc(visible_gpus())
     if nproc is not None:
         if nproc < 1:
             raise ConfigError(
                 f"--nproc {nproc}: give the number of training processes on this machine, 1 or more "
                 "(e.g. --nproc 2), or leave it out to use the config's train.nproc"
             )
+        if not _under_torchrun():  # before the config's own checks (batch divisible by ranks) and any process
+            _check_local_ranks(nproc)
         sets.append(f"train.nproc={nproc}")
     if getattr(args, "config_json", None):
         path = Path(args.config_json)
@@ -52,6 +56,21 @@ def _config_from_args(args) -> PipelineConfig:
                 "or --preset/--profile with --set"
             ) from e
     return build_config(args.preset, args.profile, sets)
+
+
+def _check_local_ranks(nproc: int, what: str = "--nproc") -> None:
+    from .threads import usable_cores
+
+    check_nproc(nproc, visible_gpus(), usable_cores(), what)
+
+
+def _nproc_arg(text: str) -> int | str:
+    if text == AUTO:
+        return AUTO
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of ranks (e.g. 2) or auto") from None
 
 
 def _read_config_json(path: Path) -> dict:
@@ -155,6 +174,8 @@ def cmd_train(args) -> int:
     """Train on a dataset directory or ``s3://`` prefix into a run directory or ``s3://`` prefix."""
     cfg = _config_from_args(args)
     world = cfg.train.nproc * cfg.train.nnodes
+    if not _under_torchrun():  # train.nproc from a config.json or --set
+        _check_local_ranks(cfg.train.nproc, "train.nproc=")
     if world > 1 and not _under_torchrun():
         if cfg.train.nnodes > 1:
             raise ConfigError(
@@ -469,7 +490,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="--resume with a config that differs from the checkpoint's beyond epochs/max_steps/cadences/"
         "ranks: go on with the new values (learning rates and betas included) instead of refusing",
     )
-    p.add_argument("--nproc", type=int, help="ranks on this machine (torchrun); default from the config")
+    p.add_argument(
+        "--nproc",
+        type=_nproc_arg,
+        help="ranks on this machine (torchrun), at most one per GPU (or CPU core without one); "
+        "auto: one per visible GPU, else 1; default from the config",
+    )
     p.add_argument(
         "--mlflow",
         action="store_true",
