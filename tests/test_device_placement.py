@@ -144,3 +144,47 @@ def test_training_step_under_torch_compile(preset):
     Inductor's own CUDA kernels, where the GPU's compile failure came from, need a GPU (``make gpu-check``)."""
     got = _one_step(preset, torch.device("cpu"), compile_="aot_eager")
     assert all(torch.isfinite(v) for v in got["metrics"].values()), got["metrics"]
+
+
+def test_generation_and_translation_take_host_inputs_to_the_model_device(fake_cuda):
+    """generate/translate draw latents and read images on the host; the model may sit on ``cuda``."""
+    import numpy as np
+
+    from ganforge.generate import mixing_table
+    from ganforge.train import generate
+    from ganforge.translate import translate_batch
+
+    cfg = build_config("stylegan", "tiny")
+    G, _ = build_models(cfg.model, cfg.data)
+    z = torch.randn(3, cfg.model.nz)
+    cyc = build_config("cyclegan", "tiny")
+    T_ab, _ = build_models(cyc.model, cyc.data)
+    images = np.zeros((2, cyc.data.channels, cyc.data.resolution, cyc.data.resolution), np.uint8)
+    with fake_cuda:
+        G, T_ab = G.to(CUDA).eval(), T_ab.to(CUDA).eval()
+        outputs = [generate(G, z), mixing_table(G, z[:2], z[2:], "coarse", 0.7), translate_batch(T_ab, images)]
+    assert [o.device.type for o in outputs] == ["cpu"] * 3
+
+
+def test_cyclegan_step_stays_on_the_device(fake_cuda):
+    """cyclegan's own step: both generators, both discriminators, the image pools (identity loss off:
+    its zero term too)."""
+    from ganforge import cyclegan as C
+
+    cfg = build_config("cyclegan", "tiny", ["train.identity_weight=0"])
+    side = cfg.data.resolution
+    a_u8 = torch.zeros(cfg.train.batch_size, cfg.data.channels, side, side, dtype=torch.uint8)
+    m = C.CycleModels(cfg)
+    with fake_cuda:
+        m = m.to(CUDA)
+        opt_g = torch.optim.Adam([*m.G_ab.parameters(), *m.G_ba.parameters()])
+        opt_d = torch.optim.Adam([*m.D_a.parameters(), *m.D_b.parameters()])
+        a = C.to_float(a_u8).to(CUDA)
+        losses, fake_a, fake_b = C.g_step(m, opt_g, a, a, cfg)
+        pools = [C.ImagePool(cfg.train.pool_size), C.ImagePool(cfg.train.pool_size)]
+        pooled = [pools[0].query(fake_a, torch.Generator()), pools[1].query(fake_b, torch.Generator())]
+        losses.update(C.d_step(m, opt_d, a, a, *pooled))
+        state = pools[0].state(tuple(a.shape[1:]))
+    assert {v.device.type for v in losses.values()} == {"cuda"}
+    assert state.device.type == "cpu"  # what the checkpoint holds
+    assert {p.device.type for p in m.parameters()} == {"cuda"}

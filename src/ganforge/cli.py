@@ -278,7 +278,7 @@ def _train_cyclegan(cfg: PipelineConfig, args) -> int:
 def cmd_translate(args) -> int:
     from .translate import load_direction, translate_to_dir
 
-    G, cfg = load_direction(args.model or args.checkpoint, args.direction)
+    G, cfg = load_direction(args.model or args.checkpoint, args.direction, _device(args.device))
     written = translate_to_dir(G, cfg, args.direction, args.input, args.out)
     print(json.dumps({"direction": args.direction, "written": len(written), "out": args.out}))
     return 0
@@ -447,6 +447,24 @@ def cmd_promote(args) -> int:
     return 0
 
 
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _device(choice: str) -> str:
+    """``--device``: auto is CUDA when this machine has it, else the CPU."""
+    import torch
+
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: this machine has no usable CUDA device; use --device cpu (or auto)")
+    return choice
+
+
+def _add_device_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", choices=DEVICES, default="auto", help="where the generator runs (auto: CUDA if any)")
+
+
 def cmd_generate(args) -> int:
     from .generate import generate_to_dir
 
@@ -461,6 +479,7 @@ def cmd_generate(args) -> int:
         truncation=args.truncation,
         mix_seed=args.mix_seed,
         mix_layers=args.mix_layers,
+        device=_device(args.device),
     )
     print(json.dumps({k: str(v) for k, v in written.items()}, indent=2))
     return 0
@@ -574,6 +593,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_promote)
 
     p = sub.add_parser("generate", help="samples, grids, interpolations or WAVs from a model")
+    _add_device_arg(p)
     p.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION or a checkpoint.pt")
     p.add_argument("-n", type=int, default=64)
     p.add_argument("--out", required=True)
@@ -612,6 +632,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("translate", help="cyclegan: translate images A→B or B→A with a trained run")
+    _add_device_arg(p)
     model = p.add_mutually_exclusive_group(required=True)
     model.add_argument("--checkpoint", help="a cyclegan run directory or its checkpoint.pt")
     model.add_argument("--model", help="a registered cyclegan model: models:/NAME@ALIAS or models:/NAME/VERSION")
