@@ -304,6 +304,9 @@ class _Context:
         return torch.autocast(self.device_type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        if self.device_type == "cuda" and x.device.type == "cpu":
+            # from pageable memory a copy first waits for the device's queue; from pinned memory it is queued
+            x = x.pin_memory()
         x = x.to(self.dist.device, non_blocking=True)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
 
@@ -397,8 +400,9 @@ def build_training_state(cfg: PipelineConfig, device: torch.device):
         G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     tc = cfg.train
-    opt_g = torch.optim.Adam(G.parameters(), lr=tc.lr_g, betas=(tc.beta1, tc.beta2))
-    opt_d = torch.optim.Adam(D.parameters(), lr=tc.lr_d, betas=(tc.beta1, tc.beta2))
+    fused = {"fused": True} if device.type == "cuda" else {}  # one kernel for all parameters instead of a loop
+    opt_g = torch.optim.Adam(G.parameters(), lr=tc.lr_g, betas=(tc.beta1, tc.beta2), **fused)
+    opt_d = torch.optim.Adam(D.parameters(), lr=tc.lr_d, betas=(tc.beta1, tc.beta2), **fused)
     return G, D, G_ema, opt_g, opt_d
 
 
@@ -709,6 +713,7 @@ def train(
     bar = _progress(n_steps, step, dist_info.is_main)
     t0, start_step, last = time.perf_counter(), step, {}
     last_r1 = None
+    first_bad = torch.zeros((), dtype=torch.long, device=dist_info.device)
     G.train(), D.train()
     while step < n_steps:
         epoch, in_epoch = divmod(step, per_epoch)
@@ -734,15 +739,19 @@ def train(
         m.update(g_step(G_train, D_train, opt_g, z, ctx, **cond, g_kwargs=mixing))
         update_ema(G_ema, G, tc.ema_decay, step)
         step += 1
-        if not all(torch.isfinite(v) for v in m.values()):
-            bad = ", ".join(k for k, v in m.items() if not torch.isfinite(v))
+        # The first step with a non-finite loss, kept on the device: reading it is a host sync, done only before
+        # anything is logged or written (on a GPU a sync per step stalls the queue of kernels).
+        finite = torch.stack([torch.isfinite(v).all() for v in m.values()]).all()
+        first_bad = torch.where(finite | (first_bad > 0), first_bad, step)
+        epoch_done = step % per_epoch == 0 or step == n_steps
+        log_now = step % tc.log_every == 0 or step == n_steps
+        if (log_now or epoch_done or step % tc.checkpoint_every == 0) and int(first_bad):
+            bad = ", ".join(k for k, v in m.items() if not torch.isfinite(v)) or "loss"
             raise NonFiniteLossError(
-                f"non-finite {bad} at step {step}; training stopped. The last good checkpoint is kept at "
+                f"non-finite {bad} at step {int(first_bad)}; training stopped. The last good checkpoint is kept at "
                 f"{ckpt_path if ckpt_path.exists() else '(none yet)'}. Lower the learning rates, turn train.amp off, "
                 "or use a more stable loss (wgan-gp)"
             )
-        epoch_done = step % per_epoch == 0 or step == n_steps
-        log_now = step % tc.log_every == 0 or step == n_steps
         if log_now:
             m = mean_over_ranks(m, dist_info.world_size)
         if dist_info.is_main:
