@@ -404,15 +404,19 @@ def check_bench(args, work: Path, data: dict, budget: Budget, report: Report) ->
     big = [s.replace(f"train.batch_size={batch}", f"train.batch_size={batch * 8}") for s in ex_sets]
     big_steps = max(2, steps // 4)
     timed("ganforge bf16 64²/b512", lambda: ganforge_img_per_s(data64, [*big, "train.amp=bf16"], warm, big_steps, work))
-    if smoke:  # Inductor's C++ compile of the 64² nets takes minutes on a small CPU
+    timed("ganforge full 28²/b128 (bf16)", lambda: ganforge_img_per_s(data["train"], [], warm, steps, work))
+    # the full profile's train.amp default should follow this ratio
+    fp32 = ["train.amp=off"]
+    timed("ganforge full 28²/b128 fp32", lambda: ganforge_img_per_s(data["train"], fp32, warm, steps, work))
+    if smoke:  # last, as it may run past the part's budget; Inductor's C++ compile takes minutes on a small CPU
         report.add("bench", "ganforge compile fp32 64²/b64", "skipped", "not in --smoke")
     else:
         compiled = [*ex_sets, "train.amp=off", "train.compile=true"]
         timed("ganforge compile fp32 64²/b64", lambda: ganforge_img_per_s(data64, compiled, warm, steps, work))
-    timed("ganforge full 28²/b128 (bf16)", lambda: ganforge_img_per_s(data["train"], [], warm, steps, work))
     ratios = {
         "ganforge_vs_examples": ("ganforge fp32 64²/b64", "examples loop fp32 64²/b64", 4.0),
         "bf16_vs_fp32": ("ganforge bf16 64²/b64", "ganforge fp32 64²/b64", None),
+        "full_bf16_vs_fp32": ("ganforge full 28²/b128 (bf16)", "ganforge full 28²/b128 fp32", None),
         "batch512_vs_64_bf16": ("ganforge bf16 64²/b512", "ganforge bf16 64²/b64", None),
         "compile_vs_eager": ("ganforge compile fp32 64²/b64", "ganforge fp32 64²/b64", None),
     }

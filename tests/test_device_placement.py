@@ -34,13 +34,16 @@ def fake_cuda(monkeypatch):
 
     Autograd's engine needs a real CUDA context to run a backward pass on ``cuda`` tensors, so while the test
     runs ``backward`` is a no-op and ``autograd.grad`` returns zeros on each input's device: the forward passes,
-    the losses and the penalties' own tensors run on the fake device; the gradients themselves are torch's."""
+    the losses and the penalties' own tensors run on the fake device; the gradients themselves are torch's.
+    ``pin_memory`` is the identity (the fake mode has no implementation of it)."""
     monkeypatch.setattr(torch.autograd, "backward", lambda *a, **k: None)
 
     def zero_grads(outputs, inputs, **kwargs):
         return tuple(torch.zeros_like(i) for i in ((inputs,) if isinstance(inputs, torch.Tensor) else inputs))
 
     monkeypatch.setattr(torch.autograd, "grad", zero_grads)
+    # pinning host memory (before a copy to the GPU) has no fake implementation; it changes no device
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self, *args, **kwargs: self)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*CUDA is not available.*")
         yield FakeTensorMode(allow_non_fake_inputs=True)
