@@ -22,7 +22,7 @@ export GANFORGE_IMAGE ?= $(IMAGE_REGISTRY)/ganforge-gpu:$(TAG)
 
 .DEFAULT_GOAL := help
 .PHONY: help setup system-deps weights run test test-fast compile submit schedule unschedule promote registry \
-        generate bench docs quality quality-data ablation ablation-name images lint lint-images k8s-check k8s-secrets-init \
+        generate bench docs gpu-check gpu-bundle quality quality-data ablation ablation-name images lint lint-images k8s-check k8s-secrets-init \
         k8s-apply checkov clean \
         images-local images-deps runner-check stack-deps stack-up stack-down
 
@@ -147,6 +147,14 @@ bench: setup ## Benchmarks (ratios measured in one run) → build/bench.json
 
 docs: $(STAMP) ## Render build/bench.json (make bench writes it) into docs/benchmarks.md's table
 	$(BIN)/python benchmarks/render_docs.py --bench build/bench.json --doc docs/benchmarks.md
+
+# The GPU path on a CUDA machine, in <= 9 minutes: no venv, no network (README, "GPU check"). BUNDLE: the carried
+# folders of `make gpu-bundle`, joined first; QUALITY=1 adds the quality row (~7 min a seed).
+gpu-check: ## On a CUDA machine: every preset at full, FID on CUDA, GPU bench → build/gpu-check.json [BUNDLE="dirs"] [QUALITY=1]
+	PYTHONPATH=src $(PY) benchmarks/gpu_check.py $(if $(BUNDLE),--bundle $(BUNDLE)) $(if $(QUALITY),--quality) $(GPU_CHECK_ARGS)
+
+gpu-bundle: setup ## What gpu-check needs beside the checkout, as three carry folders of <= 60 MiB: build/gpu-bundle/{1,2,3}
+	$(BIN)/python benchmarks/gpu_check.py --make-bundle build/gpu-bundle
 
 # While the local stack of GANFORGE_HOME runs (make run RUNNER=docker), generate/registry/promote use
 # its MLflow server; otherwise MLFLOW_TRACKING_URI or the sqlite store, as always.

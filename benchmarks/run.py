@@ -460,6 +460,21 @@ def run_benchmarks(names: list[str], effort: Effort, work: Path) -> dict:
     return report
 
 
+def gpu_section(out: Path, quick: bool) -> dict:
+    """The GPU bench (benchmarks/gpu_check.py: dcgan at full, the bench and FID parts) when CUDA is here, its
+    report beside ``out``; otherwise skipped, with the reason printed."""
+    if not torch.cuda.is_available():
+        reason = "no CUDA device (torch.cuda.is_available() is False); on a GPU machine: make gpu-check"
+        print(f"GPU section: skipped — {reason}")
+        return {"skipped": reason}
+    import gpu_check
+
+    gpu_out = out.with_name(out.stem + "-gpu.json")
+    argv = ["--parts", "presets,bench,fid", "--presets", "dcgan", "--out", str(gpu_out)]
+    status = gpu_check.main(argv + (["--budget", "240"] if quick else []))
+    return {"report": str(gpu_out), "exit_status": status}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path("build/bench.json"), help="JSON report (written atomically)")
@@ -494,6 +509,7 @@ def main(argv: list[str] | None = None) -> int:
     a.work_dir.mkdir(parents=True, exist_ok=True)
     report = run_benchmarks(a.only, QUICK if a.quick else FULL, a.work_dir)
     report["machine"]["thread_policy"] = policy
+    report["gpu"] = gpu_section(a.out, a.quick)
     atomic_write_text(a.out, json.dumps(report, indent=2) + "\n")
     m = report["machine"]
     print(

@@ -135,3 +135,10 @@ def test_inception_ceiling_line_divides_the_peak_by_the_flops():
     }
     text = bench_run.format_details({"inception": {"other_values": {"inception_ceiling": ceiling}}})
     assert "at most 15.0 img/s at 100 % of peak" in text and "ran 12.0 img/s = 80% of peak" in text
+
+
+@pytest.mark.slow
+def test_gpu_section_is_skipped_without_cuda_and_says_why(quick_report):
+    done, report = quick_report
+    assert "GPU section: skipped — no CUDA device" in done.stdout
+    assert report["gpu"]["skipped"].startswith("no CUDA device")

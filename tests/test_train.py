@@ -366,3 +366,16 @@ def test_disk_full_during_a_checkpoint_is_one_line_and_keeps_the_previous_one(fa
     assert "Fix: free space" in message
     assert read_checkpoint(out / "checkpoint.pt")["step"] == 4  # the previous checkpoint, intact
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []  # no half-written temp file
+
+
+def test_non_finite_loss_is_caught_before_a_checkpoint_between_log_points(fashion_train, tmp_path):
+    """The finiteness check reads the device only at log, sample and checkpoint steps: with log_every far
+    away, a blow-up at step 5 still stops before step 6's checkpoint, and names step 5."""
+    sets = {"max_steps": 8, "checkpoint_every": 2, "log_every": 100}
+    train(build_config("gan", "tiny", {"train": {**sets, "max_steps": 4}}), fashion_train, tmp_path)
+    ckpt = tmp_path / "checkpoint.pt"
+    good = ckpt.read_bytes()
+    blown = build_config("gan", "tiny", {"train": {**sets, "lr_d": 1e30, "lr_g": 1e30}})
+    with pytest.raises(NonFiniteLossError, match="non-finite .* at step 5;"):
+        train(blown, fashion_train, tmp_path, resume=True, allow_config_change=True)
+    assert ckpt.read_bytes() == good

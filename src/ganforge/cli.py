@@ -23,19 +23,23 @@ from pathlib import Path
 from .config import PRESETS, PROFILES, ConfigError, PipelineConfig, build_config, parse_override
 from .errors import GanforgeError, require_platform
 from .fileio import atomic_write_text, is_s3
-from .launch import torchrun_command
+from .launch import AUTO, auto_nproc, check_nproc, torchrun_command, visible_gpus
 
 
 def _config_from_args(args) -> PipelineConfig:
     """Preset + profile (or a saved config.json), then --set overrides: settled once, here."""
     sets = list(args.set or [])
     nproc = getattr(args, "nproc", None)
+    if nproc == AUTO:
+        nproc = auto_nproc(visible_gpus())
     if nproc is not None:
         if nproc < 1:
             raise ConfigError(
                 f"--nproc {nproc}: give the number of training processes on this machine, 1 or more "
                 "(e.g. --nproc 2), or leave it out to use the config's train.nproc"
             )
+        if not _under_torchrun():  # before the config's own checks (batch divisible by ranks) and any process
+            _check_local_ranks(nproc)
         sets.append(f"train.nproc={nproc}")
     if getattr(args, "config_json", None):
         path = Path(args.config_json)
@@ -53,6 +57,21 @@ def _config_from_args(args) -> PipelineConfig:
                 "or --preset/--profile with --set"
             ) from e
     return build_config(args.preset, args.profile, sets)
+
+
+def _check_local_ranks(nproc: int, what: str = "--nproc") -> None:
+    from .threads import usable_cores
+
+    check_nproc(nproc, visible_gpus(), usable_cores(), what)
+
+
+def _nproc_arg(text: str) -> int | str:
+    if text == AUTO:
+        return AUTO
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of ranks (e.g. 2) or auto") from None
 
 
 def _read_config_json(path: Path) -> dict:
@@ -191,6 +210,8 @@ def _run_directory(args) -> Iterator[None]:
 def _train_command(cfg: PipelineConfig, args) -> int:
     """``train`` inside its locked run directory."""
     world = cfg.train.nproc * cfg.train.nnodes
+    if not _under_torchrun():  # train.nproc from a config.json or --set
+        _check_local_ranks(cfg.train.nproc, "train.nproc=")
     if world > 1 and not _under_torchrun():
         if cfg.train.nnodes > 1:
             raise ConfigError(
@@ -316,7 +337,7 @@ def _train_cyclegan(cfg: PipelineConfig, args) -> int:
 def cmd_translate(args) -> int:
     from .translate import load_direction, translate_to_dir
 
-    G, cfg = load_direction(args.model or args.checkpoint, args.direction)
+    G, cfg = load_direction(args.model or args.checkpoint, args.direction, _device(args.device))
     written = translate_to_dir(G, cfg, args.direction, args.input, args.out)
     print(json.dumps({"direction": args.direction, "written": len(written), "out": args.out}))
     return 0
@@ -510,6 +531,24 @@ def cmd_verify_model(args) -> int:
     return 0
 
 
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _device(choice: str) -> str:
+    """``--device``: auto is CUDA when this machine has it, else the CPU."""
+    import torch
+
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: this machine has no usable CUDA device; use --device cpu (or auto)")
+    return choice
+
+
+def _add_device_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", choices=DEVICES, default="auto", help="where the generator runs (auto: CUDA if any)")
+
+
 def cmd_generate(args) -> int:
     from .generate import generate_to_dir
 
@@ -524,6 +563,7 @@ def cmd_generate(args) -> int:
         truncation=args.truncation,
         mix_seed=args.mix_seed,
         mix_layers=args.mix_layers,
+        device=_device(args.device),
     )
     print(json.dumps({k: str(v) for k, v in written.items()}, indent=2))
     return 0
@@ -559,7 +599,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="--resume on a dataset other than the checkpoint's (its manifest sha256 differs): go on with "
         "the new data instead of refusing",
     )
-    p.add_argument("--nproc", type=int, help="ranks on this machine (torchrun); default from the config")
+    p.add_argument(
+        "--nproc",
+        type=_nproc_arg,
+        help="ranks on this machine (torchrun), at most one per GPU (or CPU core without one); "
+        "auto: one per visible GPU, else 1; default from the config",
+    )
     p.add_argument(
         "--mlflow",
         action="store_true",
@@ -646,6 +691,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_verify_model)
 
     p = sub.add_parser("generate", help="samples, grids, interpolations or WAVs from a model")
+    _add_device_arg(p)
     p.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION or a checkpoint.pt")
     p.add_argument("-n", type=int, default=64)
     p.add_argument("--out", required=True)
@@ -684,6 +730,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("translate", help="cyclegan: translate images A→B or B→A with a trained run")
+    _add_device_arg(p)
     model = p.add_mutually_exclusive_group(required=True)
     model.add_argument("--checkpoint", help="a cyclegan run directory or its checkpoint.pt")
     model.add_argument("--model", help="a registered cyclegan model: models:/NAME@ALIAS or models:/NAME/VERSION")

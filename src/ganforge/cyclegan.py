@@ -151,7 +151,7 @@ class ImagePool:
         return torch.stack(out)
 
     def state(self, shape: tuple) -> torch.Tensor:
-        return torch.stack(self.images) if self.images else torch.zeros((0, *shape))
+        return torch.stack(self.images).cpu() if self.images else torch.zeros((0, *shape))
 
 
 class CycleModels(nn.Module):
@@ -165,11 +165,11 @@ class CycleModels(nn.Module):
         self.G_ba_ema = copy.deepcopy(self.G_ba).eval().requires_grad_(False)
 
 
-def build_cycle_state(cfg: PipelineConfig):
-    """Models (seeded: identical on every call) and the two optimisers (both generators share one, as
-    both discriminators do, as in the reference implementation)."""
+def build_cycle_state(cfg: PipelineConfig, device: torch.device | str = "cpu"):
+    """Models (seeded: identical on every call) on ``device`` and the two optimisers (both generators share
+    one, as both discriminators do, as in the reference implementation)."""
     torch.manual_seed(cfg.train.seed)
-    m = CycleModels(cfg)
+    m = CycleModels(cfg).to(device)
     tc = cfg.train
     opt_g = torch.optim.Adam([*m.G_ab.parameters(), *m.G_ba.parameters()], lr=tc.lr_g, betas=(tc.beta1, tc.beta2))
     opt_d = torch.optim.Adam([*m.D_a.parameters(), *m.D_b.parameters()], lr=tc.lr_d, betas=(tc.beta1, tc.beta2))
@@ -192,7 +192,7 @@ def g_step(m: CycleModels, opt_g: torch.optim.Optimizer, a: torch.Tensor, b: tor
         fake_b, fake_a = m.G_ab(a), m.G_ba(b)
         adv = ls_loss(m.D_b(fake_b), 1.0) + ls_loss(m.D_a(fake_a), 1.0)
         cycle = F.l1_loss(m.G_ba(fake_b), a) + F.l1_loss(m.G_ab(fake_a), b)
-        identity = F.l1_loss(m.G_ab(b), b) + F.l1_loss(m.G_ba(a), a) if lam_id > 0 else torch.zeros(())
+        identity = F.l1_loss(m.G_ab(b), b) + F.l1_loss(m.G_ba(a), a) if lam_id > 0 else a.new_zeros(())
         loss = adv + lam * cycle + lam_id * identity
         loss.backward()
     finally:
@@ -279,8 +279,10 @@ def save_cycle_checkpoint(path: Path, m: CycleModels, opt_g, opt_d, pools, step:
     )
 
 
-def restore_cycle_checkpoint(ckpt: dict, path: Path, cfg: PipelineConfig, m: CycleModels, opt_g, opt_d) -> list:
-    """Load a cyclegan checkpoint into a fresh state; returns the two image pools."""
+def restore_cycle_checkpoint(
+    ckpt: dict, path: Path, cfg: PipelineConfig, m: CycleModels, opt_g, opt_d, device: torch.device | str = "cpu"
+) -> list:
+    """Load a cyclegan checkpoint into a fresh state; returns the two image pools, on ``device``."""
     missing = [k for k in CYCLEGAN_STATE_KEYS if k not in ckpt]
     if missing:
         raise CheckpointError(
@@ -299,7 +301,8 @@ def restore_cycle_checkpoint(ckpt: dict, path: Path, cfg: PipelineConfig, m: Cyc
     opt_g.load_state_dict(ckpt["opt_G"])
     opt_d.load_state_dict(ckpt["opt_D"])
     _set_rng_state(ckpt["rng"])
-    return [ImagePool(cfg.train.pool_size, ckpt["pool_a"]), ImagePool(cfg.train.pool_size, ckpt["pool_b"])]
+    pools = (ckpt["pool_a"].to(device), ckpt["pool_b"].to(device))
+    return [ImagePool(cfg.train.pool_size, pools[0]), ImagePool(cfg.train.pool_size, pools[1])]
 
 
 def train_cyclegan(
@@ -331,16 +334,17 @@ def _train_cyclegan(cfg, data_a, data_b, out_dir, resume, on_metrics, stop_flag:
     per_epoch = cycle_steps_per_epoch(len(real[0]), len(real[1]), cfg)
     n_steps = per_epoch * tc.epochs
     n_steps = min(n_steps, tc.max_steps) if tc.max_steps else n_steps
-    m, opt_g, opt_d = build_cycle_state(cfg)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    m, opt_g, opt_d = build_cycle_state(cfg, device)
     pools = [ImagePool(tc.pool_size), ImagePool(tc.pool_size)]
     step, seconds_before = 0, 0.0
     if resume and ckpt_path.exists():
         ckpt = read_checkpoint(ckpt_path)
-        pools = restore_cycle_checkpoint(ckpt, ckpt_path, cfg, m, opt_g, opt_d)
+        pools = restore_cycle_checkpoint(ckpt, ckpt_path, cfg, m, opt_g, opt_d, device)
         step, seconds_before = int(ckpt["step"]), float(ckpt.get("train_seconds", 0.0))
         _note_thread_change(ckpt, ckpt_path)
     atomic_write_text(out_dir / CONFIG_NAME, cfg.to_json())
-    fixed = [to_float(r[:N_GRID]) for r in real]
+    fixed = [to_float(r[:N_GRID]).to(device) for r in real]
     samples: list[Path] = []
     t0, start_step, last = time.perf_counter(), step, {}
     for module in (m.G_ab, m.G_ba, m.D_a, m.D_b):
@@ -348,7 +352,7 @@ def _train_cyclegan(cfg, data_a, data_b, out_dir, resume, on_metrics, stop_flag:
     while step < n_steps:
         epoch, index = divmod(step, per_epoch)
         torch.manual_seed(_step_seed(tc.seed, 4, step, 0))
-        a, b = (domain_batch(real[d], cfg, d, epoch, index) for d in (0, 1))
+        a, b = (domain_batch(real[d], cfg, d, epoch, index).to(device) for d in (0, 1))
         losses, fake_a, fake_b = g_step(m, opt_g, a, b, cfg)
         pooled = [
             pools[d].query(f, torch.Generator().manual_seed(_step_seed(tc.seed, 6, step, d)))
@@ -375,7 +379,7 @@ def _train_cyclegan(cfg, data_a, data_b, out_dir, resume, on_metrics, stop_flag:
             )
         if step % per_epoch == 0 or step == n_steps:
             png = out_dir / SAMPLES_DIR / f"epoch_{epoch_number(step, per_epoch):03d}.png"
-            atomic_write_bytes(png, grid_png(translation_rows(m.G_ab_ema, m.G_ba_ema, *fixed), N_GRID))
+            atomic_write_bytes(png, grid_png(translation_rows(m.G_ab_ema, m.G_ba_ema, *fixed).cpu(), N_GRID))
             samples.append(png)
         stop_signal = stop_flag.agreed()
         if step % tc.checkpoint_every == 0 or step == n_steps or stop_signal:

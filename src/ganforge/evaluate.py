@@ -96,7 +96,8 @@ def evaluate_checkpoint(
             f"{checkpoint} holds only the EMA generator (a snapshot): score the raw generator "
             "from a training run's checkpoint.pt instead"
         )
-    G, cfg = generator_from_checkpoint(ckpt, checkpoint, ema=ema)
+    # sampled where the features are computed: on the GPU when there is one
+    G, cfg = generator_from_checkpoint(ckpt, checkpoint, ema=ema, device="cuda" if torch.cuda.is_available() else "cpu")
     if n_real is not None and cfg.data.kind != "image":
         raise EvaluationError("n_real applies to image FID/KID only: leave it out for audio")
     n_fake = n if n is not None else cfg.eval.n_samples

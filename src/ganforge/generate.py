@@ -357,12 +357,14 @@ def mixing_table(
     from .models.stylegan import style_mixing_images
 
     truncated = TruncatedGenerator(generator, psi)
+    device = next(generator.parameters()).device
+    rows_z, cols_z = rows_z.to(device), cols_z.to(device)
     with torch.no_grad():
         a, b = truncated(rows_z), truncated(cols_z)
         cells = style_mixing_images(generator, rows_z, cols_z, group, psi).view(len(rows_z), len(cols_z), *a.shape[1:])
     corner = torch.full_like(a[:1], -1.0)
     rows = [torch.cat([corner, b])] + [torch.cat([a[i : i + 1], cells[i]]) for i in range(len(rows_z))]
-    return torch.cat(rows)
+    return torch.cat(rows).float().cpu()
 
 
 def generate_to_dir(

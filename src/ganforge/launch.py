@@ -33,6 +33,43 @@ def torchrun_command(
     return [python, "-m", "ganforge.launch", "--standalone", f"--nproc-per-node={nproc}", "-m", module, *args]
 
 
+AUTO = "auto"
+
+
+def visible_gpus() -> int:
+    """CUDA devices this process may use (CUDA_VISIBLE_DEVICES applied); 0 without CUDA."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def auto_nproc(gpus: int) -> int:
+    """``--nproc auto``: one rank per visible GPU; on a CPU-only machine one rank, which takes every free core
+    as intra-op threads — CPU ranks would split the same cores and add a gradient all-reduce per step."""
+    return gpus if gpus > 0 else 1
+
+
+def check_nproc(nproc: int, gpus: int, cpus: int, what: str = "--nproc") -> None:
+    """Refuse more local ranks than this machine can run, before any process starts.
+
+    With GPUs each rank takes one (NCCL refuses two ranks on one device); without, each CPU rank needs at
+    least one core of its own (beyond that they only share the cores, each holding its own copy of torch).
+    ``what`` names the setting in the message (``--nproc``, ``train.nproc=``)."""
+    from .config import ConfigError
+
+    asked = f"{what}{'' if what.endswith('=') else ' '}{nproc}"
+    if gpus > 0 and nproc > gpus:
+        raise ConfigError(
+            f"{asked} is more than the {gpus} visible GPU(s) of this machine (one rank per GPU); "
+            f"use --nproc {gpus} or --nproc auto"
+        )
+    if gpus == 0 and nproc > cpus:
+        raise ConfigError(
+            f"{asked} is more than the {cpus} usable CPU core(s) of this machine (no GPU: one rank per core at "
+            f"most); use --nproc {cpus} or fewer, or --nproc auto"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     """torchrun's ``main`` with the stop statuses described above; any other failure is torchrun's own."""
     from torch.distributed.elastic.multiprocessing.api import SignalException

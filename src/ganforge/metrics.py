@@ -77,7 +77,9 @@ def uint8_to_inception_input(x: torch.Tensor, channels_last: bool = True) -> tor
         raise MetricsError(f"expected uint8 N×C×H×W images with C in (1, 3), got {x.dtype} {list(x.shape)}")
     if x.shape[1] == 3 and torch.equal(x[:, 0], x[:, 1]) and torch.equal(x[:, 0], x[:, 2]):
         x = x[:, :1]
-    rows, cols = tf1_resize_matrix(x.shape[2], INCEPTION_SIZE), tf1_resize_matrix(x.shape[3], INCEPTION_SIZE)
+    # the cached matrices live on the CPU; each batch takes them to its own device
+    rows = tf1_resize_matrix(x.shape[2], INCEPTION_SIZE).to(x.device)
+    cols = tf1_resize_matrix(x.shape[3], INCEPTION_SIZE).to(x.device)
     x = (rows @ x.float() @ cols.T - 128) / 128
     x = x.expand(-1, 3, -1, -1)
     return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)

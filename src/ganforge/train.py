@@ -305,6 +305,9 @@ class _Context:
         return torch.autocast(self.device_type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        if self.device_type == "cuda" and x.device.type == "cpu":
+            # from pageable memory a copy first waits for the device's queue; from pinned memory it is queued
+            x = x.pin_memory()
         x = x.to(self.dist.device, non_blocking=True)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
 
@@ -336,13 +339,16 @@ def d_step(
         fake = G(z, *fake_c, **(g_kwargs or {}))
     if apply_r1:
         real = real.detach().requires_grad_(True)
+    # torch.compile'd modules (train.compile) support no double backward, which the penalties need (R1 through
+    # the real logits, WGAN-GP through its own pass): those passes run D's uncompiled module, the same weights.
+    D_eager = getattr(D, "_orig_mod", D)
     with ctx.autocast():
-        real_logits = D(ctx.augment(real), *real_c).float()
+        real_logits = (D_eager if apply_r1 else D)(ctx.augment(real), *real_c).float()
         fake_logits = D(ctx.augment(fake.float()), *fake_c).float()
         loss = d_loss(tc.loss, real_logits, fake_logits)
     out = {"loss_d": loss.detach()}
     if tc.loss == "wgan-gp":
-        gp = gradient_penalty(D, real, fake.float())
+        gp = gradient_penalty(D_eager, real, fake.float())
         loss = loss + tc.gp_weight * gp
         out["gp"] = gp.detach()
     if apply_r1:
@@ -395,8 +401,9 @@ def build_training_state(cfg: PipelineConfig, device: torch.device):
         G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     tc = cfg.train
-    opt_g = torch.optim.Adam(G.parameters(), lr=tc.lr_g, betas=(tc.beta1, tc.beta2))
-    opt_d = torch.optim.Adam(D.parameters(), lr=tc.lr_d, betas=(tc.beta1, tc.beta2))
+    fused = {"fused": True} if device.type == "cuda" else {}  # one kernel for all parameters instead of a loop
+    opt_g = torch.optim.Adam(G.parameters(), lr=tc.lr_g, betas=(tc.beta1, tc.beta2), **fused)
+    opt_d = torch.optim.Adam(D.parameters(), lr=tc.lr_d, betas=(tc.beta1, tc.beta2), **fused)
     return G, D, G_ema, opt_g, opt_d
 
 
@@ -736,6 +743,7 @@ def _train(
     bar = _progress(n_steps, step, dist_info.is_main)
     t0, start_step, last = time.perf_counter(), step, {}
     last_r1, stop_signal = None, 0
+    first_bad = torch.zeros((), dtype=torch.long, device=dist_info.device)
     G.train(), D.train()
     while step < n_steps:
         epoch, in_epoch = divmod(step, per_epoch)
@@ -761,15 +769,21 @@ def _train(
         m.update(g_step(G_train, D_train, opt_g, z, ctx, **cond, g_kwargs=mixing))
         update_ema(G_ema, G, tc.ema_decay, step)
         step += 1
-        if not all(torch.isfinite(v) for v in m.values()):
-            bad = ", ".join(k for k, v in m.items() if not torch.isfinite(v))
+        # The first step with a non-finite loss, kept on the device: reading it is a host sync, done only before
+        # anything is logged or written (on a GPU a sync per step stalls the queue of kernels).
+        finite = torch.stack([torch.isfinite(v).all() for v in m.values()]).all()
+        first_bad = torch.where(finite | (first_bad > 0), first_bad, step)
+        epoch_done = step % per_epoch == 0 or step == n_steps
+        log_now = step % tc.log_every == 0 or step == n_steps
+        checkpoint_due = step % tc.checkpoint_every == 0 or step == n_steps
+        stop_signal = stop_flag.agreed(dist_info.world_size, dist_info.device) if stop_flag else 0
+        if (log_now or epoch_done or checkpoint_due or stop_signal) and int(first_bad):
+            bad = ", ".join(k for k, v in m.items() if not torch.isfinite(v)) or "loss"
             raise NonFiniteLossError(
-                f"non-finite {bad} at step {step}; training stopped. The last good checkpoint is kept at "
+                f"non-finite {bad} at step {int(first_bad)}; training stopped. The last good checkpoint is kept at "
                 f"{ckpt_path if ckpt_path.exists() else '(none yet)'}. Lower the learning rates, turn train.amp off, "
                 "or use a more stable loss (wgan-gp)"
             )
-        epoch_done = step % per_epoch == 0 or step == n_steps
-        log_now = step % tc.log_every == 0 or step == n_steps
         if log_now:
             m = mean_over_ranks(m, dist_info.world_size)
         if dist_info.is_main:
@@ -798,8 +812,6 @@ def _train(
                     on_samples(step, png)
                 if tc.snapshot_every and (epoch_no % tc.snapshot_every == 0 or step == n_steps):
                     write_snapshot(out_dir, G_ema=G_ema, step=step, epoch=epoch_no, cfg=cfg)
-        checkpoint_due = step % tc.checkpoint_every == 0 or step == n_steps
-        stop_signal = stop_flag.agreed(dist_info.world_size, dist_info.device) if stop_flag else 0
         if dist_info.is_main and (checkpoint_due or stop_signal):  # a stop saves this step, as a periodic one
             save_checkpoint(
                 ckpt_path,

@@ -36,10 +36,10 @@ class TranslationError(GanforgeError, ValueError):
     """An input cannot be translated; the message names the file and what the model expects."""
 
 
-def load_direction(model: str, direction: str) -> tuple[nn.Module, PipelineConfig]:
+def load_direction(model: str, direction: str, device: str = "cpu") -> tuple[nn.Module, PipelineConfig]:
     """(the generator of ``direction``, its config) from a cyclegan run directory / checkpoint.pt, or from
     the registry (``models:/NAME@ALIAS``: the pt2 program of both EMA generators, verified and loaded
-    without pickle by ``ganforge.generate.load_registered``)."""
+    without pickle by ``ganforge.generate.load_registered``), on ``device``."""
     from .cyclegan import OneDirection, load_translators
     from .generate import REGISTRY_SCHEME, load_registered
 
@@ -47,8 +47,8 @@ def load_direction(model: str, direction: str) -> tuple[nn.Module, PipelineConfi
         raise TranslationError(f"--direction {direction!r} is not valid; choose a2b or b2a")
     if not model.startswith(REGISTRY_SCHEME):
         G_ab, G_ba, cfg = load_translators(model)
-        return (G_ab if direction == "a2b" else G_ba), cfg
-    loaded = load_registered(model)
+        return (G_ab if direction == "a2b" else G_ba).to(device), cfg
+    loaded = load_registered(model, device)
     if loaded.cfg.model.arch != "cyclegan":
         raise TranslationError(
             f"{model} is a {loaded.cfg.name} model, not an image translator; translate with a cyclegan model "
@@ -94,7 +94,8 @@ def translate_batch(G: nn.Module, images_u8: np.ndarray, batch_size: int = 64) -
     from .generate import to_uint8_images
 
     x = torch.from_numpy(np.array(images_u8))  # a copy: the datasets are read-only memory maps
-    out = [G(to_float(x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
+    device = next(G.parameters()).device
+    out = [G(to_float(x[i : i + batch_size]).to(device)).float().cpu() for i in range(0, len(x), batch_size)]
     return to_uint8_images(torch.cat(out)) if out else torch.empty(0, *x.shape[1:], dtype=torch.uint8)
 
 

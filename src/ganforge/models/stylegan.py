@@ -180,7 +180,8 @@ class MappingNetwork(nn.Module):
         w = self.net(z)
         if self.training:  # the mean of w the truncation trick pulls towards
             with torch.no_grad():
-                self.w_avg.copy_(w.detach().mean(0).lerp(self.w_avg, W_AVG_BETA))
+                # in float32 whatever autocast made w (bf16 under train.amp): w_avg is a float32 buffer
+                self.w_avg.copy_(w.detach().float().mean(0).lerp(self.w_avg, W_AVG_BETA))
         return w
 
 
@@ -216,7 +217,7 @@ class StyleGANGenerator(nn.Module):
 
     def truncate(self, w: torch.Tensor, psi: float) -> torch.Tensor:
         """w pulled towards the tracked mean: w_avg + ψ(w − w_avg); ψ = 1 leaves w as it is."""
-        return w if psi == 1 else self.mapping.w_avg.lerp(w, psi)
+        return w if psi == 1 else self.mapping.w_avg.to(w.dtype).lerp(w, psi)
 
     def synthesis(self, ws: torch.Tensor) -> torch.Tensor:
         """Images from per-layer styles ws (B, num_ws, nz)."""
