@@ -49,8 +49,9 @@ import torch  # noqa: E402
 from ganforge.fileio import atomic_write_text  # noqa: E402
 
 IMAGE_PRESETS = ("gan", "dcgan", "wgan-gp", "sngan", "cdcgan", "stylegan", "cyclegan")
-PART_SHARES = {"presets": 0.55, "bench": 0.3, "fid": 0.15}
-"""Each part's share of --budget (seconds), in this order; what a part leaves unused goes to the next."""
+PART_SHARES = {"presets": 0.7, "bench": 0.2, "fid": 0.1}
+"""Each part's share of --budget (seconds), in this order; what a part leaves unused goes to the next. On an H200
+(docs/gpu.md) a preset's three commands took 40-60 s, most of it process start-up; the bench ~60 s, fid ~35 s."""
 QUALITY_SECONDS = 420
 BF16_PEAK_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L40S": 362.0, "L4": 121.0}
 """Dense bf16 tensor-core peaks by device name (NVIDIA data sheets, SXM parts); others report no fraction."""
@@ -604,7 +605,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smoke", action="store_true", help="tiny profile, 2 steps, a few images: checks the machinery")
     p.add_argument("--parts", default="presets,bench,fid", help="comma-separated: presets, bench, fid")
     p.add_argument("--presets", default=",".join(IMAGE_PRESETS), help="the presets part's presets")
-    p.add_argument("--steps", type=int, default=300, help="training steps per preset (presets part)")
+    p.add_argument("--steps", type=int, default=200, help="training steps per preset (presets part)")
     p.add_argument("--quality", action="store_true", help=f"also the quality row (~{QUALITY_SECONDS} s a seed)")
     p.add_argument("--quality-seeds", default="0", help="comma-separated seeds for the quality row")
     p.add_argument("--idx", type=Path, default=Path(os.environ.get("GANFORGE_FASHION_IDX", DEFAULT_IDX)))

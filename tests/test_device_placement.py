@@ -6,8 +6,8 @@ dtype and device, and an op that mixes a ``cuda`` tensor with a ``cpu`` one rais
 there catches a tensor left on the CPU (a cached constant, a mask, a label, a buffer) without a GPU. The
 CUDA-only branches run too (``torch.Tensor.is_cuda`` is true: StyleGAN's grouped modulated convolution).
 
-The dtype half: a few real training steps per preset under bf16 autocast on the CPU, the ``full`` profile's
-``train.amp``, so a float32 buffer mixed with a bf16 activation fails here as it would on the GPU.
+The dtype half: a few real training steps per preset under bf16 autocast on the CPU (``train.amp=bf16``, a
+GPU option), so a float32 buffer mixed with a bf16 activation fails here as it would on the GPU.
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ STEP_PRESETS = [p for p in sorted(PRESETS) if p != "cyclegan"]  # cyclegan train
 
 @pytest.mark.parametrize("preset", STEP_PRESETS)
 def test_training_step_under_bf16_autocast(preset):
-    """The ``full`` profile's ``train.amp=bf16``, on the CPU: finite losses, float32 state after the step."""
+    """``train.amp=bf16`` on the CPU: finite losses, float32 state after the step."""
     got = _one_step(preset, torch.device("cpu"), sets=("train.amp=bf16",))
     assert all(torch.isfinite(v) for v in got["metrics"].values()), got["metrics"]
     assert {t.dtype for t in got["state"] if t.is_floating_point()} == {torch.float32}
