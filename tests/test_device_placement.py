@@ -44,9 +44,16 @@ def fake_cuda(monkeypatch):
     monkeypatch.setattr(torch.autograd, "grad", zero_grads)
     # pinning host memory (before a copy to the GPU) has no fake implementation; it changes no device
     monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self, *args, **kwargs: self)
+    # Cached constants (the Inception resize matrices) are made afresh inside the fake mode and dropped after:
+    # a real one cached by an earlier test would be copied to the fake device for real (no CUDA here), and a
+    # fake one left in the cache would reach later tests.
+    from ganforge.metrics import tf1_resize_matrix
+
+    tf1_resize_matrix.cache_clear()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*CUDA is not available.*")
         yield FakeTensorMode(allow_non_fake_inputs=True)
+    tf1_resize_matrix.cache_clear()
 
 
 def test_fake_cuda_refuses_a_cpu_tensor_beside_a_cuda_one(fake_cuda):

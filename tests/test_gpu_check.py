@@ -22,7 +22,11 @@ def test_gpu_check_smoke_runs_every_part_from_a_joined_bundle(torchscript, tmp_p
     env = cli_env()
     bundle = tmp_path / "bundle"
     made = subprocess.run(
-        [*script, "--make-bundle", str(bundle), "--idx", str(FASHION_DIR)], env=env, capture_output=True, text=True
+        [*script, "--make-bundle", str(bundle), "--idx", str(FASHION_DIR)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert made.returncode == 0, made.stderr[-2000:]
     sizes = {d.name: sum(f.stat().st_size for f in d.rglob("*") if f.is_file()) for d in bundle.iterdir()}
@@ -59,7 +63,7 @@ def test_readme_gpu_commands_expand_to_the_script_as_written():
     ran = {}
     for command in commands:
         done = subprocess.run(
-            ["bash", "-c", "make -n " + command[len("make ") :]], cwd=ROOT, capture_output=True, text=True
+            ["bash", "-c", "make -n " + command[len("make ") :]], cwd=ROOT, capture_output=True, text=True, timeout=120
         )
         assert done.returncode == 0, done.stderr
         (line,) = [ln for ln in done.stdout.splitlines() if "benchmarks/gpu_check.py" in ln]

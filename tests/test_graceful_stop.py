@@ -256,3 +256,13 @@ def test_sigterm_during_generate_leaves_no_temporary_files(tiny_checkpoint, tmp_
     assert child.returncode == 143, err[-3000:]
     assert "stopped by SIGTERM" in err and "nothing half-written" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == [], "a temporary (or partial) output was left behind"
+
+
+def test_ranks_that_stopped_on_one_signal_keep_its_status():
+    """torchrun SIGTERMs the ranks still running once one has exited 143; those die of it (-15) while they
+    exit, and the run still stopped on SIGTERM. A rank that failed otherwise, or only torchrun's kill, is not
+    a stop."""
+    from ganforge.launch import stop_status
+
+    assert stop_status({143}) == 143 and stop_status({143, -15}) == 143 and stop_status({130, -2}) == 130
+    assert stop_status({-15}) is None and stop_status({1, 143}) is None and stop_status({143, 130}) is None

@@ -73,7 +73,9 @@ def test_checkov_findings_are_each_justified_and_an_unjustified_one_fails(render
 
 
 def test_make_checkov_installs_it_in_its_own_venv_during_setup():
-    dry = subprocess.run(["make", "-n", "setup"], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
+    dry = subprocess.run(
+        ["make", "-n", "setup"], cwd=REPO_ROOT, capture_output=True, text=True, check=True, timeout=120
+    ).stdout
     lines = [ln for ln in dry.splitlines() if "checkov" in ln]
     if (REPO_ROOT / ".venv-checkov").is_dir() and not lines:
         return  # already installed: make has nothing to do

@@ -129,7 +129,7 @@ def test_train_out_may_be_a_link_to_an_empty_folder_and_a_run_resumes(fashion_tr
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert proc.poll() is None, proc.communicate(timeout=60)[1][-3000:]
         assert time.monotonic() < deadline, f"{path} never appeared"
         time.sleep(0.2)
 
@@ -168,7 +168,7 @@ def test_a_lock_of_another_host_is_refused_and_every_exit_releases_the_lock(trai
     run = tmp_path / "run"
     shutil.copytree(trained, run)
     gone = subprocess.Popen(["true"])
-    gone.wait()  # its pid runs nothing here; on node-7 it may: a lock from another host is never judged stale
+    gone.wait(timeout=60)  # its pid runs nothing here; on node-7 it may: a lock from another host is never judged stale
     lock = {"pid": gone.pid, "host": "node-7", "started": "2026-01-01T00:00:00+0000"}
     (run / LOCK_NAME).write_text(json.dumps(lock))
     status, err = run_main(capsys, "train", *TINY, "--data", str(fashion_train), "--out", str(run), "--resume")

@@ -33,7 +33,7 @@ from ganforge.train import (
 )
 
 SEED = 123
-GRAD_TOL = {"rtol": 1e-5, "atol": 1e-7}
+GRAD_TOL = {"rtol": 1e-4, "atol": 1e-6}  # summation order varies with the thread count
 ADAM_EPS = 1e-8
 
 

@@ -96,7 +96,21 @@ def test_the_cli_hands_its_ranks_their_share(monkeypatch):
     launched = {}
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     monkeypatch.setenv(threads.THREADS_ENV, "2")
-    monkeypatch.setattr(cli.subprocess, "call", lambda cmd, env: launched.update(env) or 0)
+
+    class Launcher:  # the ranks' launcher, recorded instead of started
+        def __init__(self, cmd, env):
+            launched.update(env)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(cli.subprocess, "Popen", Launcher)
     assert cli.main(["train", "--profile", "tiny", "--nproc", "2", "--data", "d", "--out", "o"]) == 0
     assert launched["OMP_NUM_THREADS"] == "1"
 

@@ -70,6 +70,16 @@ def check_nproc(nproc: int, gpus: int, cpus: int, what: str = "--nproc") -> None
         )
 
 
+def stop_status(exitcodes: set[int]) -> int | None:
+    """The status of ranks that stopped on one signal, else None. A rank that exits first (143) makes torchrun
+    SIGTERM the others; one still exiting after its own stop then dies of that signal (exit code -15), so a
+    rank killed by the stop signal counts as stopped by it."""
+    stopped = {128 - code if code < 0 else code for code in exitcodes}
+    if len(stopped) == 1 and stopped <= STOP_STATUSES and any(code > 0 for code in exitcodes):
+        return stopped.pop()
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """torchrun's ``main`` with the stop statuses described above; any other failure is torchrun's own."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
@@ -81,10 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     except SignalException as e:
         return 128 + int(e.sigval)
     except ChildFailedError as e:
-        statuses = {failure.exitcode for failure in e.failures.values()}
-        if len(statuses) == 1 and statuses <= STOP_STATUSES:  # every failed rank stopped on the same signal
-            return statuses.pop()
-        raise
+        status = stop_status({failure.exitcode for failure in e.failures.values()})
+        if status is None:
+            raise
+        return status
     return 0
 
 
