@@ -9,191 +9,74 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
 import json
 import os
 import sys
-import urllib.error
-import urllib.request
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import kfp
-import kfp_server_api
-import urllib3
 import yaml
 
 from ganforge.config import PRESETS, PROFILES
-from ganforge.errors import GanforgeError
-from ganforge.platform.settings import git_commit
 
+from .cron import validate_cron
+from .kfp_client import (
+    DEFAULT_SA_TOKEN_PATH,
+    HEALTHZ_PATH,
+    LOCAL_HOSTS,
+    PORT_FORWARD,
+    SubmitError,
+    check_endpoint,
+    default_job_name,
+    experiment_name,
+    http_error,
+    is_local_name,
+    kfp_errors,
+    make_client,
+    resolve_host,
+    resolve_token,
+    run_name,
+    run_revision,
+    unreachable_error,
+)
 from .overrides import PARAMETER as OVERRIDES
 from .overrides import add_set_argument, overrides_parameter
 
-DEFAULT_SA_TOKEN_PATH = "/var/run/secrets/kubeflow/pipelines/token"
-PORT_FORWARD = "kubectl -n kubeflow port-forward svc/ml-pipeline-ui 8080:80"
-HEALTHZ_PATH = "/apis/v2beta1/healthz"
-
-
-class SubmitError(GanforgeError, RuntimeError):
-    """A KFP submission or schedule failed for a reason the user can fix; the message says how."""
-
-
-def resolve_host(host: str | None = None) -> str:
-    """The KFP endpoint: ``host``, else $KFP_HOST, else $KF_PIPELINES_ENDPOINT (trailing / dropped)."""
-    resolved = host or os.environ.get("KFP_HOST") or os.environ.get("KF_PIPELINES_ENDPOINT")
-    if not resolved:
-        raise SubmitError(
-            "no KFP endpoint configured: set KFP_HOST=https://… (or KF_PIPELINES_ENDPOINT), "
-            "e.g. `make submit PIPELINE=dcgan KFP_HOST=http://localhost:8080` after "
-            f"`{PORT_FORWARD}`"
-        )
-    if not resolved.startswith(("http://", "https://")):
-        raise SubmitError(f"KFP endpoint {resolved!r} has no scheme: write http://{resolved} or https://{resolved}")
-    return resolved.rstrip("/")
-
-
-def resolve_token(token: str | None = None) -> str | None:
-    """The bearer token: ``token``, else $KF_PIPELINES_TOKEN, else the in-cluster token file, else None."""
-    if token:
-        return token
-    if os.environ.get("KF_PIPELINES_TOKEN"):
-        return os.environ["KF_PIPELINES_TOKEN"]
-    token_file = Path(os.environ.get("KF_PIPELINES_SA_TOKEN_PATH", DEFAULT_SA_TOKEN_PATH))
-    if token_file.is_file():
-        return token_file.read_text().strip() or None
-    return None
-
-
-def run_revision() -> str:
-    """The revision in a KFP run name: ``settings.git_commit``, short; "nogit" when unknown."""
-    sha = git_commit()
-    return "nogit" if sha == "unknown" else sha[:7]
-
-
-def experiment_name(pipeline: str) -> str:
-    """The KFP experiment that groups every run and schedule of one pipeline."""
-    return f"ganforge-{pipeline}"
-
-
-def run_name(pipeline: str, sha: str, now: dt.datetime | None = None) -> str:
-    """``ganforge-<pipeline>-<sha>-<UTC timestamp>``: which code, which time, at a glance in the UI."""
-    now = now or dt.datetime.now(dt.timezone.utc)
-    return f"ganforge-{pipeline}-{sha}-{now.strftime('%Y%m%dT%H%M%SZ')}"
-
-
-def default_job_name(pipeline: str) -> str:
-    """The recurring run's name when none is given: one retraining schedule per pipeline."""
-    return f"ganforge-{pipeline}-retrain"
-
-
-def _fix_for_status(status: int, host: str) -> str:
-    if status in (401, 403):
-        return (
-            f"check the auth token: set KF_PIPELINES_TOKEN (or mount one at KF_PIPELINES_SA_TOKEN_PATH, "
-            f"default {DEFAULT_SA_TOKEN_PATH}); behind the Kubeflow dashboard the token must be allowed "
-            f"in the profile namespace (pass --namespace)"
-        )
-    if status == 404:
-        return (
-            f"check the path prefix: behind the Kubeflow central dashboard the API lives under /pipeline "
-            f"(KFP_HOST={host}/pipeline); with `{PORT_FORWARD}` use KFP_HOST=http://localhost:8080"
-        )
-    if status >= 500:
-        return "the KFP API server failed: check `kubectl -n kubeflow logs deploy/ml-pipeline`"
-    return "the request was rejected; see the server's message above"
-
-
-def _server_message(body: str | bytes | None) -> str:
-    """The ``message`` field of a grpc-gateway error body, or a short slice of the raw body."""
-    if not body:
-        return ""
-    text = body.decode(errors="replace") if isinstance(body, bytes) else str(body)
-    try:
-        return str(json.loads(text).get("message") or text[:300])
-    except (ValueError, AttributeError):
-        return text[:300]
-
-
-def http_error(host: str, status: int, reason: str, body: str | bytes | None = None) -> SubmitError:
-    """A SubmitError for an HTTP error status from ``host``, saying what to check."""
-    message = _server_message(body)
-    detail = f": {message}" if message else ""
-    return SubmitError(f"KFP at {host} answered HTTP {status} {reason}{detail} — {_fix_for_status(status, host)}")
-
-
-def unreachable_error(host: str, cause: object) -> SubmitError:
-    """A SubmitError for a connection that never got an HTTP answer (refused, DNS, TLS)."""
-    return SubmitError(
-        f"could not connect to KFP at {host} ({cause}): is the endpoint right and reachable? For a cluster "
-        f"without ingress run `{PORT_FORWARD}` and use KFP_HOST=http://localhost:8080"
-    )
-
-
-def check_endpoint(host: str, token: str | None, timeout_s: float = 10.0) -> None:
-    """One GET of the healthz endpoint, so refusals surface as a clear error.
-
-    kfp.Client's own healthz check retries 5 times with 5 s sleeps on any API error, and a login
-    page answers 200 with HTML; both would hide the real problem.
-    """
-    request = urllib.request.Request(host + HEALTHZ_PATH, headers={"Accept": "application/json"})
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    # No proxy: kfp.Client (urllib3) ignores proxy environment variables too.
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(request, timeout=timeout_s) as response:
-            content_type = response.headers.get("Content-Type", "")
-            body = response.read(2048)
-    except urllib.error.HTTPError as e:
-        raise http_error(host, e.code, e.reason, e.read(2048)) from None
-    except (urllib.error.URLError, OSError) as e:
-        raise unreachable_error(host, getattr(e, "reason", e)) from None
-    if "html" in content_type or body.lstrip().startswith(b"<"):
-        raise SubmitError(
-            f"KFP at {host} answered {HEALTHZ_PATH} with an HTML page (a login page?), not the API: "
-            f"{_fix_for_status(401, host)}; or check the path prefix (/pipeline)"
-        )
-
-
-@contextlib.contextmanager
-def kfp_errors(host: str) -> Iterator[None]:
-    """Turn kfp_server_api / urllib3 failures inside the block into SubmitError naming ``host``."""
-    try:
-        yield
-    except kfp_server_api.ApiException as e:
-        if e.status == 0:  # kfp_server_api reports network and SSL failures as status 0
-            raise unreachable_error(host, e.reason) from None
-        raise http_error(host, e.status, e.reason or "", e.body) from None
-    except urllib3.exceptions.HTTPError as e:
-        raise unreachable_error(host, getattr(e, "reason", e)) from None
-
-
-def make_client(host: str | None = None, token: str | None = None, namespace: str | None = None) -> kfp.Client:
-    """A kfp.Client for the resolved endpoint and token, after checking the endpoint answers."""
-    host = resolve_host(host)
-    token = resolve_token(token)
-    check_endpoint(host, token)
-    with warnings.catch_warnings(), kfp_errors(host):
-        warnings.filterwarnings("ignore", message="This client only works with Kubeflow Pipeline v2")
-        return kfp.Client(host=host, existing_token=token, namespace=namespace or "kubeflow")
-
-
-LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
-
-
-def _is_local_name(host: str) -> bool:
-    import ipaddress
-
-    host = host.strip("[]").lower()
-    if host in LOCAL_HOSTS or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+__all__ = [
+    "DEFAULT_SA_TOKEN_PATH",
+    "HEALTHZ_PATH",
+    "LOCAL_HOSTS",
+    "PORT_FORWARD",
+    "SubmitError",
+    "check_endpoint",
+    "check_images",
+    "check_params",
+    "default_job_name",
+    "delete_schedule",
+    "disable_schedule",
+    "experiment_name",
+    "find_recurring_run",
+    "http_error",
+    "is_local_name",
+    "kfp_errors",
+    "main_schedule",
+    "main_submit",
+    "main_unschedule",
+    "make_client",
+    "package_images",
+    "parse_param_args",
+    "pipeline_parameters",
+    "resolve_host",
+    "resolve_token",
+    "run_name",
+    "run_revision",
+    "schedule",
+    "service_account",
+    "submit",
+    "unreachable_error",
+    "validate_cron",
+]
 
 
 def package_images(package_path: str | Path) -> list[str]:
@@ -208,9 +91,9 @@ def check_images(host: str, images: list[str], force: bool = False) -> None:
     would pull them from their own localhost. ``force`` (``--force-image``) sends them anyway."""
     from urllib.parse import urlsplit
 
-    if force or _is_local_name(urlsplit(host).hostname or ""):
+    if force or is_local_name(urlsplit(host).hostname or ""):
         return
-    local = [i for i in images if "/" in i and _is_local_name(i.split("/", 1)[0].rsplit(":", 1)[0])]
+    local = [i for i in images if "/" in i and is_local_name(i.split("/", 1)[0].rsplit(":", 1)[0])]
     if local:
         raise SubmitError(
             f"image {local[0]} is on this machine's registry, which the KFP cluster at {host} cannot pull from: "
@@ -297,75 +180,6 @@ def submit(
         )
     ui = os.environ.get("KF_PIPELINES_UI_ENDPOINT", host).rstrip("/")
     return {"run_id": result.run_id, "run_url": f"{ui}/#/runs/details/{result.run_id}", "experiment": experiment}
-
-
-_CRON_DESCRIPTORS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
-_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
-_WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
-# (field, lowest, highest, names mapped to lowest.., whether "?" is allowed)
-_CRON_FIELDS = (
-    ("seconds", 0, 59, (), False),
-    ("minutes", 0, 59, (), False),
-    ("hours", 0, 23, (), False),
-    ("day-of-month", 1, 31, (), True),
-    ("month", 1, 12, _MONTHS, False),
-    ("day-of-week", 0, 6, _WEEKDAYS, True),
-)
-
-
-def _cron_value(text: str, field: str, low: int, high: int, names: tuple[str, ...]) -> int:
-    if text.lower() in names:
-        return low + names.index(text.lower())
-    if not text.isdigit():
-        allowed = f"{low}-{high}" + (f" or {names[0].upper()}-{names[-1].upper()}" if names else "")
-        raise SubmitError(f"cron {field} value {text!r} is not a number ({allowed})")
-    value = int(text)
-    if not low <= value <= high:
-        raise SubmitError(f"cron {field} value {value} is out of range {low}-{high}")
-    return value
-
-
-def _check_cron_item(item: str, field: str, low: int, high: int, names: tuple[str, ...]) -> None:
-    base, slash, step = item.partition("/")
-    if slash and (not step.isdigit() or int(step) < 1):
-        raise SubmitError(f"cron {field} step {step!r} in {item!r} must be a positive integer")
-    if base == "*":
-        return
-    start, dash, end = base.partition("-")
-    first = _cron_value(start, field, low, high, names)
-    if dash and _cron_value(end, field, low, high, names) < first:
-        raise SubmitError(f"cron {field} range {base!r} runs backwards")
-
-
-def validate_cron(expr: str) -> str:
-    """A KFP cron expression (6 fields, seconds first), normalised; SubmitError says what is wrong.
-
-    KFP's scheduler parses with robfig/cron, where a 5-field expression is read seconds-first
-    with the weekday dropped: a standard "0 3 * * 0" would silently mean something else.
-    """
-    fields = expr.split()
-    if len(fields) == 1 and fields[0].lower() in _CRON_DESCRIPTORS:
-        return fields[0].lower()
-    if len(fields) == 5:
-        raise SubmitError(
-            f"cron {expr!r} has 5 fields; KFP needs 6 fields, seconds first "
-            f"(sec min hour day-of-month month day-of-week): did you mean '0 {' '.join(fields)}'?"
-        )
-    if len(fields) != 6:
-        raise SubmitError(
-            f"cron {expr!r} has {len(fields)} fields; KFP needs 6, seconds first, "
-            f"e.g. '0 0 3 * * 0' (Sundays 03:00:00), or one of {', '.join(_CRON_DESCRIPTORS)}"
-        )
-    for text, (field, low, high, names, question_ok) in zip(fields, _CRON_FIELDS):
-        if text == "?":
-            if not question_ok:
-                raise SubmitError(f"cron {field} cannot be '?': only day-of-month and day-of-week can")
-            continue
-        for item in text.split(","):
-            if not item:
-                raise SubmitError(f"cron {field} {text!r} has an empty list item")
-            _check_cron_item(item, field, low, high, names)
-    return " ".join(fields)
 
 
 def _recurring_runs_in(client: kfp.Client, experiment_id: str) -> list:

@@ -398,7 +398,7 @@ def test_force_image_sends_a_localhost_image_to_a_remote_host(kfp_api, package, 
         addresses = {a[4][0] for a in socket.getaddrinfo(name, None, socket.AF_INET)}
     except OSError:
         addresses = set()
-    if "127.0.0.1" not in addresses or remote._is_local_name(name):
+    if "127.0.0.1" not in addresses or remote.is_local_name(name):
         pytest.skip(f"this machine's name {name!r} does not resolve to 127.0.0.1")
     host = kfp_api.url.replace("127.0.0.1", name)
     with pytest.raises(SubmitError, match="cannot pull from"):
