@@ -152,8 +152,8 @@ def _features_in_processes(
 ) -> np.ndarray:
     """Contiguous slices in ``workers`` single-threaded processes, results in order.
 
-    On a small CPU this beats one process with as many threads (2 cores: 8.5 vs 6.0 img/s, see
-    README): Inception's convolutions scale poorly across threads at batch 50. ``spawn``, not
+    On a small CPU this beats one process with as many threads (README): Inception's
+    convolutions scale poorly across threads at batch 50. ``spawn``, not
     ``fork``: a forked child of a process that already ran OpenMP can hang.
     """
     import multiprocessing
