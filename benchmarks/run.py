@@ -5,6 +5,8 @@
 Both sides of every ratio are measured in the same run, alternated, after a warm-up, so the
 ratio survives a busy machine better than either absolute number. A MISS is a finding, not a
 failure: the command exits non-zero only when a benchmark could not be measured.
+
+The metrics and efforts live in bench_spec.py, the group runners in bench_groups.py.
 """
 
 from __future__ import annotations
@@ -15,149 +17,22 @@ import json
 import math
 import os
 import platform
-import shutil
-import statistics
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-BENCH_DIR = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH_DIR))  # sibling modules: bench_train, bench_metrics
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling modules: bench_*, gpu_check
 
 import bench_train  # noqa: E402
+from bench_groups import GROUP_RUNNERS  # noqa: E402
+from bench_spec import FULL, GROUP_ORDER, METRICS, QUICK, RENAMED, Effort  # noqa: E402
 
 from ganforge import threads  # noqa: E402
-from ganforge.config import build_config  # noqa: E402
 from ganforge.fileio import atomic_write_text  # noqa: E402
 
 SCHEMA_VERSION = 1
-
-
-@dataclass(frozen=True)
-class Metric:
-    """One reported number: its unit, its target (value must be >= target) and the benchmark that measures it."""
-
-    unit: str
-    target: float | None
-    group: str
-    what: str
-
-
-METRICS: dict[str, Metric] = {
-    "train_img_per_s": Metric(
-        "img/s", None, "train", "DCGAN 64² (ngf=ndf=64, batch 64) through ganforge's training step"
-    ),
-    "train_vs_naive": Metric(
-        "ratio", 1.5, "train", "ours / pytorch-examples-style loop (per-item PIL transforms, Sigmoid+BCELoss, NCHW)"
-    ),
-    "channels_last_effect": Metric("ratio", None, "train", "our step with / without channels_last"),
-    "amp_bf16_effect": Metric("ratio", None, "train", "our step with bf16 autocast / fp32"),
-    "uint8_in_memory_effect": Metric(
-        "ratio", None, "train", "our step fed by in-memory uint8 / by per-item PIL conversion"
-    ),
-    "train_peak_fraction": Metric(
-        "ratio", None, "train", "our step's fp32 FLOP/s / the CPU's fp32 FMA peak at the threads it ran on"
-    ),
-    "adam_foreach_effect": Metric("ratio", None, "train", "our step with Adam(foreach=True) / the for-loop Adam"),
-    "adam_fused_effect": Metric("ratio", None, "train", "our step with Adam(fused=True) / the for-loop Adam"),
-    "ema_foreach_effect": Metric("ratio", None, "train", "our step with the EMA as torch._foreach_lerp_ / per tensor"),
-    "onednn_effect": Metric("ratio", None, "train", "our step with oneDNN (mkldnn) convolutions / without"),
-    "threads_busy_over_idle": Metric(
-        "ratio", 0.667, "threads", "default thread policy: img/s with a busy competitor / without (28² DCGAN)"
-    ),
-    "threads_default_vs_2_busy": Metric(
-        "ratio", None, "threads", "with a busy competitor: default policy / 2 threads (torch's default)"
-    ),
-    "threads_default_vs_1_idle": Metric("ratio", None, "threads", "without the competitor: default policy / 1 thread"),
-    "compile_effect": Metric(
-        "ratio", None, "compile", "our step torch.compile / eager, after compile warm-up (32² small DCGAN)"
-    ),
-    "ddp2_vs_1": Metric("ratio", 0.9, "ddp", "train() img/s with 2 gloo ranks / 1 rank, same global batch"),
-    "inception_img_per_s": Metric(
-        "img/s", 20.0, "inception", "FID Inception features, default extractor (OpenVINO fp32 when installed)"
-    ),
-    "inception_fast_vs_torchscript": Metric(
-        "ratio", None, "inception", "default extractor / optimised TorchScript reference, same batches"
-    ),
-    "inception_vs_naive": Metric("ratio", None, "inception", "default extractor / naive TorchScript call"),
-    "inception_peak_fraction": Metric(
-        "ratio",
-        None,
-        "inception",
-        "default extractor's FLOP rate / the cores' fp32 FMA peak (FLOPs counted by torch.utils.flop_counter)",
-    ),
-    "fid_eval_cached_speedup": Metric("ratio", 1.8, "fid", "FID evaluation time, real statistics computed / cached"),
-}
-GROUP_ORDER = ("threads", "train", "compile", "ddp", "inception", "fid")
-RENAMED = {"inception_speedup": "inception_vs_naive"}
-"""bench_metrics' key → the metric name reported here."""
-
-
-@dataclass(frozen=True)
-class Effort:
-    """How many steps and images each benchmark spends: the full run, or --quick for tests."""
-
-    train_warmup: int
-    train_steps: int
-    train_rounds: int
-    train_images: int
-    threads_warmup: int
-    threads_steps: int
-    threads_rounds: int
-    compile_warmup: int
-    compile_steps: int
-    compile_rounds: int
-    compile_cap_s: int
-    ddp_warmup: int
-    ddp_steps: int
-    ddp_repeats: int
-    inception_n: int
-    fid_n: int
-
-
-# One step per round and many rounds: the finer the alternation, the better it cancels other jobs' load.
-FULL = Effort(
-    train_warmup=2,
-    train_steps=1,
-    train_rounds=8,
-    train_images=bench_train.BENCH_IMAGES,
-    threads_warmup=2,
-    threads_steps=8,
-    threads_rounds=6,
-    compile_warmup=3,
-    compile_steps=4,
-    compile_rounds=8,
-    compile_cap_s=420,
-    ddp_warmup=4,
-    ddp_steps=20,
-    ddp_repeats=3,
-    inception_n=200,
-    fid_n=200,
-)
-QUICK = Effort(
-    train_warmup=1,
-    train_steps=1,
-    train_rounds=2,
-    train_images=128,
-    threads_warmup=1,
-    threads_steps=1,
-    threads_rounds=2,
-    compile_warmup=2,
-    compile_steps=2,
-    compile_rounds=2,
-    compile_cap_s=240,
-    ddp_warmup=2,
-    ddp_steps=4,
-    ddp_repeats=1,
-    inception_n=20,
-    fid_n=50,
-)
 
 
 def machine_info() -> dict:
@@ -187,163 +62,6 @@ def machine_info() -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
     }
-
-
-def run_train(work: Path, effort: Effort, wanted: set[str]) -> dict:
-    return bench_train.bench_train(
-        work,
-        wanted,
-        warmup=effort.train_warmup,
-        steps_per_round=effort.train_steps,
-        rounds=effort.train_rounds,
-        limit=effort.train_images,
-    )
-
-
-def run_threads(work: Path, effort: Effort, wanted: set[str]) -> dict:
-    import bench_threads
-
-    return bench_threads.bench_threads(
-        work,
-        warmup=effort.threads_warmup,
-        steps_per_round=effort.threads_steps,
-        rounds=effort.threads_rounds,
-        limit=max(effort.train_images, 128),
-    )
-
-
-def run_compile(work: Path, effort: Effort, wanted: set[str]) -> dict:
-    """bench_train's compile benchmark in a child process, killed after compile_cap_s."""
-    cmd = [
-        sys.executable,
-        str(BENCH_DIR / "bench_train.py"),
-        "compile",
-        "--work-dir",
-        str(work),
-        "--warmup",
-        str(effort.compile_warmup),
-        "--steps",
-        str(effort.compile_steps),
-        "--rounds",
-        str(effort.compile_rounds),
-    ]
-    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))  # the thread count this run measures at
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=effort.compile_cap_s)
-    except subprocess.TimeoutExpired:
-        raise RuntimeError(
-            f"torch.compile benchmark exceeded its {effort.compile_cap_s} s cap "
-            "(compilation is slow on a busy 2-core machine); rerun when the machine is quieter"
-        ) from None
-    if done.returncode != 0:
-        raise RuntimeError(f"compile benchmark failed (exit {done.returncode}): {done.stderr.strip()[-1500:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def ddp_config_json(nproc: int, effort: Effort) -> str:
-    """The local DCGAN profile (28², ngf=ndf=32, global batch 64) for warm-up + timed steps on nproc ranks."""
-    cfg = build_config(
-        "dcgan",
-        "local",
-        {
-            "data": {"limit": bench_train.BENCH_IMAGES},
-            "train": {
-                "nproc": nproc,
-                "max_steps": effort.ddp_warmup + effort.ddp_steps,
-                "log_every": effort.ddp_warmup,
-                "checkpoint_every": 10_000,
-            },
-        },
-    )
-    return cfg.to_json()
-
-
-def torchrun_img_per_s(nproc: int, data_dir: Path, scratch: Path, effort: Effort, threads: int | None = None) -> dict:
-    """One torchrun launch of ddp_worker_bench.py on nproc ranks; returns rank 0's report.
-
-    threads=None leaves torch's default (every core for 1 rank; ``train()`` splits the cores for N ranks).
-    """
-    run_dir = Path(tempfile.mkdtemp(prefix=f"ddp{nproc}-", dir=scratch))
-    config = run_dir / "config.json"
-    config.write_text(ddp_config_json(nproc, effort))
-    report = run_dir / "report.json"
-    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
-    if threads is not None:
-        env["OMP_NUM_THREADS"] = str(threads)
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc-per-node={nproc}",
-        str(BENCH_DIR / "ddp_worker_bench.py"),
-        str(config),
-        str(data_dir),
-        str(run_dir / "out"),
-        str(report),
-    ]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    if done.returncode != 0 or not report.exists():
-        raise RuntimeError(
-            f"torchrun with {nproc} rank(s) failed (exit {done.returncode}): {done.stderr.strip()[-1500:]}"
-        )
-    result = json.loads(report.read_text())
-    shutil.rmtree(run_dir, ignore_errors=True)  # its checkpoint and samples are not needed
-    return result
-
-
-DDP_CASES = {"1_rank": (1, None), "2_ranks": (2, None), "1_rank_1_thread": (1, 1)}
-"""(ranks, threads per rank): the ratio's two sides, and one rank on one thread, which shows how much of
-the ratio is intra-op threading losing to other processes on the shared cores."""
-
-
-def run_ddp(work: Path, effort: Effort, wanted: set[str]) -> dict:
-    """The DDP cases back to back, order reversed every repeat; ratio = median over repeats."""
-    data_cfg = build_config("dcgan", "local", {"data": {"limit": bench_train.BENCH_IMAGES}}).data
-    data_dir = bench_train.prepared_dataset(data_cfg, work)
-    rates: dict[str, list[float]] = {case: [] for case in DDP_CASES}
-    threads: dict[str, int] = {}
-    for r in range(effort.ddp_repeats):
-        for case in list(DDP_CASES) if r % 2 == 0 else reversed(DDP_CASES):
-            nproc, n_threads = DDP_CASES[case]
-            result = torchrun_img_per_s(nproc, data_dir, work, effort, threads=n_threads)
-            rates[case].append(result["img_per_s"])
-            threads[case] = result["threads_per_rank"]
-    ratio = statistics.median(two / one for one, two in zip(rates["1_rank"], rates["2_ranks"]))
-    return {
-        "values": {"ddp2_vs_1": ratio, **{f"ddp_{case}_img_per_s": statistics.median(v) for case, v in rates.items()}},
-        "img_per_s_per_run": rates,
-        "threads_per_rank": threads,
-        "setting": {
-            "config": "dcgan local profile: 28² × 1 channel, ngf=ndf=32, global batch 64, gloo",
-            "warmup_steps": effort.ddp_warmup,
-            "timed_steps": effort.ddp_steps,
-            "repeats": effort.ddp_repeats,
-        },
-    }
-
-
-def run_inception(work: Path, effort: Effort, wanted: set[str]) -> dict:
-    import bench_metrics
-
-    return {"values": bench_metrics.bench_inception(n=effort.inception_n)}
-
-
-def run_fid(work: Path, effort: Effort, wanted: set[str]) -> dict:
-    import bench_metrics
-
-    dataset = bench_metrics.prepare_fashion_test(work / f"fashion_test_28px_{effort.fid_n}", effort.fid_n)
-    return {"values": bench_metrics.bench_fid_cached(dataset, effort.fid_n)}
-
-
-GROUP_RUNNERS: dict[str, Callable[[Path, Effort, set[str]], dict]] = {
-    "threads": run_threads,
-    "train": run_train,
-    "compile": run_compile,
-    "ddp": run_ddp,
-    "inception": run_inception,
-    "fid": run_fid,
-}
 
 
 def status_of(value: float, target: float | None) -> str:
