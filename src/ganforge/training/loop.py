@@ -148,14 +148,9 @@ def run(
         epoch_done = step % per_epoch == 0 or step == n_steps
         log_now = step % tc.log_every == 0 or step == n_steps
         checkpoint_due = step % tc.checkpoint_every == 0 or step == n_steps
-        stop_signal = stop_flag.agreed(dist_info.world_size, dist_info.device) if stop_flag else 0
-        if (log_now or epoch_done or checkpoint_due or stop_signal) and int(first_bad):
-            bad = ", ".join(k for k, v in m.items() if not torch.isfinite(v)) or "loss"
-            raise NonFiniteLossError(
-                f"non-finite {bad} at step {int(first_bad)}; training stopped. The last good checkpoint is kept at "
-                f"{ckpt_path if ckpt_path.exists() else '(none yet)'}. Lower the learning rates, turn train.amp off, "
-                "or use a more stable loss (wgan-gp)"
-            )
+        due = log_now or epoch_done or checkpoint_due
+        if due:
+            _check_finite(first_bad, m, ckpt_path)
         if log_now:
             m = mean_over_ranks(m, dist_info.world_size)
         if dist_info.is_main:
@@ -176,6 +171,10 @@ def run(
                     on_samples(step, png)
                 if tc.snapshot_every and (epoch_no % tc.snapshot_every == 0 or step == n_steps):
                     recipe.snapshot(state, out_dir, step, epoch_no)
+        # Agreed after this step's callbacks, so a signal that arrives while they run stops at this step.
+        stop_signal = stop_flag.agreed(dist_info.world_size, dist_info.device) if stop_flag else 0
+        if stop_signal and not due:
+            _check_finite(first_bad, m, ckpt_path)
         if dist_info.is_main and (checkpoint_due or stop_signal):  # a stop saves this step, as a periodic one
             save_state(
                 ckpt_path,
@@ -215,6 +214,17 @@ def run(
         total_seconds=seconds_before + seconds,
         models=dict(state.modules),
     )
+
+
+def _check_finite(first_bad: torch.Tensor, m: dict, ckpt_path: Path) -> None:
+    """NonFiniteLossError when a step so far had a non-finite loss (``first_bad``: the first such step, or 0)."""
+    if int(first_bad):
+        bad = ", ".join(k for k, v in m.items() if not torch.isfinite(v)) or "loss"
+        raise NonFiniteLossError(
+            f"non-finite {bad} at step {int(first_bad)}; training stopped. The last good checkpoint is kept at "
+            f"{ckpt_path if ckpt_path.exists() else '(none yet)'}. Lower the learning rates, turn train.amp off, "
+            "or use a more stable loss (wgan-gp)"
+        )
 
 
 def _show(bar, keys: tuple[str, ...], last: dict, step: int, n_steps: int) -> None:
