@@ -31,10 +31,12 @@ from .losses import ls_loss
 from .manifest import DataError
 from .models import build_models
 from .models.cyclegan import CycleModels, ImagePool
+from .training.batches import to_float
 from .training.errors import TrainingError
 from .training.loop import train
 from .training.recipes.cyclegan import (
     N_GRID,
+    NETWORKS,
     CycleGanRecipe,
     build_cycle_state,
     cycle_steps_per_epoch,
@@ -175,6 +177,7 @@ __all__ = [
     "DIRECTION_INDEX",
     "DOMAINS",
     "N_GRID",
+    "NETWORKS",
     "CycleGanRecipe",
     "CycleModels",
     "CycleTranslator",
@@ -190,6 +193,7 @@ __all__ = [
     "load_translators",
     "ls_loss",
     "prepare_domain",
+    "to_float",
     "train_cyclegan",
     "translation_rows",
     "translators_from",

@@ -89,10 +89,13 @@ def build_cyclegan(model_cfg, data_cfg) -> tuple[nn.Module, nn.Module]:
 
 
 class CycleModels(nn.Module):
-    """Both directions' generators (and EMA copies) and both domains' discriminators, one state."""
+    """Both directions' generators (and EMA copies) and both domains' discriminators, one state. Built from a
+    ModelConfig/DataConfig pair, or from a whole config (``CycleModels(cfg)``)."""
 
-    def __init__(self, model_cfg, data_cfg):
+    def __init__(self, model_cfg, data_cfg=None):
         super().__init__()
+        if data_cfg is None:
+            model_cfg, data_cfg = model_cfg.model, model_cfg.data
         self.G_ab, self.D_b = build_cyclegan(model_cfg, data_cfg)  # A→B, judged by D_B
         self.G_ba, self.D_a = build_cyclegan(model_cfg, data_cfg)
         self.G_ab_ema = copy.deepcopy(self.G_ab).eval().requires_grad_(False)
