@@ -5,11 +5,15 @@ AMP and DiffAugment in its steps) and old cyclegan checkpoints still resume."""
 from __future__ import annotations
 
 import copy
+import json
+import subprocess
+import sys
 
 import pytest
 import torch
 from torch.testing import assert_close
 
+from conftest import ROOT, cli_env
 from ganforge.augment import diff_augment
 from ganforge.checkpoint import CYCLEGAN_STATE_KEYS, CheckpointError, read_checkpoint, write_checkpoint
 from ganforge.config import PRESETS, ConfigError, build_config
@@ -144,3 +148,34 @@ def test_cyclegan_discriminators_see_diffaugmented_images():
     assert_close(out["loss_d_a"], loss_a.detach())
     assert_close(out["loss_d_b"], loss_b.detach())
     assert not torch.equal(aug[0], real_a)
+
+
+@pytest.mark.slow  # torchrun and two ranks
+def test_cyclegan_on_two_gloo_ranks_keeps_the_ranks_identical(domains, tmp_path):
+    """Two ranks, each on its slice of both domains' batches, average their gradients: every network (and EMA
+    copy) stays the same on both ranks, and each rank trains every step."""
+    from ganforge.threads import usable_cores
+
+    if usable_cores() < 2:
+        pytest.skip("one usable core: ganforge refuses two CPU ranks here (one rank per core at most)")
+    cfg_path, report = tmp_path / "cfg.json", tmp_path / "report.json"
+    cfg_path.write_text(_cfg("train.nproc=2", "train.log_every=1").to_json())
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+         str(ROOT / "tests" / "ddp_worker.py"), str(cfg_path), ",".join(map(str, domains)), str(tmp_path / "run"),
+         str(report)],
+        env=cli_env(), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(report.read_text())
+    assert got["world_size"] == 2 and got["max_rank_param_diff"] == 0.0
+    assert [step for step, *_ in got["curve"]] == [1, 2]
+    ranks = sorted(line for line in done.stderr.splitlines() if ": trained steps " in line)
+    assert ranks == ["rank 0 of 2: trained steps 1-2", "rank 1 of 2: trained steps 1-2"]
+
+
+def test_train_cyclegan_in_one_process_refuses_several_ranks(domains, tmp_path, monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with pytest.raises(ConfigError, match=r"train.nproc=2: .*ganforge train --preset cyclegan --nproc N"):
+        train_cyclegan(_cfg("train.nproc=2"), *domains, tmp_path)
+    assert not (tmp_path / "checkpoint.pt").exists()

@@ -15,6 +15,7 @@ networks and image pool are in ``ganforge.models.cyclegan``. This module keeps d
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -24,7 +25,7 @@ import torch
 import torch.nn as nn
 
 from .checkpoint import CheckpointError, checkpoint_file, load_state, read_checkpoint
-from .config import DataConfig, PipelineConfig
+from .config import ConfigError, DataConfig, PipelineConfig
 from .data import RawDataset, build_manifest, local_sources, prepared_files, read_source, write_dataset_files
 from .fileio import atomic_dir, check_output_dir
 from .losses import ls_loss
@@ -122,6 +123,11 @@ def train_cyclegan(
     checkpoint at that step (``stop.Stopped`` raised)."""
     if cfg.model.arch != "cyclegan":
         raise TrainingError(f"train_cyclegan trains the cyclegan preset; {cfg.name} has model.arch={cfg.model.arch!r}")
+    if cfg.train.nproc > 1 and "dist_info" not in kwargs and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        raise ConfigError(
+            f"train.nproc={cfg.train.nproc}: train_cyclegan (the pipeline's cyclegan step) trains one rank in this "
+            "process; set train.nproc=1, or train several ranks with `ganforge train --preset cyclegan --nproc N`"
+        )
     return train(cfg, (data_a, data_b), out_dir, resume=resume, on_metrics=on_metrics, **kwargs)
 
 
