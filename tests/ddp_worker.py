@@ -1,7 +1,8 @@
 """Run under torchrun by tests/test_train.py: train, then check all ranks hold identical weights.
 
 Rank 0 writes a JSON report: the logged (step, loss_d, loss_g) curve and the largest
-difference between any rank's parameters and rank 0's.
+difference between any rank's parameters and rank 0's. A cyclegan config trains on two domains,
+given as DOMAIN_A,DOMAIN_B; its curve logs (step, loss_d_a, loss_g).
 """
 
 import json
@@ -17,10 +18,13 @@ cfg = PipelineConfig.from_json(open(sys.argv[1]).read())
 data_dir, out_dir, report = sys.argv[2], sys.argv[3], sys.argv[4]
 info = init_distributed()
 curve = []
+cyclegan = cfg.model.arch == "cyclegan"
+data = tuple(data_dir.split(",")) if cyclegan else data_dir
+loss_d = "loss_d_a" if cyclegan else "loss_d"
 result = train(
-    cfg, data_dir, out_dir, on_metrics=lambda step, m: curve.append([step, m["loss_d"], m["loss_g"]]), dist_info=info
+    cfg, data, out_dir, on_metrics=lambda step, m: curve.append([step, m[loss_d], m["loss_g"]]), dist_info=info
 )
-flat = torch.cat([p.detach().flatten() for name in ("G", "D", "G_ema") for p in result.models[name].parameters()])
+flat = torch.cat([p.detach().flatten() for name in sorted(result.models) for p in result.models[name].parameters()])
 gathered = [flat]
 if info.world_size > 1:
     gathered = [torch.empty_like(flat) for _ in range(info.world_size)]

@@ -147,6 +147,7 @@ def _relaunch_under_torchrun(cfg: PipelineConfig, args) -> int:
                 str(config_path),
                 "--data",
                 args.data,
+                *(["--data-b", args.data_b] if getattr(args, "data_b", None) else []),
                 "--out",
                 args.out,
                 *(["--resume"] if args.resume else []),
@@ -209,6 +210,8 @@ def _run_directory(args) -> Iterator[None]:
 
 def _train_command(cfg: PipelineConfig, args) -> int:
     """``train`` inside its locked run directory."""
+    if cfg.model.arch == "cyclegan":
+        _check_domains(args)
     world = cfg.train.nproc * cfg.train.nnodes
     if not _under_torchrun():  # train.nproc from a config.json or --set
         _check_local_ranks(cfg.train.nproc, "train.nproc=")
@@ -220,8 +223,6 @@ def _train_command(cfg: PipelineConfig, args) -> int:
                 "(the cluster launchers do this), or train on one node with --nproc"
             )
         return _relaunch_under_torchrun(cfg, args)
-    if cfg.model.arch == "cyclegan":
-        return _train_cyclegan(cfg, args)
     is_main = int(os.environ.get("RANK", "0")) == 0
     run_id = os.environ.get("GANFORGE_MLFLOW_RUN_ID")  # set by the pipeline's train step for torchrun ranks
     own_run = args.mlflow and not run_id and is_main
@@ -301,7 +302,7 @@ def _train_to(cfg: PipelineConfig, args, callback):
     else:
         result = train(
             cfg,
-            args.data,
+            (args.data, args.data_b) if cfg.model.arch == "cyclegan" else args.data,
             args.out,
             resume=args.resume,
             on_metrics=callback,
@@ -312,26 +313,12 @@ def _train_to(cfg: PipelineConfig, args, callback):
     return result, checkpoint
 
 
-def _train_cyclegan(cfg: PipelineConfig, args) -> int:
-    """``train`` for the cyclegan preset: two prepared domains, --data (A) and --data-b (B)."""
-    from .cyclegan import train_cyclegan
-
+def _check_domains(args) -> None:
+    """The cyclegan preset trains on two local domains: --data (A) and --data-b (B)."""
     if not args.data_b:
         raise ConfigError("the cyclegan preset trains on two domains: pass --data DOMAIN_A_DIR --data-b DOMAIN_B_DIR")
     if is_s3(args.data) or is_s3(args.data_b) or is_s3(args.out):
         raise ConfigError("the cyclegan preset trains on local directories: --data, --data-b and --out cannot be s3://")
-    # With --mlflow the losses go to an MLflow run whose id is kept in --out (reused on --resume), as for train.
-    with _cli_mlflow_run(cfg, Path(args.out), args.resume) if args.mlflow else contextlib.nullcontext() as run_id:
-        callback = None
-        if run_id:
-            tracking = require_platform("tracking", "train --mlflow")
-            callback = tracking.MlflowMetricsCallback(run_id)
-        with _flushed_when_stopped(callback):
-            result = train_cyclegan(cfg, args.data, args.data_b, args.out, resume=args.resume, on_metrics=callback)
-        if callback is not None:
-            callback.flush()
-    print(json.dumps({"step": result.step, "epoch": result.epoch, "checkpoint": str(result.checkpoint)}))
-    return 0
 
 
 def cmd_translate(args) -> int:

@@ -96,8 +96,8 @@ class PipelineConfig:
                 "data.class_b to two different class ids of data.source",
             )
             _check(
-                self.train.nproc * self.train.nnodes == 1 and self.train.launcher == "local",
-                "cyclegan trains on one rank (train.nproc=1, train.nnodes=1, train.launcher='local')",
+                self.train.nnodes == 1 and self.train.launcher == "local",
+                "cyclegan trains on one node (train.nnodes=1, train.launcher='local')",
             )
         if self.model.arch == "stylegan":
             _one_of("data.resolution for stylegan", self.data.resolution, (28, 32))

@@ -34,7 +34,7 @@ from .errors import GanforgeError
 from .evaluate import evaluate_checkpoint
 from .fileio import atomic_file, atomic_write_text
 from .paths import cache_dir as default_cache_dir
-from .train import steps_per_epoch, total_steps
+from .training.batches import steps_per_epoch, total_steps
 
 CURVE_CSV = "fid_curve.csv"
 CURVE_PNG = "fid_curve.png"

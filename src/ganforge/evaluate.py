@@ -13,7 +13,7 @@ from .config import PipelineConfig, with_overrides
 from .errors import GanforgeError
 from .fileio import atomic_write_text
 from .paths import cache_dir as default_cache_dir
-from .train import generate
+from .training.sampling import generate
 
 
 class EvaluationError(GanforgeError, ValueError):

@@ -26,7 +26,7 @@ from .data import IMAGE_EXTENSIONS, is_color, list_image_files, load_dataset, op
 from .errors import GanforgeError, OutputPathError
 from .fileio import atomic_write_bytes, atomic_write_text
 from .manifest import DataError
-from .train import to_float
+from .training.batches import to_float
 
 DIRECTIONS = ("a2b", "b2a")
 GRID_NAME = "translations.png"
