@@ -23,8 +23,8 @@ verified copy to a directory for serving teams, who load it with MLflow alone (R
 batch dimension; another device gets it through ``torch.export.passes.move_to_device_pass``.
 
 The parts: ``common`` (tags, errors, lookups, digest), ``registration``, ``promotion`` (the FID
-gate and its protocol) and ``loading``; this package re-exports all of their names, so
-``from ganforge.platform import registry`` reaches every one of them.
+gate and its protocol), ``loading`` and ``styles`` (a stylegan's three programs); this package
+re-exports all of their names, so ``from ganforge.platform import registry`` reaches every one of them.
 """
 
 from __future__ import annotations
@@ -67,6 +67,7 @@ from .loading import (
     ExportedGenerator,
     download_verified,
     load_registered_generator,
+    load_style_programs,
     load_verified_dir,
     load_version,
     registered_config,
@@ -102,6 +103,7 @@ from .registration import (
     tag_value,
     version_tags,
 )
+from .styles import ExportedStyleGAN
 
 __all__ = [
     "ARTIFACT_SHA256_TAG",
@@ -123,6 +125,7 @@ __all__ = [
     "VERIFIED_MANIFEST",
     "Candidate",
     "ExportedGenerator",
+    "ExportedStyleGAN",
     "RegistryError",
     "RegistryState",
     "announce",
@@ -144,6 +147,7 @@ __all__ = [
     "latent_example",
     "link_metrics",
     "load_registered_generator",
+    "load_style_programs",
     "load_verified_dir",
     "load_version",
     "logged_model_id",

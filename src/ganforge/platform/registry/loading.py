@@ -11,13 +11,14 @@ from pathlib import Path
 
 import mlflow
 import torch
+import yaml
 from mlflow.exceptions import MlflowException
 
 from ganforge.config import PipelineConfig
 from ganforge.fileio import atomic_dir, check_output_dir
 from ganforge.generate import parse_registry_uri
 from ganforge.platform import tracking
-from ganforge.platform.model_files import ModelContentError, check_model_dir
+from ganforge.platform.model_files import STYLE_FILES, ModelContentError, check_model_dir
 
 from .common import (
     ARTIFACT_SHA256_TAG,
@@ -31,6 +32,7 @@ from .common import (
     quiet_download,
     registered_model,
 )
+from .styles import STYLE_SIDES_KEY, ExportedStyleGAN
 
 
 class ExportedGenerator(torch.nn.Module):
@@ -114,12 +116,52 @@ def load_verified_dir(local: Path, uri: str, device: str = "cpu") -> torch.nn.Mo
     return graph
 
 
+def load_style_programs(local: Path, uri: str, device: str = "cpu") -> tuple[torch.nn.Module, ...] | None:
+    """A stylegan version's mapping and synthesis programs (``styles``) from a ``download_verified``
+    copy, each archive checked pickle-free (MLflow's own check) before ``torch.export.load`` reads
+    it; None for a version without them (registered before they were, or not a stylegan)."""
+    if not (local / STYLE_FILES[0]).is_file():
+        return None
+    from mlflow.pytorch import _validate_pt2_archive_is_pickle_free
+    from torch.export.passes import move_to_device_pass
+
+    programs = []
+    for rel in STYLE_FILES:
+        try:
+            _validate_pt2_archive_is_pickle_free(str(local / rel))
+        except MlflowException as e:
+            raise RegistryError(f"refusing to load {uri}: {rel}: {one_line(e)}") from None
+        program = torch.export.load(str(local / rel))
+        if torch.device(device).type != "cpu":
+            program = move_to_device_pass(program, device)
+        programs.append(program.module())
+    return tuple(programs)
+
+
+def style_layer_sides(local: Path) -> list[int]:
+    """The ``style_layer_sides`` a stylegan version's ``MLmodel`` metadata records."""
+    meta = yaml.safe_load((local / "MLmodel").read_text()).get("metadata") or {}
+    return [int(s) for s in meta.get(STYLE_SIDES_KEY, [])]
+
+
 def load_version(version, device: str = "cpu") -> torch.nn.Module:
     """Load a registered version (an MLflow ``ModelVersion``) from its verified copy
-    (``download_verified``, then ``load_verified_dir``)."""
+    (``download_verified``, then ``load_verified_dir``); a stylegan version with its mapping and
+    synthesis programs loads as an ``ExportedStyleGAN``."""
+    uri = f"models:/{version.name}/{version.version}"
     with tempfile.TemporaryDirectory(prefix="ganforge-model-") as tmp:
-        graph = load_verified_dir(download_verified(version, tmp), f"models:/{version.name}/{version.version}", device)
-    return ExportedGenerator(graph)
+        local = download_verified(version, tmp)
+        graph = load_verified_dir(local, uri, device)
+        style = load_style_programs(local, uri, device)
+        sides = style_layer_sides(local) if style else []
+    if style is None:
+        return ExportedGenerator(graph)
+    if not sides:
+        raise RegistryError(
+            f"refusing to load {uri}: it has stylegan programs but no {STYLE_SIDES_KEY} in its MLmodel "
+            "metadata; register the model again from its checkpoint.pt"
+        )
+    return ExportedStyleGAN(graph, *style, sides)
 
 
 def verified_files(manifest: dict) -> list[str]:
@@ -138,6 +180,7 @@ def save_verified(uri: str, out_dir: str | os.PathLike) -> dict:
     with atomic_dir(out_dir) as tmp:
         local = download_verified(version, tmp)
         load_verified_dir(local, f"models:/{version.name}/{version.version}")
+        load_style_programs(local, f"models:/{version.name}/{version.version}")
         files = sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file())
         manifest = {
             "model": uri,

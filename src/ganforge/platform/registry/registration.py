@@ -9,19 +9,21 @@ import math
 import tempfile
 import time
 from collections.abc import Mapping
+from functools import partial
 
 import mlflow
 import numpy as np
 import torch
 from mlflow import MlflowClient
 from mlflow.entities import Metric
-from mlflow.models import infer_signature
+from mlflow.models import Model, infer_signature
 
 from ganforge.config import PipelineConfig
 from ganforge.platform import tracking
 from ganforge.platform.model_files import check_model_dir
 from ganforge.platform.settings import git_commit
 
+from . import styles
 from .common import (
     ARTIFACT_SHA256_TAG,
     CLASS_NAMES_TAG,
@@ -154,6 +156,9 @@ def register_generator(
     A class-conditional generator (``cfg.model.num_classes``) is exported as a program of
     ``(z, labels)``; ``class_names`` go into the MLflow model's metadata (``class_names``, label
     order) and the version's ``ganforge.class_names`` tag, so a server maps names without ganforge.
+
+    A stylegan generator is stored as three programs (``styles``): G(z, truncation), its mapping
+    and its synthesis, so truncation and style mixing work from the registry.
     """
     c = tracking.client()
     scores = numeric_metrics(metrics)
@@ -167,14 +172,22 @@ def register_generator(
         labels = label_example(cfg.model.num_classes)
         example, metadata = (z, labels), {"class_names": list(class_names or []), "num_classes": cfg.model.num_classes}
         signature = conditional_signature(z, labels, generator_output(cpu_generator, z, labels))
+    elif cfg.model.arch == "stylegan" and styles.is_stylegan(cpu_generator):
+        example, metadata = z, styles.style_metadata(cpu_generator)
+        signature = styles.style_signature(z, generator_output(cpu_generator, z))
     else:
         example, metadata = z, None
         signature = infer_signature(z, generator_output(cpu_generator, z))
+    if metadata is not None and styles.STYLE_SIDES_KEY in metadata:
+        # MLflow's pytorch flavor writes the model; the flavor then adds mapping.pt2 and synthesis.pt2.
+        flavor = styles.StyleGANFlavor(cpu_generator, cfg.model.nz)
+        log = partial(Model.log, None, flavor, pytorch_model=styles.PlainLatentProgram(cpu_generator))
+    else:
+        log = partial(mlflow.pytorch.log_model, cpu_generator)
     # log_model puts its LoggedModel in the active experiment (else "Default", ./mlruns): use the run's.
     with tracking.run_experiment(run_id):
         try:
-            info = mlflow.pytorch.log_model(
-                cpu_generator,
+            info = log(
                 name=GENERATOR_ARTIFACT,
                 serialization_format=SERIALIZATION_FORMAT,
                 signature=signature,
