@@ -164,6 +164,7 @@ def register_generator(
     scores = numeric_metrics(metrics)
     cpu_generator = copy.deepcopy(generator).cpu().eval()
     z = latent_example(cfg.model.nz)
+    log = partial(mlflow.pytorch.log_model, cpu_generator)
     if cfg.model.arch == "cyclegan":  # a translator: images in, both directions' translations out
         example, metadata = image_example(cfg), {"outputs": "dim 1: 0 = A→B, 1 = B→A"}
         with torch.no_grad():
@@ -175,15 +176,12 @@ def register_generator(
     elif cfg.model.arch == "stylegan" and styles.is_stylegan(cpu_generator):
         example, metadata = z, styles.style_metadata(cpu_generator)
         signature = styles.style_signature(z, generator_output(cpu_generator, z))
-    else:
-        example, metadata = z, None
-        signature = infer_signature(z, generator_output(cpu_generator, z))
-    if metadata is not None and styles.STYLE_SIDES_KEY in metadata:
-        # MLflow's pytorch flavor writes the model; the flavor then adds mapping.pt2 and synthesis.pt2.
+        # MLflow's pytorch flavor writes the model's files; StyleGANFlavor then writes the three programs.
         flavor = styles.StyleGANFlavor(cpu_generator, cfg.model.nz)
         log = partial(Model.log, None, flavor, pytorch_model=styles.PlainLatentProgram(cpu_generator))
     else:
-        log = partial(mlflow.pytorch.log_model, cpu_generator)
+        example, metadata = z, None
+        signature = infer_signature(z, generator_output(cpu_generator, z))
     # log_model puts its LoggedModel in the active experiment (else "Default", ./mlruns): use the run's.
     with tracking.run_experiment(run_id):
         try:

@@ -12,7 +12,8 @@ folder, all exported from CPU in eval mode with a dynamic batch dimension:
 
 The ``MLmodel`` metadata records ``style_layer_sides`` (the side each w index modulates), from
 which ``layer_group`` finds the coarse/middle/fine indices. ψ = 1 runs the same lerp, which
-returns w exactly, so every ψ gives the pixels the checkpoint gives.
+returns w exactly, so on CPU every ψ gives the checkpoint's pixels (on CUDA the checkpoint's
+modulated convs take their grouped form, which the CPU-traced programs do not).
 """
 
 from __future__ import annotations
@@ -93,9 +94,9 @@ def style_signature(z: np.ndarray, out: np.ndarray) -> ModelSignature:
     """The latent signature with the inference parameter ``truncation`` (ψ, default 1.0)."""
     from mlflow.models import infer_signature
 
+    latent = infer_signature(z, out)
     params = ParamSchema([ParamSpec(TRUNCATION_PARAM, "double", 1.0)])
-    inputs = infer_signature(z, out).inputs
-    return ModelSignature(inputs=inputs, outputs=infer_signature(z, out).outputs, params=params)
+    return ModelSignature(inputs=latent.inputs, outputs=latent.outputs, params=params)
 
 
 def style_metadata(generator: torch.nn.Module) -> dict:
