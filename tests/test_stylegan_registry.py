@@ -187,3 +187,33 @@ def test_readme_command_for_the_champion_runs_as_written(stylegan, home, tmp_pat
     options = {"truncation": 0.7, "mix_seed": 1, "mix_layers": "fine", "n": 6}
     generate_to_dir(str(stylegan["snapshot"]), tmp_path / "from-checkpoint", **options)
     same_outputs(out, tmp_path / "from-checkpoint")
+
+
+def test_a_pickle_planted_in_the_mapping_program_is_never_run(stylegan, store, tmp_path):
+    """MLflow's loader checks model.pt2 alone; ganforge checks mapping.pt2 and synthesis.pt2 pickle-free
+    too, also when the writer of the files rewrote the digest tag to match. Control: torch.export.load runs it."""
+    from mlflow import MlflowClient
+
+    from test_serving import plant_payload, stored_archive
+
+    cfg = stylegan["cfg"]
+    version = registry.register_generator(tracking.start_pipeline_run(cfg), stylegan["G"], cfg, {}, tags={})
+    mapping = stored_archive(cfg.model_name, version).parent / "mapping.pt2"
+    marker = tmp_path / "payload-ran"
+    plant_payload(mapping, marker)
+    local = Path(registry.quiet_download(f"models:/stylegan/{version}", str(tmp_path / "download")))
+    MlflowClient().set_model_version_tag(
+        "stylegan", str(version), registry.ARTIFACT_SHA256_TAG, registry.artifact_digest(local)
+    )
+    uri = f"models:/stylegan/{version}"
+    with pytest.raises(
+        registry.RegistryError, match=r"refusing to load .*data/mapping.pt2: .*not a pickle-free payload"
+    ):
+        generate_to_dir(uri, tmp_path / "out", n=2, truncation=0.7)
+    with pytest.raises(registry.RegistryError, match="data/mapping.pt2"):
+        registry.save_verified(uri, tmp_path / "served")
+    assert not marker.exists() and not (tmp_path / "out").exists() and not (tmp_path / "served").exists()
+    subprocess.run(
+        [sys.executable, "-c", f"import torch; torch.export.load({str(mapping)!r})"], capture_output=True, timeout=240
+    )
+    assert marker.read_text() == "payload ran"

@@ -139,9 +139,12 @@ def load_style_programs(local: Path, uri: str, device: str = "cpu") -> tuple[tor
 
 
 def style_layer_sides(local: Path) -> list[int]:
-    """The ``style_layer_sides`` a stylegan version's ``MLmodel`` metadata records."""
+    """The ``style_layer_sides`` a stylegan version's ``MLmodel`` metadata records ([] if none or not
+    a list of positive integers)."""
     meta = yaml.safe_load((local / "MLmodel").read_text()).get("metadata") or {}
-    return [int(s) for s in meta.get(STYLE_SIDES_KEY, [])]
+    sides = meta.get(STYLE_SIDES_KEY) if isinstance(meta, dict) else None
+    ok = isinstance(sides, list) and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sides)
+    return list(sides) if ok else []
 
 
 def load_version(version, device: str = "cpu") -> torch.nn.Module:
@@ -158,8 +161,8 @@ def load_version(version, device: str = "cpu") -> torch.nn.Module:
         return ExportedGenerator(graph)
     if not sides:
         raise RegistryError(
-            f"refusing to load {uri}: it has stylegan programs but no {STYLE_SIDES_KEY} in its MLmodel "
-            "metadata; register the model again from its checkpoint.pt"
+            f"refusing to load {uri}: it has stylegan programs but no readable {STYLE_SIDES_KEY} (a list of "
+            "sides in px) in its MLmodel metadata; register the model again from its checkpoint.pt"
         )
     return ExportedStyleGAN(graph, *style, sides)
 
