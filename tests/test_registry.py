@@ -217,7 +217,7 @@ def test_two_promoters_interleaved_on_a_server_end_on_the_best(server_store, mon
         writes.append((name, version))
         real_make_champion(c, model_name, version)
 
-    monkeypatch.setattr(registry, "make_champion", make_champion)
+    monkeypatch.setattr(registry.promotion, "make_champion", make_champion)  # what promote calls
     results, errors = {}, []
 
     def promote(version: int) -> None:

@@ -200,7 +200,6 @@ def test_generate_refuses_style_options_without_a_mapping_network(tmp_path, caps
         (["--model", snapshot, "--truncation", "0.5"], "has no mapping network: --truncation and --mix-seed need"),
         (["--model", snapshot, "--mix-seed", "1"], "has no mapping network"),
         (["--model", snapshot, "--truncation", "1.5"], "ψ must be in [0, 1]"),
-        (["--model", "models:/stylegan@champion", "--truncation", "0.5"], "pass --model RUN_DIR/checkpoint.pt"),
     ):
         capsys.readouterr()
         status = cli.main(["generate", *argv, "--out", str(tmp_path / "out")])

@@ -1,7 +1,8 @@
 """stylegan through the DAG and the CLI (issue 19): the README's commands for it, run exactly as written.
 
 One real tiny DAG run (kfp.local SubprocessRunner, sqlite MLflow, real Fashion-MNIST) that registers a champion,
-sampled from the registry; then prep → train → generate with truncation and style mixing from the checkpoint.
+sampled from the registry, also with truncation and style mixing; then prep → train → generate with them from
+the checkpoint.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def test_readme_commands_train_register_and_mix(tmp_path):
     home = tmp_path / "home"
     env = cli_env(GANFORGE_HOME=str(home), PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     lines = readme_commands()
-    assert lines[0].startswith("python -m pipelines run stylegan --profile tiny") and len(lines) == 5
+    assert lines[0].startswith("python -m pipelines run stylegan --profile tiny") and len(lines) == 6
     for line in lines:
         done = subprocess.run(line, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200)
         assert done.returncode == 0, line + "\n" + done.stdout[-3000:] + done.stderr[-3000:]
@@ -47,6 +48,12 @@ def test_readme_commands_train_register_and_mix(tmp_path):
 
     registered = json.loads((tmp_path / "samples" / "stylegan" / "generation.json").read_text())
     assert registered["pipeline"] == "stylegan" and registered["n"] == 16 and "truncation" not in registered
+    champion_mix = json.loads((tmp_path / "samples" / "champion-mix" / "generation.json").read_text())
+    assert (champion_mix["model"], champion_mix["truncation"], champion_mix["mix_layers"]) == (
+        "models:/stylegan@champion",
+        0.7,
+        "fine",
+    )
     mixed = json.loads((tmp_path / "samples" / "stylegan-mix" / "generation.json").read_text())
     assert (mixed["truncation"], mixed["mix_seed"], mixed["mix_layers"], mixed["mix_seeds"]) == (0.7, 1, "coarse", 6)
     side = 2 + 7 * 30  # (6 + 1)² tiles of 28 px with 2-px gutters

@@ -24,6 +24,7 @@ from .config import PRESETS, PROFILES, ConfigError, PipelineConfig, build_config
 from .errors import GanforgeError, require_platform
 from .fileio import atomic_write_text, is_s3
 from .launch import AUTO, auto_nproc, check_nproc, torchrun_command, visible_gpus
+from .registry_table import format_table
 
 
 def _config_from_args(args) -> PipelineConfig:
@@ -500,7 +501,7 @@ def cmd_registry(args) -> int:
     registry = require_platform("registry", "ganforge registry")
     tracking = require_platform("tracking", "ganforge registry")
     tracking.configure()
-    print(registry.format_table(registry.show(args.name)))
+    print(format_table(registry.show(args.name)))
     return 0
 
 

@@ -328,25 +328,30 @@ class TruncatedGenerator(nn.Module):
         return self.generator(z, truncation_psi=self.psi)
 
 
-def check_style_request(model: str, truncation: float, mix_seed: int | None, mix_layers: str) -> None:
+def check_style_request(truncation: float, mix_layers: str) -> None:
     """The StyleGAN options' own checks, before any model is loaded."""
     if not 0 <= truncation <= 1:
         raise GenerationError(f"--truncation {truncation}: ψ must be in [0, 1] (1 = no truncation, 0 = the mean w)")
     if mix_layers not in STYLE_GROUPS:
         raise GenerationError(f"--mix-layers {mix_layers!r}: choose one of {', '.join(STYLE_GROUPS)}")
-    if model.startswith(REGISTRY_SCHEME) and (truncation != 1 or mix_seed is not None):
-        raise GenerationError(
-            f"{model} is an exported program of G(z) at ψ = 1, without the mapping network's w; --truncation and "
-            "--mix-seed work from the training run: pass --model RUN_DIR/checkpoint.pt"
-        )
 
 
 def check_style_model(loaded: LoadedModel, truncation: float, mix_seed: int | None) -> None:
-    if (truncation != 1 or mix_seed is not None) and not hasattr(loaded.generator, "mapping"):
+    """Truncation and mixing need a generator with ``styles`` (a stylegan checkpoint, or a stylegan version
+    registered with its mapping and synthesis programs)."""
+    if (truncation == 1 and mix_seed is None) or hasattr(loaded.generator, "styles"):
+        return
+    model = loaded.provenance["model"]
+    if model.startswith(REGISTRY_SCHEME) and loaded.cfg.model.arch == "stylegan":
         raise GenerationError(
-            f"{loaded.provenance['model']} ({loaded.cfg.name}) has no mapping network: --truncation and --mix-seed "
-            "need a stylegan model (train one with --preset stylegan)"
+            f"{model} (version {loaded.provenance['version']}) was registered as G(z) at ψ = 1 alone, without "
+            "its mapping and synthesis programs; register it again from its checkpoint.pt (ganforge generate "
+            "--model RUN_DIR/checkpoint.pt works meanwhile) to use --truncation and --mix-seed"
         )
+    raise GenerationError(
+        f"{model} ({loaded.cfg.name}) has no mapping network: --truncation and --mix-seed "
+        "need a stylegan model (train one with --preset stylegan)"
+    )
 
 
 def mixing_table(
@@ -397,14 +402,15 @@ def generate_to_dir(
     is of class i % K. An interpolation row stays within one class (the chosen one, else row r's
     class is r % K), so only the latent moves.
 
-    StyleGAN models, from a checkpoint (a registered version is G(z) alone): ``truncation`` ψ pulls
+    StyleGAN models (a checkpoint, or a version registered with its mapping and synthesis programs; one
+    registered as G(z) alone is refused with the fix): ``truncation`` ψ pulls
     every w towards the tracked mean (samples and interpolations); ``mix_seed`` also writes mixing.png,
     the paper's style-mixing table — source A down the left (the first min(n, 8) samples), source B
     along the top (as many draws of ``mix_seed``), and each cell A's styles with B's ``mix_layers``
     (coarse ≤ 8 px, middle 14–16 px, fine ≥ 28 px layers).
     """
     check_request(n, interpolate, batch_size)
-    check_style_request(model, truncation, mix_seed, mix_layers)
+    check_style_request(truncation, mix_layers)
     out_dir = Path(out_dir)
     check_out_dir(out_dir, model)
     loaded = load_model(model, device)

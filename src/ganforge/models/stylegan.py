@@ -185,6 +185,14 @@ class MappingNetwork(nn.Module):
         return w
 
 
+def layer_group(style_layer_sides: list[int], name: str) -> range:
+    """The w indices of a style group (``coarse``, ``middle``, ``fine``): those whose layers' side is in
+    LAYER_GROUPS[name]. An index shared by a toRGB and the next block's first conv counts at the conv's side."""
+    lo, hi = LAYER_GROUPS[name]
+    found = [i for i, s in enumerate(style_layer_sides) if lo <= s <= hi]
+    return range(found[0], found[-1] + 1) if found else range(0)
+
+
 class StyleGANGenerator(nn.Module):
     """G(z) → images in [-1, 1]; ``mapping``, ``synthesis`` and ``truncate`` for truncation and style mixing."""
 
@@ -209,15 +217,16 @@ class StyleGANGenerator(nn.Module):
         self.style_layer_sides.append(sides[-1])  # the last toRGB
 
     def layer_group(self, name: str) -> range:
-        """The w indices of a style group (``coarse``, ``middle``, ``fine``): those whose layers' side is in
-        LAYER_GROUPS[name]. An index shared by a toRGB and the next block's first conv counts at the conv's side."""
-        lo, hi = LAYER_GROUPS[name]
-        found = [i for i, s in enumerate(self.style_layer_sides) if lo <= s <= hi]
-        return range(found[0], found[-1] + 1) if found else range(0)
+        """The w indices of a style group (``coarse``, ``middle``, ``fine``); see ``layer_group``."""
+        return layer_group(self.style_layer_sides, name)
 
     def truncate(self, w: torch.Tensor, psi: float) -> torch.Tensor:
         """w pulled towards the tracked mean: w_avg + ψ(w − w_avg); ψ = 1 leaves w as it is."""
         return w if psi == 1 else self.mapping.w_avg.to(w.dtype).lerp(w, psi)
+
+    def styles(self, z: torch.Tensor, psi: float = 1.0) -> torch.Tensor:
+        """The truncated w of each latent: ``truncate(mapping(z), psi)``."""
+        return self.truncate(self.mapping(z), psi)
 
     def synthesis(self, ws: torch.Tensor) -> torch.Tensor:
         """Images from per-layer styles ws (B, num_ws, nz)."""
@@ -301,11 +310,13 @@ def build_stylegan(model_cfg, data_cfg) -> tuple[nn.Module, nn.Module]:
 
 @torch.no_grad()
 def style_mixing_images(
-    G: StyleGANGenerator, z_rows: torch.Tensor, z_cols: torch.Tensor, group: str, psi: float = 1.0
+    G: nn.Module, z_rows: torch.Tensor, z_cols: torch.Tensor, group: str, psi: float = 1.0
 ) -> torch.Tensor:
     """The StyleGAN paper's style-mixing table without its headers: R·C images, row-major; row i, column j
-    has z_rows[i]'s styles except the ``group`` layers (coarse, middle, fine), which take z_cols[j]'s."""
-    w_rows, w_cols = G.truncate(G.mapping(z_rows), psi), G.truncate(G.mapping(z_cols), psi)
+    has z_rows[i]'s styles except the ``group`` layers (coarse, middle, fine), which take z_cols[j]'s.
+    ``G``: a ``StyleGANGenerator`` or anything with its ``styles``, ``num_ws``, ``layer_group`` and
+    ``synthesis`` (a registered version's programs)."""
+    w_rows, w_cols = G.styles(z_rows, psi), G.styles(z_cols, psi)
     ws = w_rows[:, None, None, :].repeat(1, len(z_cols), G.num_ws, 1)  # R, C, num_ws, nz
     layers = G.layer_group(group)
     ws[:, :, layers.start : layers.stop] = w_cols[None, :, None, :]

@@ -9,8 +9,9 @@ imported, and the pyfunc ``loader_module`` is imported by ``mlflow.pyfunc.load_m
 
 So a directory is loaded only if it looks exactly like what ``register_generator`` writes:
 
-- only the files MLflow's ``pytorch`` flavor writes for a ``pt2`` model (``MODEL_FILES``),
-  no other file, folder or link (no ``code/``, no ``*.py``, no ``model.pth``);
+- only the files MLflow's ``pytorch`` flavor writes for a ``pt2`` model (``MODEL_FILES``), and for
+  a stylegan both of its mapping and synthesis programs (``STYLE_FILES``), no other file, folder
+  or link (no ``code/``, no ``*.py``, no ``model.pth``);
 - an ``MLmodel`` with the ``pytorch`` flavor and the ``python_function`` one (which MLflow
   leaves out for a class-conditional program of two inputs) and no other, the pyfunc
   ``loader_module`` ``mlflow.pytorch``, no ``code`` in either, data in ``data``, and only the
@@ -45,6 +46,8 @@ MODEL_FILES = frozenset(
     }
 )
 """Every file of a model ``register_generator`` logs (``pt2`` serialization, explicit requirements)."""
+STYLE_FILES = ("data/mapping.pt2", "data/synthesis.pt2")
+"""A stylegan version's two programs beside ``data/model.pt2``: both or neither."""
 REQUIRED_FILES = ("MLmodel", "data/model.pt2")
 CLIENT_WRITTEN_FILES = frozenset({"registered_model_meta"})
 """Files MLflow's downloader writes into a model directory itself (name/version of the download)."""
@@ -99,11 +102,15 @@ def check_files(root: Path, uri: str) -> None:
                 raise _refuse(uri, f"it holds a link {rel!r}")
             if name in dirnames and rel not in MODEL_DIRS:
                 raise _refuse(uri, f"it holds a folder {rel!r} (code, or files ganforge never writes)")
-            if name in filenames and rel not in MODEL_FILES | CLIENT_WRITTEN_FILES:
+            if name in filenames and rel not in MODEL_FILES | CLIENT_WRITTEN_FILES | set(STYLE_FILES):
                 raise _refuse(uri, f"it holds a file {rel!r} that ganforge never writes")
     for rel in REQUIRED_FILES:
         if not (root / rel).is_file():
             raise _refuse(uri, f"it has no {rel}")
+    present = [rel for rel in STYLE_FILES if (root / rel).is_file()]
+    if present and len(present) != len(STYLE_FILES):
+        missing = sorted(set(STYLE_FILES) - set(present))
+        raise _refuse(uri, f"it has {present[0]} without {missing[0]} (a stylegan version has both)")
 
 
 def _yaml(root: Path, name: str, uri: str) -> object:
