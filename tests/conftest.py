@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -58,20 +59,26 @@ def torchscript():
     return weights.InceptionChoice(weights.EXTRACTOR_TORCHSCRIPT, weights.inception_weights_path(fetch=True))
 
 
-@pytest.fixture
-def small_tmpfs(tmp_path):
-    """A 4 MiB tmpfs: a real file system that fills up (needs root; skipped otherwise)."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True, timeout=30
-    )
+@contextlib.contextmanager
+def mount_tmpfs(path: Path, options: str):
+    """Mount a tmpfs with mount(8) ``options`` (``size=4m``, ``ro,size=1m``) on the new directory ``path`` for
+    the ``with`` block: a real file system that fills up or refuses writes. Needs root; skips the test otherwise.
+    Unmounted lazily at the end, so a file a test left open cannot keep it mounted."""
+    path.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, timeout=30)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
     try:
-        yield mount
+        yield path
     finally:
-        subprocess.run(["umount", "-l", str(mount)], timeout=30)
+        subprocess.run(["umount", "-l", str(path)], timeout=30)
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 4 MiB tmpfs: a real file system that fills up (needs root; skipped otherwise)."""
+    with mount_tmpfs(tmp_path / "small", "size=4m") as mount:
+        yield mount
 
 
 def fill(directory: Path) -> None:
