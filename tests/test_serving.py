@@ -171,7 +171,7 @@ def test_readme_serving_snippet_loads_the_champion_without_ganforge(preset, cham
 def test_readme_serving_snippet_against_a_real_mlflow_server(tmp_path, monkeypatch):
     """The same blocks, verbatim, where serving teams meet the model: a real `mlflow server`
     (artifacts proxied by the server); the Python block from an interpreter without ganforge."""
-    from mlflow_server import mlflow_server
+    from servers import mlflow_server
 
     with mlflow_server(tmp_path / "server") as uri:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
