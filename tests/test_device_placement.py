@@ -123,7 +123,11 @@ def test_training_step_stays_on_the_device(fake_cuda, preset):
     assert {t.device.type for t in got["state"]} == {"cuda"}
 
 
-STEP_PRESETS = [p for p in sorted(PRESETS) if p != "cyclegan"]  # cyclegan trains without autocast or compile
+# cyclegan trains without autocast or compile. Every other preset, not one per network architecture: dcgan,
+# sngan and wgan-gp share the DCGAN networks but differ in D's norm (batch, spectral: power-iteration buffers,
+# layer) and loss (bce, hinge, wgan-gp: a double backward through the penalty), which autocast and dynamo
+# trace differently. The bf16 and compile steps of all seven take ~13 s on 2 cores (compile ~11 s).
+STEP_PRESETS = [p for p in sorted(PRESETS) if p != "cyclegan"]
 
 
 @pytest.mark.parametrize("preset", STEP_PRESETS)
