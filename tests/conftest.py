@@ -15,6 +15,14 @@ sys.path.insert(0, str(ROOT))  # components/ and pipelines/ are packages of the 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
+def pytest_collection_modifyitems(config, items):
+    """The docker tests last, the others in their collected order. Under .ci/run the images build in the
+    background while the suite runs, and the container tests' own `make images-local` waits on that build's
+    lock: collected in file order (test_containers.py comes early), they would hold the suite idle until the
+    build ends; last, every other test runs meanwhile and they find the layers cached."""
+    items.sort(key=lambda item: item.get_closest_marker("docker") is not None)  # stable: keeps the rest's order
+
+
 @pytest.fixture(scope="session")
 def fashion_train(tmp_path_factory) -> Path:
     """512 real Fashion-MNIST training images (the tiny profile's limit)."""
