@@ -46,6 +46,18 @@ def fashion_test(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def cdcgan_run(fashion_train, tmp_path_factory) -> Path:
+    """A tiny cdcgan trained on 512 real Fashion-MNIST images (8 steps), once for the session
+    (test_conditional, test_conditional_outputs): tests read it and write elsewhere."""
+    from ganforge.config import build_config
+    from ganforge.train import train
+
+    out = tmp_path_factory.mktemp("cdcgan") / "run"
+    train(build_config("cdcgan", "tiny"), fashion_train, out)
+    return out
+
+
 @pytest.fixture
 def ganforge_home(tmp_path, monkeypatch) -> Path:
     """An isolated GANFORGE_HOME with its own sqlite MLflow store."""
