@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -12,6 +13,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # components/ and pipelines/ are packages of the checkout
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The docker tests last, the others in their collected order. Under .ci/run the images build in the
+    background while the suite runs, and the container tests' own `make images-local` waits on that build's
+    lock: collected in file order (test_containers.py comes early), they would hold the suite idle until the
+    build ends; last, every other test runs meanwhile and they find the layers cached."""
+    items.sort(key=lambda item: item.get_closest_marker("docker") is not None)  # stable: keeps the rest's order
 
 
 @pytest.fixture(scope="session")
@@ -37,6 +46,18 @@ def fashion_test(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def cdcgan_run(fashion_train, tmp_path_factory) -> Path:
+    """A tiny cdcgan trained on 512 real Fashion-MNIST images (8 steps), once for the session
+    (test_conditional, test_conditional_outputs): tests read it and write elsewhere."""
+    from ganforge.config import build_config
+    from ganforge.train import train
+
+    out = tmp_path_factory.mktemp("cdcgan") / "run"
+    train(build_config("cdcgan", "tiny"), fashion_train, out)
+    return out
+
+
 @pytest.fixture
 def ganforge_home(tmp_path, monkeypatch) -> Path:
     """An isolated GANFORGE_HOME with its own sqlite MLflow store."""
@@ -58,20 +79,26 @@ def torchscript():
     return weights.InceptionChoice(weights.EXTRACTOR_TORCHSCRIPT, weights.inception_weights_path(fetch=True))
 
 
-@pytest.fixture
-def small_tmpfs(tmp_path):
-    """A 4 MiB tmpfs: a real file system that fills up (needs root; skipped otherwise)."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True, timeout=30
-    )
+@contextlib.contextmanager
+def mount_tmpfs(path: Path, options: str):
+    """Mount a tmpfs with mount(8) ``options`` (``size=4m``, ``ro,size=1m``) on the new directory ``path`` for
+    the ``with`` block: a real file system that fills up or refuses writes. Needs root; skips the test otherwise.
+    Unmounted lazily at the end, so a file a test left open cannot keep it mounted."""
+    path.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, timeout=30)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
     try:
-        yield mount
+        yield path
     finally:
-        subprocess.run(["umount", "-l", str(mount)], timeout=30)
+        subprocess.run(["umount", "-l", str(path)], timeout=30)
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 4 MiB tmpfs: a real file system that fills up (needs root; skipped otherwise)."""
+    with mount_tmpfs(tmp_path / "small", "size=4m") as mount:
+        yield mount
 
 
 def fill(directory: Path) -> None:

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, cli_env
+from conftest import ROOT, cli_env, mount_tmpfs
 from ganforge import cli
 
 
@@ -92,17 +92,8 @@ def test_train_out_under_a_file_is_one_line(fashion_train, tmp_path, capsys):
 @pytest.fixture
 def read_only_dir(tmp_path):
     """A read-only tmpfs (root writes through permission bits, not through a read-only mount)."""
-    mount = tmp_path / "ro"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount)], capture_output=True, timeout=30
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
+    with mount_tmpfs(tmp_path / "ro", "ro,size=1m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], timeout=30)
 
 
 @pytest.mark.parametrize("command", ["train", "prep"])

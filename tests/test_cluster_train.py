@@ -31,7 +31,7 @@ from ganforge.platform import s3 as storage
 from ganforge.platform import steps
 from ganforge.platform.cluster_jobs import ClusterSpecError, ClusterTrainingError
 from kube_standin import ExecutingKubeStandin
-from s3_server import s3_fixtures
+from servers import s3_fixtures
 
 moto_server, s3 = s3_fixtures(validate_credentials=True)
 

@@ -24,14 +24,6 @@ from ganforge.models import build_models
 from ganforge.train import CLASSES_FILE, DistInfo, TrainingError, _Batches, global_labels, read_checkpoint, train
 
 
-@pytest.fixture(scope="module")
-def cdcgan_run(fashion_train, tmp_path_factory):
-    """A tiny cdcgan trained on 512 real Fashion-MNIST images (8 steps, a few seconds)."""
-    out = tmp_path_factory.mktemp("cdcgan") / "run"
-    train(build_config("cdcgan", "tiny"), fashion_train, out)
-    return out
-
-
 def _idx_copy(tmp_path, name="fashion-copy"):
     """The t10k split of Debian's Fashion-MNIST in a folder of our own (10,000 images + labels)."""
     d = tmp_path / name

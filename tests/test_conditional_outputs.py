@@ -12,21 +12,12 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 from conftest import cli_env
 from ganforge import data
 from ganforge.config import build_config
 from ganforge.labels import balanced_labels
 from ganforge.train import train
-
-
-@pytest.fixture(scope="module")
-def cdcgan_run(fashion_train, tmp_path_factory):
-    """A tiny cdcgan trained on 512 real Fashion-MNIST images (8 steps, a few seconds)."""
-    out = tmp_path_factory.mktemp("cdcgan") / "run"
-    train(build_config("cdcgan", "tiny"), fashion_train, out)
-    return out
 
 
 def test_per_class_fid_pairs_each_class_with_its_own_reference():

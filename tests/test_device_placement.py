@@ -123,6 +123,9 @@ def test_training_step_stays_on_the_device(fake_cuda, preset):
     assert {t.device.type for t in got["state"]} == {"cuda"}
 
 
+# Every preset, not one per network architecture: dcgan, sngan and wgan-gp share the DCGAN networks but differ
+# in D's norm (batch, spectral: power-iteration buffers, layer) and loss (bce, hinge, wgan-gp: a double backward
+# through the penalty), which autocast and dynamo trace differently.
 STEP_PRESETS = sorted(PRESETS)
 
 

@@ -594,32 +594,11 @@ def test_only_the_mlflow_server_keys_write_the_mlflow_bucket(renders):
 # --- MLflow basic-auth for real: the shipped ini and init script against a real server ----------
 
 
-def _http(url: str, method: str = "GET", auth: tuple[str, str] | None = None, body: dict | None = None) -> int:
-    import json
-    import urllib.error
-    import urllib.request
-
-    request = urllib.request.Request(
-        url,
-        method=method,
-        data=json.dumps(body).encode() if body else None,
-        headers={"Content-Type": "application/json"},
-    )
-    if auth:
-        request.add_header("Authorization", "Basic " + base64.b64encode(":".join(auth).encode()).decode())
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status
-    except urllib.error.HTTPError as e:
-        return e.code
-
-
 @pytest.mark.slow  # a real `mlflow server --app-name basic-auth` process (~15-30 s to start on 2 cores)
 def test_mlflow_basic_auth_with_the_shipped_config_and_init_job(renders, tmp_path):
     import os
-    import time
 
-    from mlflow_server import STARTUP_TIMEOUT_S, free_port, is_healthy, stop
+    from servers import http_status, mlflow_server
 
     objects = renders["base"]
     ini = find(objects, "ConfigMap", "mlflow-auth")["data"]["basic_auth.ini"]
@@ -629,50 +608,19 @@ def test_mlflow_basic_auth_with_the_shipped_config_and_init_job(renders, tmp_pat
         ini.replace("postgresql+psycopg2://postgres:5432", f"sqlite:///{tmp_path / 'auth.db'}")
     )
     admin, user = ("admin-x", "admin-password-01"), ("ganforge-pipeline", "pipeline-password-1")
-    port = free_port()
-    uri = f"http://127.0.0.1:{port}"
     container = find(objects, "Deployment", "mlflow")["spec"]["template"]["spec"]["containers"][0]
     flags = [a for a in container["args"] if a.startswith("--app-name") or a == "--serve-artifacts"]
     env = {
-        **os.environ,
         "MLFLOW_AUTH_CONFIG_PATH": str(tmp_path / "basic_auth.ini"),
         "MLFLOW_AUTH_ADMIN_USERNAME": admin[0],
         "MLFLOW_AUTH_ADMIN_PASSWORD": admin[1],
         "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-secret-key",
     }
-    env.pop("MLFLOW_TRACKING_URI", None)
-    command = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "server",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-        "--backend-store-uri",
-        f"sqlite:///{tmp_path / 'mlflow.db'}",
-        "--artifacts-destination",
-        (tmp_path / "artifacts").as_uri(),
-        *flags,
-    ]
-    log = tmp_path / "server.log"
-    with open(log, "wb") as out:
-        server = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path, start_new_session=True
-        )
-    try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while not is_healthy(uri):
-            assert server.poll() is None, log.read_text(errors="replace")[-3000:]
-            assert time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
-            time.sleep(0.5)
+    with mlflow_server(tmp_path / "server", env=env, args=flags) as uri:
         search = f"{uri}/api/2.0/mlflow/experiments/search"
-        assert _http(search, "POST", None, {"max_results": 1}) == 401  # anonymous
-        assert _http(search, "POST", (user[0], user[1]), {"max_results": 1}) == 401  # user not created yet
-        assert _http(search, "POST", admin, {"max_results": 1}) == 200
+        assert http_status(search, "POST", None, {"max_results": 1}) == 401  # anonymous
+        assert http_status(search, "POST", (user[0], user[1]), {"max_results": 1}) == 401  # user not created yet
+        assert http_status(search, "POST", admin, {"max_results": 1}) == 200
 
         # The mlflow-auth-init Job's script, exactly as shipped, creates the pipeline user...
         script = tmp_path / "init_user.py"
@@ -689,21 +637,23 @@ def test_mlflow_basic_auth_with_the_shipped_config_and_init_job(renders, tmp_pat
         }
         run = subprocess.run([sys.executable, str(script)], env=job_env, capture_output=True, text=True, timeout=120)
         assert run.returncode == 0 and "created; it logs in" in run.stdout, run.stdout + run.stderr
-        assert _http(search, "POST", user, {"max_results": 1}) == 200
-        assert _http(f"{uri}/api/2.0/mlflow/experiments/create", "POST", user, {"name": "dcgan"}) == 200
-        assert _http(search, "POST", (user[0], "wrong"), {"max_results": 1}) == 401
+        assert http_status(search, "POST", user, {"max_results": 1}) == 200
+        assert http_status(f"{uri}/api/2.0/mlflow/experiments/create", "POST", user, {"name": "dcgan"}) == 200
+        assert http_status(search, "POST", (user[0], "wrong"), {"max_results": 1}) == 401
         # ...is not an admin (cannot create users)...
-        assert _http(f"{uri}/api/2.0/mlflow/users/create", "POST", user, {"username": "x", "password": "y"}) == 403
+        assert (
+            http_status(f"{uri}/api/2.0/mlflow/users/create", "POST", user, {"username": "x", "password": "y"}) == 403
+        )
         # ...sees nothing it was not granted (default_permission NO_PERMISSIONS)...
-        assert _http(f"{uri}/api/2.0/mlflow/experiments/create", "POST", admin, {"name": "admin-only"}) == 200
+        assert http_status(f"{uri}/api/2.0/mlflow/experiments/create", "POST", admin, {"name": "admin-only"}) == 200
         by_name = f"{uri}/api/2.0/mlflow/experiments/get-by-name?experiment_name=admin-only"
-        assert _http(by_name, "GET", admin, None) == 200 and _http(by_name, "GET", user, None) == 403
+        assert http_status(by_name, "GET", admin, None) == 200 and http_status(by_name, "GET", user, None) == 403
         # ...and edits, but cannot delete, the registered models the Job made (the admin owns them).
         for model in ("dcgan", "wgan-gp"):
-            assert _http(f"{uri}/api/2.0/mlflow/registered-models/get?name={model}", "GET", user, None) == 200
+            assert http_status(f"{uri}/api/2.0/mlflow/registered-models/get?name={model}", "GET", user, None) == 200
             tag = {"name": model, "key": "k", "value": "v"}
-            assert _http(f"{uri}/api/2.0/mlflow/registered-models/set-tag", "POST", user, tag) == 200
-            assert _http(f"{uri}/api/2.0/mlflow/registered-models/delete", "DELETE", user, {"name": model}) == 403
+            assert http_status(f"{uri}/api/2.0/mlflow/registered-models/set-tag", "POST", user, tag) == 200
+            assert http_status(f"{uri}/api/2.0/mlflow/registered-models/delete", "DELETE", user, {"name": model}) == 403
         # ...and a re-run after the Secret changed makes the Secret's password the valid one.
         run = subprocess.run(
             [sys.executable, str(script)],
@@ -713,8 +663,8 @@ def test_mlflow_basic_auth_with_the_shipped_config_and_init_job(renders, tmp_pat
             timeout=120,
         )
         assert run.returncode == 0 and "password reset" in run.stdout, run.stdout + run.stderr
-        assert _http(search, "POST", user, {"max_results": 1}) == 401
-        assert _http(search, "POST", (user[0], "pipeline-password-2"), {"max_results": 1}) == 200
+        assert http_status(search, "POST", user, {"max_results": 1}) == 401
+        assert http_status(search, "POST", (user[0], "pipeline-password-2"), {"max_results": 1}) == 200
         # The script refuses to hand out the admin account as the pipeline's user.
         run = subprocess.run(
             [sys.executable, str(script)],
@@ -724,5 +674,3 @@ def test_mlflow_basic_auth_with_the_shipped_config_and_init_job(renders, tmp_pat
             timeout=60,
         )
         assert run.returncode != 0 and "not the MLflow admin" in run.stderr
-    finally:
-        stop(server)

@@ -17,12 +17,20 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from mlflow import MlflowClient
 
-from conftest import ROOT, cli_env
+from conftest import ROOT
 from ganforge.config import build_config
 from ganforge.platform import model_files, registry, tracking
-from test_serving import ISOLATED_PRELUDE, SITE_PACKAGES, isolated_python, serving_env, stored_archive
+from tampering import (
+    assert_refused,
+    edit_mlmodel,
+    ganforge,
+    plant_module,
+    rewrite_digest_tag,
+    sqlite_store,
+    stored_model_dir,
+)
+from test_serving import ISOLATED_PRELUDE, SITE_PACKAGES, isolated_python, serving_env
 
 NZ = 4
 
@@ -34,10 +42,7 @@ def home(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def store(home, monkeypatch) -> str:
-    monkeypatch.setenv("GANFORGE_HOME", str(home))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
-    return tracking.configure()
+    return sqlite_store(home, monkeypatch)
 
 
 def register_tiny(name: str) -> int:
@@ -48,43 +53,6 @@ def register_tiny(name: str) -> int:
     return registry.register_generator(tracking.start_pipeline_run(cfg), generator, cfg, {"fid": 1.0}, tags={})
 
 
-def plant_module(model_dir: Path, marker: Path) -> None:
-    """``code/evilmod.py``: writes ``marker`` when imported; also a pyfunc loader if asked for one."""
-    (model_dir / "code").mkdir()
-    (model_dir / "code" / "evilmod.py").write_text(
-        f"open({str(marker)!r}, 'w').write('payload ran')\ndef _load_pyfunc(*args, **kwargs):\n    return None\n"
-    )
-
-
-def edit_mlmodel(model_dir: Path, edit) -> None:
-    meta = yaml.safe_load((model_dir / "MLmodel").read_text())
-    edit(meta["flavors"])
-    (model_dir / "MLmodel").write_text(yaml.safe_dump(meta))
-
-
-def rewrite_digest_tag(name: str, version: int, tmp: Path) -> None:
-    """What a writer of the files can do next: record the tampered files' digest as the tag."""
-    local = tmp / "redigest"
-    local.mkdir()
-    digest = registry.artifact_digest(registry.quiet_download(f"models:/{name}/{version}", str(local)))
-    MlflowClient().set_model_version_tag(name, str(version), registry.ARTIFACT_SHA256_TAG, digest)
-
-
-def ganforge(*args: str, home: Path, cwd: Path) -> subprocess.CompletedProcess:
-    env = cli_env(GANFORGE_HOME=str(home))
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run(
-        [sys.executable, "-m", "ganforge.cli", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=240
-    )
-
-
-def assert_refused(done: subprocess.CompletedProcess, *needles: str) -> None:
-    assert done.returncode == 2, done.stderr[-3000:]
-    assert done.stderr.strip().splitlines() == [done.stderr.strip()]  # one line, no traceback
-    for needle in needles:
-        assert needle in done.stderr, done.stderr
-
-
 def test_bundled_code_never_runs_in_generate(store, home, tmp_path):
     """``code: code`` + ``code/evilmod.py`` + a pickle-format ``model.pth`` whose
     ``pickle_module_info.txt`` names ``evilmod``: MLflow's pytorch loader puts ``code/`` on
@@ -92,7 +60,7 @@ def test_bundled_code_never_runs_in_generate(store, home, tmp_path):
     tag rewritten to match, ``ganforge generate`` must refuse before MLflow sees the model."""
     name = "trust-code"
     version = register_tiny(name)
-    model_dir = stored_archive(name, version).parent.parent
+    model_dir = stored_model_dir(name, version)
     marker = tmp_path / "payload-ran"
     plant_module(model_dir, marker)
     edit_mlmodel(model_dir, lambda flavors: flavors["pytorch"].update(code="code"))
@@ -125,7 +93,7 @@ def test_an_edited_loader_module_is_refused_before_serving_loads_it(store, home,
     same check as ``generate``'s); nothing is written and the payload never runs."""
     name = "trust-loader"
     version = register_tiny(name)
-    model_dir = stored_archive(name, version).parent.parent
+    model_dir = stored_model_dir(name, version)
     marker = tmp_path / "payload-ran"
     plant_module(model_dir, marker)
     edit_mlmodel(model_dir, lambda flavors: flavors["python_function"].update(loader_module="evilmod", code="code"))

@@ -17,8 +17,7 @@ import pytest
 import yaml
 
 from conftest import PIPELINE_PARAMETERS, cli_env
-from mlflow_server import mlflow_server
-from s3_server import moto_s3_server, s3_environment
+from servers import mlflow_server, moto_s3_server, s3_environment
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]

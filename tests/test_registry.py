@@ -22,7 +22,7 @@ from ganforge.config import build_config
 from ganforge.platform import registry, tracking
 from ganforge.platform.registry import Candidate
 from ganforge.platform.settings import git_commit
-from mlflow_server import shared_mlflow_server
+from servers import shared_mlflow_server
 
 NZ = 4
 

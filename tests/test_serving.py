@@ -7,14 +7,12 @@ interpreter that cannot import ganforge, and a real pickle payload planted in a 
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
 import subprocess
 import sys
 import textwrap
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -27,10 +25,16 @@ from ganforge.config import build_config
 from ganforge.generate import generate_to_dir
 from ganforge.models import build_models
 from ganforge.platform import registry, tracking
+from tampering import (
+    assert_refused,
+    ganforge,
+    plant_payload,
+    rewrite_digest_tag,
+    sqlite_store,
+    stored_archive,
+)
 
 SITE_PACKAGES = Path(torch.__file__).resolve().parents[1]
-SAMPLE_INPUTS_RECORD = "data/sample_inputs/model.pt"
-"""The pt2 record torch.export.load unpickles with weights_only=False when weights_only=True fails."""
 
 # An interpreter that really lacks ganforge: no site processing (so no editable-install .pth),
 # sys.path = the standard library + the venv's site-packages, and an import hook that fails
@@ -54,16 +58,6 @@ ISOLATED_EPILOGUE = textwrap.dedent("""
     assert not [m for m in sys.modules if m == "ganforge" or m.startswith("ganforge.")]
     print(json.dumps({"shape": list(images.shape), "dtype": str(images.dtype), "values": images.ravel().tolist()}))
 """)
-
-
-class Payload:
-    """A pickle that writes ``marker`` when unpickled (what an attacker would plant)."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return exec, (f"open({str(self.marker)!r}, 'w').write('payload ran')",)
 
 
 def readme_serving_section() -> str:
@@ -101,10 +95,7 @@ def home(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def store(home, monkeypatch) -> str:
-    monkeypatch.setenv("GANFORGE_HOME", str(home))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
-    return tracking.configure()
+    return sqlite_store(home, monkeypatch)
 
 
 def register(preset: str, fid: float) -> dict:
@@ -125,30 +116,6 @@ def champions(home) -> dict:
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         tracking.configure()
         return {"dcgan": register("dcgan", 80.0), "wavegan": register("wavegan", 5.0)}
-
-
-def stored_archive(name: str, version: int) -> Path:
-    """The model.pt2 file inside the store (a local artifact location on the sqlite store)."""
-    c = MlflowClient()
-    model_id = registry.logged_model_id(c.get_model_version(name, str(version)))
-    location = c.get_logged_model(model_id).artifact_location
-    path = Path(location[len("file://") :] if location.startswith("file://") else location)
-    assert path.is_dir(), location
-    return path / "data" / "model.pt2"
-
-
-def plant_payload(archive: Path, marker: Path) -> None:
-    """Replace the archive's sample-inputs record by a pickle payload (the rest stays intact)."""
-    payload = io.BytesIO()
-    torch.save(Payload(marker), payload)
-    tampered = archive.with_suffix(".tampered")
-    with zipfile.ZipFile(archive) as src, zipfile.ZipFile(tampered, "w") as dst:
-        names = [info.filename for info in src.infolist()]
-        assert any(n.endswith(SAMPLE_INPUTS_RECORD) for n in names), names
-        for info in src.infolist():
-            data = payload.getvalue() if info.filename.endswith(SAMPLE_INPUTS_RECORD) else src.read(info)
-            dst.writestr(info, data)
-    os.replace(tampered, archive)
 
 
 def isolated_python(code: str, env: dict, cwd: Path) -> subprocess.CompletedProcess:
@@ -204,7 +171,7 @@ def test_readme_serving_snippet_loads_the_champion_without_ganforge(preset, cham
 def test_readme_serving_snippet_against_a_real_mlflow_server(tmp_path, monkeypatch):
     """The same blocks, verbatim, where serving teams meet the model: a real `mlflow server`
     (artifacts proxied by the server); the Python block from an interpreter without ganforge."""
-    from mlflow_server import mlflow_server
+    from servers import mlflow_server
 
     with mlflow_server(tmp_path / "server") as uri:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -243,41 +210,16 @@ def test_a_planted_pickle_is_never_run(champions, store, home, tmp_path):
     plant_payload(archive, marker)
 
     # 1. ganforge generate: one line, exit 2, nothing written, payload not run.
-    env = cli_env(GANFORGE_HOME=str(home))
-    env.pop("MLFLOW_TRACKING_URI", None)
     out = tmp_path / "out"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ganforge.cli",
-            "generate",
-            "--model",
-            f"models:/{name}@champion",
-            "--out",
-            str(out),
-            "-n",
-            "2",
-        ],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
+    done = ganforge(
+        "generate", "--model", f"models:/{name}@champion", "--out", str(out), "-n", "2", home=home, cwd=ROOT
     )
-    assert done.returncode == 2, done.stderr[-3000:]
-    assert done.stderr.strip().splitlines() == [done.stderr.strip()]  # one line, no traceback
-    assert (
-        "do not match the sha256 recorded at registration" in done.stderr and f"models:/{name}/{version}" in done.stderr
-    )
+    assert_refused(done, "do not match the sha256 recorded at registration", f"models:/{name}/{version}")
     assert not out.exists() and not marker.exists()
 
     # 2. Someone who can change the file can perhaps change the tag too: MLflow's pickle-free
     #    check (which ganforge always turns on) still refuses the archive before torch reads it.
-    local = tmp_path / "download"
-    local.mkdir()
-    tampered_digest = registry.artifact_digest(registry.quiet_download(f"models:/{name}/{version}", str(local)))
-    MlflowClient().set_model_version_tag(name, str(version), registry.ARTIFACT_SHA256_TAG, tampered_digest)
+    rewrite_digest_tag(name, version, tmp_path)
     with pytest.raises(registry.RegistryError, match=r"refusing to load .*not a pickle-free payload"):
         generate_to_dir(f"models:/{name}@champion", tmp_path / "out2", n=2)
     assert not marker.exists()
@@ -285,8 +227,7 @@ def test_a_planted_pickle_is_never_run(champions, store, home, tmp_path):
     # 3. The serving recipe's first step (with this model's name) refuses it too, writing nothing.
     line = readme_serving_command().replace("models:/dcgan@champion", f"models:/{name}/{version}")
     done = run_serving_command(line, tmp_path, f"sqlite:///{home / 'mlflow.db'}")
-    assert done.returncode == 2 and "not a pickle-free payload" in done.stderr, done.stderr[-3000:]
-    assert done.stderr.strip().splitlines() == [done.stderr.strip()]
+    assert_refused(done, "not a pickle-free payload")
     assert not marker.exists() and not any((tmp_path / "served").rglob("*"))  # no model, no temporary
 
     # Control: the planted record is a live payload — torch.export.load on its own runs it.

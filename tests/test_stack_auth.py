@@ -6,33 +6,20 @@ from __future__ import annotations
 
 import json
 import stat
-import urllib.error
-import urllib.request
 from dataclasses import asdict
 
 import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from mlflow_server import mlflow_server
 from pipelines import stack
+from servers import http_status, mlflow_server
 
 pytestmark = pytest.mark.slow  # a real `mlflow server --app-name basic-auth` process (~15-30 s to start)
 
 
 def post(url: str, body: dict, auth: tuple[str, str] | None = None) -> int:
-    request = urllib.request.Request(
-        url, method="POST", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
-    )
-    if auth:
-        import base64
-
-        request.add_header("Authorization", "Basic " + base64.b64encode(":".join(auth).encode()).decode())
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status
-    except urllib.error.HTTPError as e:
-        return e.code
+    return http_status(url, "POST", auth, body)
 
 
 def test_the_stack_server_refuses_anonymous_writes_and_serves_the_pipeline_user(tmp_path, monkeypatch):

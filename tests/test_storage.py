@@ -19,7 +19,7 @@ from boto3.s3.transfer import TransferConfig
 from ganforge import fileio
 from ganforge.fileio import StorageError
 from ganforge.platform import s3 as storage
-from s3_server import S3Server, flaky_http_proxy, s3_environment, s3_fixtures
+from servers import S3Server, flaky_http_proxy, s3_environment, s3_fixtures
 
 moto_server, s3 = s3_fixtures(scope="module")
 auth_server, s3_auth = s3_fixtures("auth_server", "s3_auth", scope="module", validate_credentials=True)

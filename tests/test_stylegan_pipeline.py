@@ -29,14 +29,35 @@ def readme_commands() -> list[str]:
     return [line for line in block.splitlines() if line.strip()]
 
 
+def run_in_order(lines: list[str], cwd: Path, env: dict) -> list[subprocess.CompletedProcess]:
+    """Run ``lines`` one after the other through a shell, each exactly as written; stop at the first failure."""
+    done = []
+    for line in lines:
+        done.append(subprocess.run(line, shell=True, cwd=cwd, env=env, capture_output=True, text=True, timeout=1200))
+        if done[-1].returncode != 0:
+            break
+    return done
+
+
 def test_readme_commands_train_register_and_mix(tmp_path):
+    """Every line as written. The block is two chains that share no file: the DAG then sampling its registered
+    champion, also mixed (lines 1-3: GANFORGE_HOME's store), and prep → train → mix from that checkpoint (lines 4-6:
+    ./data, ./runs, ./samples/stylegan-mix). Each chain runs in order; the two run at once: the DAG's steps and
+    the second training each run on one thread (OMP_NUM_THREADS=1 from cli_env), so on two cores they overlap."""
+    from concurrent.futures import ThreadPoolExecutor
+
     home = tmp_path / "home"
     env = cli_env(GANFORGE_HOME=str(home), PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     lines = readme_commands()
     assert lines[0].startswith("python -m pipelines run stylegan --profile tiny") and len(lines) == 6
-    for line in lines:
-        done = subprocess.run(line, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200)
-        assert done.returncode == 0, line + "\n" + done.stdout[-3000:] + done.stderr[-3000:]
+    assert lines[3].startswith("ganforge prep ") and lines[1].startswith("ganforge generate --model models:/")
+    chains = (lines[:3], lines[3:])
+    with ThreadPoolExecutor(len(chains)) as pool:
+        results = list(pool.map(lambda chain: run_in_order(chain, tmp_path, env), chains))
+    for chain, ran in zip(chains, results):
+        for line, done in zip(chain, ran):
+            assert done.returncode == 0, line + "\n" + done.stdout[-3000:] + done.stderr[-3000:]
+        assert len(ran) == len(chain)
 
     from mlflow import MlflowClient
 

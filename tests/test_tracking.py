@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 
 from ganforge.config import build_config
 from ganforge.platform import tracking
-from mlflow_server import shared_mlflow_server
+from servers import shared_mlflow_server
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
