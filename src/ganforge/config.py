@@ -61,6 +61,13 @@ class DataConfig:
     """Unpaired translation: keep only this label of ``source`` as domain A (an IDX class id); -1 keeps all."""
     class_b: int = -1
     """Unpaired translation: keep only this label of domain B's source; -1 keeps all."""
+    task: str = ""
+    """Paired editing (``pix2pix``): ``sr`` (super-resolution from half size) or ``inpaint``; empty otherwise."""
+    mask: str = "centre"
+    """``inpaint``: the holes — ``centre`` (the central half-side square), ``random`` (a seeded box per image)
+    or ``mixed`` (each image one of the two, seeded)."""
+    mask_seed: int = 0
+    """``inpaint``: seed of the random and mixed masks (a function of (mask_seed, split, index))."""
 
     def __post_init__(self) -> None:
         _one_of("data.kind", self.kind, ("image", "audio"))
@@ -74,6 +81,8 @@ class DataConfig:
             _one_of("data.audio_length", self.audio_length, (16384,))
         _check(self.limit is None or self.limit > 0, f"data.limit={self.limit} must be positive or None")
         _check(self.class_a >= -1 and self.class_b >= -1, "data.class_a/class_b must be a class id >= 0, or -1 (all)")
+        _one_of("data.task", self.task, ("", "sr", "inpaint"))
+        _one_of("data.mask", self.mask, ("centre", "random", "mixed"))
 
 
 @dataclass(frozen=True)
@@ -82,7 +91,7 @@ class ModelConfig:
 
     arch: str = "dcgan"
     """``mlp`` (vanilla GAN), ``dcgan``, ``stylegan`` (StyleGAN2-style, models/stylegan.py), ``wavegan`` or
-    ``cyclegan`` (ResNet generator + PatchGAN, unpaired A↔B)."""
+    ``cyclegan`` (ResNet generator + PatchGAN, unpaired A↔B) or ``pix2pix`` (U-Net + conditional PatchGAN, paired)."""
     nz: int = 100
     """Latent size."""
     ngf: int = 64
@@ -101,7 +110,7 @@ class ModelConfig:
     """``stylegan``: fully connected layers of the mapping network z → w (width nz; the paper has 8)."""
 
     def __post_init__(self) -> None:
-        _one_of("model.arch", self.arch, ("mlp", "dcgan", "stylegan", "wavegan", "cyclegan"))
+        _one_of("model.arch", self.arch, ("mlp", "dcgan", "stylegan", "wavegan", "cyclegan", "pix2pix"))
         _check(self.n_blocks >= 1, f"model.n_blocks={self.n_blocks} must be >= 1")
         _one_of("model.d_norm", self.d_norm, ("batch", "layer", "none", "spectral"))
         _check(self.nz > 0 and self.ngf > 0 and self.ndf > 0, "model.nz, ngf, ndf must be positive")
@@ -170,11 +179,14 @@ class TrainConfig:
     """``cyclegan``: identity-loss weight as a fraction of ``cycle_weight`` (0.5 → λ_identity = 5)."""
     pool_size: int = 50
     """``cyclegan``: past fakes kept per domain for the discriminators (Shrivastava et al. 2017); 0 disables."""
+    l1_weight: float = 100.0
+    """``pix2pix``: λ of the L1 loss to the target beside the adversarial loss (Isola et al. 2017: 100)."""
 
     def __post_init__(self) -> None:
         _one_of("train.loss", self.loss, ("bce", "hinge", "wgan-gp", "lsgan"))
         _check(self.cycle_weight >= 0 and self.identity_weight >= 0, "train.cycle_weight/identity_weight must be >= 0")
         _check(self.pool_size >= 0, "train.pool_size must be >= 0 (0 disables the pool)")
+        _check(self.l1_weight >= 0, f"train.l1_weight={self.l1_weight} must be >= 0")
         _one_of("train.amp", self.amp, ("off", "bf16", "fp16"))
         _one_of("train.launcher", self.launcher, ("local", "trainjob", "pytorchjob"))
         _check(self.batch_size > 0, "train.batch_size must be positive")
@@ -271,6 +283,21 @@ class PipelineConfig:
             _check(
                 self.train.nproc * self.train.nnodes == 1 and self.train.launcher == "local",
                 "cyclegan trains on one rank (train.nproc=1, train.nnodes=1, train.launcher='local')",
+            )
+        _check(
+            (self.model.arch == "pix2pix") == bool(self.data.task),
+            f"model.arch={self.model.arch!r} with data.task={self.data.task!r}: the pix2pix model edits images "
+            "of a paired task (data.task 'sr' or 'inpaint') and only it does",
+        )
+        if self.model.arch == "pix2pix":
+            _check(
+                self.data.kind == "image" and not self.model.num_classes and self.train.loss == "bce",
+                "pix2pix edits images with the non-saturating GAN loss of Isola et al.: data.kind='image', "
+                "model.num_classes=0, train.loss='bce'",
+            )
+            _check(
+                self.train.nproc * self.train.nnodes == 1 and self.train.launcher == "local",
+                "pix2pix trains on one rank (train.nproc=1, train.nnodes=1, train.launcher='local')",
             )
         if self.model.arch == "stylegan":
             _one_of("data.resolution for stylegan", self.data.resolution, (28, 32))
@@ -398,6 +425,10 @@ ADDED_FIELDS: dict[str, Any] = {
     "model.mapping_layers": 4,
     "train.r1_interval": 1,
     "train.style_mixing": 0.0,
+    "data.task": "",
+    "data.mask": "centre",
+    "data.mask_seed": 0,
+    "train.l1_weight": 100.0,
 }
 """Fields added to the config later, with the default that leaves ``config_hash`` as it was before them."""
 
@@ -440,6 +471,20 @@ PRESETS: dict[str, dict] = {
         "data": {"class_a": 7, "class_b": 9},
         "model": {"arch": "cyclegan", "ngf": 32, "ndf": 64, "n_blocks": 6},
         "train": {"loss": "lsgan", "batch_size": 8, "lr_g": 2e-4, "lr_d": 2e-4, "beta1": 0.5, "beta2": 0.999},
+    },
+    # Paired image editing, Isola et al. 2017's recipe: U-Net G with skips, conditional PatchGAN D (BatchNorm),
+    # non-saturating GAN loss + λ·L1 with λ = 100, Adam(2e-4, β1 0.5), batch 1 in the paper (here 16 for CPU
+    # throughput); EMA of G. The pairs come from Fashion-MNIST itself (ganforge.edit_data): sr: 14 → 28 px;
+    # inpaint: a 14×14 centre hole (data.mask: random / mixed boxes).
+    "pix2pix-sr": {
+        "data": {"task": "sr"},
+        "model": {"arch": "pix2pix", "ngf": 32, "ndf": 32},
+        "train": {"loss": "bce", "batch_size": 16, "l1_weight": 100.0, "lr_g": 2e-4, "lr_d": 2e-4, "beta1": 0.5},
+    },
+    "pix2pix-inpaint": {
+        "data": {"task": "inpaint", "mask": "centre"},
+        "model": {"arch": "pix2pix", "ngf": 32, "ndf": 32},
+        "train": {"loss": "bce", "batch_size": 16, "l1_weight": 100.0, "lr_g": 2e-4, "lr_d": 2e-4, "beta1": 0.5},
     },
     # StyleGAN2-style (issue 19; models/stylegan.py): mapping network, modulated/demodulated convs, noise
     # inputs, skip G, residual D with minibatch stddev; the StyleGAN2 recipe — non-saturating logistic
