@@ -46,7 +46,7 @@ def _torchmetrics_functional():
 
 
 def _unit(images_u8: np.ndarray | torch.Tensor) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(images_u8)).to(torch.float64).div(255.0)
+    return torch.as_tensor(np.array(images_u8)).to(torch.float64).div(255.0)
 
 
 def psnr(pred_u8, target_u8) -> float:
