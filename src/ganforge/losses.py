@@ -10,23 +10,34 @@ import torch
 import torch.nn.functional as F
 
 
+def ls_loss(scores: torch.Tensor, target: float) -> torch.Tensor:
+    """Least-squares GAN loss (Mao et al. 2017): mean (D(x) - target)² over every score (every patch)."""
+    return F.mse_loss(scores, torch.full_like(scores, target))
+
+
 def d_loss(kind: str, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
-    """Discriminator loss for ``bce`` (non-saturating GAN), ``hinge`` (SNGAN) or ``wgan-gp`` (critic)."""
+    """Discriminator loss for ``bce`` (non-saturating GAN), ``hinge`` (SNGAN), ``wgan-gp`` (critic) or ``lsgan``
+    (least squares, each half weighted ½ as in CycleGAN)."""
     if kind == "bce":
         return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
     if kind == "hinge":
         return F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()
     if kind == "wgan-gp":
         return fake_logits.mean() - real_logits.mean()
+    if kind == "lsgan":
+        return 0.5 * (ls_loss(real_logits, 1.0) + ls_loss(fake_logits, 0.0))
     raise ValueError(f"unknown loss {kind!r}")
 
 
 def g_loss(kind: str, fake_logits: torch.Tensor) -> torch.Tensor:
-    """Generator loss: non-saturating -log D(G(z)) for ``bce``, -D(G(z)) for hinge and WGAN."""
+    """Generator loss: non-saturating -log D(G(z)) for ``bce``, -D(G(z)) for hinge and WGAN, (D(G(z)) - 1)² for
+    ``lsgan``."""
     if kind == "bce":
         return F.softplus(-fake_logits).mean()
     if kind in ("hinge", "wgan-gp"):
         return -fake_logits.mean()
+    if kind == "lsgan":
+        return ls_loss(fake_logits, 1.0)
     raise ValueError(f"unknown loss {kind!r}")
 
 

@@ -8,9 +8,14 @@ Discriminator: the PatchGAN — 4×4 convolutions, stride 2 then stride 1, one s
 The original 70×70 PatchGAN downsamples three times for 256 px images; at 28/32 px it keeps two stride-2
 layers (a 34×34 receptive field over a 28 px image: the patches overlap most of it) and at 64 px three
 (the original 70×70 field). Its output is (B, 1, h, w): the least-squares loss averages over patches.
+
+A run's networks (``CycleModels``: two generators, their EMA copies, two discriminators) and the pools of past
+fakes each discriminator also sees (``ImagePool``).
 """
 
 from __future__ import annotations
+
+import copy
 
 import torch
 import torch.nn as nn
@@ -81,3 +86,42 @@ def build_cyclegan(model_cfg, data_cfg) -> tuple[nn.Module, nn.Module]:
     G = ResnetGenerator(data_cfg.channels, model_cfg.ngf, model_cfg.n_blocks)
     D = PatchDiscriminator(data_cfg.channels, model_cfg.ndf, data_cfg.resolution)
     return G, D
+
+
+class CycleModels(nn.Module):
+    """Both directions' generators (and EMA copies) and both domains' discriminators, one state."""
+
+    def __init__(self, model_cfg, data_cfg):
+        super().__init__()
+        self.G_ab, self.D_b = build_cyclegan(model_cfg, data_cfg)  # A→B, judged by D_B
+        self.G_ba, self.D_a = build_cyclegan(model_cfg, data_cfg)
+        self.G_ab_ema = copy.deepcopy(self.G_ab).eval().requires_grad_(False)
+        self.G_ba_ema = copy.deepcopy(self.G_ba).eval().requires_grad_(False)
+
+
+class ImagePool:
+    """The last ``size`` fakes a discriminator saw (Shrivastava et al. 2017): once full, each new fake is
+    returned as is or, with probability ½, swapped for a random stored one. Choices come from ``gen``."""
+
+    def __init__(self, size: int, images: torch.Tensor | None = None):
+        self.size = size
+        self.images = [] if images is None else list(images.clone())
+
+    def query(self, fakes: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        if self.size == 0:
+            return fakes
+        out = []
+        for image in fakes.detach():
+            if len(self.images) < self.size:
+                self.images.append(image.clone())
+                out.append(image)
+            elif torch.rand((), generator=gen) < 0.5:
+                j = int(torch.randint(self.size, (), generator=gen))
+                out.append(self.images[j])
+                self.images[j] = image.clone()
+            else:
+                out.append(image)
+        return torch.stack(out)
+
+    def state(self, shape: tuple) -> torch.Tensor:
+        return torch.stack(self.images).cpu() if self.images else torch.zeros((0, *shape))
