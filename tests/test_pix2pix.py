@@ -312,3 +312,41 @@ def test_evaluation_scores_edits_and_the_baseline(task, baseline, runs, pairs, t
             == 0
         )
         assert json.loads((out / "metrics.json").read_text())["psnr"] == pytest.approx(m["psnr"])
+
+
+def test_ganforge_train_trains_pix2pix_with_the_one_loop_and_resumes_bitwise(pairs, tmp_path, capsys):
+    """`ganforge train --preset pix2pix-sr` runs the Pix2PixRecipe: its checkpoint is the common one (edit reads
+    it), and 2 steps + --resume to 4 equal 4 steps in one go, bit for bit."""
+    from ganforge.checkpoint import TRAINING_STATE_KEYS, read_checkpoint
+
+    args = ["--preset", "pix2pix-sr", "--profile", "tiny", "--data", str(pairs["sr", "train"])]
+    sets = ["--set", "train.batch_size=8", "--set", "train.checkpoint_every=2", "--set", "data.limit=48"]
+    assert main(["train", *args, *sets, "--set", "train.max_steps=4", "--out", str(tmp_path / "whole")]) == 0
+    assert main(["train", *args, *sets, "--set", "train.max_steps=2", "--out", str(tmp_path / "split")]) == 0
+    resumed = ["--set", "train.max_steps=4", "--out", str(tmp_path / "split"), "--resume"]
+    assert main(["train", *args, *sets, *resumed]) == 0
+    whole, split = (read_checkpoint(tmp_path / d / "checkpoint.pt") for d in ("whole", "split"))
+    assert set(TRAINING_STATE_KEYS) <= set(whole) and whole["step"] == split["step"] == 4
+    for key in ("G", "G_ema", "D"):
+        assert all(torch.equal(whole[key][k], split[key][k]) for k in whole[key]), key
+    G, _ = load_editor(tmp_path / "whole")
+    assert all(torch.equal(a, whole["G_ema"][k]) for k, a in G.state_dict().items())
+    assert (tmp_path / "whole" / "samples" / "epoch_001.png").is_file()
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "train",
+                "--preset",
+                "pix2pix-inpaint",
+                "--profile",
+                "tiny",
+                "--data",
+                str(pairs["sr", "train"]),
+                "--out",
+                str(tmp_path / "wrong"),
+            ]
+        )
+        == 2
+    )
+    assert "holds sr pairs but the config's data.task is 'inpaint'" in capsys.readouterr().err
