@@ -115,7 +115,7 @@ def _one_step(
     return {"metrics": m, "sample": sample, "state": [*G.parameters(), *D.parameters(), *G.buffers(), *D.buffers()]}
 
 
-@pytest.mark.parametrize("preset", [p for p in sorted(PRESETS) if p != "cyclegan"])
+@pytest.mark.parametrize("preset", [p for p in sorted(PRESETS) if p != "cyclegan" and not p.startswith("pix2pix")])
 def test_training_step_stays_on_the_device(fake_cuda, preset):
     got = _one_step(preset, CUDA, fake_cuda)
     assert {v.device.type for v in got["metrics"].values()} == {"cuda"}
@@ -123,7 +123,8 @@ def test_training_step_stays_on_the_device(fake_cuda, preset):
     assert {t.device.type for t in got["state"]} == {"cuda"}
 
 
-STEP_PRESETS = [p for p in sorted(PRESETS) if p != "cyclegan"]  # cyclegan trains without autocast or compile
+# cyclegan trains without autocast or compile; pix2pix (fp32, its own steps: ganforge.pix2pix) in test_pix2pix
+STEP_PRESETS = [p for p in sorted(PRESETS) if p != "cyclegan" and not p.startswith("pix2pix")]
 
 
 @pytest.mark.parametrize("preset", STEP_PRESETS)
