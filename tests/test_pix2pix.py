@@ -329,6 +329,11 @@ def test_ganforge_train_trains_pix2pix_with_the_one_loop_and_resumes_bitwise(pai
     assert set(TRAINING_STATE_KEYS) <= set(whole) and whole["step"] == split["step"] == 4
     for key in ("G", "G_ema", "D"):
         assert all(torch.equal(whole[key][k], split[key][k]) for k in whole[key]), key
+    torch.manual_seed(build_config("pix2pix-sr", "tiny").train.seed)  # the recipe's seeded initial networks
+    G0, D0 = build_models(_cfg("sr").model, _cfg("sr").data)
+    for key, initial in (("G", G0), ("D", D0)):  # both were trained
+        assert not all(torch.equal(whole[key][k], v) for k, v in initial.state_dict().items() if v.is_floating_point())
+    assert int(whole["opt_D"]["state"][0]["step"]) == int(whole["opt_G"]["state"][0]["step"]) == 4
     G, _ = load_editor(tmp_path / "whole")
     assert all(torch.equal(a, whole["G_ema"][k]) for k, a in G.state_dict().items())
     assert (tmp_path / "whole" / "samples" / "epoch_001.png").is_file()
