@@ -473,8 +473,8 @@ PRESETS: dict[str, dict] = {
         "train": {"loss": "lsgan", "batch_size": 8, "lr_g": 2e-4, "lr_d": 2e-4, "beta1": 0.5, "beta2": 0.999},
     },
     # Paired image editing, Isola et al. 2017's recipe: U-Net G with skips, conditional PatchGAN D (BatchNorm),
-    # non-saturating GAN loss + λ·L1 with λ = 100, Adam(2e-4, β1 0.5), batch 1 in the paper (here 16 for CPU
-    # throughput); EMA of G. The pairs come from Fashion-MNIST itself (ganforge.edit_data): sr: 14 → 28 px;
+    # non-saturating GAN loss + λ·L1 with λ = 100, Adam(2e-4, β1 0.5), batch 1 in the paper (here 16, and the
+    # profile's batch where it sets one, for throughput); EMA of G. The pairs come from Fashion-MNIST itself (ganforge.edit_data): sr: 14 → 28 px;
     # inpaint: a 14×14 centre hole (data.mask: random / mixed boxes).
     "pix2pix-sr": {
         "data": {"task": "sr"},
