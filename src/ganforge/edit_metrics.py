@@ -100,9 +100,9 @@ def evaluate_editing(
 ) -> dict:
     """Edit the first ``eval.n_samples`` held-out pairs of ``test_dir`` (``ganforge prep --preset pix2pix-…
     --split test``) and score them and the baseline; writes ``out_dir/metrics.json`` and the grid
-    ``out_dir/edits.png`` (rows: input as the generator sees it / baseline / edited / target)."""
+    ``out_dir/edits.png`` (rows: the input as given / baseline / edited / target)."""
     from .edit import edit_arrays
-    from .edit_data import load_paired
+    from .edit_data import SR_FACTOR, load_paired
     from .generate import png_bytes, tile_grid
 
     eval_cfg = eval_cfg or cfg.eval
@@ -124,7 +124,8 @@ def evaluate_editing(
         "resize": ours["resize"],
     }
     k = min(N_GRID, n)
-    seen = baseline[:k] if cfg.data.task == "sr" else inputs[:k]
+    # the input as given: sr's half-size images shown at full size, pixel for pixel (nearest neighbour)
+    seen = inputs[:k].repeat(SR_FACTOR, axis=2).repeat(SR_FACTOR, axis=3) if cfg.data.task == "sr" else inputs[:k]
     rows = torch.from_numpy(np.concatenate([seen, baseline[:k], edited[:k], targets[:k]]))
     out = Path(out_dir)
     metrics["grid"] = str(atomic_write_bytes(out / GRID_NAME, png_bytes(tile_grid(rows, k))))
