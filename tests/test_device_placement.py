@@ -115,7 +115,7 @@ def _one_step(
     return {"metrics": m, "sample": sample, "state": [*G.parameters(), *D.parameters(), *G.buffers(), *D.buffers()]}
 
 
-@pytest.mark.parametrize("preset", [p for p in sorted(PRESETS) if p != "cyclegan"])
+@pytest.mark.parametrize("preset", [p for p in sorted(PRESETS) if p != "cyclegan" and not p.startswith("pix2pix")])
 def test_training_step_stays_on_the_device(fake_cuda, preset):
     got = _one_step(preset, CUDA, fake_cuda)
     assert {v.device.type for v in got["metrics"].values()} == {"cuda"}
@@ -126,7 +126,8 @@ def test_training_step_stays_on_the_device(fake_cuda, preset):
 # Every preset, not one per network architecture: dcgan, sngan and wgan-gp share the DCGAN networks but differ
 # in D's norm (batch, spectral: power-iteration buffers, layer) and loss (bce, hinge, wgan-gp: a double backward
 # through the penalty), which autocast and dynamo trace differently.
-STEP_PRESETS = sorted(PRESETS)
+# pix2pix (fp32, its own steps: ganforge.pix2pix) is stepped in test_pix2pix.
+STEP_PRESETS = [p for p in sorted(PRESETS) if not p.startswith("pix2pix")]
 
 
 def _cycle_step(sets: tuple[str, ...] = (), compile_: str | None = None) -> dict:

@@ -118,6 +118,10 @@ def cmd_prep(args) -> int:
         from .cyclegan import prepare_domain
 
         manifest = prepare_domain(data_cfg, args.domain, args.out, split=args.split or data_cfg.split)
+    elif data_cfg.task:  # pix2pix: (degraded input, target) pairs of the source
+        from .edit_data import prepare_paired
+
+        manifest = prepare_paired(data_cfg, args.out, split=args.split)
     else:
         manifest = prepare(data_cfg, args.out, split=args.split)
     print(json.dumps({k: manifest[k] for k in ("source", "split", "count", "shape", "sha256")}, indent=2))
@@ -166,7 +170,7 @@ def _relaunch_under_torchrun(cfg: PipelineConfig, args) -> int:
         return 128 - status if status < 0 else status
 
 
-COMPUTE_COMMANDS = ("train", "evaluate", "curve", "generate", "translate")
+COMPUTE_COMMANDS = ("train", "evaluate", "curve", "generate", "translate", "edit")
 
 
 def _configure_threads(args) -> None:
@@ -322,6 +326,15 @@ def _check_domains(args) -> None:
         raise ConfigError("the cyclegan preset trains on local directories: --data, --data-b and --out cannot be s3://")
 
 
+def cmd_edit(args) -> int:
+    from .edit import edit_to_dir, load_editor_model
+
+    G, cfg = load_editor_model(args.model or args.checkpoint, _device(args.device))
+    written = edit_to_dir(G, cfg, args.input, args.out)
+    print(json.dumps({"task": cfg.data.task, "written": len(written), "out": args.out}))
+    return 0
+
+
 def cmd_translate(args) -> int:
     from .translate import load_direction, translate_to_dir
 
@@ -381,9 +394,19 @@ def cmd_evaluate(args) -> int:
             "against as many real images as it generates"
         )
     arch = _checkpoint_arch(Path(args.checkpoint or args.run))
-    _check_evaluate_out(args, metrics_dir=bool(args.run) or arch == "cyclegan")
+    _check_evaluate_out(args, metrics_dir=bool(args.run) or arch in ("cyclegan", "pix2pix"))
     if args.data_b or arch == "cyclegan":
         return _evaluate_translation(args, arch)
+    if arch == "pix2pix":  # held-out pairs: PSNR, SSIM, FID of the edits and of the task's plain baseline
+        from .edit_metrics import evaluate_editing_run
+        from .paths import cache_dir
+
+        if args.n_real or args.raw_generator or args.train_data:
+            raise ConfigError("--n-real, --raw-generator and --train-data do not apply to a pix2pix run")
+        path = Path(args.checkpoint or args.run)
+        out = Path(args.out) if args.out else (path if path.is_dir() else path.parent)
+        print(json.dumps(evaluate_editing_run(path, args.data, out, cache_dir(), n=args.n), indent=2))
+        return 0
     if args.checkpoint:
         from .evaluate import evaluate_checkpoint
 
@@ -726,6 +749,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="an image file or a folder of images at the model's size")
     p.add_argument("--out", required=True, help="folder for one PNG per input (existing files are never replaced)")
     p.set_defaults(func=cmd_translate)
+
+    p = sub.add_parser("edit", help="pix2pix: super-resolve or inpaint images with a trained run")
+    _add_device_arg(p)
+    model = p.add_mutually_exclusive_group(required=True)
+    model.add_argument("--checkpoint", help="a pix2pix run directory or its checkpoint.pt")
+    model.add_argument("--model", help="a registered pix2pix model: models:/NAME@ALIAS or models:/NAME/VERSION")
+    p.add_argument(
+        "--input",
+        required=True,
+        help="an image file or folder: sr: images of half the model's side; inpaint: the model's side, alpha < 128 "
+        "marking the hole",
+    )
+    p.add_argument("--out", required=True, help="folder for one PNG per input (existing files are never replaced)")
+    p.set_defaults(func=cmd_edit)
     return parser
 
 

@@ -99,6 +99,21 @@ class PipelineConfig:
                 self.train.nnodes == 1 and self.train.launcher == "local",
                 "cyclegan trains on one node (train.nnodes=1, train.launcher='local')",
             )
+        _check(
+            (self.model.arch == "pix2pix") == bool(self.data.task),
+            f"model.arch={self.model.arch!r} with data.task={self.data.task!r}: the pix2pix model edits images "
+            "of a paired task (data.task 'sr' or 'inpaint') and only it does",
+        )
+        if self.model.arch == "pix2pix":
+            _check(
+                self.data.kind == "image" and not self.model.num_classes and self.train.loss == "bce",
+                "pix2pix edits images with the non-saturating GAN loss of Isola et al.: data.kind='image', "
+                "model.num_classes=0, train.loss='bce'",
+            )
+            _check(
+                self.train.nproc * self.train.nnodes == 1 and self.train.launcher == "local",
+                "pix2pix trains on one rank (train.nproc=1, train.nnodes=1, train.launcher='local')",
+            )
         if self.model.arch == "stylegan":
             _one_of("data.resolution for stylegan", self.data.resolution, (28, 32))
             _check(
@@ -219,6 +234,10 @@ ADDED_FIELDS: dict[str, Any] = {
     "model.mapping_layers": 4,
     "train.r1_interval": 1,
     "train.style_mixing": 0.0,
+    "data.task": "",
+    "data.mask": "centre",
+    "data.mask_seed": 0,
+    "train.l1_weight": 100.0,
 }
 """Fields added to the config later, with the default that leaves ``config_hash`` as it was before them."""
 

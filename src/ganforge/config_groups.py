@@ -54,6 +54,13 @@ class DataConfig:
     """Unpaired translation: keep only this label of ``source`` as domain A (an IDX class id); -1 keeps all."""
     class_b: int = -1
     """Unpaired translation: keep only this label of domain B's source; -1 keeps all."""
+    task: str = ""
+    """Paired editing (``pix2pix``): ``sr`` (super-resolution from half size) or ``inpaint``; empty otherwise."""
+    mask: str = "centre"
+    """``inpaint``: the holes — ``centre`` (the central half-side square), ``random`` (a seeded box per image)
+    or ``mixed`` (each image one of the two, seeded)."""
+    mask_seed: int = 0
+    """``inpaint``: seed of the random and mixed masks (a function of (mask_seed, split, index))."""
 
     def __post_init__(self) -> None:
         _one_of("data.kind", self.kind, ("image", "audio"))
@@ -67,6 +74,8 @@ class DataConfig:
             _one_of("data.audio_length", self.audio_length, (16384,))
         _check(self.limit is None or self.limit > 0, f"data.limit={self.limit} must be positive or None")
         _check(self.class_a >= -1 and self.class_b >= -1, "data.class_a/class_b must be a class id >= 0, or -1 (all)")
+        _one_of("data.task", self.task, ("", "sr", "inpaint"))
+        _one_of("data.mask", self.mask, ("centre", "random", "mixed"))
 
 
 @dataclass(frozen=True)
@@ -75,7 +84,7 @@ class ModelConfig:
 
     arch: str = "dcgan"
     """``mlp`` (vanilla GAN), ``dcgan``, ``stylegan`` (StyleGAN2-style, models/stylegan.py), ``wavegan`` or
-    ``cyclegan`` (ResNet generator + PatchGAN, unpaired A↔B)."""
+    ``cyclegan`` (ResNet generator + PatchGAN, unpaired A↔B) or ``pix2pix`` (U-Net + conditional PatchGAN, paired)."""
     nz: int = 100
     """Latent size."""
     ngf: int = 64
@@ -94,7 +103,7 @@ class ModelConfig:
     """``stylegan``: fully connected layers of the mapping network z → w (width nz; the paper has 8)."""
 
     def __post_init__(self) -> None:
-        _one_of("model.arch", self.arch, ("mlp", "dcgan", "stylegan", "wavegan", "cyclegan"))
+        _one_of("model.arch", self.arch, ("mlp", "dcgan", "stylegan", "wavegan", "cyclegan", "pix2pix"))
         _check(self.n_blocks >= 1, f"model.n_blocks={self.n_blocks} must be >= 1")
         _one_of("model.d_norm", self.d_norm, ("batch", "layer", "none", "spectral"))
         _check(self.nz > 0 and self.ngf > 0 and self.ndf > 0, "model.nz, ngf, ndf must be positive")
@@ -163,11 +172,14 @@ class TrainConfig:
     """``cyclegan``: identity-loss weight as a fraction of ``cycle_weight`` (0.5 → λ_identity = 5)."""
     pool_size: int = 50
     """``cyclegan``: past fakes kept per domain for the discriminators (Shrivastava et al. 2017); 0 disables."""
+    l1_weight: float = 100.0
+    """``pix2pix``: λ of the L1 loss to the target beside the adversarial loss (Isola et al. 2017: 100)."""
 
     def __post_init__(self) -> None:
         _one_of("train.loss", self.loss, ("bce", "hinge", "wgan-gp", "lsgan"))
         _check(self.cycle_weight >= 0 and self.identity_weight >= 0, "train.cycle_weight/identity_weight must be >= 0")
         _check(self.pool_size >= 0, "train.pool_size must be >= 0 (0 disables the pool)")
+        _check(self.l1_weight >= 0, f"train.l1_weight={self.l1_weight} must be >= 0")
         _one_of("train.amp", self.amp, ("off", "bf16", "fp16"))
         _one_of("train.launcher", self.launcher, ("local", "trainjob", "pytorchjob"))
         _check(self.batch_size > 0, "train.batch_size must be positive")

@@ -41,6 +41,20 @@ PRESETS: dict[str, dict] = {
         "model": {"arch": "cyclegan", "ngf": 32, "ndf": 64, "n_blocks": 6},
         "train": {"loss": "lsgan", "batch_size": 8, "lr_g": 2e-4, "lr_d": 2e-4, "beta1": 0.5, "beta2": 0.999},
     },
+    # Paired image editing, Isola et al. 2017's recipe: U-Net G with skips, conditional PatchGAN D (BatchNorm),
+    # non-saturating GAN loss + λ·L1 with λ = 100, Adam(2e-4, β1 0.5), batch 1 in the paper (here 16, and the
+    # profile's batch where it sets one, for throughput); EMA of G. The pairs come from Fashion-MNIST itself
+    # (ganforge.edit_data): sr: 14 → 28 px; inpaint: a 14×14 centre hole (data.mask: random / mixed boxes).
+    "pix2pix-sr": {
+        "data": {"task": "sr"},
+        "model": {"arch": "pix2pix", "ngf": 32, "ndf": 32},
+        "train": {"loss": "bce", "batch_size": 16, "l1_weight": 100.0, "lr_g": 2e-4, "lr_d": 2e-4, "beta1": 0.5},
+    },
+    "pix2pix-inpaint": {
+        "data": {"task": "inpaint", "mask": "centre"},
+        "model": {"arch": "pix2pix", "ngf": 32, "ndf": 32},
+        "train": {"loss": "bce", "batch_size": 16, "l1_weight": 100.0, "lr_g": 2e-4, "lr_d": 2e-4, "beta1": 0.5},
+    },
     # StyleGAN2-style (models/stylegan.py): mapping network, modulated/demodulated convs, noise
     # inputs, skip G, residual D with minibatch stddev; the StyleGAN2 recipe — non-saturating logistic
     # loss, lazy R1 every 16 D steps, style mixing 0.9, Adam(0.0025, β = (0, 0.99)) as stylegan2-ada's

@@ -23,6 +23,7 @@ class EvaluationError(GanforgeError, ValueError):
 METRICS_RECORDS = (
     frozenset({"pipeline", "checkpoint", "generator"}),  # evaluate_checkpoint (and a run's metrics.json)
     frozenset({"cycle_l1_a", "cycle_l1_b", "grid"}),  # a cyclegan run's (ganforge.translate)
+    frozenset({"task", "baseline", "grid"}),  # a pix2pix run's (ganforge.edit_metrics)
 )
 """Keys that mark a metrics JSON ganforge wrote: ``evaluate --out`` replaces only a file holding one set."""
 

@@ -29,6 +29,10 @@ def build_models(model_cfg, data_cfg) -> tuple[nn.Module, nn.Module]:
         from .cyclegan import build_cyclegan
 
         return build_cyclegan(model_cfg, data_cfg)  # G(image) → image, D(image) → patch scores
+    if model_cfg.arch == "pix2pix":
+        from .pix2pix import build_pix2pix
+
+        return build_pix2pix(model_cfg, data_cfg)  # G(condition) → image, D(condition, image) → patch logits
     if model_cfg.arch == "stylegan":
         from .stylegan import build_stylegan
 

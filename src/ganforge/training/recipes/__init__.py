@@ -36,6 +36,7 @@ RECIPES: dict[str, str] = {
     "stylegan": "ganforge.training.recipes.gan:GanRecipe",
     "wavegan": "ganforge.training.recipes.gan:GanRecipe",
     "cyclegan": "ganforge.training.recipes.cyclegan:CycleGanRecipe",
+    "pix2pix": "ganforge.training.recipes.pix2pix:Pix2PixRecipe",
 }
 """model.arch → "module:Class" of its recipe (imported when a run of that family starts)."""
 
