@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import k8s_hardening
+import k8s_serving
 import kubernetes_validate
 import yaml
 
@@ -59,7 +60,7 @@ NAMESPACE = "ganforge"
 KUBERNETES_VERSION = "1.32.0"
 SECRET_PLACEHOLDER = "REPLACE_ME"
 # Custom resources have no schema in kubernetes-validate; list a kind here only with a schema check of its own.
-CRD_KINDS: frozenset[str] = frozenset()
+CRD_KINDS: frozenset[str] = frozenset(k8s_serving.CRD_SCHEMAS)
 POD_TEMPLATE_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}
 # kfp-launcher providers fields, from kubeflow/pipelines backend/src/v2/config/s3.go.
 S3_DEFAULT_FIELDS = {"endpoint", "credentials", "region", "disableSSL", "forcePathStyle", "maxRetries"}
@@ -171,6 +172,8 @@ def pod_spec(obj: dict) -> dict | None:
         return obj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     if kind in POD_TEMPLATE_KINDS:
         return obj["spec"]["template"]["spec"]
+    if kind == "InferenceService":  # KServe's predictor holds PodSpec fields inline
+        return k8s_serving.predictor(obj)
     return None
 
 
@@ -221,7 +224,7 @@ def workload_problems(obj: dict) -> list[str]:
     spec = pod_spec(obj)
     if spec is None:
         return []
-    long_running = obj["kind"] in {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet"}
+    long_running = obj["kind"] in {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "InferenceService"}
     pod_security = spec.get("securityContext") or {}
     problems = []
     for container in containers_of(spec):
@@ -1193,6 +1196,7 @@ def rendered_problems(rendered: Rendered, runtime: Runtime | None = None) -> lis
     problems += k8s_hardening.image_digest_problems(rendered.target, objects, pod_spec, containers_of)
     problems += k8s_hardening.egress_block_problems(objects)
     problems += k8s_hardening.database_role_problems(objects, pod_spec, referenced_keys)
+    problems += k8s_serving.serving_problems(objects, KUBERNETES_VERSION)
     return [f"{rendered.target}: {p}" for p in problems]
 
 
