@@ -111,7 +111,8 @@ def test_every_container_has_resources_and_a_hardened_security_context(renders):
                 assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
                 assert set(container["resources"]["requests"]) == {"cpu", "memory"}
                 assert set(container["resources"]["limits"]) == {"cpu", "memory"}
-    assert containers == 3 * 6  # minio, postgres, mlflow and the bucket, auth and roles init Jobs, per render
+    # minio, postgres, mlflow and the bucket, auth and roles init Jobs, per render; the serving predictor
+    assert containers == 4 * 6 + 1
 
 
 def test_servers_have_probes_and_images_are_pinned(renders):
