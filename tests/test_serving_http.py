@@ -118,7 +118,7 @@ def running(cmd, env: dict, cwd: Path, port: int, log: Path):
             proc.wait(timeout=60)
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
+            proc.wait(timeout=30)
 
 
 def post(port: int, inputs: np.ndarray) -> np.ndarray:
