@@ -54,13 +54,21 @@ def listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def image_program(preset: str, cfg) -> torch.nn.Module:
+    """What ``preset`` registers: cyclegan both directions as one program; any other image-to-image
+    preset (pix2pix) its generator, images (B, C, H, W) in → images out."""
+    if preset == "cyclegan":
+        from ganforge.cyclegan import CycleTranslator
+
+        return CycleTranslator(build_models(cfg.model, cfg.data)[0], build_models(cfg.model, cfg.data)[0])
+    return build_models(cfg.model, cfg.data)[0]
+
+
 def register_translator(preset: str, fid: float) -> dict:
     """A seeded, untrained image-to-image program of ``preset`` (tiny), registered as champion."""
-    from ganforge.cyclegan import CycleTranslator
-
     cfg = build_config(preset, "tiny")
     torch.manual_seed(0)
-    program = CycleTranslator(build_models(cfg.model, cfg.data)[0], build_models(cfg.model, cfg.data)[0]).eval()
+    program = image_program(preset, cfg).eval()
     version = registry.register_generator(tracking.start_pipeline_run(cfg), program, cfg, {"fid": fid}, tags={})
     assert registry.promote(cfg.model_name, version, margin=0.0)["alias"] == "champion"
     return {"cfg": cfg, "generator": program, "version": version, "name": cfg.model_name}
