@@ -37,6 +37,7 @@ import sys
 from pathlib import Path
 
 import k8s_hardening
+import k8s_serving
 from k8s_checks import K8S_DIR, REPO_ROOT
 from k8s_checks.admission import _violations, admission_denials, admission_problems, training_pod_specs_ref
 from k8s_checks.credentials import (
@@ -184,6 +185,7 @@ def rendered_problems(rendered: Rendered, runtime: Runtime | None = None) -> lis
     problems += k8s_hardening.image_digest_problems(rendered.target, objects, pod_spec, containers_of)
     problems += k8s_hardening.egress_block_problems(objects)
     problems += k8s_hardening.database_role_problems(objects, pod_spec, referenced_keys)
+    problems += k8s_serving.serving_problems(objects, KUBERNETES_VERSION)
     return [f"{rendered.target}: {p}" for p in problems]
 
 

@@ -71,14 +71,14 @@ def test_make_k8s_check_passes_on_the_shipped_manifests():
         [sys.executable, str(REPO_ROOT / "scripts" / "k8s_check.py")], capture_output=True, text=True, timeout=600
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "k8s-check: OK (3 targets" in proc.stdout
+    assert "k8s-check: OK (4 targets" in proc.stdout
 
 
 CLUSTER_SCOPED = {"Namespace", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
 
 
 def test_base_and_both_overlays_render(renders):
-    assert set(renders) == {"base", "overlays/local-kind", "overlays/gpu-cluster"}
+    assert set(renders) == {"base", "overlays/local-kind", "overlays/gpu-cluster", "overlays/gpu-cluster-serving"}
     for objects in renders.values():
         assert {o["metadata"].get("namespace") for o in objects if o["kind"] not in CLUSTER_SCOPED} == {"ganforge"}
         assert not [o for o in objects if o["kind"] in CLUSTER_SCOPED and "namespace" in o["metadata"]]
@@ -111,7 +111,8 @@ def test_every_container_has_resources_and_a_hardened_security_context(renders):
                 assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
                 assert set(container["resources"]["requests"]) == {"cpu", "memory"}
                 assert set(container["resources"]["limits"]) == {"cpu", "memory"}
-    assert containers == 3 * 6  # minio, postgres, mlflow and the bucket, auth and roles init Jobs, per render
+    # minio, postgres, mlflow and the bucket, auth and roles init Jobs, per render; the serving predictor
+    assert containers == 4 * 6 + 1
 
 
 def test_servers_have_probes_and_images_are_pinned(renders):

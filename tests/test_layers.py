@@ -22,6 +22,7 @@ CORE_PLATFORM_CALLS = {
     ("ganforge.cli", "registry"): "ganforge registry / promote",
     ("ganforge.cli", "cluster_train"): "train with s3:// --data/--out (cluster job pods)",
     ("ganforge.cli", "steps"): "evaluate/curve of a run trained with --mlflow",
+    ("ganforge.cli", "serving"): "ganforge serve (MLflow's scoring server on a verified model)",
 }
 
 

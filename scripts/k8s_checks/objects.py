@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 from collections.abc import Iterator
 
+import k8s_serving
+
 from .render import POD_TEMPLATE_KINDS
 
 
@@ -30,6 +32,8 @@ def pod_spec(obj: dict) -> dict | None:
         return obj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     if kind in POD_TEMPLATE_KINDS:
         return obj["spec"]["template"]["spec"]
+    if kind == "InferenceService":  # KServe's predictor holds PodSpec fields inline
+        return k8s_serving.predictor(obj)
     return None
 
 

@@ -8,6 +8,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import k8s_serving
 import yaml
 
 from . import K8S_DIR
@@ -23,7 +24,7 @@ SECRET_PLACEHOLDER = "REPLACE_ME"
 
 
 # Custom resources have no schema in kubernetes-validate; list a kind here only with a schema check of its own.
-CRD_KINDS: frozenset[str] = frozenset()
+CRD_KINDS: frozenset[str] = frozenset(k8s_serving.CRD_SCHEMAS)
 
 
 POD_TEMPLATE_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}

@@ -86,7 +86,7 @@ def workload_problems(obj: dict) -> list[str]:
     spec = pod_spec(obj)
     if spec is None:
         return []
-    long_running = obj["kind"] in {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet"}
+    long_running = obj["kind"] in {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "InferenceService"}
     pod_security = spec.get("securityContext") or {}
     problems = []
     for container in containers_of(spec):

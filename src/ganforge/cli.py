@@ -1,5 +1,5 @@
-"""``ganforge`` command line: prep | train | evaluate | curve | registry | promote | verify-model | generate |
-translate.
+"""``ganforge`` command line: prep | train | evaluate | curve | registry | promote | verify-model | serve |
+generate | translate.
 
 The pipeline-level commands (run, compile, submit, schedule) live in ``pipelines/`` of the
 repository (``python -m pipelines …`` or the Makefile), since they need the checkout.
@@ -542,6 +542,18 @@ def cmd_verify_model(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    serving = require_platform("serving", "ganforge serve")
+    from .stop import Stopped
+
+    try:
+        return serving.serve(args.model, host=args.host, port=args.port, workers=args.workers)
+    except (Stopped, KeyboardInterrupt) as e:  # a server's normal end: not "run the command again"
+        what = str(e) if isinstance(e, Stopped) else "interrupted (Ctrl-C)"
+        print(f"ganforge serve: {what}; the server is stopped and its model copy removed", file=sys.stderr)
+        return e.exit_status if isinstance(e, Stopped) else 130
+
+
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -700,6 +712,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="models:/NAME@ALIAS or models:/NAME/VERSION")
     p.add_argument("--out", required=True, help="folder for the verified model (replaces an earlier verify-model)")
     p.set_defaults(func=cmd_verify_model)
+
+    p = sub.add_parser(
+        "serve", help="serve a registered model over HTTP (MLflow's scoring server) from a verified copy"
+    )
+    p.add_argument("--model", required=True, help="models:/NAME@ALIAS or models:/NAME/VERSION")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 in a pod)")
+    p.add_argument("--port", type=int, default=5001, help="TCP port (default 5001)")
+    p.add_argument("--workers", type=int, default=1, help="server processes (default 1)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("generate", help="samples, grids, interpolations or WAVs from a model")
     _add_device_arg(p)
