@@ -1,7 +1,7 @@
 """Launch training on a cluster (Kubeflow Trainer ``TrainJob`` or Training Operator ``PyTorchJob``).
 
-Both engines start the same image with ``python -m ganforge.launch -m ganforge.cli train ...`` (torchrun)
-on every node:
+Both engines start the same image with ``python -m ganforge.launch -m ganforge.platform.worker train ...``
+(torchrun) on every node:
 
 * TrainJob (trainer.kubeflow.org/v1alpha1, runtime ``torch-distributed``): the Trainer's torch
   plugin sets ``PET_NNODES``, ``PET_NPROC_PER_NODE``, ``PET_NODE_RANK``, ``PET_MASTER_ADDR`` and
@@ -30,6 +30,8 @@ from typing import Any
 
 from ganforge.config import PipelineConfig
 from ganforge.errors import GanforgeError
+
+from .settings import WORKER_MODULE
 
 ENGINES = ("trainjob", "pytorchjob")
 
@@ -235,7 +237,7 @@ def job_name(pipeline_name: str, short_id: str | None = None) -> str:
     return f"{base[: 62 - len(suffix)].rstrip('-')}-{suffix}"
 
 
-def train_command(engine: str, cli_args: list[str], module: str = "ganforge.cli") -> list[str]:
+def train_command(engine: str, cli_args: list[str], module: str = WORKER_MODULE) -> list[str]:
     """The container command: write the config from ``GANFORGE_CONFIG_JSON``, then exec torchrun
     through ``ganforge.launch`` (torchrun's own parser, so the pod exits 143 when SIGTERM stops it).
 
@@ -262,10 +264,11 @@ def spec_from_config(
     gpus_per_node: int = 1,
     nnodes: int = 1,
     name: str | None = None,
-    module: str = "ganforge.cli",
+    module: str = WORKER_MODULE,
     **overrides: Any,
 ) -> ClusterTrainSpec:
-    """Build the launch spec for ``cfg``: ``torchrun -m ganforge.cli train`` on ``nnodes`` × ``gpus_per_node``.
+    """Build the launch spec for ``cfg``: ``torchrun -m ganforge.platform.worker train`` on ``nnodes`` ×
+    ``gpus_per_node``.
 
     ``data_uri``/``out_uri`` are ``s3://`` URIs or paths under a ``pvc_mounts`` mount. The run
     always passes ``--resume`` so a pod restarted by the engine continues from its last checkpoint.

@@ -25,6 +25,8 @@ GPUS_PER_NODE_ENV = "GANFORGE_GPUS_PER_NODE"
 JOB_POLL_ENV = "GANFORGE_JOB_POLL_S"
 GIT_SHA_ENV = "GANFORGE_GIT_SHA"
 MLFLOW_RUN_ID_ENV = "GANFORGE_MLFLOW_RUN_ID"
+# The module torchrun ranks and cluster job pods of a pipeline run start: they join the run MLFLOW_RUN_ID_ENV names.
+WORKER_MODULE = "ganforge.platform.worker"
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 

@@ -21,7 +21,7 @@ from .. import fileio, threads
 from ..config import PipelineConfig, build_config, overrides_from_json, parse_overrides
 from ..data import prepare
 from . import s3, tracking
-from .settings import MLFLOW_RUN_ID_ENV, Settings
+from .settings import MLFLOW_RUN_ID_ENV, WORKER_MODULE, Settings
 
 # torch (through checkpoint, train, curve) and the registry are imported by the steps that use them: the
 # start-run, prep and end-run tasks then start in ~4 s instead of ~8 s (each KFP task is a fresh process).
@@ -193,7 +193,6 @@ def _train_with_torchrun(cfg: PipelineConfig, data_dir: str, out_dir: str, run_i
     from ..checkpoint import CHECKPOINT_NAME, read_checkpoint
     from ..launch import torchrun_command
     from ..train import TrainingError
-    from .worker import WORKER_MODULE
 
     if cfg.train.nnodes > 1:
         raise TrainingError(
