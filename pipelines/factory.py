@@ -10,16 +10,19 @@ decides at compile time whether a separate reference split exists and the cluste
 training task; the per-run knobs stay pipeline parameters.
 """
 
+import inspect
 from collections.abc import Callable
 
 from kfp import dsl
 
 from components import end_run, evaluate, prep_data, register, start_run, train
 from ganforge.config import PRESETS, PipelineConfig, build_config
+from ganforge.platform import run_knobs
 
 from .kube import ClusterSettings, apply_cluster_settings
 
 PIPELINES = tuple(PRESETS)
+PARAMETER_NAMES = ("profile", *run_knobs.NAMES, "overrides")
 
 
 def body(cfg: PipelineConfig, config_json, run_id) -> dict:
@@ -47,18 +50,9 @@ def build_pipeline(name: str, profile: str = "local", cluster: ClusterSettings |
     cfg = build_config(name, profile)  # validates name/profile now, not at run time
     cluster = cluster or ClusterSettings.from_config(cfg)
 
-    @dsl.pipeline(name=f"ganforge-{name}", description=f"ganforge {name}: prep → train → FID → MLflow registry")
-    def pipeline(
-        profile: str = cfg.profile,
-        epochs: int = 0,
-        source: str = "",
-        nproc: int = 0,
-        nnodes: int = 0,
-        launcher: str = "",
-        fid_samples: int = 0,
-        promotion_margin: float = 0.0,
-        overrides: str = "",
-    ) -> int:
+    def pipeline(*values) -> int:
+        # KFP calls a pipeline function with its parameters in signature order (see below).
+        params = dict(zip(PARAMETER_NAMES, values))
         # The exit task runs after the body whatever happens in it, and ends the MLflow run FINISHED or
         # FAILED (naming the failed step). KFP lets it take no task outputs: it finds the run by this
         # KFP run's name, which start_run tags it with.
@@ -66,16 +60,8 @@ def build_pipeline(name: str, profile: str = "local", cluster: ClusterSettings |
         with dsl.ExitHandler(ended, name="run"):
             run = start_run(
                 pipeline=name,
-                profile=profile,
-                epochs=epochs,
-                source=source,
-                nproc=nproc,
-                nnodes=nnodes,
-                launcher=launcher,
-                fid_samples=fid_samples,
-                promotion_margin=promotion_margin,
                 kfp_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
-                overrides=overrides,
+                **params,
             ).set_display_name("start-run")
             config_json, run_id = run.outputs["config_json"], run.outputs["run_id"]
             tasks = body(cfg, config_json, run_id)
@@ -89,4 +75,18 @@ def build_pipeline(name: str, profile: str = "local", cluster: ClusterSettings |
         apply_cluster_settings({"start_run": run, **tasks, "register": registered, "end_run": ended}, cluster)
         return ended.output  # the version the run registered (pipeline outputs cannot come from inside the handler)
 
+    # The pipeline's parameters: the default profile, the run knobs (declared in run_knobs) and overrides.
+    pipeline.__signature__ = inspect.Signature(
+        [
+            inspect.Parameter("profile", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=cfg.profile, annotation=str),
+            *run_knobs.pipeline_parameters(),
+            inspect.Parameter("overrides", inspect.Parameter.POSITIONAL_OR_KEYWORD, default="", annotation=str),
+        ],
+        return_annotation=int,
+    )
+    pipeline.__annotations__ = {p.name: p.annotation for p in pipeline.__signature__.parameters.values()}
+    pipeline.__annotations__["return"] = int
+    pipeline = dsl.pipeline(
+        name=f"ganforge-{name}", description=f"ganforge {name}: prep → train → FID → MLflow registry"
+    )(pipeline)
     return pipeline

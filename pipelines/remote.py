@@ -27,6 +27,7 @@ import yaml
 
 from ganforge.config import PRESETS, PROFILES
 from ganforge.errors import GanforgeError
+from ganforge.platform import run_knobs
 from ganforge.platform.settings import git_commit
 
 from .overrides import PARAMETER as OVERRIDES
@@ -493,7 +494,7 @@ def _common_arguments(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="pipeline parameter, repeatable (epochs, source, nproc, fid_samples, promotion_margin)",
+        help=f"pipeline parameter, repeatable ({', '.join(run_knobs.NAMES)})",
     )
     p.add_argument(
         "--force-image",

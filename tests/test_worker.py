@@ -23,7 +23,7 @@ def test_torchrun_ranks_of_the_train_step_log_into_the_pipeline_run(
         monkeypatch.setenv(key, value)
     tracking.configure()
     cfg = build_config("dcgan", "tiny", {"train": {"nproc": 2, "max_steps": 4}})
-    run_id = steps.start_run_step(cfg.name, cfg.profile, {"train": {"nproc": 2, "max_steps": 4}})["run_id"]
+    run_id = steps.start_run_step(cfg.name, cfg.profile, {"nproc": 2})["run_id"]
     result = steps.train_step(cfg.to_json(), str(fashion_train), str(tmp_path / "model"), run_id)
     assert result["step"] == 4 == read_checkpoint(tmp_path / "model" / "checkpoint.pt")["step"]
     history = tracking.client().get_metric_history(run_id, "loss_g")

@@ -13,7 +13,7 @@ import inspect
 import json
 import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from .. import fileio, threads
 from ..config import PipelineConfig, build_config, overrides_from_json, parse_overrides
 from ..data import prepare
 from . import s3, tracking
+from .run_knobs import knob_layers
 from .settings import MLFLOW_RUN_ID_ENV, WORKER_MODULE, Settings
 
 # torch (through checkpoint, train, curve) and the registry are imported by the steps that use them: the
@@ -38,25 +39,24 @@ def mirror(local_dir: str | Path, run_id: str, name: str, settings: Settings) ->
     return s3.upload_dir(str(local_dir), fileio.join(settings.artifact_root, "runs", run_id or "no-run", name))
 
 
-def settle_config(pipeline: str, profile: str, knobs: dict | None = None, overrides: str = "") -> PipelineConfig:
-    """The run's config from the pipeline's parameters: preset + profile + the per-run knobs, then
+def settle_config(
+    pipeline: str, profile: str, knobs: Mapping[str, object] | None = None, overrides: str = ""
+) -> PipelineConfig:
+    """The run's config from the pipeline's parameters: preset + profile + the run knobs
+    (``run_knobs.RUN_KNOBS`` by name, e.g. ``{"epochs": 3}``; unset ones are the profile's), then
     ``overrides`` (the ``overrides`` parameter: a JSON list of ``group.field=value`` strings, the
-    ``--set`` syntax; they win over the knobs).
-
-    ``knobs`` is ``{"train": {"epochs": 3}, ...}``; zero/empty values mean "the profile's
-    default" (KFP parameters cannot be None) and are dropped before merging.
-    """
-    layers = {g: {k: v for k, v in kv.items() if v not in (None, "", 0)} for g, kv in (knobs or {}).items()}
+    ``--set`` syntax; they win over the knobs)."""
+    layers = knob_layers(knobs or {})
     for g, kv in parse_overrides(overrides_from_json(overrides)).items():
         layers.setdefault(g, {}).update(kv)
-    return build_config(pipeline, profile, {g: kv for g, kv in layers.items() if kv})
+    return build_config(pipeline, profile, layers)
 
 
 START_STEP = "start-run"
 
 
 def start_run_step(
-    pipeline: str, profile: str, knobs: dict | None = None, kfp_run: str = "", overrides: str = ""
+    pipeline: str, profile: str, knobs: Mapping[str, object] | None = None, kfp_run: str = "", overrides: str = ""
 ) -> dict:
     """Settle the config and open the pipeline's MLflow run. Returns config_json and run_id."""
     cfg = settle_config(pipeline, profile, knobs, overrides)
