@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .. import fileio, threads
 from ..config import PipelineConfig, build_config, overrides_from_json, parse_overrides
@@ -284,7 +285,6 @@ def register_step(
 ) -> dict:
     """Log the EMA generator as an MLflow model, register it, apply the FID promotion rule and end
     the pipeline's MLflow run FINISHED."""
-    from ..checkpoint import CHECKPOINT_NAME, load_generator
     from . import registry
 
     cfg = PipelineConfig.from_json(config_json)
@@ -293,12 +293,7 @@ def register_step(
     if "dataset_sha256" in metrics:
         metrics["reference_dataset_sha256"] = metrics.pop("dataset_sha256")
     tracking.configure()
-    if cfg.model.arch == "cyclegan":  # both EMA generators, one program (ganforge.cyclegan.CycleTranslator)
-        from ..cyclegan import CycleTranslator, load_translators
-
-        G = CycleTranslator(*load_translators(checkpoint_dir)[:2])
-    else:
-        G, _ = load_generator(Path(checkpoint_dir) / CHECKPOINT_NAME)
+    G = family(cfg).program(checkpoint_dir)
     class_names = None
     if cfg.model.num_classes:
         from ..train import read_class_names
@@ -312,6 +307,13 @@ def register_step(
         tracking.log_curves(run_id, plot_path)
     tracking.finish_pipeline_run(run_id)  # the last step: the run is complete (the exit task confirms it)
     return {"model_name": cfg.model_name, "version": version, **decision}
+
+
+def generation_program(checkpoint_dir: str):
+    """The EMA generator of the run's checkpoint: the program a version registers."""
+    from ..checkpoint import CHECKPOINT_NAME, load_generator
+
+    return load_generator(Path(checkpoint_dir) / CHECKPOINT_NAME)[0]
 
 
 def prep_translation(cfg: PipelineConfig, split: str, out_dir: str, run_id: str) -> dict:
@@ -344,6 +346,13 @@ def train_translation(cfg: PipelineConfig, data_dir: str, out_dir: str, run_id: 
     return {"step": r.step, "epoch": r.epoch}
 
 
+def translation_program(checkpoint_dir: str):
+    """Both EMA generators as one program (``ganforge.cyclegan.CycleTranslator``)."""
+    from ..cyclegan import CycleTranslator, load_translators
+
+    return CycleTranslator(*load_translators(checkpoint_dir)[:2])
+
+
 def evaluate_translation(
     cfg: PipelineConfig, checkpoint_dir: str, reference_dir: str, train_dir: str, run_id: str, tmp: str
 ) -> dict:
@@ -370,17 +379,18 @@ def log_translation_evaluation(run_id: str, metrics: dict, eval_dir: str | Path)
 
 @dataclass(frozen=True)
 class Family:
-    """How one family of presets prepares a split, trains and evaluates: the DAG is the same for every
-    family (prep per split → train → evaluate → register), only these functions differ."""
+    """How one family of presets prepares a split, trains, evaluates and what it registers: the DAG is
+    the same for every family (prep per split → train → evaluate → register), only these functions differ."""
 
     prep: Callable[..., dict]  # (cfg, split, out_dir, run_id) -> the split's manifest
     train: Callable[..., dict]  # (cfg, data_dir, out_dir, run_id, settings) -> step, epoch, ...
     evaluate: Callable[..., dict]  # (cfg, checkpoint_dir, reference_dir, train_dir, run_id, tmp) -> metrics
+    program: Callable[[str], Any]  # checkpoint_dir -> the module a registered version holds
 
 
 FAMILIES: dict[str, Family] = {
-    "generation": Family(prep_generation, train_generation, evaluate_generation),
-    "translation": Family(prep_translation, train_translation, evaluate_translation),
+    "generation": Family(prep_generation, train_generation, evaluate_generation, generation_program),
+    "translation": Family(prep_translation, train_translation, evaluate_translation, translation_program),
 }
 # Architectures outside the generation family (unconditional and class-conditional generators).
 ARCH_FAMILIES = {"cyclegan": "translation"}
