@@ -4,6 +4,10 @@ Each step takes the run's config as JSON plus paths, does one thing with the lib
 the pipeline's single MLflow run and returns a small dict for the component's outputs and
 metadata. Keeping them here (not inside component bodies) lets tests call them directly and
 keeps the components a few lines each.
+
+Every preset runs the same steps; what prep, train, evaluate and register do for its family of models
+(generators; image-to-image translators, whose splits hold one subfolder per domain) is one entry of
+``FAMILIES`` at the end of this module.
 """
 
 from __future__ import annotations
