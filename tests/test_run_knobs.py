@@ -53,6 +53,8 @@ def test_run_options_are_the_knobs_marked_as_options(capsys):
     with pytest.raises(SystemExit):
         main_run(["--help"])
     text = capsys.readouterr().out
+    # what `python -m pipelines run` has always offered; nnodes and launcher are for cluster runs (--param)
+    assert {k.name for k in RUN_KNOBS if k.option} == {"epochs", "source", "nproc", "fid_samples", "promotion_margin"}
     for k in RUN_KNOBS:
         assert (f"--{k.name.replace('_', '-')}" in text) == k.option, k.name
 
