@@ -1,6 +1,7 @@
 """Deployment settings: the platform's ``GANFORGE_*`` environment variables, read once.
 
-An entry point (``ganforge.cli``'s commands, a pipeline step, ``python -m pipelines``) builds one
+An entry point (``ganforge.cli``'s commands, a pipeline step, the training worker ``ganforge.platform.worker``,
+``python -m pipelines``) builds one
 ``Settings.from_env()`` and passes it down; nothing below reads these variables at call time.
 The names, defaults and meanings are those in README.md's environment table, unchanged.
 Credentials (AWS_*, MLFLOW_TRACKING_*) are not settings: boto3 and MLflow read them themselves,
