@@ -11,7 +11,7 @@ from ganforge.config import PRESETS, PROFILES
 from ganforge.errors import GanforgeError
 from ganforge.platform import run_knobs
 
-from .overrides import add_set_argument, overrides_parameter
+from .overrides import add_set_argument
 from .remote import main_schedule, main_submit, main_unschedule
 
 
@@ -28,7 +28,8 @@ def main_run(argv: list[str]) -> int:
     )
     add_set_argument(p)
     a = p.parse_args(argv)
-    overrides = overrides_parameter(a.pipeline, a.profile, a.set)
+    # run_local checks the --set values with the knobs when it settles the run's config, before any work.
+    overrides = json.dumps(a.set) if a.set else None
     if a.runner == "docker":
         from .docker_local import CPU_IMAGE
 
