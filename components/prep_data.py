@@ -6,7 +6,8 @@ from .image import IMAGE
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def prep_data(config_json: str, split: str, run_id: str, dataset: Output[Dataset]) -> str:
-    """Prepare one split as a validated uint8/int16 array + manifest; returns its sha256."""
+    """Prepare one split as its family does (a validated uint8/int16 array + manifest; translation: one
+    subfolder per domain, ``a/`` and ``b/``); returns its sha256."""
     from ganforge.platform.steps import prep_step
     from ganforge.platform.task_runtime import record_task
 

@@ -9,8 +9,9 @@ import sys
 
 from ganforge.config import PRESETS, PROFILES
 from ganforge.errors import GanforgeError
+from ganforge.platform import run_knobs
 
-from .overrides import add_set_argument, overrides_parameter
+from .overrides import add_set_argument
 from .remote import main_schedule, main_submit, main_unschedule
 
 
@@ -18,11 +19,7 @@ def main_run(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m pipelines run", description="run a pipeline locally (kfp.local)")
     p.add_argument("pipeline", choices=sorted(PRESETS))
     p.add_argument("--profile", default="local", choices=sorted(PROFILES))
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--source", help="data source (default: the preset's)")
-    p.add_argument("--nproc", type=int, help="training ranks on this machine (torchrun)")
-    p.add_argument("--fid-samples", type=int)
-    p.add_argument("--promotion-margin", type=float)
+    run_knobs.add_options(p)
     p.add_argument(
         "--runner",
         default="subprocess",
@@ -31,7 +28,8 @@ def main_run(argv: list[str]) -> int:
     )
     add_set_argument(p)
     a = p.parse_args(argv)
-    overrides = overrides_parameter(a.pipeline, a.profile, a.set)
+    # run_local checks the --set values with the knobs when it settles the run's config, before any work.
+    overrides = json.dumps(a.set) if a.set else None
     if a.runner == "docker":
         from .docker_local import CPU_IMAGE
 
@@ -45,12 +43,8 @@ def main_run(argv: list[str]) -> int:
         a.pipeline,
         a.profile,
         runner=a.runner,
-        epochs=a.epochs,
-        source=a.source,
-        nproc=a.nproc,
-        fid_samples=a.fid_samples,
-        promotion_margin=a.promotion_margin,
         overrides=overrides,
+        **run_knobs.option_values(a),
     )
     print_summary(summary)
     return 0

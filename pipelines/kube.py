@@ -111,7 +111,7 @@ def apply_cluster_settings(tasks: dict, s: ClusterSettings) -> None:
     """Resources, GPUs, credentials, /dev/shm, timeouts and retries for the DAG's tasks.
 
     ``tasks`` maps start_run, the prep tasks (names starting ``prep_``: prep_train and prep_reference, which
-    may be one task, or prep_a and prep_b), train, evaluate, register and end_run to tasks.
+    may be one task), train, evaluate, register and end_run to tasks.
     """
     for name, task in {id(t): (n, t) for n, t in tasks.items()}.values():
         # Each run must open its own MLflow run and retrain: caching would replay a stale run id.

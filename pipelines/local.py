@@ -14,16 +14,16 @@ a stale one is refused. Task outputs go to GANFORGE_HOME/pipeline-root-docker/.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from kfp import local
 
 from ganforge import paths
-from ganforge.config import ConfigError, build_config
+from ganforge.config import ConfigError, PipelineConfig, build_config
 from ganforge.errors import GanforgeError
 from ganforge.platform import tracking
+from ganforge.platform.steps import settle_config
 from ganforge.progress import progress_enabled
 
 from . import console
@@ -55,9 +55,9 @@ def check_runner(runner: str) -> str:
     return runner
 
 
-def local_sources(name: str, profile: str, source: str | None) -> list[str]:
+def local_sources(cfg: PipelineConfig) -> list[str]:
     """Host paths a task container must read: the data source when it is a local file or folder."""
-    src = source or build_config(name, profile).data.source
+    src = cfg.data.source
     return [str(Path(src).resolve())] if src.startswith("/") and Path(src).exists() else []
 
 
@@ -94,8 +94,16 @@ def docker_runner(home: Path, sources: list[str], client_env: dict[str, str]):
 
 
 def run_local(name: str, profile: str = "local", runner: str = "subprocess", **params) -> dict:
-    """Run pipeline ``name`` end to end here; returns a summary (run id, metrics, version, alias, paths)."""
+    """Run pipeline ``name`` end to end here; returns a summary (run id, metrics, version, alias, paths).
+
+    ``params`` are the pipeline's parameters: the run knobs (``run_knobs.RUN_KNOBS``) and ``overrides``.
+    The run's config is settled from them once, here, before anything starts (a bad knob or --set is one
+    line): it places the task containers' data mounts and names the registered model for the summary.
+    The start-run task settles the same config from the same parameters and passes it to every step."""
     check_runner(runner)
+    params = {k: v for k, v in params.items() if v is not None}
+    knobs = {k: v for k, v in params.items() if k != "overrides"}
+    cfg = settle_config(name, profile, knobs, params.get("overrides", ""))
     home = paths.home()
     home.mkdir(parents=True, exist_ok=True)
     os.environ["GANFORGE_HOME"] = str(home)  # the task subprocesses inherit it
@@ -104,20 +112,21 @@ def run_local(name: str, profile: str = "local", runner: str = "subprocess", **p
     progress_before = os.environ.get("GANFORGE_PROGRESS")
     os.environ.setdefault("GANFORGE_PROGRESS", "1")
     try:
-        return _run_local(name, profile, runner, home, params)
+        return _run_local(cfg, runner, home, params)
     finally:
         if progress_before is None:
             os.environ.pop("GANFORGE_PROGRESS", None)
 
 
-def _run_local(name: str, profile: str, runner: str, home: Path, params: dict) -> dict:
+def _run_local(cfg: PipelineConfig, runner: str, home: Path, params: dict) -> dict:
+    name, profile = cfg.name, cfg.profile
     if runner == "docker":
         from . import docker_local, stack
 
         docker_local.check_fresh(docker_local.CPU_IMAGE)  # before starting anything
         client_env = stack.up(home).env()  # URI and the pipeline user's credentials (basic-auth)
         os.environ.update(client_env)
-        task_runner, root = docker_runner(home, local_sources(name, profile, params.get("source")), client_env)
+        task_runner, root = docker_runner(home, local_sources(cfg), client_env)
     else:
         os.environ["MLFLOW_TRACKING_URI"] = tracking.resolve_tracking_uri(str(home))
         task_runner, root = local.SubprocessRunner(use_venv=False), home / "pipeline-root"
@@ -127,23 +136,21 @@ def _run_local(name: str, profile: str, runner: str, home: Path, params: dict) -
     log_dir = console.run_dir(home, name)
     try:
         with console.task_logs(log_dir):
-            pipeline = build_pipeline(name, profile, ClusterSettings.for_local(build_config(name, profile)))
-            task = pipeline(profile=profile, **{k: v for k, v in params.items() if v is not None})
+            pipeline = build_pipeline(name, profile, ClusterSettings.for_local(cfg))
+            task = pipeline(profile=profile, **params)
     except RuntimeError as e:
         raise PipelineRunError(f"{e} Task logs: {log_dir}") from None
-    version = int(task.output)
-    sets = json.loads(params["overrides"]) if params.get("overrides") else []
-    return {**summarize(name, profile, version, sets), "logs": str(log_dir)}
+    return {**summarize(name, profile, int(task.output), model_name=cfg.model_name), "logs": str(log_dir)}
 
 
-def summarize(name: str, profile: str, version: int, sets: list[str] | None = None) -> dict:
-    """What a user looks at after a run, read back from the MLflow registry and run."""
+def summarize(name: str, profile: str, version: int, model_name: str | None = None) -> dict:
+    """What a user looks at after a run, read back from the MLflow registry and run (``model_name``: the
+    name the run registered under, when a --set changed it)."""
     from mlflow import MlflowClient
 
     tracking.configure()
     client = MlflowClient()
-    # --set registry.model_name=… registers under another name: read the version back from there.
-    mv = client.get_model_version(build_config(name, profile, list(sets or [])).model_name, str(version))
+    mv = client.get_model_version(model_name or build_config(name, profile).model_name, str(version))
     run = client.get_run(mv.run_id)
     aliases = list(mv.aliases)
     return {

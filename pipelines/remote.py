@@ -19,6 +19,7 @@ import kfp
 import yaml
 
 from ganforge.config import PRESETS, PROFILES
+from ganforge.platform import run_knobs
 
 from .cron import validate_cron
 from .kfp_client import (
@@ -307,7 +308,7 @@ def _common_arguments(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="pipeline parameter, repeatable (epochs, source, nproc, fid_samples, promotion_margin)",
+        help=f"pipeline parameter, repeatable ({', '.join(run_knobs.NAMES)})",
     )
     p.add_argument(
         "--force-image",

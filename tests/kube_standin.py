@@ -324,7 +324,8 @@ class ExecutingKubeStandin(KubeStandin):
     scheduling, resources, volumes, restarts (restartPolicy/backoffLimit), network isolation.
     Each pod gets its own HOME, TMPDIR and GANFORGE_CACHE (its local disk), and the in-pod
     config path /tmp/ganforge-config.json is rewritten to a file of its own, since all pods
-    here share one /tmp. The pod environment does not inherit the test process's.
+    here share one /tmp. The pod environment does not inherit the test process's; its ganforge is this
+    checkout's (an image is built from it), not whichever one the venv has installed.
     """
 
     def __init__(
@@ -336,7 +337,11 @@ class ExecutingKubeStandin(KubeStandin):
         super().__init__(Scenario(phases=["Created"]))
         self.workdir = Path(workdir)
         self.secrets = secrets or {}
-        self.base_env = base_env or {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+        self.base_env = base_env or {
+            "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+            "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"),
+        }
         self.jobs: dict[str, list[_Pod]] = {}
 
     def __exit__(self, *exc) -> None:

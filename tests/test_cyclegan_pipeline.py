@@ -65,7 +65,7 @@ def test_dag_preps_two_domains_scores_both_directions_and_registers_a_champion(d
     (run,) = c.search_runs([c.get_experiment_by_name("cyclegan").experiment_id])
     assert run.info.status == "FINISHED"
     steps = {k.removeprefix("ganforge.step."): v for k, v in run.data.tags.items() if k.startswith("ganforge.step.")}
-    assert steps == dict.fromkeys(["start-run", "prep-a", "prep-b", "train", "evaluate", "register"], "done")
+    assert steps == dict.fromkeys(["start-run", "prep-train", "prep-test", "train", "evaluate", "register"], "done")
     m = run.data.metrics
     assert m["fid"] == pytest.approx((m["fid_a2b"] + m["fid_b2a"]) / 2)
     assert 0 < m["cycle_l1_a"] < 2 and 0 < m["cycle_l1_b"] < 2
@@ -93,7 +93,7 @@ def test_readme_translate_command_uses_the_registered_program(dag, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert sorted(p.name for p in (tmp_path / "boots").iterdir()) == [f"sneaker{i}.png" for i in range(3)]
     # The registered program's A→B equals the run's checkpoint's EMA A→B generator (to a rounding level).
-    (model_dir,) = (dag / "pipeline-root").glob("ganforge-cyclegan-*/train-translation/model")
+    (model_dir,) = (dag / "pipeline-root").glob("ganforge-cyclegan-*/train/model")
     G_ab, _, _ = load_translators(model_dir)
     with torch.no_grad():
         x = torch.from_numpy(sneakers[:, None].astype(np.float32)) / 127.5 - 1
@@ -102,9 +102,9 @@ def test_readme_translate_command_uses_the_registered_program(dag, tmp_path):
     assert np.abs(got - expected).max() <= 1
 
 
-def test_translation_shape_compiles_two_domain_preps_into_train_and_evaluate(tmp_path):
-    """The factory's translation shape: prep A ∥ prep B, both feeding train and evaluate; the generation
-    shape of the other presets is unchanged (one prep per split, train, evaluate)."""
+def test_every_preset_compiles_to_one_dag_shape(tmp_path):
+    """One DAG for every family: cyclegan's splits hold both domains, so it compiles to the tasks dcgan
+    does (prep per split, train, evaluate, register) with the same components."""
     import yaml
 
     from pipelines.compile import compile_pipeline
@@ -113,21 +113,11 @@ def test_translation_shape_compiles_two_domain_preps_into_train_and_evaluate(tmp
         docs = list(yaml.safe_load_all(compile_pipeline(name, tmp_path / f"{name}.yaml").read_text()))
         return docs[0]["components"]["comp-exit-handler-1"]["dag"]["tasks"]
 
-    cyclegan = tasks("cyclegan")
-    assert set(cyclegan) == {
-        "start-run",
-        "prep-domain",
-        "prep-domain-2",
-        "train-translation",
-        "evaluate-translation",
-        "register",
-    }
-    domains = {
-        t["inputs"]["parameters"]["domain"]["runtimeValue"]["constant"]
-        for k, t in cyclegan.items()
-        if k.startswith("prep-domain")
-    }
-    assert domains == {"a", "b"}
-    for consumer in ("train-translation", "evaluate-translation"):
-        assert {"prep-domain", "prep-domain-2"} <= set(cyclegan[consumer]["dependentTasks"])
-    assert set(tasks("dcgan")) == {"start-run", "prep-data", "prep-data-2", "train", "evaluate", "register"}
+    cyclegan, dcgan = tasks("cyclegan"), tasks("dcgan")
+    assert set(cyclegan) == set(dcgan) == {"start-run", "prep-data", "prep-data-2", "train", "evaluate", "register"}
+    preps = [t for k, t in cyclegan.items() if k.startswith("prep")]
+    splits = {t["inputs"]["parameters"]["split"]["runtimeValue"]["constant"] for t in preps}
+    assert splits == {"train", "test"}
+    for name, task in cyclegan.items():
+        assert task["componentRef"] == dcgan[name]["componentRef"], name
+    assert {"prep-data", "prep-data-2"} <= set(cyclegan["evaluate"]["dependentTasks"])

@@ -67,9 +67,9 @@ def test_bad_keys_and_values_are_refused_with_the_fix(text, message):
 
 
 def test_pipeline_overrides_parameter_is_checked_and_wins_over_the_knobs():
-    cfg = settle_config("dcgan", "tiny", {"train": {"epochs": 3}}, '["train.epochs=4", "eval.n_samples=48"]')
+    cfg = settle_config("dcgan", "tiny", {"epochs": 3}, '["train.epochs=4", "eval.n_samples=48"]')
     assert (cfg.train.epochs, cfg.eval.n_samples) == (4, 48)
-    assert settle_config("dcgan", "tiny", {"train": {"epochs": 3}}, "").train.epochs == 3
+    assert settle_config("dcgan", "tiny", {"epochs": 3}, "").train.epochs == 3
     for bad, message in (
         ('["train.epochs=abc"]', "train.epochs is an integer"),
         ("train.epochs=2", "not JSON"),

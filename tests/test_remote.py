@@ -8,7 +8,6 @@ and nothing runs. These tests check what ganforge sends and how it explains refu
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -54,10 +53,9 @@ def kfp_api(env):
 
 
 def closed_port_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
+    from pipelines.stack import free_port
+
+    return f"http://127.0.0.1:{free_port()}"
 
 
 def test_submit_sends_the_compiled_spec_parameters_experiment_run_name_and_token(kfp_api, package):

@@ -13,7 +13,7 @@ def test_settle_config_treats_zero_and_empty_knobs_as_profile_defaults():
     cfg = settle_config(
         "dcgan",
         "tiny",
-        {"train": {"epochs": 0, "nproc": 0, "launcher": ""}, "data": {"source": ""}, "eval": {"n_samples": 32}},
+        {"epochs": 0, "nproc": 0, "launcher": "", "source": "", "fid_samples": 32},
     )
     assert cfg == build_config("dcgan", "tiny", {"eval": {"n_samples": 32}})
 

@@ -389,9 +389,9 @@ class _SignalOnWarning(logging.Handler):
 
 def test_endpoint_that_comes_up_after_a_refused_connection_is_reached(s3, monkeypatch) -> None:
     s3.client().put_object(Bucket=s3.bucket, Key="late.txt", Body=b"late")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    from pipelines.stack import free_port
+
+    port = free_port()
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
     monkeypatch.setenv("GANFORGE_S3_ATTEMPTS", "6")

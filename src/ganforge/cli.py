@@ -229,14 +229,13 @@ def _train_command(cfg: PipelineConfig, args) -> int:
             )
         return _relaunch_under_torchrun(cfg, args)
     is_main = int(os.environ.get("RANK", "0")) == 0
-    run_id = os.environ.get("GANFORGE_MLFLOW_RUN_ID")  # set by the pipeline's train step for torchrun ranks
-    own_run = args.mlflow and not run_id and is_main
+    own_run = args.mlflow and is_main  # a pipeline's ranks join its run through ganforge.platform.worker
     if own_run and is_s3(args.out):
         raise ConfigError(
             "--mlflow keeps the MLflow run id in the run directory: use a local --out "
             "(cluster runs are tracked by the pipeline)"
         )
-    with _cli_mlflow_run(cfg, Path(args.out), args.resume) if own_run else contextlib.nullcontext(run_id) as run_id:
+    with _cli_mlflow_run(cfg, Path(args.out), args.resume) if own_run else contextlib.nullcontext() as run_id:
         result, checkpoint = _train_logged(cfg, args, run_id if is_main else None)
     if is_main:
         print(

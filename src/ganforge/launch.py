@@ -1,6 +1,7 @@
 """torchrun on this machine: the one place the command that starts N training ranks is built.
 
-``ganforge train --nproc N`` relaunches itself through it, and so does the pipeline's train step;
+``ganforge train --nproc N`` relaunches itself through it, and the pipeline's train step starts its ranks
+(``ganforge.platform.worker``) through it;
 the cluster engines (TrainJob, PyTorchJob) start torchrun in their pods from their own variables
 (``ganforge.platform.cluster_jobs.train_command``).
 

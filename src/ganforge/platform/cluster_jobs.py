@@ -1,7 +1,7 @@
 """Launch training on a cluster (Kubeflow Trainer ``TrainJob`` or Training Operator ``PyTorchJob``).
 
-Both engines start the same image with ``python -m ganforge.launch -m ganforge.cli train ...`` (torchrun)
-on every node:
+Both engines start the same image with ``python -m ganforge.launch -m ganforge.platform.worker train ...``
+(torchrun) on every node:
 
 * TrainJob (trainer.kubeflow.org/v1alpha1, runtime ``torch-distributed``): the Trainer's torch
   plugin sets ``PET_NNODES``, ``PET_NPROC_PER_NODE``, ``PET_NODE_RANK``, ``PET_MASTER_ADDR`` and

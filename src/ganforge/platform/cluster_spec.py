@@ -12,6 +12,8 @@ from typing import Any
 from ganforge.config import PipelineConfig
 from ganforge.errors import GanforgeError
 
+from .settings import WORKER_MODULE
+
 ENGINES = ("trainjob", "pytorchjob")
 
 # (group, version, plural, kind) of each engine's custom resource.
@@ -216,7 +218,7 @@ def job_name(pipeline_name: str, short_id: str | None = None) -> str:
     return f"{base[: 62 - len(suffix)].rstrip('-')}-{suffix}"
 
 
-def train_command(engine: str, cli_args: list[str], module: str = "ganforge.cli") -> list[str]:
+def train_command(engine: str, cli_args: list[str], module: str = WORKER_MODULE) -> list[str]:
     """The container command: write the config from ``GANFORGE_CONFIG_JSON``, then exec torchrun
     through ``ganforge.launch`` (torchrun's own parser, so the pod exits 143 when SIGTERM stops it).
 
@@ -243,10 +245,11 @@ def spec_from_config(
     gpus_per_node: int = 1,
     nnodes: int = 1,
     name: str | None = None,
-    module: str = "ganforge.cli",
+    module: str = WORKER_MODULE,
     **overrides: Any,
 ) -> ClusterTrainSpec:
-    """Build the launch spec for ``cfg``: ``torchrun -m ganforge.cli train`` on ``nnodes`` × ``gpus_per_node``.
+    """Build the launch spec for ``cfg``: ``torchrun -m ganforge.platform.worker train`` on ``nnodes`` ×
+    ``gpus_per_node``.
 
     ``data_uri``/``out_uri`` are ``s3://`` URIs or paths under a ``pvc_mounts`` mount. The run
     always passes ``--resume`` so a pod restarted by the engine continues from its last checkpoint.

@@ -2,13 +2,13 @@
 
 Launch side (``launch_cluster_training``, called by ``steps.train_step`` when
 ``train.launcher`` is ``trainjob`` or ``pytorchjob``): the dataset goes to S3 (the prep step's
-mirror when it holds the same data), a TrainJob/PyTorchJob runs ``torchrun -m ganforge.cli
+mirror when it holds the same data), a TrainJob/PyTorchJob runs ``torchrun -m ganforge.platform.worker
 train --data s3://… --out s3://… --resume`` on the nodes, and the finished run directory is
 downloaded into the step's output directory.
 
-Pod side (``train_staged``, called by ``ganforge train`` for ``s3://`` URIs): the job's pods
-share no disk with the step that launched them, only S3. So the run is staged on the pod's
-local disk and S3 holds the state:
+Pod side (``train_staged``, called by the pods' ``ganforge.platform.worker`` and by ``ganforge train`` for
+``s3://`` URIs): the job's pods share no disk with the step that launched them, only S3. So the run is
+staged on the pod's local disk and S3 holds the state:
 
 * ``--data s3://…`` is downloaded (only a completed prefix, see ``s3.download_prefix``)
   into ``$GANFORGE_CACHE/staging/`` by local rank 0 of each node; the node's other ranks wait.
@@ -44,7 +44,7 @@ from ..train import MetricsFn, TrainResult, init_distributed, train
 from . import s3
 from .cluster_jobs import ClusterSpecError, kubernetes_apis, launch_and_watch, spec_from_config
 from .gpu_nodes import gpus_per_node
-from .settings import ARTIFACT_ROOT_ENV, MLFLOW_RUN_ID_ENV, Settings
+from .settings import ARTIFACT_ROOT_ENV, MLFLOW_RUN_ID_ENV, WORKER_MODULE, Settings
 
 S3_SECRET = "ganforge-s3"
 S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
@@ -278,6 +278,7 @@ def launch_cluster_training(cfg: PipelineConfig, data_dir: str, out_dir: str, ru
         out_uri=out_uri,
         engine=cfg.train.launcher,
         gpus_per_node=gpus,
+        module=WORKER_MODULE,
         nnodes=cfg.train.nnodes,
         env=job_environment(run_id),
         env_from_secrets=job_secret_refs(),

@@ -1,6 +1,7 @@
 """Deployment settings: the platform's ``GANFORGE_*`` environment variables, read once.
 
-An entry point (``ganforge.cli``'s commands, a pipeline step, ``python -m pipelines``) builds one
+An entry point (``ganforge.cli``'s commands, a pipeline step, the training worker ``ganforge.platform.worker``,
+``python -m pipelines``) builds one
 ``Settings.from_env()`` and passes it down; nothing below reads these variables at call time.
 The names, defaults and meanings are those in README.md's environment table, unchanged.
 Credentials (AWS_*, MLFLOW_TRACKING_*) are not settings: boto3 and MLflow read them themselves,
@@ -25,6 +26,8 @@ GPUS_PER_NODE_ENV = "GANFORGE_GPUS_PER_NODE"
 JOB_POLL_ENV = "GANFORGE_JOB_POLL_S"
 GIT_SHA_ENV = "GANFORGE_GIT_SHA"
 MLFLOW_RUN_ID_ENV = "GANFORGE_MLFLOW_RUN_ID"
+# The module torchrun ranks and cluster job pods of a pipeline run start: they join the run MLFLOW_RUN_ID_ENV names.
+WORKER_MODULE = "ganforge.platform.worker"
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 

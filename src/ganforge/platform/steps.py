@@ -4,6 +4,10 @@ Each step takes the run's config as JSON plus paths, does one thing with the lib
 the pipeline's single MLflow run and returns a small dict for the component's outputs and
 metadata. Keeping them here (not inside component bodies) lets tests call them directly and
 keeps the components a few lines each.
+
+Every preset runs the same steps; what prep, train, evaluate and register do for its family of models
+(generators; image-to-image translators, whose splits hold one subfolder per domain) is one entry of
+``FAMILIES`` at the end of this module.
 """
 
 from __future__ import annotations
@@ -13,14 +17,17 @@ import inspect
 import json
 import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .. import fileio, threads
 from ..config import PipelineConfig, build_config, overrides_from_json, parse_overrides
 from ..data import prepare
 from . import s3, tracking
-from .settings import MLFLOW_RUN_ID_ENV, Settings
+from .run_knobs import knob_layers
+from .settings import MLFLOW_RUN_ID_ENV, WORKER_MODULE, Settings
 
 # torch (through checkpoint, train, curve) and the registry are imported by the steps that use them: the
 # start-run, prep and end-run tasks then start in ~4 s instead of ~8 s (each KFP task is a fresh process).
@@ -37,25 +44,24 @@ def mirror(local_dir: str | Path, run_id: str, name: str, settings: Settings) ->
     return s3.upload_dir(str(local_dir), fileio.join(settings.artifact_root, "runs", run_id or "no-run", name))
 
 
-def settle_config(pipeline: str, profile: str, knobs: dict | None = None, overrides: str = "") -> PipelineConfig:
-    """The run's config from the pipeline's parameters: preset + profile + the per-run knobs, then
+def settle_config(
+    pipeline: str, profile: str, knobs: Mapping[str, object] | None = None, overrides: str = ""
+) -> PipelineConfig:
+    """The run's config from the pipeline's parameters: preset + profile + the run knobs
+    (``run_knobs.RUN_KNOBS`` by name, e.g. ``{"epochs": 3}``; unset ones are the profile's), then
     ``overrides`` (the ``overrides`` parameter: a JSON list of ``group.field=value`` strings, the
-    ``--set`` syntax; they win over the knobs).
-
-    ``knobs`` is ``{"train": {"epochs": 3}, ...}``; zero/empty values mean "the profile's
-    default" (KFP parameters cannot be None) and are dropped before merging.
-    """
-    layers = {g: {k: v for k, v in kv.items() if v not in (None, "", 0)} for g, kv in (knobs or {}).items()}
+    ``--set`` syntax; they win over the knobs)."""
+    layers = knob_layers(knobs or {})
     for g, kv in parse_overrides(overrides_from_json(overrides)).items():
         layers.setdefault(g, {}).update(kv)
-    return build_config(pipeline, profile, {g: kv for g, kv in layers.items() if kv})
+    return build_config(pipeline, profile, layers)
 
 
 START_STEP = "start-run"
 
 
 def start_run_step(
-    pipeline: str, profile: str, knobs: dict | None = None, kfp_run: str = "", overrides: str = ""
+    pipeline: str, profile: str, knobs: Mapping[str, object] | None = None, kfp_run: str = "", overrides: str = ""
 ) -> dict:
     """Settle the config and open the pipeline's MLflow run. Returns config_json and run_id."""
     cfg = settle_config(pipeline, profile, knobs, overrides)
@@ -105,50 +111,23 @@ def end_run_step(pipeline: str, kfp_run: str, kfp_state: str) -> dict:
 
 @tracked(lambda a: f"prep-{a['split']}")
 def prep_step(config_json: str, split: str, out_dir: str, run_id: str = "") -> dict:
+    """Prepare one split into ``out_dir`` as the preset's family does (``FAMILIES``); mirror it and log
+    its checksum and size into the run. Returns the split's manifest (source, split, count, shape, sha256)."""
     cfg = PipelineConfig.from_json(config_json)
-    manifest = prepare(cfg.data, out_dir, split=split)
+    manifest = family(cfg).prep(cfg, split, out_dir, run_id)
     manifest["mirror_uri"] = mirror(out_dir, run_id, f"dataset-{split}", Settings.from_env())
-    if run_id:
-        tracking.configure()
-        tracking.log_params(
-            run_id, {f"dataset.{split}.sha256": manifest["sha256"], f"dataset.{split}.count": manifest["count"]}
-        )
     return manifest
 
 
 @tracked("train")
 def train_step(config_json: str, data_dir: str, out_dir: str, run_id: str = "", samples_path: str = "") -> dict:
-    """Train (resuming from the last checkpoint, so a retried task continues where it died).
-
-    ``train.launcher`` local: in this process, or torchrun ranks on this node; trainjob/pytorchjob:
-    a cluster job through S3 (``cluster_train.launch_cluster_training``), downloaded into out_dir.
-    """
+    """Train (resuming from the last checkpoint, so a retried task continues where it died) on the
+    training split ``data_dir``, as the preset's family does; then the samples and config go to the run."""
     from ..checkpoint import CONFIG_NAME, SAMPLES_DIR
-    from ..train import train
-    from .cluster_train import launch_cluster_training
 
     cfg, settings = PipelineConfig.from_json(config_json), Settings.from_env()
-    world = cfg.train.nproc * cfg.train.nnodes
     threads.configure()  # the thread policy, decided once at the task's entry (torchrun ranks: their share)
-    if cfg.train.launcher != "local":
-        result = launch_cluster_training(cfg, data_dir, out_dir, run_id, settings)
-    elif world > 1:
-        result = _train_with_torchrun(cfg, data_dir, out_dir, run_id)
-    else:
-        callback = None
-        if run_id:
-            tracking.configure()
-            callback = tracking.MlflowMetricsCallback(run_id)
-        r = train(cfg, data_dir, out_dir, resume=True, on_metrics=callback)
-        if callback is not None:
-            callback.flush()
-        result = {
-            "step": r.step,
-            "epoch": r.epoch,
-            "seconds": r.seconds,
-            "img_per_s": r.img_per_s,
-            "samples": [str(p) for p in r.samples],
-        }
+    result = family(cfg).train(cfg, data_dir, out_dir, run_id, settings)
     samples = sorted((Path(out_dir) / SAMPLES_DIR).glob("*.png"))
     result["mirror_uri"] = mirror(out_dir, run_id, "model", settings)
     if run_id:
@@ -159,8 +138,63 @@ def train_step(config_json: str, data_dir: str, out_dir: str, run_id: str = "", 
     return result
 
 
+@tracked("evaluate")
+def evaluate_step(
+    config_json: str, checkpoint_dir: str, reference_dir: str, run_id: str = "", train_dir: str = ""
+) -> dict:
+    """Score the trained model against the reference split ``reference_dir`` as the preset's family does
+    (``train_dir``: the training split, which class-conditional presets use); returns the metrics."""
+    threads.configure()  # the thread policy: free cores for the Inception, workers capped at them
+    cfg = PipelineConfig.from_json(config_json)
+    with tempfile.TemporaryDirectory(prefix="ganforge-eval-") as tmp:
+        return family(cfg).evaluate(cfg, checkpoint_dir, reference_dir, train_dir, run_id, tmp)
+
+
+def _in_process(run_id: str, fn: Callable[[Callable | None], object]):
+    """``fn(on_metrics)`` with the run's metrics callback (None without a run), flushed after."""
+    callback = None
+    if run_id:
+        tracking.configure()
+        callback = tracking.MlflowMetricsCallback(run_id)
+    result = fn(callback)
+    if callback is not None:
+        callback.flush()
+    return result
+
+
+def prep_generation(cfg: PipelineConfig, split: str, out_dir: str, run_id: str) -> dict:
+    """One split of the source as a validated array + manifest (``ganforge.data.prepare``)."""
+    manifest = prepare(cfg.data, out_dir, split=split)
+    if run_id:
+        tracking.configure()
+        tracking.log_params(
+            run_id, {f"dataset.{split}.sha256": manifest["sha256"], f"dataset.{split}.count": manifest["count"]}
+        )
+    return manifest
+
+
+def train_generation(cfg: PipelineConfig, data_dir: str, out_dir: str, run_id: str, settings: Settings) -> dict:
+    """``train.launcher`` local: in this process, or torchrun ranks on this node; trainjob/pytorchjob:
+    a cluster job through S3 (``cluster_train.launch_cluster_training``), downloaded into out_dir."""
+    from ..train import train
+    from .cluster_train import launch_cluster_training
+
+    if cfg.train.launcher != "local":
+        return launch_cluster_training(cfg, data_dir, out_dir, run_id, settings)
+    if cfg.train.nproc * cfg.train.nnodes > 1:
+        return _train_with_torchrun(cfg, data_dir, out_dir, run_id)
+    r = _in_process(run_id, lambda cb: train(cfg, data_dir, out_dir, resume=True, on_metrics=cb))
+    return {
+        "step": r.step,
+        "epoch": r.epoch,
+        "seconds": r.seconds,
+        "img_per_s": r.img_per_s,
+        "samples": [str(p) for p in r.samples],
+    }
+
+
 def _train_with_torchrun(cfg: PipelineConfig, data_dir: str, out_dir: str, run_id: str) -> dict:
-    """N ranks on this node through torchrun; rank 0 logs to MLflow through the CLI's environment."""
+    """N ranks on this node through torchrun, each a ``ganforge.platform.worker``; rank 0 logs to the run."""
     from ..checkpoint import CHECKPOINT_NAME, read_checkpoint
     from ..launch import torchrun_command
     from ..train import TrainingError
@@ -177,15 +211,15 @@ def _train_with_torchrun(cfg: PipelineConfig, data_dir: str, out_dir: str, run_i
         cmd = torchrun_command(
             cfg.train.nproc,
             ["train", "--config-json", str(config_path), "--data", data_dir, "--out", out_dir, "--resume"],
+            module=WORKER_MODULE,
         )
         subprocess.run(cmd, check=True, env=env)
     ckpt = read_checkpoint(Path(out_dir) / CHECKPOINT_NAME)
     return {"step": int(ckpt["step"]), "epoch": int(ckpt["epoch"])}
 
 
-@tracked("evaluate")
-def evaluate_step(
-    config_json: str, checkpoint_dir: str, reference_dir: str, run_id: str = "", train_dir: str = ""
+def evaluate_generation(
+    cfg: PipelineConfig, checkpoint_dir: str, reference_dir: str, train_dir: str, run_id: str, tmp: str
 ) -> dict:
     """FID/KID of the final EMA generator, and the FID curve over the run's snapshots when it kept any.
 
@@ -197,19 +231,16 @@ def evaluate_step(
     """
     from ..curve import evaluate_run
 
-    threads.configure()  # the thread policy: free cores for the Inception, workers capped at them
-    cfg, settings = PipelineConfig.from_json(config_json), Settings.from_env()
-    with tempfile.TemporaryDirectory(prefix="ganforge-eval-") as tmp:
-        metrics, rows = evaluate_run(
-            checkpoint_dir, reference_dir, tmp, n=cfg.eval.n_samples, train_dir=train_dir or None
-        )
-        if settings.artifact_root:
-            run_prefix = fileio.join(settings.artifact_root, "runs", run_id or "no-run")
-            s3.upload_file(Path(tmp) / "metrics.json", fileio.join(run_prefix, "metrics.json"))
-            for name in ("fid_curve.csv", "fid_curve.png") if rows else ():
-                s3.upload_file(Path(tmp) / name, fileio.join(run_prefix, "fid_curve", name))
-        if run_id:
-            log_evaluation(run_id, metrics, rows, tmp)
+    settings = Settings.from_env()
+    train_dir = train_dir if cfg.model.num_classes else ""
+    metrics, rows = evaluate_run(checkpoint_dir, reference_dir, tmp, n=cfg.eval.n_samples, train_dir=train_dir or None)
+    if settings.artifact_root:
+        run_prefix = fileio.join(settings.artifact_root, "runs", run_id or "no-run")
+        s3.upload_file(Path(tmp) / "metrics.json", fileio.join(run_prefix, "metrics.json"))
+        for name in ("fid_curve.csv", "fid_curve.png") if rows else ():
+            s3.upload_file(Path(tmp) / name, fileio.join(run_prefix, "fid_curve", name))
+    if run_id:
+        log_evaluation(run_id, metrics, rows, tmp)
     return metrics
 
 
@@ -258,7 +289,6 @@ def register_step(
 ) -> dict:
     """Log the EMA generator as an MLflow model, register it, apply the FID promotion rule and end
     the pipeline's MLflow run FINISHED."""
-    from ..checkpoint import CHECKPOINT_NAME, load_generator
     from . import registry
 
     cfg = PipelineConfig.from_json(config_json)
@@ -267,12 +297,7 @@ def register_step(
     if "dataset_sha256" in metrics:
         metrics["reference_dataset_sha256"] = metrics.pop("dataset_sha256")
     tracking.configure()
-    if cfg.model.arch == "cyclegan":  # both EMA generators, one program (ganforge.cyclegan.CycleTranslator)
-        from ..cyclegan import CycleTranslator, load_translators
-
-        G = CycleTranslator(*load_translators(checkpoint_dir)[:2])
-    else:
-        G, _ = load_generator(Path(checkpoint_dir) / CHECKPOINT_NAME)
+    G = family(cfg).program(checkpoint_dir)
     class_names = None
     if cfg.model.num_classes:
         from ..train import read_class_names
@@ -288,65 +313,62 @@ def register_step(
     return {"model_name": cfg.model_name, "version": version, **decision}
 
 
-@tracked(lambda a: f"prep-{a['domain']}")
-def prep_domain_step(config_json: str, domain: str, out_dir: str, run_id: str = "") -> dict:
-    """Unpaired translation: one domain's training split into ``out_dir/train`` and its held-out split (the
-    FID reference) into ``out_dir/test`` (``ganforge.cyclegan.prepare_domain``)."""
-    from ..cyclegan import prepare_domain
+def generation_program(checkpoint_dir: str):
+    """The EMA generator of the run's checkpoint: the program a version registers."""
+    from ..checkpoint import CHECKPOINT_NAME, load_generator
 
-    cfg = PipelineConfig.from_json(config_json)
-    manifests = {
-        split: prepare_domain(cfg.data, domain, Path(out_dir) / split, split)
-        for split in (cfg.data.split, cfg.data.reference_split)
-    }
+    return load_generator(Path(checkpoint_dir) / CHECKPOINT_NAME)[0]
+
+
+def prep_translation(cfg: PipelineConfig, split: str, out_dir: str, run_id: str) -> dict:
+    """Unpaired translation: the split of domain A into ``out_dir/a`` and of domain B into ``out_dir/b``
+    (``ganforge.cyclegan.prepare_domain``). The manifest covers both: counts summed, checksums ``A+B``."""
+    from ..cyclegan import DOMAINS, prepare_domain
+
+    manifests = {d: prepare_domain(cfg.data, d, Path(out_dir) / d, split) for d in DOMAINS}
     if run_id:
         tracking.configure()
-        tracking.log_params(
-            run_id,
-            {f"dataset.{domain}.{s}.{k}": m[k] for s, m in manifests.items() for k in ("sha256", "count")}
-            | {f"dataset.{domain}.class": manifests[cfg.data.split]["domain_class"]},
-        )
-    return manifests[cfg.data.split]
+        params = {f"dataset.{d}.{split}.{k}": m[k] for d, m in manifests.items() for k in ("sha256", "count")}
+        if split == cfg.data.split:
+            params |= {f"dataset.{d}.class": m["domain_class"] for d, m in manifests.items()}
+        tracking.log_params(run_id, params)
+    a = manifests["a"]
+    return {
+        **{k: a[k] for k in ("source", "split", "shape")},
+        "count": sum(m["count"] for m in manifests.values()),
+        "sha256": "+".join(m["sha256"] for m in manifests.values()),
+        "domains": manifests,
+    }
 
 
-@tracked("train")
-def train_translation_step(config_json: str, domain_a: str, domain_b: str, out_dir: str, run_id: str = "") -> dict:
-    """Train a cyclegan run on the two prepared domains (resuming on a retry), one rank in this process."""
-    from ..checkpoint import CONFIG_NAME, SAMPLES_DIR
+def train_translation(cfg: PipelineConfig, data_dir: str, out_dir: str, run_id: str, settings: Settings) -> dict:
+    """A cyclegan run on the prepared domains ``data_dir/a`` and ``data_dir/b``, one rank in this process."""
     from ..cyclegan import train_cyclegan
 
-    cfg, settings = PipelineConfig.from_json(config_json), Settings.from_env()
-    threads.configure()
-    if run_id:
-        tracking.configure()
-    callback = tracking.MlflowMetricsCallback(run_id) if run_id else None
-    split = cfg.data.split
-    r = train_cyclegan(cfg, Path(domain_a) / split, Path(domain_b) / split, out_dir, resume=True, on_metrics=callback)
-    if callback is not None:
-        callback.flush()
-        tracking.log_artifacts(run_id, str(Path(out_dir) / SAMPLES_DIR), "samples")
-        tracking.log_artifact(run_id, str(Path(out_dir) / CONFIG_NAME), "config")
-    return {"step": r.step, "epoch": r.epoch, "mirror_uri": mirror(out_dir, run_id, "model", settings)}
+    a, b = Path(data_dir) / "a", Path(data_dir) / "b"
+    r = _in_process(run_id, lambda cb: train_cyclegan(cfg, a, b, out_dir, resume=True, on_metrics=cb))
+    return {"step": r.step, "epoch": r.epoch}
 
 
-@tracked("evaluate")
-def evaluate_translation_step(
-    config_json: str, checkpoint_dir: str, domain_a: str, domain_b: str, run_id: str = ""
+def translation_program(checkpoint_dir: str):
+    """Both EMA generators as one program (``ganforge.cyclegan.CycleTranslator``)."""
+    from ..cyclegan import CycleTranslator, load_translators
+
+    return CycleTranslator(*load_translators(checkpoint_dir)[:2])
+
+
+def evaluate_translation(
+    cfg: PipelineConfig, checkpoint_dir: str, reference_dir: str, train_dir: str, run_id: str, tmp: str
 ) -> dict:
     """FID A→B vs held-out B and B→A vs held-out A, their mean ``fid`` (the promotion metric), cycle L1, and
     the input / translated / reconstructed grid (logged to MLflow as ``evaluation/translations.png``)."""
     from ..paths import cache_dir
     from ..translate import evaluate_translation_run
 
-    threads.configure()
-    cfg = PipelineConfig.from_json(config_json)
-    split = cfg.data.reference_split
-    with tempfile.TemporaryDirectory(prefix="ganforge-eval-") as tmp:
-        metrics = evaluate_translation_run(
-            checkpoint_dir, Path(domain_a) / split, Path(domain_b) / split, tmp, cache_dir(), n=cfg.eval.n_samples
-        )
-        if run_id:
-            log_translation_evaluation(run_id, metrics, tmp)
+    ref = Path(reference_dir)
+    metrics = evaluate_translation_run(checkpoint_dir, ref / "a", ref / "b", tmp, cache_dir(), n=cfg.eval.n_samples)
+    if run_id:
+        log_translation_evaluation(run_id, metrics, tmp)
     metrics.pop("grid")
     return metrics
 
@@ -357,3 +379,27 @@ def log_translation_evaluation(run_id: str, metrics: dict, eval_dir: str | Path)
     tracking.configure()
     tracking.log_artifact(run_id, metrics["grid"], "evaluation")
     log_evaluation(run_id, metrics, [], eval_dir)
+
+
+@dataclass(frozen=True)
+class Family:
+    """How one family of presets prepares a split, trains, evaluates and what it registers: the DAG is
+    the same for every family (prep per split → train → evaluate → register), only these functions differ."""
+
+    prep: Callable[..., dict]  # (cfg, split, out_dir, run_id) -> the split's manifest
+    train: Callable[..., dict]  # (cfg, data_dir, out_dir, run_id, settings) -> step, epoch, ...
+    evaluate: Callable[..., dict]  # (cfg, checkpoint_dir, reference_dir, train_dir, run_id, tmp) -> metrics
+    program: Callable[[str], Any]  # checkpoint_dir -> the module a registered version holds
+
+
+FAMILIES: dict[str, Family] = {
+    "generation": Family(prep_generation, train_generation, evaluate_generation, generation_program),
+    "translation": Family(prep_translation, train_translation, evaluate_translation, translation_program),
+}
+# Architectures outside the generation family (unconditional and class-conditional generators).
+ARCH_FAMILIES = {"cyclegan": "translation"}
+
+
+def family(cfg: PipelineConfig) -> Family:
+    """The preset's family, from its architecture."""
+    return FAMILIES[ARCH_FAMILIES.get(cfg.model.arch, "generation")]
