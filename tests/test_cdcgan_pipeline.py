@@ -1,4 +1,4 @@
-"""cdcgan through the DAG (issue 17): the README's commands for it, run exactly as written.
+"""cdcgan through the DAG: the README's commands for it, run exactly as written.
 
 One real tiny DAG run (`make run PIPELINE=cdcgan PROFILE=tiny`: kfp.local SubprocessRunner, sqlite
 MLflow, real Fashion-MNIST), then the README's two `ganforge generate` commands against its champion,

@@ -1,4 +1,4 @@
-"""Class-conditional generation (issue 17), data and training: labels prepared and validated with
+"""Class-conditional generation, data and training: labels prepared and validated with
 the images, the class-conditional DCGAN (conditional BatchNorm G, projection D) and its training loop.
 
 Real parts only: Debian's Fashion-MNIST IDX files (labels included), real tiny trainings. Evaluation

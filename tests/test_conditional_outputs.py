@@ -1,4 +1,4 @@
-"""Class-conditional generation (issue 17), outputs: per-class FID, the class-accuracy classifier
+"""Class-conditional generation, outputs: per-class FID, the class-accuracy classifier
 (trained once per dataset version, cached) and class choice in ``ganforge generate``.
 
 Real parts only: real Fashion-MNIST subsets, a real tiny cdcgan training, the CLI in a subprocess.

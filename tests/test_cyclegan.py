@@ -1,4 +1,4 @@
-"""CycleGAN (issue 18): domain prep from real Fashion-MNIST labels and user folders, the ResNet/PatchGAN
+"""CycleGAN: domain prep from real Fashion-MNIST labels and user folders, the ResNet/PatchGAN
 models, the image pool, bitwise resume, translation of user files with per-file errors, and evaluation."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""cyclegan through the DAG (issue 18): the README's commands for it, run exactly as written.
+"""cyclegan through the DAG: the README's commands for it, run exactly as written.
 
 One real tiny DAG run (kfp.local SubprocessRunner, sqlite MLflow, real Fashion-MNIST sneakers and ankle
 boots), then the README's `ganforge translate --model models:/cyclegan@champion` in a fresh process.

@@ -434,7 +434,7 @@ def test_s3_prefix_uploaded_by_hand_without_marker_is_accepted(tmp_path, s3_endp
     assert not (tmp_path / "out2").exists()
 
 
-# --- --out never deletes what ganforge did not write (issue 13, finding 3) ---
+# --- --out never deletes what ganforge did not write ---
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -512,7 +512,7 @@ def test_prep_out_under_a_file_or_read_only_place_is_one_line(tmp_path, capsys):
     assert f"{tmp_path / 'afile'} is a file, not a directory" in err and "Fix:" in err
 
 
-# --- hostile files: bounded decompression, bombs, overflowing headers (issue 13, finding 8) ---
+# --- hostile files: bounded decompression, bombs, overflowing headers ---
 
 
 def test_gzip_idx_that_unpacks_far_past_its_header_is_refused_without_unpacking_it(tmp_path):

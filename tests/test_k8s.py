@@ -217,7 +217,7 @@ def test_a_missing_kustomize_target_file_is_a_clear_error(tmp_path):
         k8s_check.render_all(k8s_copy)
 
 
-# --- issue 13: admission, pod security, network, credentials, MLflow auth --------------------
+# --- admission, pod security, network, credentials, MLflow auth --------------------
 
 
 @pytest.fixture(scope="module")
@@ -380,7 +380,7 @@ def test_compiled_pipeline_tasks_run_non_root_with_required_mlflow_credentials(r
         assert len(mlflow_refs) == 1 and not mlflow_refs[0].get("optional"), name
     assert k8s_check.task_security_problems(executors) == []
     assert k8s_check.runtime_secret_problems(renders["base"], runtime.jobs, executors) == []
-    # Without the Secret in k8s/ (as before issue 13) the check names it, for tasks and training pods.
+    # Without the Secret in k8s/ the check names it, for tasks and training pods.
     no_secret = [
         o for o in renders["base"] if not (o["kind"] == "Secret" and o["metadata"]["name"] == "ganforge-mlflow")
     ]

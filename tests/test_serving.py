@@ -1,4 +1,4 @@
-"""Registered generators load without ganforge and without unpickling anything (issues 13.1, 14.3).
+"""Registered generators load without ganforge and without unpickling anything.
 
 Real parts only: a sqlite MLflow store, real tiny DCGAN and WaveGAN generators registered by
 ``registry.register_generator`` (pt2), the README's serving snippet run verbatim in an

@@ -429,7 +429,7 @@ def test_s3_environment_restores_variables(monkeypatch: pytest.MonkeyPatch) -> N
     assert "AWS_ENDPOINT_URL" not in os.environ
 
 
-# --- object names from the bucket never choose where a local file lands (issue 13, finding 2) ---
+# --- object names from the bucket never choose where a local file lands ---
 
 
 def _hostile_keys(s3: S3Server, prefix: str, base: Path, tag: str) -> list[Path]:
@@ -572,7 +572,7 @@ def test_prep_and_train_from_s3_keys_that_cannot_be_local_paths_are_one_line(
     assert status == 2 and err.count("\n") == 1 and words in err and "Fix: rename" in err, err
 
 
-# --- an endpoint that accepts connections and never answers (issue 13, finding 7) ---
+# --- an endpoint that accepts connections and never answers ---
 
 
 class _SilentServer:

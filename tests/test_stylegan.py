@@ -1,4 +1,4 @@
-"""The stylegan preset (issue 19): model properties, lazy R1, style mixing, resume, truncation and mixing in
+"""The stylegan preset: model properties, lazy R1, style mixing, resume, truncation and mixing in
 `ganforge generate`. One tiny real run on Fashion-MNIST (8 steps) serves the training-level tests."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""stylegan through the DAG and the CLI (issue 19): the README's commands for it, run exactly as written.
+"""stylegan through the DAG and the CLI: the README's commands for it, run exactly as written.
 
 One real tiny DAG run (kfp.local SubprocessRunner, sqlite MLflow, real Fashion-MNIST) that registers a champion,
 sampled from the registry, also with truncation and style mixing; then prep → train → generate with them from

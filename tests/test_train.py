@@ -233,7 +233,7 @@ def test_two_torchrun_nodes_on_localhost(fashion_train, tmp_path):
     assert not (tmp_path / "node1" / "checkpoint.pt").exists(), "only global rank 0 writes checkpoints"
 
 
-# --- resume with a changed config (issue 13, finding 5) ---
+# --- resume with a changed config ---
 
 
 def _tiny(**train_fields):
@@ -297,7 +297,7 @@ def test_resume_at_another_thread_count_says_so(fashion_train, tmp_path, capsys)
         torch.set_num_threads(before)
 
 
-# --- checkpoints: checksum, snapshots, full disks (issue 13, finding 9) ---
+# --- checkpoints: checksum, snapshots, full disks ---
 
 
 def test_flipped_byte_in_a_checkpoint_is_caught(fashion_train, tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""Per-class scores of a class-conditional generator (issue 17).
+"""Per-class scores of a class-conditional generator.
 
 The evaluation draws class-balanced samples (``labels.balanced_labels``: class i % K for sample i)
 and scores them three ways:
