@@ -56,8 +56,7 @@ class ClusterSettings:
     @classmethod
     def for_local(cls, cfg: PipelineConfig) -> ClusterSettings:
         """A run on this machine (kfp.local): no retries. kfp.local honours them, backoff included, but here
-        nothing is preempted and a failure is the same on the next attempt (a wrong --source failed three
-        times over 2 minutes before the run said so)."""
+        nothing is preempted, so a failure repeats on the next attempt and retrying only delays the error."""
         return replace(cls.from_config(cfg), train_retries=0, step_retries=0)
 
 
