@@ -19,6 +19,7 @@ import os
 import sys
 
 from .cli_config import add_config_args, nproc_arg
+from .cli_config import config_from_args as _config_from_args  # noqa: F401 (importable from the entry too)
 from .cli_models import add_device_arg, cmd_curve, cmd_edit, cmd_evaluate, cmd_generate, cmd_translate
 from .cli_registry import cmd_promote, cmd_registry, cmd_serve, cmd_verify_model
 from .cli_train import MLFLOW_RUN_FILE, cmd_prep, cmd_train
