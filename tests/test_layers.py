@@ -18,11 +18,12 @@ PLATFORM_PACKAGES = {"boto3", "botocore", "s3transfer", "mlflow", "kfp", "kfp_se
 CORE_PLATFORM_CALLS = {
     ("ganforge.fileio", "s3"): "an s3:// data source (data and audio preparers)",
     ("ganforge.generate", "registry"): "a models:/ registry URI",
-    ("ganforge.cli", "tracking"): "train --mlflow, registry, promote",
-    ("ganforge.cli", "registry"): "ganforge registry / promote",
-    ("ganforge.cli", "cluster_train"): "train with s3:// --data/--out (cluster job pods)",
-    ("ganforge.cli", "steps"): "evaluate/curve of a run trained with --mlflow",
-    ("ganforge.cli", "serving"): "ganforge serve (MLflow's scoring server on a verified model)",
+    ("ganforge.cli_train", "tracking"): "train --mlflow",
+    ("ganforge.cli_train", "cluster_train"): "train with s3:// --data/--out (cluster job pods)",
+    ("ganforge.cli_models", "steps"): "evaluate/curve of a run trained with --mlflow",
+    ("ganforge.cli_registry", "tracking"): "ganforge registry / promote",
+    ("ganforge.cli_registry", "registry"): "ganforge registry / promote / verify-model",
+    ("ganforge.cli_registry", "serving"): "ganforge serve (MLflow's scoring server on a verified model)",
 }
 
 

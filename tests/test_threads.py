@@ -11,7 +11,7 @@ import time
 import pytest
 
 from conftest import ROOT
-from ganforge import cli, threads
+from ganforge import cli, cli_train, threads
 
 
 @pytest.fixture(autouse=True)
@@ -110,7 +110,7 @@ def test_the_cli_hands_its_ranks_their_share(monkeypatch):
         def wait(self):
             return 0
 
-    monkeypatch.setattr(cli.subprocess, "Popen", Launcher)
+    monkeypatch.setattr(cli_train.subprocess, "Popen", Launcher)  # where the relaunch looks it up
     assert cli.main(["train", "--profile", "tiny", "--nproc", "2", "--data", "d", "--out", "o"]) == 0
     assert launched["OMP_NUM_THREADS"] == "1"
 
