@@ -22,7 +22,7 @@ export GANFORGE_IMAGE ?= $(IMAGE_REGISTRY)/ganforge-gpu:$(TAG)
 
 .DEFAULT_GOAL := help
 .PHONY: help setup system-deps weights run test test-fast compile submit schedule unschedule promote registry \
-        generate bench docs gpu-check gpu-bundle quality quality-data ablation ablation-name images lint lint-images k8s-check k8s-secrets-init \
+        generate bench docs gpu-check gpu-bundle quality quality-data quality-docs ablation ablation-name images lint lint-images k8s-check k8s-secrets-init \
         k8s-apply checkov clean \
         images-local images-deps runner-check stack-deps stack-up stack-down
 
@@ -111,6 +111,10 @@ quality: quality-data ## FID-10k vs the test split + FID curve, resumable: make 
 	  --out $(QUALITY_RUN) --resume --mlflow $(SET_ARGS)
 	$(BIN)/ganforge evaluate --run $(QUALITY_RUN) --data $(QUALITY_DATA)/$(QUALITY_EVAL_SPLIT) --n $(QUALITY_N) \
 	  $(if $(filter 0,$(CURVE)),--no-curve) --train-data $(QUALITY_DATA)/train
+
+# The wavegan rows of docs/quality.md, from the MLflow runs of `make quality PIPELINE=wavegan` (GANFORGE_HOME's store).
+quality-docs: $(STAMP) ## Render the wavegan quality runs recorded in MLflow into docs/quality.md's table
+	$(BIN)/python benchmarks/render_quality.py --doc docs/quality.md
 
 quality-data: setup
 	@for split in $(QUALITY_SPLITS); do [ -f $(QUALITY_DATA)/$$split/manifest.json ] || \
