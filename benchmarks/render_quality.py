@@ -46,7 +46,8 @@ class NoRuns(Exception):
 
 
 def quality_runs(client, profile: str = "quality") -> list[dict]:
-    """One record per seed: the latest FINISHED wavegan run of ``profile`` that has the evaluation's scores."""
+    """One record per seed: the latest FINISHED wavegan run of ``profile``, with no override but the seed,
+    that has the evaluation's scores."""
     experiment = client.get_experiment_by_name(PIPELINE)
     if experiment is None:
         raise NoRuns(f"no MLflow experiment {PIPELINE!r}")
@@ -61,8 +62,8 @@ def quality_runs(client, profile: str = "quality") -> list[dict]:
         if run.info.status != "FINISHED" or not all(k in metrics for k in SCORES):
             continue
         seed = int(params["train.seed"])
-        if seed in by_seed:
-            continue  # runs come newest first
+        if seed in by_seed or not is_the_profile(params, profile, seed):
+            continue  # runs come newest first; a run with other overrides (SET=…) is not the profile's row
         (last,) = client.get_metric_history(run.info.run_id, "inception_score")[-1:]
         artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "eval_audio") if not a.is_dir]
         wavs = client.list_artifacts(run.info.run_id, "eval_audio/wavs")
@@ -79,6 +80,15 @@ def quality_runs(client, profile: str = "quality") -> list[dict]:
     if not by_seed:
         raise NoRuns(f"no finished, scored {PIPELINE}/{profile} run")
     return [by_seed[s] for s in sorted(by_seed)]
+
+
+def is_the_profile(params: dict[str, str], profile: str, seed: int) -> bool:
+    """Whether a run's logged params are exactly the profile's config at ``seed`` (no other override)."""
+    from ganforge.config import build_config
+    from ganforge.platform.tracking import param_value
+
+    expected = build_config(PIPELINE, profile, [f"train.seed={seed}"]).flat()
+    return all(params.get(k) == param_value(v) for k, v in expected.items())
 
 
 def verdict(r: dict) -> str:

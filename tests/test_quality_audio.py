@@ -122,3 +122,14 @@ def test_renderer_without_runs_or_markers_leaves_the_page_and_says_what_to_do(sc
     doc.write_text(no_markers := original.replace(render_quality.END, ""))
     done = _render(home, doc)
     assert done.returncode == 2 and render_quality.END in done.stderr and doc.read_text() == no_markers
+
+
+def test_only_runs_of_the_profile_itself_make_its_rows():
+    from ganforge.config import build_config
+    from ganforge.platform.tracking import param_value
+
+    params = {k: param_value(v) for k, v in build_config("wavegan", "quality", ["train.seed=1"]).flat().items()}
+    assert render_quality.is_the_profile(params, "quality", 1)
+    assert not render_quality.is_the_profile(params, "quality", 0)  # the seed is read from the run, not assumed
+    assert not render_quality.is_the_profile({**params, "train.epochs": "30"}, "quality", 1)  # SET="train.epochs=30"
+    assert not render_quality.is_the_profile(params, "tiny", 1)
