@@ -22,7 +22,7 @@ export GANFORGE_IMAGE ?= $(IMAGE_REGISTRY)/ganforge-gpu:$(TAG)
 
 .DEFAULT_GOAL := help
 .PHONY: help setup system-deps weights run test test-fast compile submit schedule unschedule promote registry \
-        generate bench docs gpu-check gpu-bundle quality quality-data ablation ablation-name images lint lint-images k8s-check k8s-secrets-init \
+        generate bench docs gpu-check gpu-bundle quality quality-data quality-docs ablation ablation-name images lint lint-images k8s-check k8s-secrets-init \
         k8s-apply checkov clean \
         images-local images-deps runner-check stack-deps stack-up stack-down
 
@@ -96,18 +96,29 @@ generate: setup ## Samples from the champion: make generate PIPELINE=dcgan [N=64
 
 # The FID-10k protocol outside KFP, for long CPU runs: resumable (re-run the same command after
 # an interruption), MLflow-tracked, with the FID curve. PROFILE defaults to quality here.
+# wavegan: the synthesised spoken digits (espeak:sc09, 2,000 train clips), scored on 1,000 clips by the
+# SC09 classifier of its reference split (train), whose held-out clips give the real data's own IS and FD.
 QUALITY_PROFILE = $(if $(filter-out file default undefined,$(origin PROFILE)),$(PROFILE),quality)
-QUALITY_DATA = $(GANFORGE_HOME)/data/fashion-mnist
+QUALITY_DATA_wavegan = $(GANFORGE_HOME)/data/sc09
+QUALITY_DATA = $(or $(QUALITY_DATA_$(PIPELINE)),$(GANFORGE_HOME)/data/fashion-mnist)
+QUALITY_PREP = $(if $(QUALITY_DATA_$(PIPELINE)),$(PIPELINE),dcgan)
+QUALITY_SPLITS = $(if $(filter wavegan,$(PIPELINE)),train,train test)
+QUALITY_EVAL_SPLIT = $(if $(filter wavegan,$(PIPELINE)),train,test)
+QUALITY_N = $(if $(filter wavegan,$(PIPELINE)),1000,10000)
 QUALITY_RUN ?= $(GANFORGE_HOME)/quality/$(PIPELINE)-$(QUALITY_PROFILE)
 quality: quality-data ## FID-10k vs the test split + FID curve, resumable: make quality PIPELINE=sngan [PROFILE=quality] [CURVE=0] [SET="train.seed=1" QUALITY_RUN=…]
 	$(BIN)/ganforge train --preset $(PIPELINE) --profile $(QUALITY_PROFILE) --data $(QUALITY_DATA)/train \
 	  --out $(QUALITY_RUN) --resume --mlflow $(SET_ARGS)
-	$(BIN)/ganforge evaluate --run $(QUALITY_RUN) --data $(QUALITY_DATA)/test --n 10000 $(if $(filter 0,$(CURVE)),--no-curve) \
-	  --train-data $(QUALITY_DATA)/train
+	$(BIN)/ganforge evaluate --run $(QUALITY_RUN) --data $(QUALITY_DATA)/$(QUALITY_EVAL_SPLIT) --n $(QUALITY_N) \
+	  $(if $(filter 0,$(CURVE)),--no-curve) --train-data $(QUALITY_DATA)/train
+
+# The wavegan rows of docs/quality.md, from the MLflow runs of `make quality PIPELINE=wavegan` (GANFORGE_HOME's store).
+quality-docs: $(STAMP) ## Render the wavegan quality runs recorded in MLflow into docs/quality.md's table
+	$(BIN)/python benchmarks/render_quality.py --doc docs/quality.md
 
 quality-data: setup
-	@for split in train test; do [ -f $(QUALITY_DATA)/$$split/manifest.json ] || \
-	  $(BIN)/ganforge prep --preset dcgan --split $$split --out $(QUALITY_DATA)/$$split >/dev/null || exit 1; done
+	@for split in $(QUALITY_SPLITS); do [ -f $(QUALITY_DATA)/$$split/manifest.json ] || \
+	  $(BIN)/ganforge prep --preset $(QUALITY_PREP) --split $$split --out $(QUALITY_DATA)/$$split >/dev/null || exit 1; done
 
 # One switch at a time on a preset's `quality` run, trained to its first snapshot (dcgan: epoch 4,
 # stylegan: epoch 3) and scored by the FID-2k of that snapshot's EMA generator vs the 10,000 test images

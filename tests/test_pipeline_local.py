@@ -256,6 +256,8 @@ def test_wavegan_dag_generates_audio_and_registers(tmp_path, monkeypatch):
     assert run.data.metrics["inception_score"] >= 1.0 and run.data.metrics["real_inception_score"] > 2.0
     artifacts = _artifact_paths(client, summary["mlflow_run_id"])
     assert any(a.endswith(".wav") for a in artifacts), artifacts
+    # the evaluate step's listening material: spectrogram grids and WAVs of the scored samples
+    assert {"eval_audio/generated.png", "eval_audio/real.png", "eval_audio/wavs/sample_0007.wav"} <= set(artifacts)
 
 
 def test_every_pipeline_compiles_and_loads_back(tmp_path, monkeypatch):

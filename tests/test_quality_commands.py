@@ -39,8 +39,14 @@ def test_every_shown_quality_command_settles_to_its_own_run(tmp_path):
         if "QUALITY_RUN" in words:
             assert out == words["QUALITY_RUN"].replace("$GANFORGE_HOME", str(tmp_path)), (command, out)
         assert "--resume" in train and "--mlflow" in train, train
-        assert opt(evaluate, "--run") == out and opt(evaluate, "--n") == "10000", evaluate
-        assert opt(train, "--data").endswith("/train") and opt(evaluate, "--data").endswith("/test")
+        # images: FID-10k against the test split; audio (wavegan): the profile's N, scored by the classifier of
+        # the preset's reference split, on the synthesised digits rather than Fashion-MNIST
+        n = str(cfg.eval.n_samples) if cfg.data.kind == "audio" else "10000"
+        assert opt(evaluate, "--run") == out and opt(evaluate, "--n") == n, evaluate
+        assert opt(train, "--data").endswith("/train"), train
+        assert opt(evaluate, "--data").endswith("/" + cfg.data.reference_split), evaluate
+        data_dir = "/data/sc09/" if cfg.data.source == "espeak:sc09" else "/data/fashion-mnist/"
+        assert data_dir in opt(train, "--data") and data_dir in opt(evaluate, "--data"), (train, evaluate)
         # a second seed must train its own run, not resume (and overwrite) the first seed's
         assert out not in runs, f"{command} and {runs.get(out)} share the run directory {out}"
         runs[out] = command

@@ -150,6 +150,15 @@ PRESET_PROFILE: dict[tuple[str, str], dict] = {
         "train": {"batch_size": 32, "epochs": 20},
         "eval": {"n_samples": 500, "kid_subset_size": 250},
     },
+    # wavegan quality: the synthesised digits (2,000 clips), 8-wide nets, 6 epochs of batch 16 = 750 critic
+    # steps = 150 G steps, 4-15 min a seed on the shared 2-core machine; scored by the SC09 classifier on
+    # 1,000 clips. Sized for the CPU, not for digits: docs/quality.md#wavegan-spoken-digits.
+    ("wavegan", "quality"): {
+        "data": {"limit": None},
+        "model": {"ngf": 8, "ndf": 8},
+        "train": {"batch_size": 16, "epochs": 6, "checkpoint_every": 125, "log_every": 25, "snapshot_every": 0},
+        "eval": {"n_samples": 1000},
+    },
     ("wgan-gp", "local"): {"train": {"epochs": 3, "batch_size": 64}},
     ("cyclegan", "tiny"): {
         "data": {"limit": 64},

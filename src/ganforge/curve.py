@@ -194,6 +194,7 @@ def evaluate_run(
     n = n or cfg.eval.n_samples
     snapshots = list_snapshots(run_dir) if cfg.data.kind == "image" else []
     curve_n = cfg.eval.curve_samples
+    samples: dict = {}
     metrics = evaluate_checkpoint(
         ckpt_path,
         data_dir,
@@ -203,11 +204,16 @@ def evaluate_run(
         ckpt=ckpt,
         train_dir=train_dir,
         workers=workers,
+        samples_out=samples,
     )
     prefix = metrics.pop("prefix", None)
     metrics["step"] = int(ckpt["step"])
     rows: list[dict] = []
     out_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.data.kind == "audio":  # spectrogram grids and WAVs of the scored samples (ganforge.eval_audio)
+        from .eval_audio import write_eval_audio
+
+        write_eval_audio(samples["fake"].numpy(), data_dir, out_dir, cfg.data.sample_rate)
     if snapshots:
         last_epoch, last_path = snapshots[-1]
         known = []

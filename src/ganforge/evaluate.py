@@ -79,6 +79,7 @@ def evaluate_checkpoint(
     ema: bool = True,
     train_dir: str | os.PathLike | None = None,
     workers: int | None = None,
+    samples_out: dict | None = None,
 ) -> dict:
     """FID/KID (images) or the SC09 classifier scores (audio) of a checkpoint's generator; metrics.json if out.
 
@@ -89,6 +90,7 @@ def evaluate_checkpoint(
     Class-conditional generators are sampled class-balanced and also get per-class FID and, with
     ``train_dir`` (the labelled training split), class accuracy (``ganforge.class_metrics``).
     ``workers``: CPU processes for the Inception features (default: GANFORGE_EVAL_WORKERS).
+    ``samples_out``: a dict that receives the scored samples as ``"fake"`` (a CPU tensor).
     """
     if ckpt is None:
         ckpt = read_checkpoint(checkpoint)
@@ -105,6 +107,8 @@ def evaluate_checkpoint(
     cfg = with_overrides(cfg, eval={"n_samples": n_real if n_real is not None else n_fake})
     cache = Path(cache) if cache else default_cache_dir()
     fake = sample_for_eval(G, cfg, n_fake)
+    if samples_out is not None:
+        samples_out["fake"] = fake
     if cfg.data.kind == "audio":
         from .audio_metrics import evaluate_audio
 

@@ -25,6 +25,7 @@ from typing import Any
 from .. import fileio, threads
 from ..config import PipelineConfig, build_config, overrides_from_json, parse_overrides
 from ..data import prepare
+from ..eval_audio import EVAL_AUDIO_DIR
 from . import s3, tracking
 from .run_knobs import knob_layers
 from .settings import MLFLOW_RUN_ID_ENV, WORKER_MODULE, Settings
@@ -246,7 +247,7 @@ def evaluate_generation(
 
 def log_evaluation(run_id: str, metrics: dict, rows: list[dict], eval_dir: str | Path) -> None:
     """Scores at the generator step they were measured (same axis as the losses); the curve as
-    metric histories and as ``fid_curve/`` artifacts."""
+    metric histories and as ``fid_curve/`` artifacts; an audio run's ``eval_audio/`` as artifacts."""
     tracking.configure()
     tracking.log_metrics(
         run_id,
@@ -259,6 +260,9 @@ def log_evaluation(run_id: str, metrics: dict, rows: list[dict], eval_dir: str |
     )
     if rows:
         log_curve(run_id, rows, eval_dir)
+    audio_dir = Path(eval_dir) / EVAL_AUDIO_DIR
+    if audio_dir.is_dir():  # an audio run's spectrogram grids and WAVs (ganforge.eval_audio)
+        tracking.log_artifacts(run_id, str(audio_dir), EVAL_AUDIO_DIR)
 
 
 def log_curve(run_id: str, rows: list[dict], curve_dir: str | Path) -> None:
