@@ -355,3 +355,32 @@ def test_ganforge_train_trains_pix2pix_with_the_one_loop_and_resumes_bitwise(pai
         == 2
     )
     assert "holds sr pairs but the config's data.task is 'inpaint'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("task", ["sr", "inpaint"])
+def test_a_registered_editor_writes_the_checkpoints_pngs(task, runs, pairs, tmp_path, monkeypatch, capsys):
+    """The registry holds the whole editing step (pix2pix.Editor, torch.export, sha256- and content-checked):
+    `edit --model models:/…` writes byte for byte the PNGs `edit --checkpoint` writes."""
+    from ganforge.platform import registry, tracking
+
+    monkeypatch.setenv("GANFORGE_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tracking.configure()
+    G, cfg = load_editor(runs[task])
+    version = registry.register_generator(tracking.start_pipeline_run(cfg), G, cfg, {"fid": 50.0}, tags={})
+    assert registry.promote(cfg.model_name, version, margin=0.0)["alias"] == "champion"
+    ds = load_paired(pairs[task, "test"])
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for i in range(3):
+        if task == "sr":
+            _png(inputs / f"x{i}.png", np.asarray(ds.inputs[i, 0]))
+        else:
+            alpha = np.where(ds.masks[i, 0] == 1, 0, 255).astype(np.uint8)
+            _png(inputs / f"x{i}.png", np.stack([np.asarray(ds.targets[i, 0]), alpha], axis=-1), "LA")
+    model = f"models:/{cfg.model_name}@champion"
+    assert main(["edit", "--model", model, "--input", str(inputs), "--out", str(tmp_path / "reg")]) == 0
+    assert main(["edit", "--checkpoint", str(runs[task]), "--input", str(inputs), "--out", str(tmp_path / "ck")]) == 0
+    capsys.readouterr()
+    for i in range(3):
+        assert (tmp_path / "reg" / f"x{i}.png").read_bytes() == (tmp_path / "ck" / f"x{i}.png").read_bytes(), i

@@ -36,8 +36,8 @@ from ganforge.platform import registry, serving, tracking
 from test_serving import plant_payload, register, stored_archive
 
 README_LINE = "ganforge serve --model models:/dcgan@champion --port 5001"
-IMAGE_TO_IMAGE = [p for p in ("cyclegan", "pix2pix") if p in PRESETS]
-"""Presets served images in → images out (pix2pix joins when its preset exists)."""
+IMAGE_TO_IMAGE = [p for p in sorted(PRESETS) if build_config(p, "tiny").model.arch in ("cyclegan", "pix2pix")]
+"""Presets served images in → images out: cyclegan and the pix2pix editing presets."""
 START_TIMEOUT_S = 240.0
 PORT_LOCK = Path("/tmp/ganforge-test-port-5001.lock")
 """Serialises the README line's fixed port between concurrent test sessions on this machine."""
@@ -56,12 +56,14 @@ def listening(port: int) -> bool:
 
 def image_program(preset: str, cfg) -> torch.nn.Module:
     """What ``preset`` registers: cyclegan both directions as one program; any other image-to-image
-    preset (pix2pix) its generator, images (B, C, H, W) in → images out."""
+    preset (pix2pix) its generator as a whole editing step, degraded images in → edited images out."""
     if preset == "cyclegan":
         from ganforge.cyclegan import CycleTranslator
 
         return CycleTranslator(build_models(cfg.model, cfg.data)[0], build_models(cfg.model, cfg.data)[0])
-    return build_models(cfg.model, cfg.data)[0]
+    from ganforge.pix2pix import as_editor
+
+    return as_editor(build_models(cfg.model, cfg.data)[0], cfg)
 
 
 def register_translator(preset: str, fid: float) -> dict:
@@ -228,6 +230,9 @@ def test_an_image_to_image_champion_answers_images_with_images(preset, champions
         assert out.shape == expected.shape
         if preset == "cyclegan":
             assert out.shape == (3, 2, 1, 28, 28)  # dim 1: A→B, B→A
+        else:  # pix2pix-sr: 14 px in, 28 px out; pix2pix-inpaint: image + mask channel in, the image out
+            assert images.shape[1:] == {"pix2pix-sr": (1, 14, 14), "pix2pix-inpaint": (2, 28, 28)}[preset]
+            assert out.shape == (3, 1, 28, 28)
         assert np.allclose(out, expected, atol=1e-5)
         stopped_cleanly(proc, port, tmp, log)
 

@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from .config import PipelineConfig
 from .data import is_color, open_image, to_mode
-from .edit_data import SR_FACTOR, condition, mean_fill
+from .edit_data import SR_FACTOR, mean_fill
 from .errors import OutputPathError
 from .fileio import atomic_write_bytes
 from .manifest import DataError
@@ -33,13 +33,15 @@ ALPHA_HOLE = 128
 
 
 def load_editor_model(model: str, device: str = "cpu") -> tuple[nn.Module, PipelineConfig]:
-    """(the EMA generator, its config) from a pix2pix run directory / checkpoint.pt, or from the registry
-    (``models:/NAME@ALIAS``, loaded by ``ganforge.generate.load_registered``), on ``device``."""
+    """(the editor, its config) from a pix2pix run directory / checkpoint.pt (its EMA generator as a
+    ``pix2pix.Editor``), or from the registry (``models:/NAME@ALIAS``: the exported ``Editor`` a version
+    holds, loaded by ``ganforge.generate.load_registered``), on ``device``."""
     from .generate import REGISTRY_SCHEME, load_registered
-    from .pix2pix import load_editor
+    from .pix2pix import as_editor, load_editor
 
     if not model.startswith(REGISTRY_SCHEME):
-        return load_editor(model, device)
+        G, cfg = load_editor(model, device)
+        return as_editor(G, cfg), cfg
     loaded = load_registered(model, device)
     if loaded.cfg.model.arch != "pix2pix":
         raise TranslationError(
@@ -100,17 +102,21 @@ def composite(edited: torch.Tensor, inputs: torch.Tensor, masks: torch.Tensor) -
 def edit_arrays(
     G: nn.Module, cfg: PipelineConfig, inputs_u8: np.ndarray, masks: np.ndarray | None, batch_size: int = 64
 ) -> torch.Tensor:
-    """Degraded inputs (and hole masks) uint8 → edited images uint8 N×C×R×R (inpainting: composited)."""
+    """Degraded inputs (and hole masks) uint8 → edited images uint8 N×C×R×R (inpainting: composited).
+    ``G``: a bare U-Net or an editor (``pix2pix.as_editor``), so a checkpoint's generator and a registered
+    version edit through the same program."""
     from .generate import to_uint8_images
+    from .pix2pix import as_editor, editor_inputs
+
+    editor = as_editor(G, cfg)
 
     x = torch.from_numpy(np.array(inputs_u8))  # copies: datasets are read-only memory maps
     m = torch.from_numpy(np.array(masks)) if masks is not None else None
-    device = next(G.parameters()).device
+    device = next(editor.parameters()).device
     out = []
     for i in range(0, len(x), batch_size):
         xb, mb = x[i : i + batch_size], m[i : i + batch_size] if m is not None else None
-        cond = condition(xb, mb, cfg.data.task, cfg.data.resolution).to(device)
-        edited = to_uint8_images(G(cond).float().cpu())
+        edited = to_uint8_images(editor(editor_inputs(xb, mb, cfg.data.task).to(device)).float().cpu())
         out.append(composite(edited, xb, mb) if mb is not None else edited)
     r = cfg.data.resolution
     return torch.cat(out) if out else torch.empty(0, cfg.data.channels, r, r, dtype=torch.uint8)

@@ -187,12 +187,17 @@ def load_paired(path: str | os.PathLike, data: DataConfig | None = None) -> Pair
     return PairedDataset(ds.images, inputs, masks, manifest, root)
 
 
+def upsample(x: torch.Tensor, resolution: int) -> torch.Tensor:
+    """Low-resolution images in [-1, 1] bicubic-upsampled to ``resolution`` and clamped: sr's condition."""
+    return F.interpolate(x, size=(resolution, resolution), mode="bicubic", align_corners=False).clamp(-1.0, 1.0)
+
+
 def condition(inputs_u8: torch.Tensor, masks: torch.Tensor | None, task: str, resolution: int) -> torch.Tensor:
     """The generator's input in [-1, 1]: sr: the input bicubic-upsampled to ``resolution`` (clamped);
     inpaint: the mean-filled image and the mask (hole +1, visible -1) as one more channel."""
     x = inputs_u8.float().div(127.5).sub(1.0)
     if task == "sr":
-        return F.interpolate(x, size=(resolution, resolution), mode="bicubic", align_corners=False).clamp(-1.0, 1.0)
+        return upsample(x, resolution)
     if masks is None:
         raise DataError("inpainting needs the hole masks beside the images")
     return torch.cat([x, masks.float().mul(2.0).sub(1.0)], dim=1)

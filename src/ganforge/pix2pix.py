@@ -8,6 +8,7 @@ means over every patch logit of the conditional PatchGAN.
 
 ``d_step`` and ``g_step`` are functions of their arguments only (the modules, the optimiser, the batch,
 the weight): no global state, no RNG draw besides the dropout in G, which the caller seeds per step.
+``Editor`` wraps the U-Net into what a registered version holds: degraded images in, edited images out.
 The checkpoint is the common one (``checkpoint.TRAINING_STATE_KEYS``: G, G_ema, D, optimisers, step, rng,
 config), so ``checkpoint.load_generator`` reads a pix2pix run's EMA generator as it does any other's.
 """
@@ -22,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import PipelineConfig
-from .edit_data import PairedDataset, condition
+from .edit_data import PairedDataset, condition, upsample
 
 
 def adversarial_loss(logits: torch.Tensor, real: bool) -> torch.Tensor:
@@ -101,3 +102,45 @@ def load_editor(path: str | os.PathLike, device: str = "cpu") -> tuple[nn.Module
         )
     G, cfg = generator_from_checkpoint(ckpt, path, ema=True, device=device)
     return G.requires_grad_(False), cfg
+
+
+class Editor(nn.Module):
+    """The U-Net as a whole editing step, the program a registered pix2pix version holds (images in [-1, 1]
+    in, edited images in [-1, 1] out, no ganforge needed to use it):
+
+    - ``sr``: B×C×(R/2)×(R/2) low-resolution images → bicubic-upsampled, clamped (``edit_data.upsample``)
+      → G → B×C×R×R.
+    - ``inpaint``: B×(C+1)×R×R, the mean-filled images and the hole mask as one more channel (+1 in the
+      hole, -1 visible: ``edit_data.condition``) → G → B×C×R×R, G's pixels inside the hole and the input's
+      outside it (as ``edit.composite``).
+    """
+
+    def __init__(self, G: nn.Module, task: str, resolution: int, channels: int):
+        super().__init__()
+        self.G, self.task, self.resolution, self.channels = G, task, resolution, channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.task == "sr":
+            return self.G(upsample(x, self.resolution))
+        out = self.G(x)
+        hole = (x[:, self.channels :] > 0).expand_as(out)
+        return torch.where(hole, out, x[:, : self.channels])
+
+
+def as_editor(G: nn.Module, cfg: PipelineConfig) -> nn.Module:
+    """``Editor`` around a bare U-Net of ``cfg``; an editor already (an ``Editor``, or the program a
+    registered version loads as) is returned as it is."""
+    from .models.pix2pix import UNetGenerator
+
+    if isinstance(G, UNetGenerator):
+        return Editor(G, cfg.data.task, cfg.data.resolution, cfg.data.channels)
+    return G
+
+
+def editor_inputs(inputs_u8: torch.Tensor, masks: torch.Tensor | None, task: str) -> torch.Tensor:
+    """An ``Editor``'s input from uint8 degraded images (and hole masks): sr: the low-resolution images in
+    [-1, 1]; inpaint: the mean-filled images in [-1, 1] and the mask channel (+1 hole, -1 visible)."""
+    x = inputs_u8.float().div(127.5).sub(1.0)
+    if task == "sr":
+        return x
+    return condition(inputs_u8, masks, task, inputs_u8.shape[-1])

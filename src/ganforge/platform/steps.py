@@ -6,8 +6,9 @@ metadata. Keeping them here (not inside component bodies) lets tests call them d
 keeps the components a few lines each.
 
 Every preset runs the same steps; what prep, train, evaluate and register do for its family of models
-(generators; image-to-image translators, whose splits hold one subfolder per domain) is one entry of
-``FAMILIES`` at the end of this module.
+(generators; image-to-image translators, whose splits hold one subfolder per domain; paired editors,
+whose splits hold (degraded input, target) pairs) is one entry of ``FAMILIES`` at the end of this module.
+Every family's promotion gate is its ``fid`` (lower is better).
 """
 
 from __future__ import annotations
@@ -378,11 +379,57 @@ def evaluate_translation(
 
 
 def log_translation_evaluation(run_id: str, metrics: dict, eval_dir: str | Path) -> None:
-    """A cyclegan evaluation into its MLflow run: the scores at the checkpoint's step, the grid as
-    ``evaluation/translations.png``."""
+    """A cyclegan (or pix2pix) evaluation into its MLflow run: the scores at the checkpoint's step, the grid
+    (``metrics["grid"]``) under ``evaluation/``."""
     tracking.configure()
     tracking.log_artifact(run_id, metrics["grid"], "evaluation")
     log_evaluation(run_id, metrics, [], eval_dir)
+
+
+def prep_editing(cfg: PipelineConfig, split: str, out_dir: str, run_id: str) -> dict:
+    """Paired editing: the split's (degraded input, target) pairs of ``data.task``
+    (``ganforge.edit_data.prepare_paired``); the targets' checksum and count go to the run as for generation."""
+    from ..edit_data import prepare_paired
+
+    manifest = prepare_paired(cfg.data, out_dir, split=split)
+    if run_id:
+        tracking.configure()
+        tracking.log_params(
+            run_id,
+            {
+                f"dataset.{split}.sha256": manifest["sha256"],
+                f"dataset.{split}.count": manifest["count"],
+                f"dataset.{split}.input_sha256": manifest["input_sha256"],
+            },
+        )
+    return manifest
+
+
+def evaluate_editing(
+    cfg: PipelineConfig, checkpoint_dir: str, reference_dir: str, train_dir: str, run_id: str, tmp: str
+) -> dict:
+    """PSNR, SSIM, FID and KID of the EMA editor's edits of the held-out pairs ``reference_dir`` and the same
+    scores of the task's plain baseline (bicubic; mean-fill) as ``baseline_*``
+    (``ganforge.edit_metrics.evaluate_editing_run``); the grid goes to MLflow as ``evaluation/edits.png``.
+    ``fid`` is the promotion metric, as for every family."""
+    from ..edit_metrics import evaluate_editing_run
+    from ..paths import cache_dir
+
+    metrics = evaluate_editing_run(checkpoint_dir, reference_dir, tmp, cache_dir(), n=cfg.eval.n_samples)
+    baseline = metrics.pop("baseline")
+    metrics["baseline"] = baseline.pop("name")
+    metrics.update({f"baseline_{k}": v for k, v in baseline.items()})
+    if run_id:
+        log_translation_evaluation(run_id, metrics, tmp)
+    metrics.pop("grid")
+    return metrics
+
+
+def editing_program(checkpoint_dir: str):
+    """The EMA U-Net as a whole editing step (``ganforge.pix2pix.Editor``): degraded images in, edits out."""
+    from ..pix2pix import as_editor, load_editor
+
+    return as_editor(*load_editor(checkpoint_dir))
 
 
 @dataclass(frozen=True)
@@ -399,9 +446,10 @@ class Family:
 FAMILIES: dict[str, Family] = {
     "generation": Family(prep_generation, train_generation, evaluate_generation, generation_program),
     "translation": Family(prep_translation, train_translation, evaluate_translation, translation_program),
+    "editing": Family(prep_editing, train_generation, evaluate_editing, editing_program),
 }
 # Architectures outside the generation family (unconditional and class-conditional generators).
-ARCH_FAMILIES = {"cyclegan": "translation"}
+ARCH_FAMILIES = {"cyclegan": "translation", "pix2pix": "editing"}
 
 
 def family(cfg: PipelineConfig) -> Family:

@@ -45,11 +45,20 @@ def latent_example(nz: int, batch: int = 2, seed: int = 0) -> np.ndarray:
 
 
 def image_example(cfg: PipelineConfig, batch: int = 2, seed: int = 0) -> np.ndarray:
-    """Image-to-image models (``cyclegan``): the input example, (batch, C, H, W) float32 in [-1, 1]."""
-    d = cfg.data
-    return (
-        np.random.default_rng(seed).uniform(-1, 1, (batch, d.channels, d.resolution, d.resolution)).astype(np.float32)
-    )
+    """Image-to-image models: the input example, float32 in [-1, 1]: cyclegan (batch, C, R, R); pix2pix
+    sr the low-resolution images (batch, C, R/2, R/2); pix2pix inpaint (batch, C+1, R, R), the images and
+    the centre hole's mask channel (+1 in the hole, -1 visible: ``ganforge.pix2pix.Editor``)."""
+    d, rng = cfg.data, np.random.default_rng(seed)
+    if cfg.model.arch == "pix2pix" and d.task == "sr":
+        side = d.resolution // 2
+        return rng.uniform(-1, 1, (batch, d.channels, side, side)).astype(np.float32)
+    images = rng.uniform(-1, 1, (batch, d.channels, d.resolution, d.resolution)).astype(np.float32)
+    if cfg.model.arch != "pix2pix":
+        return images
+    from ganforge.edit_data import make_masks
+
+    mask = make_masks(batch, d.resolution, "centre", 0, "test").astype(np.float32) * 2.0 - 1.0
+    return np.concatenate([images, mask], axis=1)
 
 
 def label_example(num_classes: int, batch: int = 2) -> np.ndarray:
@@ -157,16 +166,29 @@ def register_generator(
     ``(z, labels)``; ``class_names`` go into the MLflow model's metadata (``class_names``, label
     order) and the version's ``ganforge.class_names`` tag, so a server maps names without ganforge.
 
+    A pix2pix U-Net is exported as its whole editing step (``ganforge.pix2pix.Editor``): sr takes
+    (B, C, R/2, R/2) low-resolution images, inpaint (B, C+1, R, R) mean-filled images and the hole mask;
+    both give (B, C, R, R) in [-1, 1].
+
     A stylegan generator is stored as three programs (``styles``): G(z, truncation), its mapping
     and its synthesis, so truncation and style mixing work from the registry.
     """
     c = tracking.client()
     scores = numeric_metrics(metrics)
     cpu_generator = copy.deepcopy(generator).cpu().eval()
+    if cfg.model.arch == "pix2pix":  # a bare U-Net becomes the whole editing step
+        from ganforge.pix2pix import as_editor
+
+        cpu_generator = as_editor(cpu_generator, cfg).eval()
     z = latent_example(cfg.model.nz)
     log = partial(mlflow.pytorch.log_model, cpu_generator)
-    if cfg.model.arch == "cyclegan":  # a translator: images in, both directions' translations out
-        example, metadata = image_example(cfg), {"outputs": "dim 1: 0 = A→B, 1 = B→A"}
+    if cfg.model.arch in ("cyclegan", "pix2pix"):  # images in, images out (cyclegan: both directions)
+        example = image_example(cfg)
+        metadata = (
+            {"outputs": "dim 1: 0 = A→B, 1 = B→A"}
+            if cfg.model.arch == "cyclegan"
+            else {"task": cfg.data.task, "inputs": "pix2pix.Editor: images in [-1, 1]"}
+        )
         with torch.no_grad():
             signature = infer_signature(example, cpu_generator(torch.from_numpy(example)).numpy())
     elif cfg.model.num_classes:
