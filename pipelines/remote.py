@@ -23,7 +23,6 @@ from ganforge.platform import run_knobs
 
 from .cron import validate_cron
 from .kfp_client import (
-    DEFAULT_SA_TOKEN_PATH,
     HEALTHZ_PATH,
     LOCAL_HOSTS,
     PORT_FORWARD,
@@ -45,7 +44,6 @@ from .overrides import PARAMETER as OVERRIDES
 from .overrides import add_set_argument, overrides_parameter
 
 __all__ = [
-    "DEFAULT_SA_TOKEN_PATH",
     "HEALTHZ_PATH",
     "LOCAL_HOSTS",
     "PORT_FORWARD",
