@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import torch
 from PIL import Image
 
 from conftest import FASHION_DIR
-from ganforge.checkpoint import CYCLEGAN_STATE_KEYS, read_checkpoint
+from ganforge.checkpoint import CYCLEGAN_STATE_KEYS, list_snapshots, read_checkpoint
 from ganforge.cli import main
 from ganforge.config import ConfigError, build_config
 from ganforge.cyclegan import ImagePool, load_translators, prepare_domain, train_cyclegan
@@ -319,3 +320,45 @@ def test_cli_trains_with_mlflow_and_evaluates_a_run_on_both_held_out_domains(dom
     assert "--data-b goes with a cyclegan run" in capsys.readouterr().err
     assert main(["evaluate", "--run", str(tmp_path / "nowhere"), *held_out]) == 2
     assert f"no checkpoint at {tmp_path / 'nowhere'}" in capsys.readouterr().err
+
+
+def test_fid_curve_scores_each_snapshot_as_the_final_evaluation_scores_the_model(domains, tmp_path, capsys):
+    """A cyclegan run with snapshots gets the FID curve every family gets: `evaluate --run` adds one point per
+    snapshot (mean FID of both directions, as the final ``fid``), the last one free from the final evaluation's
+    first ``curve_samples`` translations; `ganforge curve --run … --data-b` scores each snapshot afresh and
+    finds the same points, and at the final evaluation's sizes its last point is the final ``fid``."""
+    from ganforge.curve import read_curve
+
+    run = tmp_path / "run"
+    sets = [
+        "train.batch_size=32",
+        "train.epochs=2",
+        "train.snapshot_every=1",
+        "eval.curve_samples=8",
+    ]  # 2 steps an epoch
+    data = ["--data", str(domains["a", "train"][1]), "--data-b", str(domains["b", "train"][1])]
+    argv = ["train", "--preset", "cyclegan", "--profile", "tiny", *data, "--out", str(run)]
+    assert main([*argv, *(a for s in sets for a in ("--set", s))]) == 0
+    assert [e for e, _ in list_snapshots(run)] == [1, 2]
+    held_out = ["--data", str(domains["a", "test"][1]), "--data-b", str(domains["b", "test"][1])]
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(run), *held_out, "--n", "16"]) == 0
+    final = json.loads(capsys.readouterr().out)
+    rows = read_curve(run / "fid_curve.csv")
+    assert final["curve_points"] == 2 and [(r["epoch"], r["n"], r["n_real"]) for r in rows] == [(1, 8, 16), (2, 8, 16)]
+    assert rows[-1]["seconds"] == 0.0 and rows[0]["seconds"] > 0  # the last point came from the final samples
+    assert (run / "fid_curve.png").is_file()
+
+    again = tmp_path / "again"
+    shutil.copytree(run, again)
+    (again / "fid_curve.csv").unlink()
+    assert main(["curve", "--run", str(again), *held_out, "--n", "8", "--n-real", "16"]) == 0
+    scored = read_curve(again / "fid_curve.csv")
+    assert [r["fid"] for r in scored] == pytest.approx([r["fid"] for r in rows], rel=1e-5)
+    (again / "fid_curve.csv").unlink()
+    assert main(["curve", "--run", str(again), *held_out, "--n", "16", "--n-real", "16"]) == 0
+    assert read_curve(again / "fid_curve.csv")[-1]["fid"] == pytest.approx(final["fid"], rel=1e-5)
+    assert scored[0]["fid"] != scored[1]["fid"]  # two snapshots, two models
+    capsys.readouterr()
+    assert main(["curve", "--run", str(again), "--data", str(domains["a", "test"][1])]) == 2
+    assert "--data A_TEST_DIR --data-b B_TEST_DIR" in capsys.readouterr().err

@@ -71,6 +71,9 @@ def test_dag_preps_two_domains_scores_both_directions_and_registers_a_champion(d
     assert 0 < m["cycle_l1_a"] < 2 and 0 < m["cycle_l1_b"] < 2
     assert run.data.params["dataset.a.class"] == "7" and run.data.params["dataset.b.class"] == "9"
     assert [a.path for a in c.list_artifacts(run.info.run_id, "evaluation")] == ["evaluation/translations.png"]
+    # the FID curve over the run's snapshots (tiny: one, at the last step), as every family's evaluation logs it
+    assert {a.path for a in c.list_artifacts(run.info.run_id, "fid_curve")} >= {"fid_curve/fid_curve.csv"}
+    assert [h.step for h in c.get_metric_history(run.info.run_id, "fid_n32")] == [4]  # tiny: max_steps 4
     version = c.get_model_version_by_alias("cyclegan", "champion")
     assert float(version.tags["fid"]) == pytest.approx(m["fid"])  # promotion reads the mean of the two FIDs
     p = run.data.params

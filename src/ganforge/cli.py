@@ -131,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("curve", help="FID curve over a run's snapshots (resumable; --follow trails a live run)")
     p.add_argument("--run", required=True, help="training run directory (with snapshots/)")
-    p.add_argument("--data", required=True, help="reference dataset directory")
+    p.add_argument("--data", required=True, help="reference dataset directory (cyclegan: domain A's held-out split)")
+    p.add_argument("--data-b", help="cyclegan: domain B's held-out split (--data is domain A's)")
     p.add_argument("--n", type=int, help="generated samples per point (default: eval.curve_samples)")
     p.add_argument("--n-real", type=int, help="real reference samples (default: eval.n_samples)")
     p.add_argument("--follow", action="store_true", help="wait for new snapshots until the run's last epoch")

@@ -153,7 +153,8 @@ def _checkpoint_arch(path: Path) -> str | None:
 
 def _evaluate_translation(args, arch: str | None) -> int:
     """``evaluate`` of a cyclegan run: FID A→B vs held-out B and B→A vs held-out A, their mean, cycle L1, the
-    grid (``ganforge.translate.evaluate_translation``), logged to the run's MLflow run as the DAG's step does."""
+    grid (``ganforge.translate.evaluate_translation``) and the FID curve over its snapshots (unless --no-curve),
+    logged to the run's MLflow run as the DAG's step does."""
     from .checkpoint import checkpoint_file
     from .paths import cache_dir
     from .translate import evaluate_translation_run
@@ -174,7 +175,7 @@ def _evaluate_translation(args, arch: str | None) -> int:
     if args.n_real or args.raw_generator or args.train_data:
         raise ConfigError("--n-real, --raw-generator and --train-data do not apply to a cyclegan run")
     out = Path(args.out) if args.out else (path if path.is_dir() else path.parent)
-    metrics = evaluate_translation_run(path, args.data, args.data_b, out, cache_dir(), n=args.n)
+    metrics = evaluate_translation_run(path, args.data, args.data_b, out, cache_dir(), n=args.n, curve=args.curve)
     run_id = recorded_mlflow_run(path) if path.is_dir() else None
     if run_id:  # trained with --mlflow: the scores and the grid join its MLflow run
         steps = require_platform("steps", f"logging to the MLflow run of {path} (trained with --mlflow)")
@@ -198,6 +199,7 @@ def cmd_curve(args) -> int:
         max_epoch=args.max_epoch,
         on_point=print_point,
         workers=args.workers,
+        reference_b=args.data_b,
     )
     plot_curve(rows, run / CURVE_PNG)
     out = {"csv": str(run / CURVE_CSV), "png": str(run / CURVE_PNG), "points": len(rows)}

@@ -86,11 +86,24 @@ def curve_point(
     n_real: int,
     cache: str | os.PathLike,
     workers: int | None = None,
+    reference_b: str | os.PathLike | None = None,
 ) -> dict:
-    """FID/KID of one snapshot's generator: n generated images vs n_real reference images."""
+    """FID/KID of one snapshot's generator: n generated images vs n_real reference images. A cyclegan
+    snapshot is scored as its final evaluation is: both directions on the held-out domains ``reference_dir``
+    (A) and ``reference_b`` (B), their mean (``translate.translation_curve_point``)."""
     started = time.perf_counter()
     ckpt = read_checkpoint(snapshot)
-    m = evaluate_checkpoint(snapshot, reference_dir, n=n, n_real=n_real, cache=cache, ckpt=ckpt, workers=workers)
+    if ckpt["config"]["model"]["arch"] == "cyclegan":
+        if reference_b is None:
+            raise CurveError(
+                f"{snapshot} is a cyclegan snapshot, scored on both held-out domains: pass --data A_TEST_DIR "
+                "--data-b B_TEST_DIR (each from `ganforge prep --preset cyclegan --domain a|b --split test`)"
+            )
+        from .translate import translation_curve_point
+
+        m = translation_curve_point(ckpt, snapshot, reference_dir, reference_b, n, n_real, cache, workers)
+    else:
+        m = evaluate_checkpoint(snapshot, reference_dir, n=n, n_real=n_real, cache=cache, ckpt=ckpt, workers=workers)
     return {
         "epoch": int(ckpt["epoch"]),
         "step": int(ckpt["step"]),
@@ -118,13 +131,15 @@ def fid_curve(
     max_epoch: int | None = None,
     on_point: Callable[[dict], None] | None = None,
     workers: int | None = None,
+    reference_b: str | os.PathLike | None = None,
 ) -> list[dict]:
     """Evaluate every snapshot of run_dir not yet in the curve CSV; return all rows by epoch.
 
     ``known``: points already measured elsewhere (the final evaluation's) to add without
     recomputing. ``follow``: keep polling for new snapshots until the run's last epoch has
     one (needs ``train_data_dir`` to know when that is), or until ``max_epoch`` when given
-    (snapshots after it are left for a later call, e.g. the final evaluation's).
+    (snapshots after it are left for a later call, e.g. the final evaluation's). ``reference_b``: a cyclegan
+    run's held-out domain B (``reference_dir`` is A's); a cyclegan run follows only up to ``max_epoch``.
     """
     run_dir = Path(run_dir)
     config_path = run_dir / CONFIG_NAME
@@ -148,6 +163,8 @@ def fid_curve(
         )
     if follow and train_data_dir is None and max_epoch is None:
         raise CurveError("follow needs the training dataset directory (or a max epoch) to know when to stop")
+    if follow and max_epoch is None and cfg.model.arch == "cyclegan":
+        raise CurveError("a cyclegan run trains on two domains: follow it with --max-epoch (its last epoch)")
     last_epoch = _final_epoch(run_dir, train_data_dir, cfg) if follow and train_data_dir is not None else None
     if max_epoch is not None:
         last_epoch = min(last_epoch, max_epoch) if last_epoch is not None else max_epoch
@@ -155,7 +172,7 @@ def fid_curve(
         for epoch, path in list_snapshots(run_dir):
             if epoch in rows or (max_epoch is not None and epoch > max_epoch):
                 continue
-            rows[epoch] = curve_point(path, reference_dir, n, n_real, cache, workers)
+            rows[epoch] = curve_point(path, reference_dir, n, n_real, cache, workers, reference_b)
             write_curve(out, list(rows.values()))
             if on_point:
                 on_point(rows[epoch])
@@ -215,42 +232,69 @@ def evaluate_run(
 
         write_eval_audio(samples["fake"].numpy(), data_dir, out_dir, cfg.data.sample_rate)
     if snapshots:
-        last_epoch, last_path = snapshots[-1]
-        known = []
-        if prefix and int(read_checkpoint(last_path)["step"]) == metrics["step"]:
-            known = [
-                {
-                    "epoch": last_epoch,
-                    "step": metrics["step"],
-                    "n": prefix["n"],
-                    "n_real": metrics["n_real"],
-                    "fid": prefix["fid"],
-                    "kid_mean": prefix["kid_mean"],
-                    "kid_std": prefix["kid_std"],
-                    "seconds": 0.0,
-                }
-            ]
-        # max_epoch=0 (snapshots are numbered from epoch 1): keep the known points, score none
-        rows = fid_curve(
-            run_dir,
-            data_dir,
-            n=curve_n,
-            n_real=n,
-            cache=cache,
-            out=out_dir / CURVE_CSV,
-            known=known,
-            max_epoch=None if curve else 0,
-            workers=workers,
-        )
-        plot_curve(
-            rows,
-            out_dir / CURVE_PNG,
-            final={"epoch": last_epoch, "n": metrics["n"], "fid": metrics["fid"]},
-            title=f"{cfg.name} ({cfg.profile}): FID over training",
-        )
+        final = {"n": metrics["n"], "n_real": metrics["n_real"], "fid": metrics["fid"], "step": metrics["step"]}
+        rows = run_curve(run_dir, cfg, snapshots, data_dir, out_dir, cache, n, final, prefix, curve, workers)
         metrics["curve_points"] = len(rows)
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True, default=str))
     return metrics, rows
+
+
+def run_curve(
+    run_dir: Path,
+    cfg: PipelineConfig,
+    snapshots: list[tuple[int, Path]],
+    data_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    cache: str | os.PathLike | None,
+    n_real: int,
+    final: dict,
+    prefix: dict | None,
+    curve: bool = True,
+    workers: int | None = None,
+    reference_b: str | os.PathLike | None = None,
+) -> list[dict]:
+    """The FID curve part of a run's evaluation: ``fid_curve.{csv,png}`` in out_dir, the rows returned.
+    Points compare ``eval.curve_samples`` generated (or translated) images with ``n_real`` real ones.
+
+    ``final``: the final evaluation's ``step``, ``n``, ``n_real`` and ``fid``; ``prefix``: its score of the
+    first ``eval.curve_samples`` samples, which is the curve's point for the last snapshot when that
+    snapshot is the final checkpoint (the same draw), so that point costs nothing. ``curve=False``: score no
+    other snapshot, keep the CSV's points and that one."""
+    last_epoch, last_path = snapshots[-1]
+    known = []
+    if prefix and int(read_checkpoint(last_path)["step"]) == final["step"]:
+        known = [
+            {
+                "epoch": last_epoch,
+                "step": final["step"],
+                "n": prefix["n"],
+                "n_real": final["n_real"],
+                "fid": prefix["fid"],
+                "kid_mean": prefix["kid_mean"],
+                "kid_std": prefix["kid_std"],
+                "seconds": 0.0,
+            }
+        ]
+    # max_epoch=0 (snapshots are numbered from epoch 1): keep the known points, score none
+    rows = fid_curve(
+        run_dir,
+        data_dir,
+        n=cfg.eval.curve_samples,
+        n_real=n_real,
+        cache=cache,
+        out=Path(out_dir) / CURVE_CSV,
+        known=known,
+        max_epoch=None if curve else 0,
+        workers=workers,
+        reference_b=reference_b,
+    )
+    plot_curve(
+        rows,
+        Path(out_dir) / CURVE_PNG,
+        final={"epoch": last_epoch, "n": final["n"], "fid": final["fid"]},
+        title=f"{cfg.name} ({cfg.profile}): FID over training",
+    )
+    return rows
 
 
 def plot_curve(rows: list[dict], out_png: str | os.PathLike, final: dict | None = None, title: str = "") -> Path:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .checkpoint import CHECKPOINT_NAME
 from .config import EvalConfig, PipelineConfig
 from .data import IMAGE_EXTENSIONS, is_color, list_image_files, load_dataset, open_image, to_mode
 from .errors import GanforgeError, OutputPathError
@@ -138,6 +139,55 @@ def cycle_l1(G_there: nn.Module, G_back: nn.Module, images_u8: np.ndarray, batch
     return total / max(x.numel(), 1)
 
 
+def translation_scores(
+    G_ab: nn.Module,
+    G_ba: nn.Module,
+    test_a: str | os.PathLike,
+    test_b: str | os.PathLike,
+    n: int,
+    eval_cfg: EvalConfig,
+    cache_dir: str | os.PathLike,
+    choice=None,
+    prefix_n: int | None = None,
+    workers: int | None = None,
+) -> dict:
+    """FID and KID of both directions: the first ``n`` held-out images of A translated A→B against
+    ``eval_cfg.n_samples`` real B, and of B translated B→A against real A (``metrics.evaluate_images``).
+    ``fid`` and ``kid_mean`` are the means of the two directions (``fid`` is the promotion metric), ``kid_std``
+    the standard deviation of that mean. ``prefix_n``: the same scores of the first prefix_n translations as
+    ``prefix`` (the FID curve's point for these generators, without extracting features again)."""
+    from .metrics import evaluate_images
+
+    real = [np.asarray(load_dataset(d).images[:n]) for d in (test_a, test_b)]
+    per = {
+        "a2b": evaluate_images(
+            translate_batch(G_ab, real[0]).numpy(), test_b, eval_cfg, cache_dir, choice, prefix_n, workers=workers
+        ),
+        "b2a": evaluate_images(
+            translate_batch(G_ba, real[1]).numpy(), test_a, eval_cfg, cache_dir, choice, prefix_n, workers=workers
+        ),
+    }
+    out = {**_mean_of_directions(per["a2b"], per["b2a"]), "n": min(len(real[0]), len(real[1]))}
+    out["n_real"] = min(per["a2b"]["n_real"], per["b2a"]["n_real"])
+    out.update({f"fid_{d}": per[d]["fid"] for d in DIRECTIONS})
+    out.update({f"kid_{d}": per[d]["kid_mean"] for d in DIRECTIONS})
+    out.update(extractor=per["a2b"]["extractor"], resize=per["a2b"]["resize"], real=real)
+    if "prefix" in per["a2b"]:
+        out["prefix"] = {
+            "n": per["a2b"]["prefix"]["n"],
+            **_mean_of_directions(per["a2b"]["prefix"], per["b2a"]["prefix"]),
+        }
+    return out
+
+
+def _mean_of_directions(a2b: dict, b2a: dict) -> dict:
+    return {
+        "fid": (a2b["fid"] + b2a["fid"]) / 2,
+        "kid_mean": (a2b["kid_mean"] + b2a["kid_mean"]) / 2,
+        "kid_std": float(np.hypot(a2b["kid_std"], b2a["kid_std"]) / 2),
+    }
+
+
 def evaluate_translation(
     G_ab: nn.Module,
     G_ba: nn.Module,
@@ -148,32 +198,27 @@ def evaluate_translation(
     cache_dir: str | os.PathLike,
     eval_cfg: EvalConfig | None = None,
     choice=None,
+    prefix_n: int | None = None,
 ) -> dict:
     """FIDs of both directions on the held-out domains, their mean (``fid``), cycle L1, and the grid PNG
     (``out_dir/translations.png``, rows A / A→B / A→B→A / B / B→A / B→A→B); metrics.json beside it.
-    ``choice``: the Inception weights (``ganforge.weights.InceptionChoice``; default: resolved as for every FID)."""
+    ``choice``: the Inception weights (``ganforge.weights.InceptionChoice``; default: resolved as for every FID).
+    ``prefix_n``: as for ``translation_scores`` (``prefix`` in the result, not in metrics.json)."""
     from .cyclegan import N_GRID, grid_png, translation_rows
-    from .metrics import evaluate_images
 
     eval_cfg = eval_cfg or cfg.eval
-    n = eval_cfg.n_samples
-    real = [np.asarray(load_dataset(d).images[:n]) for d in (test_a, test_b)]
-    scores = {
-        "a2b": evaluate_images(translate_batch(G_ab, real[0]).numpy(), test_b, eval_cfg, cache_dir, choice),
-        "b2a": evaluate_images(translate_batch(G_ba, real[1]).numpy(), test_a, eval_cfg, cache_dir, choice),
-    }
+    s = translation_scores(G_ab, G_ba, test_a, test_b, eval_cfg.n_samples, eval_cfg, cache_dir, choice, prefix_n)
+    real = s.pop("real")
+    prefix = s.pop("prefix", None)
     metrics = {
-        "fid_a2b": scores["a2b"]["fid"],
-        "fid_b2a": scores["b2a"]["fid"],
-        "fid": (scores["a2b"]["fid"] + scores["b2a"]["fid"]) / 2,
-        "kid_a2b": scores["a2b"]["kid_mean"],
-        "kid_b2a": scores["b2a"]["kid_mean"],
+        **{k: s[k] for k in ("fid_a2b", "fid_b2a", "fid", "kid_a2b", "kid_b2a")},
         "cycle_l1_a": cycle_l1(G_ab, G_ba, real[0]),
         "cycle_l1_b": cycle_l1(G_ba, G_ab, real[1]),
         "n_a": len(real[0]),
         "n_b": len(real[1]),
-        "extractor": scores["a2b"]["extractor"],
-        "resize": scores["a2b"]["resize"],
+        "n_real": s["n_real"],
+        "extractor": s["extractor"],
+        "resize": s["resize"],
     }
     out = Path(out_dir)
     k = min(N_GRID, len(real[0]), len(real[1]))
@@ -181,7 +226,32 @@ def evaluate_translation(
         rows = translation_rows(G_ab, G_ba, *(to_float(torch.from_numpy(r[:k].copy())) for r in real))
     metrics["grid"] = str(atomic_write_bytes(out / GRID_NAME, grid_png(rows, k)))
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    if prefix:
+        metrics["prefix"] = prefix
     return metrics
+
+
+def translation_curve_point(
+    ckpt: dict,
+    path: str | os.PathLike,
+    test_a: str | os.PathLike,
+    test_b: str | os.PathLike,
+    n: int,
+    n_real: int,
+    cache_dir: str | os.PathLike,
+    workers: int | None = None,
+) -> dict:
+    """One FID-curve point of a cyclegan snapshot (or checkpoint) already read from ``path``: the mean FID of
+    both directions, n held-out images translated each way against n_real real images of the other domain —
+    the final evaluation's ``fid`` at those sizes (``translation_scores``)."""
+    import dataclasses
+
+    from .cyclegan import translators_from
+
+    G_ab, G_ba, cfg = translators_from(ckpt, path)
+    eval_cfg = dataclasses.replace(cfg.eval, n_samples=n_real)
+    s = translation_scores(G_ab, G_ba, test_a, test_b, n, eval_cfg, cache_dir, workers=workers)
+    return {k: s[k] for k in ("fid", "kid_mean", "kid_std", "n", "n_real")}
 
 
 def evaluate_translation_run(
@@ -191,21 +261,54 @@ def evaluate_translation_run(
     out_dir: str | os.PathLike,
     cache_dir: str | os.PathLike,
     n: int | None = None,
+    curve: bool = True,
 ) -> dict:
     """``evaluate_translation`` of a cyclegan run directory (or its checkpoint.pt) on held-out domains prepared
     by ``ganforge prep --domain a|b --split test``; ``n`` held-out images a direction (default eval.n_samples).
-    Adds the checkpoint's ``step``; writes metrics.json and the grid to ``out_dir``."""
+    Adds the checkpoint's ``step``; writes metrics.json and the grid to ``out_dir``. A run that kept snapshots
+    (``train.snapshot_every``) also gets its FID curve, ``fid_curve.{csv,png}`` in ``out_dir``
+    (``curve.run_curve``; ``curve=False`` scores no earlier snapshot) and ``curve_points`` in the metrics."""
     import dataclasses
 
-    from .checkpoint import checkpoint_file, read_checkpoint
+    from .checkpoint import checkpoint_file, list_snapshots, read_checkpoint
+    from .curve import run_curve
     from .cyclegan import translators_from
 
     path = checkpoint_file(path)
     ckpt = read_checkpoint(path)
     G_ab, G_ba, cfg = translators_from(ckpt, path)
     eval_cfg = dataclasses.replace(cfg.eval, n_samples=n) if n else cfg.eval
+    snapshots = list_snapshots(path.parent) if path.name == CHECKPOINT_NAME else []
+    curve_n = cfg.eval.curve_samples
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    metrics = evaluate_translation(G_ab, G_ba, cfg, test_a, test_b, out_dir, cache_dir, eval_cfg)
+    metrics = evaluate_translation(
+        G_ab,
+        G_ba,
+        cfg,
+        test_a,
+        test_b,
+        out_dir,
+        cache_dir,
+        eval_cfg,
+        prefix_n=curve_n if snapshots and curve_n < eval_cfg.n_samples else None,
+    )
+    prefix = metrics.pop("prefix", None)
     metrics["step"] = int(ckpt["step"])
+    if snapshots:
+        final = {"n": metrics["n_a"], "n_real": metrics["n_real"], "fid": metrics["fid"], "step": metrics["step"]}
+        rows = run_curve(
+            path.parent,
+            cfg,
+            snapshots,
+            test_a,
+            out_dir,
+            cache_dir,
+            eval_cfg.n_samples,
+            final,
+            prefix,
+            curve=curve,
+            reference_b=test_b,
+        )
+        metrics["curve_points"] = len(rows)
     atomic_write_text(Path(out_dir) / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return metrics

@@ -233,17 +233,25 @@ def evaluate_generation(
     """
     from ..curve import evaluate_run
 
-    settings = Settings.from_env()
     train_dir = train_dir if cfg.model.num_classes else ""
     metrics, rows = evaluate_run(checkpoint_dir, reference_dir, tmp, n=cfg.eval.n_samples, train_dir=train_dir or None)
-    if settings.artifact_root:
-        run_prefix = fileio.join(settings.artifact_root, "runs", run_id or "no-run")
-        s3.upload_file(Path(tmp) / "metrics.json", fileio.join(run_prefix, "metrics.json"))
-        for name in ("fid_curve.csv", "fid_curve.png") if rows else ():
-            s3.upload_file(Path(tmp) / name, fileio.join(run_prefix, "fid_curve", name))
+    upload_evaluation(run_id, tmp)
     if run_id:
         log_evaluation(run_id, metrics, rows, tmp)
     return metrics
+
+
+def upload_evaluation(run_id: str, eval_dir: str | Path) -> None:
+    """With an artifact root (a cluster run), ``metrics.json`` and the FID curve's files of ``eval_dir`` go
+    beside the run's checkpoint under ``runs/RUN_ID/``."""
+    settings = Settings.from_env()
+    if not settings.artifact_root:
+        return
+    run_prefix = fileio.join(settings.artifact_root, "runs", run_id or "no-run")
+    s3.upload_file(Path(eval_dir) / "metrics.json", fileio.join(run_prefix, "metrics.json"))
+    for name in ("fid_curve.csv", "fid_curve.png"):
+        if (Path(eval_dir) / name).is_file():
+            s3.upload_file(Path(eval_dir) / name, fileio.join(run_prefix, "fid_curve", name))
 
 
 def log_evaluation(run_id: str, metrics: dict, rows: list[dict], eval_dir: str | Path) -> None:
@@ -365,13 +373,15 @@ def translation_program(checkpoint_dir: str):
 def evaluate_translation(
     cfg: PipelineConfig, checkpoint_dir: str, reference_dir: str, train_dir: str, run_id: str, tmp: str
 ) -> dict:
-    """FID A→B vs held-out B and B→A vs held-out A, their mean ``fid`` (the promotion metric), cycle L1, and
-    the input / translated / reconstructed grid (logged to MLflow as ``evaluation/translations.png``)."""
+    """FID A→B vs held-out B and B→A vs held-out A, their mean ``fid`` (the promotion metric), cycle L1, the
+    input / translated / reconstructed grid (logged to MLflow as ``evaluation/translations.png``) and, when
+    the run kept snapshots, the FID curve over them (``fid_nN`` histories and ``fid_curve/``, as for images)."""
     from ..paths import cache_dir
     from ..translate import evaluate_translation_run
 
     ref = Path(reference_dir)
     metrics = evaluate_translation_run(checkpoint_dir, ref / "a", ref / "b", tmp, cache_dir(), n=cfg.eval.n_samples)
+    upload_evaluation(run_id, tmp)
     if run_id:
         log_translation_evaluation(run_id, metrics, tmp)
     metrics.pop("grid")
@@ -380,10 +390,12 @@ def evaluate_translation(
 
 def log_translation_evaluation(run_id: str, metrics: dict, eval_dir: str | Path) -> None:
     """A cyclegan (or pix2pix) evaluation into its MLflow run: the scores at the checkpoint's step, the grid
-    (``metrics["grid"]``) under ``evaluation/``."""
+    (``metrics["grid"]``) under ``evaluation/``, and a cyclegan run's FID curve when eval_dir has one."""
+    from ..curve import CURVE_CSV, read_curve
+
     tracking.configure()
     tracking.log_artifact(run_id, metrics["grid"], "evaluation")
-    log_evaluation(run_id, metrics, [], eval_dir)
+    log_evaluation(run_id, metrics, read_curve(Path(eval_dir) / CURVE_CSV), eval_dir)
 
 
 def prep_editing(cfg: PipelineConfig, split: str, out_dir: str, run_id: str) -> dict:
