@@ -19,7 +19,9 @@ def pytest_collection_modifyitems(config, items):
     """The docker tests last, the others in their collected order. Under .ci/run the images build in the
     background while the suite runs, and the container tests' own `make images-local` waits on that build's
     lock: collected in file order (test_containers.py comes early), they would hold the suite idle until the
-    build ends; last, every other test runs meanwhile and they find the layers cached."""
+    build ends; last, every other test runs meanwhile and they find the layers cached. `make test` runs two
+    xdist workers with --dist loadfile, which hands out files in the order of their first test: the docker
+    tests' file (every test in it is marked docker) is still the last one handed out."""
     items.sort(key=lambda item: item.get_closest_marker("docker") is not None)  # stable: keeps the rest's order
 
 
