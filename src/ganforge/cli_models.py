@@ -156,8 +156,8 @@ def _evaluate_translation(args, arch: str | None) -> int:
     grid (``ganforge.translate.evaluate_translation``) and the FID curve over its snapshots (unless --no-curve),
     logged to the run's MLflow run as the DAG's step does."""
     from .checkpoint import checkpoint_file
+    from .curve import evaluate_translation_run
     from .paths import cache_dir
-    from .translate import evaluate_translation_run
 
     path = Path(args.checkpoint or args.run)
     if arch != "cyclegan":

@@ -12,7 +12,7 @@ evaluation resumes at the next missing epoch, and ``follow`` can trail a run sti
 on another core. The point for the run's last epoch can be taken from the final evaluation's
 samples (the first ``curve_samples`` of its draw are the curve's draw), at no extra cost.
 ``evaluate_run`` is a run's whole evaluation: its final model (``evaluate.evaluate_checkpoint``)
-and this curve.
+and this curve; ``evaluate_translation_run`` the same for a cyclegan run (``translate.evaluate_translation``).
 """
 
 from __future__ import annotations
@@ -237,6 +237,66 @@ def evaluate_run(
         metrics["curve_points"] = len(rows)
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True, default=str))
     return metrics, rows
+
+
+def evaluate_translation_run(
+    path: str | os.PathLike,
+    test_a: str | os.PathLike,
+    test_b: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    cache_dir: str | os.PathLike,
+    n: int | None = None,
+    curve: bool = True,
+) -> dict:
+    """``evaluate_translation`` of a cyclegan run directory (or its checkpoint.pt) on held-out domains prepared
+    by ``ganforge prep --domain a|b --split test``; ``n`` held-out images a direction (default eval.n_samples).
+    Adds the checkpoint's ``step``; writes metrics.json and the grid to ``out_dir``. A run that kept snapshots
+    (``train.snapshot_every``) also gets its FID curve, ``fid_curve.{csv,png}`` in ``out_dir``
+    (``run_curve``; ``curve=False`` scores no earlier snapshot) and ``curve_points`` in the metrics."""
+    import dataclasses
+
+    from .checkpoint import checkpoint_file
+    from .cyclegan import translators_from
+    from .translate import evaluate_translation
+
+    path = checkpoint_file(path)
+    ckpt = read_checkpoint(path)
+    G_ab, G_ba, cfg = translators_from(ckpt, path)
+    eval_cfg = dataclasses.replace(cfg.eval, n_samples=n) if n else cfg.eval
+    snapshots = list_snapshots(path.parent) if path.name == CHECKPOINT_NAME else []
+    curve_n = cfg.eval.curve_samples
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    metrics = evaluate_translation(
+        G_ab,
+        G_ba,
+        cfg,
+        test_a,
+        test_b,
+        out_dir,
+        cache_dir,
+        eval_cfg,
+        prefix_n=curve_n if snapshots and curve_n < eval_cfg.n_samples else None,
+    )
+    prefix = metrics.pop("prefix", None)
+    metrics["step"] = int(ckpt["step"])
+    if snapshots:
+        final = {"n": metrics["n_a"], "n_real": metrics["n_real"], "fid": metrics["fid"], "step": metrics["step"]}
+        rows = run_curve(
+            path.parent,
+            cfg,
+            snapshots,
+            test_a,
+            out_dir,
+            cache_dir,
+            eval_cfg.n_samples,
+            final,
+            prefix,
+            curve=curve,
+            reference_b=test_b,
+        )
+        metrics["curve_points"] = len(rows)
+    atomic_write_text(Path(out_dir) / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    return metrics
 
 
 def run_curve(

@@ -21,7 +21,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .checkpoint import CHECKPOINT_NAME
 from .config import EvalConfig, PipelineConfig
 from .data import IMAGE_EXTENSIONS, is_color, list_image_files, load_dataset, open_image, to_mode
 from .errors import GanforgeError, OutputPathError
@@ -252,63 +251,3 @@ def translation_curve_point(
     eval_cfg = dataclasses.replace(cfg.eval, n_samples=n_real)
     s = translation_scores(G_ab, G_ba, test_a, test_b, n, eval_cfg, cache_dir, workers=workers)
     return {k: s[k] for k in ("fid", "kid_mean", "kid_std", "n", "n_real")}
-
-
-def evaluate_translation_run(
-    path: str | os.PathLike,
-    test_a: str | os.PathLike,
-    test_b: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    cache_dir: str | os.PathLike,
-    n: int | None = None,
-    curve: bool = True,
-) -> dict:
-    """``evaluate_translation`` of a cyclegan run directory (or its checkpoint.pt) on held-out domains prepared
-    by ``ganforge prep --domain a|b --split test``; ``n`` held-out images a direction (default eval.n_samples).
-    Adds the checkpoint's ``step``; writes metrics.json and the grid to ``out_dir``. A run that kept snapshots
-    (``train.snapshot_every``) also gets its FID curve, ``fid_curve.{csv,png}`` in ``out_dir``
-    (``curve.run_curve``; ``curve=False`` scores no earlier snapshot) and ``curve_points`` in the metrics."""
-    import dataclasses
-
-    from .checkpoint import checkpoint_file, list_snapshots, read_checkpoint
-    from .curve import run_curve
-    from .cyclegan import translators_from
-
-    path = checkpoint_file(path)
-    ckpt = read_checkpoint(path)
-    G_ab, G_ba, cfg = translators_from(ckpt, path)
-    eval_cfg = dataclasses.replace(cfg.eval, n_samples=n) if n else cfg.eval
-    snapshots = list_snapshots(path.parent) if path.name == CHECKPOINT_NAME else []
-    curve_n = cfg.eval.curve_samples
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    metrics = evaluate_translation(
-        G_ab,
-        G_ba,
-        cfg,
-        test_a,
-        test_b,
-        out_dir,
-        cache_dir,
-        eval_cfg,
-        prefix_n=curve_n if snapshots and curve_n < eval_cfg.n_samples else None,
-    )
-    prefix = metrics.pop("prefix", None)
-    metrics["step"] = int(ckpt["step"])
-    if snapshots:
-        final = {"n": metrics["n_a"], "n_real": metrics["n_real"], "fid": metrics["fid"], "step": metrics["step"]}
-        rows = run_curve(
-            path.parent,
-            cfg,
-            snapshots,
-            test_a,
-            out_dir,
-            cache_dir,
-            eval_cfg.n_samples,
-            final,
-            prefix,
-            curve=curve,
-            reference_b=test_b,
-        )
-        metrics["curve_points"] = len(rows)
-    atomic_write_text(Path(out_dir) / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    return metrics

@@ -376,8 +376,8 @@ def evaluate_translation(
     """FID A→B vs held-out B and B→A vs held-out A, their mean ``fid`` (the promotion metric), cycle L1, the
     input / translated / reconstructed grid (logged to MLflow as ``evaluation/translations.png``) and, when
     the run kept snapshots, the FID curve over them (``fid_nN`` histories and ``fid_curve/``, as for images)."""
+    from ..curve import evaluate_translation_run
     from ..paths import cache_dir
-    from ..translate import evaluate_translation_run
 
     ref = Path(reference_dir)
     metrics = evaluate_translation_run(checkpoint_dir, ref / "a", ref / "b", tmp, cache_dir(), n=cfg.eval.n_samples)
